@@ -1,0 +1,50 @@
+//! Criterion benches of the Rust pipeline alone (no Python): `cargo bench`.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use tokensampler::pipeline::{run_batch, BatchRequest, RowParams, Seeds};
+
+fn logits(b: usize, v: usize) -> Vec<Vec<f32>> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    (0..b)
+        .map(|_| {
+            (0..v)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state >> 40) as f32 / (1u64 << 24) as f32 * 20.0 - 10.0
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion) {
+    let v = 128_256;
+    let data = logits(8, v);
+    let rows: Vec<&[f32]> = data.iter().map(|r| &r[..]).collect();
+    for (name, vals) in [
+        ("topk50", [1.0, 50.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0]),
+        ("topp0.9", [1.0, 0.0, 0.9, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0]),
+        ("greedy", [0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0]),
+    ] {
+        let params = [RowParams::from_values(&vals, 0).expect("valid")];
+        let req = BatchRequest {
+            rows: &rows,
+            params: &params,
+            history: None,
+            bias_ids: None,
+            bias_values: &[],
+            seeds: Seeds::Shared(1),
+            step: 0,
+            want_raw_logprob: false,
+            top_n: 0,
+        };
+        c.bench_function(&format!("{name} B=8 V={v}"), |bn| {
+            bn.iter(|| run_batch(black_box(&req), None).expect("ok"))
+        });
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,20 @@
+//! tokensampler: exact, fast next-token sampling kernels.
+//!
+//! The crate is pure Rust; the Python bindings live in `py.rs` behind the `python` feature so
+//! `cargo test` and `cargo bench` need no Python. The per-row pipeline is defined in
+//! [`pipeline`]; each step lives in the module named after it.
+
+pub mod draw;
+pub mod elem;
+pub mod error;
+pub mod filter;
+pub mod penalty;
+pub mod pipeline;
+pub mod rng;
+pub mod softmax;
+
+#[cfg(feature = "python")]
+mod py;
+
+pub use error::SamplingError;
+pub use pipeline::{run_batch, BatchRequest, RowParams, RowResult};

@@ -1,0 +1,200 @@
+//! Penalties from the token history: repetition (CTRL / Hugging Face, multiplicative),
+//! frequency/presence (OpenAI / vLLM, additive) and k-scaling (a per-token temperature).
+//!
+//! All three touch only the ids that occur in the history, so their cost is proportional to
+//! the history length, not the vocabulary, except the k-scaling shift (one pass, only when the
+//! row has a negative finite logit and a seen token).
+
+use crate::elem::Real;
+use crate::error::SamplingError;
+
+/// Counts the non-negative ids of `history` into sorted `(id, count)` pairs.
+///
+/// Negative ids are padding and ignored; an id `>= vocab` is an error. `scratch` is reused
+/// between rows to avoid an allocation per call.
+pub fn count_history(
+    history: &[i64],
+    vocab: usize,
+    row: usize,
+    scratch: &mut Vec<u32>,
+    counts: &mut Vec<(u32, u32)>,
+) -> Result<(), SamplingError> {
+    scratch.clear();
+    counts.clear();
+    for &id in history {
+        if id < 0 {
+            continue;
+        }
+        if id as u64 >= vocab as u64 {
+            return Err(SamplingError::TokenOutOfRange {
+                what: "history",
+                row,
+                id,
+                vocab,
+            });
+        }
+        scratch.push(id as u32);
+    }
+    scratch.sort_unstable();
+    for &id in scratch.iter() {
+        match counts.last_mut() {
+            Some((last, c)) if *last == id => *c += 1,
+            _ => counts.push((id, 1)),
+        }
+    }
+    Ok(())
+}
+
+/// The penalty parameters of one row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Penalties {
+    /// Multiplicative repetition penalty `r` (off at 1).
+    pub repetition: f64,
+    /// Additive frequency penalty `a_f` (off at 0).
+    pub frequency: f64,
+    /// Additive presence penalty `a_p` (off at 0).
+    pub presence: f64,
+    /// k-scaling frequency factor `s_f` (off at 1).
+    pub frequency_scale: f64,
+    /// k-scaling presence factor `s_p` (off at 1).
+    pub presence_scale: f64,
+}
+
+impl Penalties {
+    /// Whether the row needs no history at all.
+    pub fn is_off(&self) -> bool {
+        self.repetition == 1.0
+            && self.frequency == 0.0
+            && self.presence == 0.0
+            && !self.scales_active()
+    }
+
+    /// Whether k-scaling is on.
+    pub fn scales_active(&self) -> bool {
+        self.frequency_scale != 1.0 || self.presence_scale != 1.0
+    }
+
+    /// `k[j]` for a token seen `count > 0` times.
+    pub fn k_factor(&self, count: u32) -> f64 {
+        1.0 + (self.frequency_scale - 1.0) * count as f64 + (self.presence_scale - 1.0)
+    }
+}
+
+/// Applies the penalties to the row `y` in place, in DESIGN.md order: repetition, then
+/// frequency/presence, then k-scaling. After this, `y[j]` holds `x[j] / k[j]`, so dividing by
+/// the temperature gives the scaled logit.
+pub fn apply<F: Real>(y: &mut [F], counts: &[(u32, u32)], pen: &Penalties) {
+    if counts.is_empty() || pen.is_off() {
+        return;
+    }
+    let r = F::of(pen.repetition);
+    for &(id, c) in counts {
+        let v = &mut y[id as usize];
+        if pen.repetition != 1.0 {
+            *v = if *v > F::zero() { *v / r } else { *v * r };
+        }
+        if pen.frequency != 0.0 || pen.presence != 0.0 {
+            *v = *v - F::of(pen.frequency * c as f64 + pen.presence);
+        }
+    }
+    if pen.scales_active() {
+        // Dividing by k > 1 only lowers a positive logit, so a row with negative logits is
+        // shifted to be non-negative first; softmax does not see the shift otherwise.
+        let min = y
+            .iter()
+            .copied()
+            .filter(|v| v.is_finite())
+            .fold(F::infinity(), F::min);
+        if min < F::zero() {
+            for v in y.iter_mut() {
+                *v = *v - min;
+            }
+        }
+        for &(id, c) in counts {
+            let v = &mut y[id as usize];
+            *v = *v / F::of(pen.k_factor(c));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_sorted_and_skip_padding() {
+        let mut s = Vec::new();
+        let mut c = Vec::new();
+        count_history(&[3, -1, 0, 3, 2, 3, -7], 4, 0, &mut s, &mut c).unwrap();
+        assert_eq!(c, vec![(0, 1), (2, 1), (3, 3)]);
+        let e = count_history(&[4], 4, 5, &mut s, &mut c).unwrap_err();
+        assert!(matches!(e, SamplingError::TokenOutOfRange { row: 5, id: 4, .. }));
+    }
+
+    #[test]
+    fn repetition_divides_positive_and_multiplies_negative() {
+        let mut y = vec![2.0f64, -2.0, 1.0];
+        let pen = Penalties {
+            repetition: 2.0,
+            frequency: 0.0,
+            presence: 0.0,
+            frequency_scale: 1.0,
+            presence_scale: 1.0,
+        };
+        apply(&mut y, &[(0, 3), (1, 1)], &pen);
+        assert_eq!(y, vec![1.0, -4.0, 1.0]);
+    }
+
+    #[test]
+    fn additive_frequency_and_presence() {
+        let mut y = vec![1.0f64, 1.0, 1.0];
+        let pen = Penalties {
+            repetition: 1.0,
+            frequency: 0.5,
+            presence: 0.25,
+            frequency_scale: 1.0,
+            presence_scale: 1.0,
+        };
+        apply(&mut y, &[(0, 2), (2, 1)], &pen);
+        assert_eq!(y, vec![1.0 - 1.0 - 0.25, 1.0, 1.0 - 0.5 - 0.25]);
+    }
+
+    #[test]
+    fn k_scaling_worked_example_factors() {
+        // DESIGN.md: history a,b,a,c,a,a with s_f = 1.1, s_p = 1.2 gives k = [1.6, 1.3, 1.3, 1].
+        let pen = Penalties {
+            repetition: 1.0,
+            frequency: 0.0,
+            presence: 0.0,
+            frequency_scale: 1.1,
+            presence_scale: 1.2,
+        };
+        let mut s = Vec::new();
+        let mut c = Vec::new();
+        count_history(&[0, 1, 0, 2, 0, 0], 4, 0, &mut s, &mut c).unwrap();
+        let k: Vec<f64> = c.iter().map(|&(_, n)| pen.k_factor(n)).collect();
+        for (got, want) in k.iter().zip([1.6, 1.3, 1.3]) {
+            assert!((got - want).abs() < 1e-12);
+        }
+        let mut y = vec![0.8f64, 0.9, 0.1, 0.4];
+        apply(&mut y, &c, &pen);
+        for (got, want) in y.iter().zip([0.5, 0.6923, 0.0769, 0.4]) {
+            assert!((got - want).abs() < 1e-4, "{y:?}");
+        }
+    }
+
+    #[test]
+    fn k_scaling_shifts_negative_rows() {
+        let pen = Penalties {
+            repetition: 1.0,
+            frequency: 0.0,
+            presence: 0.0,
+            frequency_scale: 2.0,
+            presence_scale: 1.0,
+        };
+        let mut y = vec![-1.0f64, 1.0, f64::NEG_INFINITY];
+        apply(&mut y, &[(1, 1)], &pen);
+        // shift by +1 (min finite is -1), then token 1 divided by k = 2.
+        assert_eq!(y, vec![0.0, 1.0, f64::NEG_INFINITY]);
+    }
+}

@@ -1,0 +1,542 @@
+//! The per-row pipeline of DESIGN.md section 2 and the batched driver.
+//!
+//! Order: bias and bans → penalties → temperature (T = 0 is greedy) → top-k → softmax →
+//! top-p → min-p → renormalise and draw. Rows are independent; large batches run on rayon.
+
+use crate::draw::{argmax, draw};
+use num_traits::{Float, One, Zero};
+use crate::elem::{Elem, Real};
+use crate::error::SamplingError;
+use crate::filter::{kth_largest, min_p, top_p};
+use crate::penalty::{apply, count_history, Penalties};
+use crate::rng::uniform;
+use crate::softmax::{exp_weights, max, raw_log_softmax_at, top_logprobs};
+use rayon::prelude::*;
+use std::sync::{Arc, RwLock};
+
+/// Number of per-row parameters, in the column order of [`PARAM_NAMES`].
+pub const N_PARAMS: usize = 9;
+
+/// Parameter names as the Python API spells them, in the column order of a parameter row.
+pub const PARAM_NAMES: [&str; N_PARAMS] = [
+    "temperature",
+    "top_k",
+    "top_p",
+    "min_p",
+    "repetition_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+    "frequency_scale",
+    "presence_scale",
+];
+
+/// Sampling parameters of one row, validated.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowParams {
+    /// Temperature `T >= 0`; 0 is greedy.
+    pub temperature: f64,
+    /// Top-k; 0 is off.
+    pub top_k: usize,
+    /// Top-p in `(0, 1]`; 1 is off.
+    pub top_p: f64,
+    /// Min-p in `[0, 1)`; 0 is off.
+    pub min_p: f64,
+    /// The penalties.
+    pub penalties: Penalties,
+}
+
+impl Default for RowParams {
+    fn default() -> Self {
+        Self::from_values(&[1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0], 0)
+            .unwrap_or_else(|_| unreachable!("defaults are valid"))
+    }
+}
+
+impl RowParams {
+    /// Validates one parameter row laid out as [`PARAM_NAMES`]; `row` names the row in errors.
+    pub fn from_values(v: &[f64], row: usize) -> Result<Self, SamplingError> {
+        if v.len() != N_PARAMS {
+            return Err(SamplingError::Shape(format!(
+                "a parameter row has {} values, expected {N_PARAMS}",
+                v.len()
+            )));
+        }
+        let bad = |i: usize, expected: &'static str| SamplingError::InvalidParameter {
+            name: PARAM_NAMES[i],
+            row,
+            value: v[i],
+            expected,
+        };
+        let check = |i: usize, ok: bool, expected: &'static str| {
+            if ok && !v[i].is_nan() {
+                Ok(v[i])
+            } else {
+                Err(bad(i, expected))
+            }
+        };
+        let temperature = check(0, v[0].is_finite() && v[0] >= 0.0, "a finite number >= 0")?;
+        let k = check(
+            1,
+            v[1].is_finite() && v[1] >= 0.0 && v[1].fract() == 0.0,
+            "a whole number >= 0 (0 or None is off)",
+        )?;
+        let top_p = check(2, v[2] > 0.0 && v[2] <= 1.0, "a number in (0, 1]")?;
+        let min_p = check(3, v[3] >= 0.0 && v[3] < 1.0, "a number in [0, 1)")?;
+        let repetition = check(4, v[4].is_finite() && v[4] > 0.0, "a finite number > 0")?;
+        let frequency = check(5, v[5].is_finite(), "a finite number")?;
+        let presence = check(6, v[6].is_finite(), "a finite number")?;
+        let frequency_scale = check(7, v[7].is_finite() && v[7] >= 1.0, "a finite number >= 1")?;
+        let presence_scale = check(8, v[8].is_finite() && v[8] >= 1.0, "a finite number >= 1")?;
+        Ok(Self {
+            temperature,
+            top_k: if k >= usize::MAX as f64 {
+                usize::MAX
+            } else {
+                k as usize
+            },
+            top_p,
+            min_p,
+            penalties: Penalties {
+                repetition,
+                frequency,
+                presence,
+                frequency_scale,
+                presence_scale,
+            },
+        })
+    }
+}
+
+/// How rows get their random streams.
+#[derive(Debug, Clone, Copy)]
+pub enum Seeds<'a> {
+    /// One seed for the batch: row `i` uses lane `i` of that seed's stream.
+    Shared(u64),
+    /// One seed per row (lane 0), so a row draws the same wherever it sits in the batch.
+    PerRow(&'a [u64]),
+}
+
+/// A rectangular block of `rows` rows of `width` ids, row-major; negative ids are padding.
+#[derive(Debug, Clone, Copy)]
+pub struct IdRows<'a> {
+    /// The ids, `rows * width` of them.
+    pub ids: &'a [i64],
+    /// Ids per row.
+    pub width: usize,
+}
+
+impl<'a> IdRows<'a> {
+    fn row(&self, i: usize) -> &'a [i64] {
+        if self.width == 0 {
+            return &[];
+        }
+        let rows = self.ids.len() / self.width;
+        // One row broadcasts to the whole batch.
+        let i = if rows == 1 { 0 } else { i };
+        &self.ids[i * self.width..(i + 1) * self.width]
+    }
+}
+
+/// Everything one batched call needs besides the output buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchRequest<'a, T> {
+    /// The logit rows, all of one length V.
+    pub rows: &'a [&'a [T]],
+    /// Parameters: one row for the whole batch, or one per row.
+    pub params: &'a [RowParams],
+    /// Token history per row (one row for a single-row batch), or `None`.
+    pub history: Option<IdRows<'a>>,
+    /// Logit-bias ids per row (one row broadcasts); `-inf` values ban.
+    pub bias_ids: Option<IdRows<'a>>,
+    /// Logit-bias values, laid out like `bias_ids`.
+    pub bias_values: &'a [f64],
+    /// Random streams.
+    pub seeds: Seeds<'a>,
+    /// Step of the stream (a `Sampler` advances it each call).
+    pub step: u64,
+    /// Compute the log-probability of the chosen token under the raw softmax.
+    pub want_raw_logprob: bool,
+    /// How many top log-probabilities to report per row.
+    pub top_n: usize,
+}
+
+/// What one row produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowResult {
+    /// The chosen token id.
+    pub id: i64,
+    /// Its log-probability under the final distribution.
+    pub logprob: f64,
+    /// Its log-probability under the raw softmax (NaN unless asked for).
+    pub raw_logprob: f64,
+    /// The `top_n` most probable tokens of the final distribution with their log-probabilities.
+    pub top: Vec<(i64, f64)>,
+}
+
+/// Reusable buffers of one worker, so a row costs no allocation after the first.
+#[derive(Default)]
+struct Scratch<F> {
+    y: Vec<F>,
+    w: Vec<F>,
+    sel: Vec<F>,
+    idx: Vec<u32>,
+    hist: Vec<u32>,
+    counts: Vec<(u32, u32)>,
+}
+
+fn process_row<T: Elem>(
+    req: &BatchRequest<'_, T>,
+    i: usize,
+    s: &mut Scratch<T::C>,
+    probs: Option<&mut [T::C]>,
+) -> Result<RowResult, SamplingError> {
+    type F<T> = <T as Elem>::C;
+    let x = req.rows[i];
+    let v = x.len();
+    let p = &req.params[if req.params.len() == 1 { 0 } else { i }];
+
+    s.y.clear();
+    s.y.extend(x.iter().map(|e| e.load()));
+    if s.y.iter().any(|e| e.is_nan()) {
+        return Err(SamplingError::NanInRow { row: i });
+    }
+
+    if let Some(bias) = req.bias_ids {
+        let start = if bias.ids.len() == bias.width { 0 } else { i * bias.width };
+        for (n, &id) in bias.row(i).iter().enumerate() {
+            if id < 0 {
+                continue;
+            }
+            if id as u64 >= v as u64 {
+                return Err(SamplingError::TokenOutOfRange {
+                    what: "logit_bias",
+                    row: i,
+                    id,
+                    vocab: v,
+                });
+            }
+            let b = req.bias_values[start + n];
+            let e = &mut s.y[id as usize];
+            // A ban wins over everything, and a masked token stays masked.
+            let biased = *e + F::<T>::of(b);
+            *e = if b == f64::NEG_INFINITY || biased.is_nan() {
+                F::<T>::neg_infinity()
+            } else {
+                biased
+            };
+        }
+    }
+
+    if !p.penalties.is_off() {
+        if let Some(h) = req.history {
+            count_history(h.row(i), v, i, &mut s.hist, &mut s.counts)?;
+            apply(&mut s.y, &s.counts, &p.penalties);
+        }
+    }
+
+    let m = max(&s.y);
+    if m == F::<T>::neg_infinity() {
+        return Err(SamplingError::AllMasked { row: i });
+    }
+
+    let (id, logprob, top) = if p.temperature == 0.0 {
+        let id = argmax(&s.y);
+        if let Some(out) = probs {
+            out.fill(F::<T>::zero());
+            out[id] = F::<T>::one();
+        }
+        let mut top = Vec::new();
+        if req.top_n > 0 {
+            top.push((id as i64, 0.0));
+            top.resize(req.top_n, (-1, f64::NEG_INFINITY));
+        }
+        (id, 0.0, top)
+    } else {
+        let floor = if p.top_k > 0 && p.top_k < v {
+            kth_largest(&s.y, p.top_k, &mut s.sel)
+        } else {
+            F::<T>::neg_infinity()
+        };
+        let t = F::<T>::of(p.temperature);
+        let mut total = if t == F::<T>::zero() {
+            // The temperature underflowed the compute type: the limit is the argmax set.
+            exp_weights(&s.y, m, F::<T>::min_positive_value(), m, &mut s.w)
+        } else {
+            exp_weights(&s.y, m, t, floor, &mut s.w)
+        };
+        if p.top_p < 1.0 {
+            total = top_p(&mut s.w, total, p.top_p, &mut s.idx);
+        }
+        if p.min_p > 0.0 {
+            total = min_p(&mut s.w, p.min_p);
+        }
+        let u = match req.seeds {
+            Seeds::Shared(seed) => uniform(seed, i as u64, req.step),
+            Seeds::PerRow(seeds) => uniform(seeds[i], 0, req.step),
+        };
+        let id = draw(&s.w, total, u);
+        if let Some(out) = probs {
+            let inv = 1.0 / total;
+            for (o, &wj) in out.iter_mut().zip(&s.w) {
+                *o = F::<T>::of(wj.wide() * inv);
+            }
+        }
+        let top = top_logprobs(&s.w, total, req.top_n, &mut s.idx);
+        (id, (s.w[id].wide() / total).ln(), top)
+    };
+
+    let raw_logprob = if req.want_raw_logprob {
+        raw_log_softmax_at(x, id)
+    } else {
+        f64::NAN
+    };
+    Ok(RowResult {
+        id: id as i64,
+        logprob,
+        raw_logprob,
+        top,
+    })
+}
+
+fn check_shapes<T>(req: &BatchRequest<'_, T>, probs_len: Option<usize>) -> Result<usize, SamplingError> {
+    let b = req.rows.len();
+    let v = req.rows.first().map_or(0, |r| r.len());
+    if b > 0 && v == 0 {
+        return Err(SamplingError::Shape("logits have a vocabulary of size 0".into()));
+    }
+    if req.rows.iter().any(|r| r.len() != v) {
+        return Err(SamplingError::Shape("logit rows differ in length".into()));
+    }
+    if req.params.len() != 1 && req.params.len() != b {
+        return Err(SamplingError::Shape(format!(
+            "{} parameter rows for a batch of {b}",
+            req.params.len()
+        )));
+    }
+    let rows_of = |r: &IdRows<'_>| if r.width == 0 { 0 } else { r.ids.len() / r.width };
+    if let Some(h) = &req.history {
+        if h.width > 0 && (h.ids.len() % h.width != 0 || (rows_of(h) != b && !(rows_of(h) == 1 && b == 1))) {
+            return Err(SamplingError::Shape(format!(
+                "history has {} rows for a batch of {b}",
+                rows_of(h)
+            )));
+        }
+    }
+    if let Some(bi) = &req.bias_ids {
+        if bi.width > 0
+            && (bi.ids.len() % bi.width != 0
+                || (rows_of(bi) != b && rows_of(bi) != 1)
+                || req.bias_values.len() != bi.ids.len())
+        {
+            return Err(SamplingError::Shape(format!(
+                "logit_bias has {} rows for a batch of {b}",
+                rows_of(bi)
+            )));
+        }
+    }
+    if let Seeds::PerRow(s) = req.seeds {
+        if s.len() != b {
+            return Err(SamplingError::Shape(format!("{} seeds for a batch of {b}", s.len())));
+        }
+    }
+    if let Some(n) = probs_len {
+        if n != b * v {
+            return Err(SamplingError::Shape(format!(
+                "probs buffer has {n} elements, expected {}",
+                b * v
+            )));
+        }
+    }
+    Ok(v)
+}
+
+/// Below this many logits in a batch, threads cost more than they save.
+pub const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
+
+static POOL: RwLock<Option<Arc<rayon::ThreadPool>>> = RwLock::new(None);
+
+/// Sets the number of worker threads for batched calls (0 restores rayon's default, one per
+/// core).
+pub fn set_num_threads(n: usize) -> Result<(), SamplingError> {
+    let pool = if n == 0 {
+        None
+    } else {
+        Some(Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .thread_name(|i| format!("tokensampler-{i}"))
+                .build()
+                .map_err(|e| SamplingError::Shape(format!("cannot start {n} threads: {e}")))?,
+        ))
+    };
+    match POOL.write() {
+        Ok(mut g) => *g = pool,
+        Err(poisoned) => *poisoned.into_inner() = pool,
+    }
+    Ok(())
+}
+
+/// The number of worker threads batched calls use.
+pub fn num_threads() -> usize {
+    current_pool().map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
+}
+
+fn current_pool() -> Option<Arc<rayon::ThreadPool>> {
+    match POOL.read() {
+        Ok(g) => g.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+/// Runs the pipeline on every row. `probs`, when given, receives the final distribution of
+/// each row (B × V, row-major). Errors name the lowest failing row.
+pub fn run_batch<T: Elem>(
+    req: &BatchRequest<'_, T>,
+    probs: Option<&mut [T::C]>,
+) -> Result<Vec<RowResult>, SamplingError> {
+    let v = check_shapes(req, probs.as_ref().map(|p| p.len()))?;
+    let b = req.rows.len();
+    let outs: Vec<Option<&mut [T::C]>> = match probs {
+        Some(p) if v > 0 => p.chunks_mut(v).map(Some).collect(),
+        _ => (0..b).map(|_| None).collect(),
+    };
+    let results: Vec<Result<RowResult, SamplingError>> = if b >= 2 && b * v >= PARALLEL_MIN_ELEMENTS {
+        let work = || {
+            outs.into_par_iter()
+                .enumerate()
+                .map_init(Scratch::default, |s, (i, out)| process_row(req, i, s, out))
+                .collect()
+        };
+        match current_pool() {
+            Some(pool) => pool.install(work),
+            None => work(),
+        }
+    } else {
+        let mut s = Scratch::default();
+        outs.into_iter()
+            .enumerate()
+            .map(|(i, out)| process_row(req, i, &mut s, out))
+            .collect()
+    };
+    results.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req<'a, T>(rows: &'a [&'a [T]], params: &'a [RowParams]) -> BatchRequest<'a, T> {
+        BatchRequest {
+            rows,
+            params,
+            history: None,
+            bias_ids: None,
+            bias_values: &[],
+            seeds: Seeds::Shared(7),
+            step: 0,
+            want_raw_logprob: false,
+            top_n: 0,
+        }
+    }
+
+    fn params(t: f64, k: f64, p: f64, m: f64) -> RowParams {
+        RowParams::from_values(&[t, k, p, m, 1.0, 0.0, 0.0, 1.0, 1.0], 0).unwrap()
+    }
+
+    #[test]
+    fn k_scaling_worked_example() {
+        // DESIGN.md section 2: probabilities [0.2651, 0.3213, 0.1737, 0.2399].
+        let x = [0.8f64, 0.9, 0.1, 0.4];
+        let rows = [&x[..]];
+        let p = [RowParams::from_values(&[1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.1, 1.2], 0).unwrap()];
+        let hist = [0i64, 1, 0, 2, 0, 0];
+        let mut r = req(&rows, &p);
+        r.history = Some(IdRows { ids: &hist, width: 6 });
+        let mut probs = vec![0.0f64; 4];
+        run_batch(&r, Some(&mut probs)).unwrap();
+        for (g, w) in probs.iter().zip([0.2651, 0.3213, 0.1737, 0.2399]) {
+            assert!((g - w).abs() < 1e-4, "{probs:?}");
+        }
+    }
+
+    #[test]
+    fn greedy_is_argmax_of_penalised_logits() {
+        let x = [1.0f32, 5.0, 5.0, 2.0];
+        let rows = [&x[..]];
+        let p = [params(0.0, 0.0, 1.0, 0.0)];
+        let mut probs = vec![0.0f32; 4];
+        let out = run_batch(&req(&rows, &p), Some(&mut probs)).unwrap();
+        assert_eq!(out[0].id, 1);
+        assert_eq!(probs, vec![0.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn errors_name_the_row() {
+        let a = [1.0f32, 2.0];
+        let b = [f32::NAN, 2.0];
+        let c = [f32::NEG_INFINITY, f32::NEG_INFINITY];
+        let p = [params(1.0, 0.0, 1.0, 0.0)];
+        let rows = [&a[..], &b[..]];
+        assert_eq!(
+            run_batch(&req(&rows, &p), None).unwrap_err(),
+            SamplingError::NanInRow { row: 1 }
+        );
+        let rows = [&a[..], &a[..], &c[..]];
+        assert_eq!(
+            run_batch(&req(&rows, &p), None).unwrap_err(),
+            SamplingError::AllMasked { row: 2 }
+        );
+        for (vals, name) in [
+            ([-1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0], "temperature"),
+            ([1.0, 0.5, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0], "top_k"),
+            ([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0], "top_p"),
+            ([1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0], "min_p"),
+            ([1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0], "repetition_penalty"),
+            ([1.0, 0.0, 1.0, 0.0, 1.0, f64::NAN, 0.0, 1.0, 1.0], "frequency_penalty"),
+            ([1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.9, 1.0], "frequency_scale"),
+        ] {
+            match RowParams::from_values(&vals, 3) {
+                Err(SamplingError::InvalidParameter { name: n, row: 3, .. }) => assert_eq!(n, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bans_and_bias() {
+        let x = [3.0f64, 1.0, 0.0];
+        let rows = [&x[..]];
+        let p = [params(0.0, 0.0, 1.0, 0.0)];
+        let ids = [0i64, 2];
+        let vals = [f64::NEG_INFINITY, 10.0];
+        let mut r = req(&rows, &p);
+        r.bias_ids = Some(IdRows { ids: &ids, width: 2 });
+        r.bias_values = &vals;
+        assert_eq!(run_batch(&r, None).unwrap()[0].id, 2);
+    }
+
+    #[test]
+    fn same_seed_same_ids_any_thread_count_and_position() {
+        let v = 5000;
+        let rows_data: Vec<Vec<f32>> = (0..16)
+            .map(|r| (0..v).map(|j| ((j * 7919 + r * 104_729) % 1000) as f32 / 300.0).collect())
+            .collect();
+        let rows: Vec<&[f32]> = rows_data.iter().map(|r| &r[..]).collect();
+        let p = [params(1.0, 0.0, 1.0, 0.0)];
+        let seeds: Vec<u64> = (0..16).map(|i| 1000 + i).collect();
+        let mut r = req(&rows, &p);
+        r.seeds = Seeds::PerRow(&seeds);
+        set_num_threads(1).unwrap();
+        let one = run_batch(&r, None).unwrap();
+        set_num_threads(2).unwrap();
+        let two = run_batch(&r, None).unwrap();
+        set_num_threads(0).unwrap();
+        let ids = |r: &[RowResult]| r.iter().map(|x| (x.id, x.logprob)).collect::<Vec<_>>();
+        assert_eq!(ids(&one), ids(&two));
+        let single_rows = [rows[5]];
+        let single_seed = [seeds[5]];
+        let mut r1 = req(&single_rows, &p);
+        r1.seeds = Seeds::PerRow(&single_seed);
+        assert_eq!(ids(&run_batch(&r1, None).unwrap()), ids(&one[5..6]));
+    }
+}
