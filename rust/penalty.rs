@@ -128,7 +128,10 @@ mod tests {
         count_history(&[3, -1, 0, 3, 2, 3, -7], 4, 0, &mut s, &mut c).unwrap();
         assert_eq!(c, vec![(0, 1), (2, 1), (3, 3)]);
         let e = count_history(&[4], 4, 5, &mut s, &mut c).unwrap_err();
-        assert!(matches!(e, SamplingError::TokenOutOfRange { row: 5, id: 4, .. }));
+        assert!(matches!(
+            e,
+            SamplingError::TokenOutOfRange { row: 5, id: 4, .. }
+        ));
     }
 
     #[test]

@@ -4,13 +4,13 @@
 //! top-p → min-p → renormalise and draw. Rows are independent; large batches run on rayon.
 
 use crate::draw::{argmax, draw};
-use num_traits::{Float, One, Zero};
 use crate::elem::{Elem, Real};
 use crate::error::SamplingError;
 use crate::filter::{kth_largest, min_p, top_p};
 use crate::penalty::{apply, count_history, Penalties};
 use crate::rng::uniform;
 use crate::softmax::{exp_weights, max, raw_log_softmax_at, top_logprobs};
+use num_traits::{Float, One, Zero};
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};
 
@@ -202,7 +202,11 @@ fn process_row<T: Elem>(
     }
 
     if let Some(bias) = req.bias_ids {
-        let start = if bias.ids.len() == bias.width { 0 } else { i * bias.width };
+        let start = if bias.ids.len() == bias.width {
+            0
+        } else {
+            i * bias.width
+        };
         for (n, &id) in bias.row(i).iter().enumerate() {
             if id < 0 {
                 continue;
@@ -227,10 +231,19 @@ fn process_row<T: Elem>(
         }
     }
 
-    if !p.penalties.is_off() {
-        if let Some(h) = req.history {
+    if let Some(h) = req.history {
+        if !p.penalties.is_off() {
             count_history(h.row(i), v, i, &mut s.hist, &mut s.counts)?;
             apply(&mut s.y, &s.counts, &p.penalties);
+        } else if let Some(&id) = h.row(i).iter().find(|&&id| id >= v as i64) {
+            // Bad ids are an error even when no penalty reads them, so a bug in the caller's
+            // bookkeeping surfaces on the first call, not when a penalty is switched on.
+            return Err(SamplingError::TokenOutOfRange {
+                what: "history",
+                row: i,
+                id,
+                vocab: v,
+            });
         }
     }
 
@@ -298,11 +311,16 @@ fn process_row<T: Elem>(
     })
 }
 
-fn check_shapes<T>(req: &BatchRequest<'_, T>, probs_len: Option<usize>) -> Result<usize, SamplingError> {
+fn check_shapes<T>(
+    req: &BatchRequest<'_, T>,
+    probs_len: Option<usize>,
+) -> Result<usize, SamplingError> {
     let b = req.rows.len();
     let v = req.rows.first().map_or(0, |r| r.len());
     if b > 0 && v == 0 {
-        return Err(SamplingError::Shape("logits have a vocabulary of size 0".into()));
+        return Err(SamplingError::Shape(
+            "logits have a vocabulary of size 0".into(),
+        ));
     }
     if req.rows.iter().any(|r| r.len() != v) {
         return Err(SamplingError::Shape("logit rows differ in length".into()));
@@ -313,9 +331,17 @@ fn check_shapes<T>(req: &BatchRequest<'_, T>, probs_len: Option<usize>) -> Resul
             req.params.len()
         )));
     }
-    let rows_of = |r: &IdRows<'_>| if r.width == 0 { 0 } else { r.ids.len() / r.width };
+    let rows_of = |r: &IdRows<'_>| {
+        if r.width == 0 {
+            0
+        } else {
+            r.ids.len() / r.width
+        }
+    };
     if let Some(h) = &req.history {
-        if h.width > 0 && (h.ids.len() % h.width != 0 || (rows_of(h) != b && !(rows_of(h) == 1 && b == 1))) {
+        if h.width > 0
+            && (h.ids.len() % h.width != 0 || (rows_of(h) != b && !(rows_of(h) == 1 && b == 1)))
+        {
             return Err(SamplingError::Shape(format!(
                 "history has {} rows for a batch of {b}",
                 rows_of(h)
@@ -336,7 +362,10 @@ fn check_shapes<T>(req: &BatchRequest<'_, T>, probs_len: Option<usize>) -> Resul
     }
     if let Seeds::PerRow(s) = req.seeds {
         if s.len() != b {
-            return Err(SamplingError::Shape(format!("{} seeds for a batch of {b}", s.len())));
+            return Err(SamplingError::Shape(format!(
+                "{} seeds for a batch of {b}",
+                s.len()
+            )));
         }
     }
     if let Some(n) = probs_len {
@@ -400,7 +429,8 @@ pub fn run_batch<T: Elem>(
         Some(p) if v > 0 => p.chunks_mut(v).map(Some).collect(),
         _ => (0..b).map(|_| None).collect(),
     };
-    let results: Vec<Result<RowResult, SamplingError>> = if b >= 2 && b * v >= PARALLEL_MIN_ELEMENTS {
+    let results: Vec<Result<RowResult, SamplingError>> = if b >= 2 && b * v >= PARALLEL_MIN_ELEMENTS
+    {
         let work = || {
             outs.into_par_iter()
                 .enumerate()
@@ -448,10 +478,14 @@ mod tests {
         // DESIGN.md section 2: probabilities [0.2651, 0.3213, 0.1737, 0.2399].
         let x = [0.8f64, 0.9, 0.1, 0.4];
         let rows = [&x[..]];
-        let p = [RowParams::from_values(&[1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.1, 1.2], 0).unwrap()];
+        let p =
+            [RowParams::from_values(&[1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.1, 1.2], 0).unwrap()];
         let hist = [0i64, 1, 0, 2, 0, 0];
         let mut r = req(&rows, &p);
-        r.history = Some(IdRows { ids: &hist, width: 6 });
+        r.history = Some(IdRows {
+            ids: &hist,
+            width: 6,
+        });
         let mut probs = vec![0.0f64; 4];
         run_batch(&r, Some(&mut probs)).unwrap();
         for (g, w) in probs.iter().zip([0.2651, 0.3213, 0.1737, 0.2399]) {
@@ -487,16 +521,30 @@ mod tests {
             SamplingError::AllMasked { row: 2 }
         );
         for (vals, name) in [
-            ([-1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0], "temperature"),
+            (
+                [-1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0],
+                "temperature",
+            ),
             ([1.0, 0.5, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0], "top_k"),
             ([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0], "top_p"),
             ([1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0], "min_p"),
-            ([1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0], "repetition_penalty"),
-            ([1.0, 0.0, 1.0, 0.0, 1.0, f64::NAN, 0.0, 1.0, 1.0], "frequency_penalty"),
-            ([1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.9, 1.0], "frequency_scale"),
+            (
+                [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0],
+                "repetition_penalty",
+            ),
+            (
+                [1.0, 0.0, 1.0, 0.0, 1.0, f64::NAN, 0.0, 1.0, 1.0],
+                "frequency_penalty",
+            ),
+            (
+                [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.9, 1.0],
+                "frequency_scale",
+            ),
         ] {
             match RowParams::from_values(&vals, 3) {
-                Err(SamplingError::InvalidParameter { name: n, row: 3, .. }) => assert_eq!(n, name),
+                Err(SamplingError::InvalidParameter {
+                    name: n, row: 3, ..
+                }) => assert_eq!(n, name),
                 other => panic!("{name}: {other:?}"),
             }
         }
@@ -510,7 +558,10 @@ mod tests {
         let ids = [0i64, 2];
         let vals = [f64::NEG_INFINITY, 10.0];
         let mut r = req(&rows, &p);
-        r.bias_ids = Some(IdRows { ids: &ids, width: 2 });
+        r.bias_ids = Some(IdRows {
+            ids: &ids,
+            width: 2,
+        });
         r.bias_values = &vals;
         assert_eq!(run_batch(&r, None).unwrap()[0].id, 2);
     }
@@ -519,7 +570,11 @@ mod tests {
     fn same_seed_same_ids_any_thread_count_and_position() {
         let v = 5000;
         let rows_data: Vec<Vec<f32>> = (0..16)
-            .map(|r| (0..v).map(|j| ((j * 7919 + r * 104_729) % 1000) as f32 / 300.0).collect())
+            .map(|r| {
+                (0..v)
+                    .map(|j| ((j * 7919 + r * 104_729) % 1000) as f32 / 300.0)
+                    .collect()
+            })
             .collect();
         let rows: Vec<&[f32]> = rows_data.iter().map(|r| &r[..]).collect();
         let p = [params(1.0, 0.0, 1.0, 0.0)];

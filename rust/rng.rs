@@ -35,7 +35,12 @@ pub fn philox4x32_10(key: u64, counter: [u32; 4]) -> [u32; 4] {
 pub fn uniform(seed: u64, lane: u64, step: u64) -> f64 {
     let r = philox4x32_10(
         seed,
-        [step as u32, (step >> 32) as u32, lane as u32, (lane >> 32) as u32],
+        [
+            step as u32,
+            (step >> 32) as u32,
+            lane as u32,
+            (lane >> 32) as u32,
+        ],
     );
     let bits = ((r[0] as u64) << 32 | r[1] as u64) >> 11;
     bits as f64 * (1.0 / (1u64 << 53) as f64)

@@ -21,7 +21,11 @@ pub fn exp_weights<F: Real>(y: &[F], m: F, t: F, floor: F, w: &mut Vec<F>) -> f6
     let mut total = 0.0f64;
     if m == F::infinity() {
         for &v in y {
-            let e = if v == F::infinity() { F::one() } else { F::zero() };
+            let e = if v == F::infinity() {
+                F::one()
+            } else {
+                F::zero()
+            };
             total += e.wide();
             w.push(e);
         }
@@ -53,7 +57,10 @@ pub fn raw_log_softmax_at<T: Elem>(x: &[T], id: usize) -> f64 {
         .fold(f64::NEG_INFINITY, f64::max);
     let xi = x[id].load().wide();
     if m == f64::INFINITY {
-        let n_inf = x.iter().filter(|e| e.load().wide() == f64::INFINITY).count();
+        let n_inf = x
+            .iter()
+            .filter(|e| e.load().wide() == f64::INFINITY)
+            .count();
         return if xi == f64::INFINITY {
             -(n_inf as f64).ln()
         } else {

@@ -1,0 +1,27 @@
+"""tokensampler: exact, fast next-token sampling with Rust kernels.
+
+>>> import numpy as np, tokensampler as ts
+>>> int(ts.sample(np.array([0.0, 5.0, 1.0], dtype=np.float32), temperature=0))
+1
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._native import SamplingError, get_num_threads, set_num_threads
+from .sampling import Sampler, SampleOutput, probs, sample
+
+try:
+    __version__ = version("tokensampler")
+except PackageNotFoundError:  # running from a source tree without an install
+    __version__ = "0.0.0"
+
+__all__ = [
+    "SampleOutput",
+    "Sampler",
+    "SamplingError",
+    "__version__",
+    "get_num_threads",
+    "probs",
+    "sample",
+    "set_num_threads",
+]

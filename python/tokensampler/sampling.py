@@ -1,0 +1,468 @@
+"""The sampling API: `sample`, `probs` and `Sampler` on numpy arrays and torch tensors.
+
+This module only checks and normalises arguments; every computation runs in the Rust kernels
+(`tokensampler._native`) with the GIL released. Callers must not mutate the logits (or the
+history / bias arrays) from another thread while a call is running.
+
+Buffers: numpy arrays and CPU tensors are read in place (no copy) as long as their last axis
+is contiguous; otherwise the rows are copied once. bfloat16 tensors cross as a zero-copy
+uint16 view. CUDA tensors are copied to pinned host memory, sampled, and the ids are
+returned on the tensor's device.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import _native
+
+_U64 = (1 << 64) - 1
+
+# Column order of the parameter matrix handed to the kernels (see rust/pipeline.rs).
+PARAM_NAMES: tuple[str, ...] = tuple(_native.PARAM_NAMES)
+# What None means for each parameter: "off".
+_OFF = (1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0)
+
+
+class SampleOutput(NamedTuple):
+    """What `sample` returns when log-probabilities are asked for.
+
+    Attributes:
+        ids: chosen token ids, int64, shape () or (B,).
+        logprobs: log-probability of each chosen id under the final distribution.
+        raw_logprobs: its log-probability under the plain softmax of the unprocessed logits
+            (None unless `logprobs=True`).
+        top_ids: the `top_logprobs` most probable ids of the final distribution, most
+            probable first, ties by lower id; -1 past the kept set. Shape (..., n).
+        top_logprobs: their log-probabilities (-inf past the kept set).
+    """
+
+    ids: Any
+    logprobs: Any
+    raw_logprobs: Any
+    top_ids: Any
+    top_logprobs: Any
+
+
+# ==== buffer adapters =========================================================================
+
+
+def _torch() -> Any:
+    # torch stays optional: only look at it if the caller already imported it.
+    return sys.modules.get("torch")
+
+
+class _Logits:
+    """A (B, V) numpy view of the caller's logits plus what is needed to return results."""
+
+    __slots__ = ("array", "is_bf16", "squeeze", "device", "is_torch")
+
+    def __init__(self, logits: Any) -> None:
+        torch = _torch()
+        self.is_bf16 = False
+        self.device = None
+        self.is_torch = torch is not None and isinstance(logits, torch.Tensor)
+        if self.is_torch:
+            arr = self._from_torch(torch, logits)
+        elif isinstance(logits, np.ndarray):
+            arr = logits
+        else:
+            arr = np.asarray(logits)
+        if not self.is_bf16 and (arr.dtype.kind != "f" or arr.dtype.itemsize not in (2, 4, 8)):
+            raise TypeError(
+                f"logits must be float32, float64, float16 or bfloat16 (torch), got {arr.dtype}"
+            )
+        if arr.ndim not in (1, 2):
+            raise ValueError(f"logits must have shape (V,) or (B, V), got shape {arr.shape}")
+        if arr.shape[-1] == 0:
+            raise ValueError("logits have a vocabulary of size 0 (last axis is empty)")
+        self.squeeze = arr.ndim == 1
+        if self.squeeze:
+            arr = arr[None, :]
+        if arr.strides[1] != arr.itemsize:
+            # The kernels read rows as slices; a strided last axis costs one copy.
+            arr = np.ascontiguousarray(arr)
+        if not arr.dtype.isnative:
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        self.array = arr
+
+    def _from_torch(self, torch: Any, t: Any) -> np.ndarray:
+        if t.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            raise TypeError(
+                f"logits must be float32, float64, float16 or bfloat16, got {t.dtype}"
+            )
+        t = t.detach()
+        if t.device.type != "cpu":
+            self.device = t.device
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=torch.cuda.is_available())
+            host.copy_(t, non_blocking=True)
+            if t.device.type == "cuda":
+                torch.cuda.current_stream(t.device).synchronize()
+            t = host
+        if t.dtype == torch.bfloat16:
+            self.is_bf16 = True
+            return t.view(torch.int16).numpy().view(np.uint16)
+        return t.numpy()
+
+    def wrap(self, a: np.ndarray | None, row_axis_only: bool = False) -> Any:
+        """Returns a kernel output in the caller's array type, squeezed for 1-D logits."""
+        if a is None:
+            return None
+        if self.squeeze:
+            a = a[0]
+        if not self.is_torch:
+            return a
+        out = _torch().from_numpy(np.ascontiguousarray(a))
+        return out if self.device is None else out.to(self.device)
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    torch = _torch()
+    if torch is not None and isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+# ==== argument normalisation ==================================================================
+
+
+def _param_matrix(values: tuple[Any, ...], b: int) -> np.ndarray:
+    """(1, 9) for scalar parameters, (B, 9) when any parameter is per row."""
+    if all(v is None or isinstance(v, (int, float)) for v in values):
+        return np.array(
+            [[off if v is None else v for v, off in zip(values, _OFF)]], dtype=np.float64
+        )
+    out = np.empty((b, len(values)), dtype=np.float64)
+    for col, (name, v, off) in enumerate(zip(PARAM_NAMES, values, _OFF)):
+        if v is None:
+            out[:, col] = off
+            continue
+        if isinstance(v, (list, tuple)):
+            v = [off if e is None else e for e in v]
+        try:
+            a = _as_numpy(v).astype(np.float64, copy=False)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{name} must be a number or a sequence of numbers: {e}") from None
+        if a.ndim == 0:
+            out[:, col] = a
+        elif a.ndim == 1 and a.shape[0] == b:
+            out[:, col] = a
+        else:
+            raise ValueError(
+                f"{name} has shape {a.shape}: give a scalar or {b} values, one per row"
+            )
+    return out
+
+
+def _pad_rows(rows: list[np.ndarray], fill: float | int, dtype: Any) -> np.ndarray:
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((len(rows), width), fill, dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def _int_ids(a: np.ndarray, what: str) -> np.ndarray:
+    if a.size and a.dtype.kind not in "iu":
+        raise TypeError(f"{what} must hold integer token ids, got dtype {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def _history(history: Any, b: int) -> np.ndarray | None:
+    if history is None:
+        return None
+    if isinstance(history, (list, tuple)) and history and not np.isscalar(history[0]):
+        rows = [_int_ids(_as_numpy(h).reshape(-1), "history") for h in history]
+        h = _pad_rows(rows, -1, np.int64)
+    else:
+        h = _int_ids(_as_numpy(history), "history")
+    if h.ndim == 1:
+        if b != 1:
+            raise ValueError(
+                f"history of shape {h.shape} is for one row; give shape (B, L) or a list of "
+                f"B arrays for a batch of {b}"
+            )
+        h = h[None, :]
+    if h.ndim != 2:
+        raise ValueError(f"history must be (L,), (B, L) or a list of B arrays, got {h.shape}")
+    if h.shape[0] != b:
+        raise ValueError(f"history has {h.shape[0]} rows for a batch of {b}")
+    return h
+
+
+def _bias_from_dicts(dicts: Sequence[Mapping[int, float]]) -> tuple[np.ndarray, np.ndarray]:
+    ids = _pad_rows([np.fromiter(d.keys(), dtype=np.int64, count=len(d)) for d in dicts], -1,
+                    np.int64)
+    vals = _pad_rows(
+        [np.fromiter(d.values(), dtype=np.float64, count=len(d)) for d in dicts], 0.0, np.float64
+    )
+    return ids, vals
+
+
+def _logit_bias(bias: Any, b: int, v: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if bias is None:
+        return None, None
+    if isinstance(bias, Mapping):
+        ids, vals = _bias_from_dicts([bias])
+    elif isinstance(bias, (list, tuple)) and bias and isinstance(bias[0], Mapping):
+        if len(bias) != b:
+            raise ValueError(f"logit_bias has {len(bias)} dicts for a batch of {b}")
+        ids, vals = _bias_from_dicts(bias)
+    else:
+        dense = _as_numpy(bias).astype(np.float64, copy=False)
+        if dense.ndim == 1:
+            dense = dense[None, :]
+        if dense.ndim != 2 or dense.shape[1] != v or dense.shape[0] not in (1, b):
+            raise ValueError(
+                f"a dense logit_bias must have shape ({v},) or ({b}, {v}), got {dense.shape}"
+            )
+        rows = [np.flatnonzero(r) for r in dense]
+        ids = _pad_rows(rows, -1, np.int64)
+        vals = _pad_rows([r[nz] for r, nz in zip(dense, rows)], 0.0, np.float64)
+    if np.isnan(vals).any():
+        raise ValueError("logit_bias contains NaN")
+    return ids, vals
+
+
+def _seeds(seed: Any, b: int) -> tuple[np.ndarray, bool]:
+    """(seeds, per_row): one shared seed, or one per row."""
+    if seed is None:
+        return np.array([secrets.randbits(64)], dtype=np.uint64), False
+    if isinstance(seed, (int, np.integer)):
+        return np.array([int(seed) & _U64], dtype=np.uint64), False
+    seeds = [int(s) & _U64 for s in _as_numpy(seed).reshape(-1).tolist()]
+    if len(seeds) != b:
+        raise ValueError(f"seed has {len(seeds)} values for a batch of {b}")
+    return np.array(seeds, dtype=np.uint64), True
+
+
+# ==== the calls ===============================================================================
+
+
+def _run(
+    logits: Any,
+    params: tuple[Any, ...],
+    *,
+    history: Any,
+    logit_bias: Any,
+    seeds: tuple[np.ndarray, bool] | None,
+    seed: Any = None,
+    step: int = 0,
+    want_probs: bool = False,
+    want_raw: bool = False,
+    top_n: int = 0,
+    param_matrix: np.ndarray | None = None,
+) -> tuple[_Logits, tuple[Any, ...]]:
+    lg = _Logits(logits)
+    b, v = lg.array.shape
+    if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 0:
+        raise ValueError(f"top_logprobs must be a whole number >= 0, got {top_n!r}")
+    pm = param_matrix if param_matrix is not None else _param_matrix(params, b)
+    if pm.shape[0] not in (1, b):
+        raise ValueError(f"per-row parameters have {pm.shape[0]} rows for a batch of {b}")
+    hist = _history(history, b)
+    bias_ids, bias_vals = _logit_bias(logit_bias, b, v)
+    s, per_row = seeds if seeds is not None else _seeds(seed, b)
+    if per_row and s.shape[0] != b:
+        raise ValueError(f"seed has {s.shape[0]} values for a batch of {b}")
+    out = _native.run(
+        lg.array,
+        lg.is_bf16,
+        pm,
+        hist,
+        bias_ids,
+        bias_vals,
+        s,
+        per_row,
+        step,
+        want_probs,
+        want_raw,
+        int(top_n),
+    )
+    return lg, out
+
+
+def sample(
+    logits: Any,
+    *,
+    temperature: Any = 1.0,
+    top_k: Any = None,
+    top_p: Any = None,
+    min_p: Any = None,
+    repetition_penalty: Any = 1.0,
+    frequency_penalty: Any = 0.0,
+    presence_penalty: Any = 0.0,
+    frequency_scale: Any = 1.0,
+    presence_scale: Any = 1.0,
+    logit_bias: Any = None,
+    history: Any = None,
+    seed: Any = None,
+    logprobs: bool = False,
+    top_logprobs: int = 0,
+) -> Any:
+    """Samples one token id per row of `logits`.
+
+    Args:
+        logits: numpy array or torch tensor, (V,) or (B, V), float32/float64/float16/bfloat16.
+            Read in place, never modified.
+        temperature: T >= 0; 0 is greedy (argmax of the penalised logits).
+        top_k: keep the k largest scaled logits (ties at the boundary kept); None/0 is off.
+        top_p: nucleus mass in (0, 1]; None/1 is off.
+        min_p: keep tokens with prob >= min_p * max prob; None/0 is off.
+        repetition_penalty: multiplicative CTRL penalty on seen tokens (1 is off).
+        frequency_penalty, presence_penalty: OpenAI additive penalties (0 is off).
+        frequency_scale, presence_scale: k-scaling per-token temperature (1 is off).
+        logit_bias: {id: bias}, a list of B dicts, or a dense (V,)/(B, V) array; -inf bans.
+        history: token ids seen per row ((L,), (B, L) with negative padding, or a list).
+        seed: None (OS entropy), an int, or B per-row seeds.
+        logprobs: also return log-probabilities (returns a `SampleOutput`).
+        top_logprobs: also return the n most probable ids per row (returns a `SampleOutput`).
+
+    Every numeric parameter is a scalar or one value per row.
+
+    Returns:
+        int64 ids, shape () or (B,), in the input's array type and on its device; or a
+        `SampleOutput` when `logprobs` or `top_logprobs` is set.
+
+    >>> import numpy as np
+    >>> int(sample(np.array([1.0, 3.0, 2.0]), temperature=0))
+    1
+    """
+    params = (temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
+              presence_penalty, frequency_scale, presence_scale)
+    lg, out = _run(logits, params, history=history, logit_bias=logit_bias, seeds=None,
+                   seed=seed, want_raw=bool(logprobs), top_n=top_logprobs)
+    return _result(lg, out, bool(logprobs), top_logprobs)
+
+
+def _result(lg: _Logits, out: tuple[Any, ...], logprobs: bool, top_n: int) -> Any:
+    ids, lps, raw, top_ids, top_lps, _ = out
+    if not logprobs and not top_n:
+        return lg.wrap(ids)
+    return SampleOutput(lg.wrap(ids), lg.wrap(lps), lg.wrap(raw), lg.wrap(top_ids),
+                        lg.wrap(top_lps))
+
+
+def probs(
+    logits: Any,
+    *,
+    temperature: Any = 1.0,
+    top_k: Any = None,
+    top_p: Any = None,
+    min_p: Any = None,
+    repetition_penalty: Any = 1.0,
+    frequency_penalty: Any = 0.0,
+    presence_penalty: Any = 0.0,
+    frequency_scale: Any = 1.0,
+    presence_scale: Any = 1.0,
+    logit_bias: Any = None,
+    history: Any = None,
+) -> Any:
+    """The final sampling distribution of each row (zeros outside the kept set).
+
+    Takes the same arguments as `sample` (without the seed). Returns an array shaped like
+    `logits`: float64 for float64 input, float32 otherwise, in the input's array type.
+
+    >>> import numpy as np
+    >>> probs(np.array([0.0, 0.0]), temperature=1.0).tolist()
+    [0.5, 0.5]
+    """
+    params = (temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
+              presence_penalty, frequency_scale, presence_scale)
+    lg, out = _run(logits, params, history=history, logit_bias=logit_bias,
+                   seeds=(np.zeros(1, dtype=np.uint64), False), want_probs=True)
+    return lg.wrap(out[5])
+
+
+class Sampler:
+    """Sampling parameters plus random streams, for a generate loop.
+
+    Each call advances the step of the streams, so a loop never reuses a random number; the
+    first call draws exactly what `sample(..., seed=seed)` draws. A Sampler may be shared by
+    threads: the step is taken under a lock, so concurrent calls get distinct steps.
+
+    >>> import numpy as np
+    >>> s = Sampler(temperature=0.0)
+    >>> int(s(np.array([0.5, 2.0, 1.0])))
+    1
+    """
+
+    def __init__(
+        self,
+        *,
+        temperature: Any = 1.0,
+        top_k: Any = None,
+        top_p: Any = None,
+        min_p: Any = None,
+        repetition_penalty: Any = 1.0,
+        frequency_penalty: Any = 0.0,
+        presence_penalty: Any = 0.0,
+        frequency_scale: Any = 1.0,
+        presence_scale: Any = 1.0,
+        logit_bias: Any = None,
+        seed: Any = None,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
+    ) -> None:
+        self.params = (temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
+                       presence_penalty, frequency_scale, presence_scale)
+        self.logit_bias = logit_bias
+        self.logprobs = bool(logprobs)
+        self.top_logprobs = top_logprobs
+        self.seed = secrets.randbits(64) if seed is None else seed
+        self.step = 0
+        self._lock = threading.Lock()
+        self._matrix: dict[int, np.ndarray] = {}
+        self._seeds: dict[int, tuple[np.ndarray, bool]] = {}
+
+    def reset(self, seed: Any = None) -> None:
+        """Restarts the streams at step 0 (with a new seed when one is given)."""
+        with self._lock:
+            if seed is not None:
+                self.seed = seed
+                self._seeds.clear()
+            self.step = 0
+
+    def __call__(
+        self,
+        logits: Any,
+        history: Any = None,
+        logit_bias: Any = None,
+        *,
+        keepdim: bool = False,
+    ) -> Any:
+        """Samples the next ids for `logits` ((V,) or (B, V)).
+
+        Args:
+            logits: the last-position logits, numpy or torch.
+            history: the ids so far per row (e.g. nanoGPT's `idx`), for the penalties.
+            logit_bias: overrides the Sampler's own logit_bias for this call.
+            keepdim: return shape (B, 1) instead of (B,), so that
+                `torch.cat((idx, idx_next), dim=1)` works unchanged.
+        """
+        with self._lock:
+            step = self.step
+            self.step += 1
+        b = 1 if getattr(logits, "ndim", 2) == 1 else len(logits)
+        pm = self._matrix.get(b)
+        if pm is None:
+            pm = self._matrix.setdefault(b, _param_matrix(self.params, b))
+        seeds = self._seeds.get(b)
+        if seeds is None:
+            seeds = self._seeds.setdefault(b, _seeds(self.seed, b))
+        lg, out = _run(logits, self.params, history=history,
+                       logit_bias=self.logit_bias if logit_bias is None else logit_bias,
+                       seeds=seeds, step=step, want_raw=self.logprobs,
+                       top_n=self.top_logprobs, param_matrix=pm)
+        res = _result(lg, out, self.logprobs, self.top_logprobs)
+        if keepdim:
+            if isinstance(res, SampleOutput):
+                return res._replace(ids=res.ids[..., None])
+            return res[..., None]
+        return res
