@@ -417,6 +417,22 @@ fn current_pool() -> Option<Arc<rayon::ThreadPool>> {
     }
 }
 
+/// Panics on a worker of the sampling pool: lets the bindings test that a worker's panic
+/// reaches the caller as an error, not an abort.
+pub fn debug_panic_on_worker() {
+    let work = || {
+        (0..2).into_par_iter().for_each(|i| {
+            if i == 1 {
+                panic!("deliberate panic on a worker thread");
+            }
+        })
+    };
+    match current_pool() {
+        Some(pool) => pool.install(work),
+        None => work(),
+    }
+}
+
 /// Runs the pipeline on every row. `probs`, when given, receives the final distribution of
 /// each row (B × V, row-major). Errors name the lowest failing row.
 pub fn run_batch<T: Elem>(

@@ -9,9 +9,10 @@ use numpy::{
     Element, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
     PyUntypedArrayMethods,
 };
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 // ==== errors =================================================================================
 
@@ -24,6 +25,26 @@ pyo3::create_exception!(
 
 fn to_py(e: CoreError) -> PyErr {
     SamplingError::new_err(e.to_string())
+}
+
+/// Runs a kernel so that a Rust panic (a bug: no input should cause one) becomes a Python
+/// `RuntimeError`, an ordinary `Exception`, instead of PyO3's `PanicException` (a
+/// `BaseException` that `except Exception` would not catch). rayon re-raises a worker's panic
+/// on the calling thread, so this also covers batched calls.
+fn guarded<R>(f: impl FnOnce() -> Result<R, CoreError>) -> PyResult<R> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(to_py),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(PyRuntimeError::new_err(format!(
+                "internal error in a tokensampler kernel (please report): {msg}"
+            )))
+        }
+    }
 }
 
 // ==== conversion helpers =====================================================================
@@ -88,12 +109,13 @@ fn run_rows<T: Elem>(
     let v = rows.first().map_or(0, |r| r.len());
     // Callers must not mutate the inputs while the GIL is released (documented in sampling.py).
     py.detach(|| {
-        let mut probs =
-            want_probs.then(|| vec![<T::C as num_traits::Zero>::zero(); rows.len() * v]);
-        let results = pipeline::run_batch(&req, probs.as_deref_mut())?;
-        Ok(Outputs { results, probs })
+        guarded(|| {
+            let mut probs =
+                want_probs.then(|| vec![<T::C as num_traits::Zero>::zero(); rows.len() * v]);
+            let results = pipeline::run_batch(&req, probs.as_deref_mut())?;
+            Ok(Outputs { results, probs })
+        })
     })
-    .map_err(to_py)
 }
 
 fn vec2<'py, E: Element>(
@@ -266,6 +288,21 @@ fn get_num_threads() -> usize {
     pipeline::num_threads()
 }
 
+/// Panics on purpose inside the same guard as the kernels (on a pool thread when
+/// `on_worker`), so tests can check that a panic surfaces as `RuntimeError` and leaves the
+/// interpreter usable. Not part of the public API.
+#[pyfunction]
+fn _debug_panic(py: Python<'_>, on_worker: bool) -> PyResult<()> {
+    py.detach(|| {
+        guarded(|| {
+            if on_worker {
+                pipeline::debug_panic_on_worker();
+            }
+            panic!("deliberate panic from _debug_panic");
+        })
+    })
+}
+
 /// The compiled kernels of tokensampler.
 #[pymodule(gil_used = false)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -274,5 +311,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(_debug_panic, m)?)?;
     Ok(())
 }

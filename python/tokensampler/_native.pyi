@@ -40,3 +40,6 @@ def set_num_threads(n: int) -> None:
 
 def get_num_threads() -> int:
     """The number of worker threads batched calls use."""
+
+def _debug_panic(on_worker: bool) -> None:
+    """Panics on purpose inside the kernels' guard (tests only): raises RuntimeError."""
