@@ -20,12 +20,12 @@ if _TESTS_DIR not in sys.path:
 
 MAX_EXAMPLES = int(os.environ.get("TOKENSAMPLER_MAX_EXAMPLES", "100"))
 
-_common = dict(
-    max_examples=MAX_EXAMPLES,
+_common = {
+    "max_examples": MAX_EXAMPLES,
     # Native calls on V=5000 rows and the numpy oracle are fast but not hypothesis-fast.
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+    "deadline": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large],
+}
 settings.register_profile("default", **_common)
 settings.register_profile("ci", derandomize=True, print_blob=True, **_common)
 settings.load_profile(os.environ.get("TOKENSAMPLER_HYPOTHESIS_PROFILE", "default"))

@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 __all__ = [
+    "EPS32",
+    "EPS64",
     "RowTrace",
+    "check_row",
+    "check_sampled",
     "oracle_probs",
     "oracle_rows",
     "penalised_logits",
     "row_bounds",
-    "check_row",
-    "check_sampled",
-    "EPS32",
-    "EPS64",
 ]
 
 EPS32 = 2.0**-24  # unit roundoff of float32 (the compute type for f32 / f16 / bf16 input)
@@ -239,18 +239,18 @@ def _row(x, hist, bias, p: dict) -> RowTrace:
     )  # fmt: skip
 
 
-_DEFAULTS = dict(
-    temperature=1.0,
-    top_k=None,
-    top_p=None,
-    min_p=None,
-    repetition_penalty=1.0,
-    frequency_penalty=0.0,
-    presence_penalty=0.0,
-    frequency_scale=1.0,
-    presence_scale=1.0,
-)
-_OFF = dict(top_k=0, top_p=1.0, min_p=0.0)
+_DEFAULTS = {
+    "temperature": 1.0,
+    "top_k": None,
+    "top_p": None,
+    "min_p": None,
+    "repetition_penalty": 1.0,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+    "frequency_scale": 1.0,
+    "presence_scale": 1.0,
+}
+_OFF = {"top_k": 0, "top_p": 1.0, "min_p": 0.0}
 
 
 def oracle_rows(logits, *, logit_bias=None, history=None, **params) -> list[RowTrace]:

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from oracle import oracle_probs
-
 import tokensampler as ts
+from oracle import oracle_probs
 
 
 def both(logits, **kw):
@@ -36,7 +35,7 @@ def assert_4sig(p, expected):
 
 def test_k_scaling_worked_example():
     # vocab [a, b, c, d]; history a, b, a, c, a, a; s_f = 1.1, s_p = 1.2; T = 1.
-    kw = dict(frequency_scale=1.1, presence_scale=1.2, history=np.array([0, 1, 0, 2, 0, 0]))
+    kw = {"frequency_scale": 1.1, "presence_scale": 1.2, "history": np.array([0, 1, 0, 2, 0, 0])}
     for p in both([0.8, 0.9, 0.1, 0.4], **kw):
         np.testing.assert_allclose(p, [0.2651, 0.3213, 0.1737, 0.2399], atol=6e-5)
     # the intermediate values of the example: k and the scaled logits
@@ -51,7 +50,7 @@ def test_k_scaling_shift_rule():
     # T*k; -inf entries are ignored by the min and stay at probability 0.
     x = np.array([-1.0, 2.0, -np.inf, 0.5])
     h = np.array([1, 1, 3])
-    kw = dict(frequency_scale=1.5, presence_scale=1.0, history=h)
+    kw = {"frequency_scale": 1.5, "presence_scale": 1.0, "history": h}
     want, _ = both(x, **kw)
     shifted = x + 1.0  # min finite = -1
     k = np.array([1.0, 2.0, 1.0, 1.5])  # c = [0, 2, 0, 1]
@@ -68,7 +67,7 @@ def test_k_scaling_shift_rule():
 def test_k_scaling_greedy_uses_x_over_k():
     # T = 0 with k-scaling: argmax of x / k, not of x.
     x = np.array([3.0, 2.0, 1.0])
-    kw = dict(temperature=0.0, frequency_scale=2.0, history=np.array([0, 0]))  # k0 = 3
+    kw = {"temperature": 0.0, "frequency_scale": 2.0, "history": np.array([0, 0])}  # k0 = 3
     want, _ = both(x, **kw)
     np.testing.assert_array_equal(want, [0.0, 1.0, 0.0])
 
@@ -85,7 +84,7 @@ def test_repetition_penalty_by_hand():
 
 def test_additive_penalties_by_hand():
     x = np.array([1.0, 1.0, 1.0])
-    kw = dict(frequency_penalty=0.5, presence_penalty=0.25, history=np.array([0, 0, 1, -3]))
+    kw = {"frequency_penalty": 0.5, "presence_penalty": 0.25, "history": np.array([0, 0, 1, -3])}
     want, _ = both(x, **kw)
     z = np.array([1.0 - 1.0 - 0.25, 1.0 - 0.5 - 0.25, 1.0])
     np.testing.assert_allclose(want, np.exp(z) / np.exp(z).sum(), rtol=1e-12)
