@@ -330,7 +330,8 @@ def row_bounds(trace: RowTrace, eps: float):
     sure_k = maybe_k = trace.keep_k
     if 0 < trace.top_k < vocab:
         kth = np.sort(z)[::-1][trace.top_k - 1]
-        near = (z != kth) & (np.abs(z - kth) <= 2 * delta)
+        with np.errstate(invalid="ignore"):  # -inf - -inf: NaN compares False
+            near = (z != kth) & (np.abs(z - kth) <= 2 * delta)
         if near.any():
             sure_k = z > kth + 2 * delta
             maybe_k = z >= kth - 2 * delta
