@@ -8,7 +8,7 @@ the defaults describe the embedded default model (SmolLM2-135M) and GPT-2 small,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 
 class ModelLoadError(ValueError):
@@ -28,7 +28,9 @@ class LlamaConfig:
     n_head: int = 9  # query heads
     n_kv_head: int = 3  # key/value heads (GQA); == n_head is plain multi-head attention
     n_embd: int = 576  # residual stream width
-    head_dim: int = 64  # per-head width; usually n_embd // n_head but Llama-style configs may differ
+    head_dim: int = (
+        64  # per-head width; usually n_embd // n_head but Llama-style configs may differ
+    )
     intermediate_size: int = 1536  # SwiGLU hidden width
     rms_norm_eps: float = 1e-5
     rope_theta: float = 100000.0  # RoPE base; 10000 for Llama 2, 500000 for Llama 3
@@ -73,7 +75,7 @@ class GPT2Config:
         return "gpt2"
 
 
-ModelConfig = Union[LlamaConfig, GPT2Config]
+ModelConfig = LlamaConfig | GPT2Config
 
 # model_type values of HF config.json that our Llama implementation computes exactly.
 LLAMA_MODEL_TYPES = ("llama", "mistral")
@@ -154,7 +156,5 @@ def config_from_hf(d: dict[str, Any]) -> ModelConfig:
             layer_norm_epsilon=float(d.get("layer_norm_epsilon", 1e-5)),
         )
     raise ModelLoadError(
-        f"unsupported architecture {model_type!r} "
-        f"(supported: {', '.join(LLAMA_MODEL_TYPES)}, gpt2)"
+        f"unsupported architecture {model_type!r} (supported: {', '.join(LLAMA_MODEL_TYPES)}, gpt2)"
     )
-

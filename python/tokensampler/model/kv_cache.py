@@ -98,13 +98,13 @@ class KVCache:
 
     def prefill(self, other: KVCache) -> None:
         """Copy `other`'s filled slots into this cache, broadcasting a batch of 1 to B rows."""
-        if other.k.shape[0] != self.k.shape[0] or other.k.shape[2:] != self.k.shape[2:]:
-            if other.k.shape[3] > self.k.shape[3] and other.k.shape[:3] == self.k.shape[:3]:
-                pass
-            elif other.k.shape[2] != self.k.shape[2] or other.k.shape[4] != self.k.shape[4]:
-                raise ValueError("prefill: caches have different layer/head shapes")
+        same = (other.k.shape[0], other.k.shape[2], other.k.shape[4])
+        if same != (self.k.shape[0], self.k.shape[2], self.k.shape[4]):
+            raise ValueError("prefill: caches have different layer/head shapes")
         if other.batch_size not in (1, self.batch_size):
-            raise ValueError(f"prefill: batch {other.batch_size} cannot fill batch {self.batch_size}")
+            raise ValueError(
+                f"prefill: batch {other.batch_size} cannot fill batch {self.batch_size}"
+            )
         if other.pos > self.max_seq_len:
             raise ValueError(f"prefill: {other.pos} slots do not fit in {self.max_seq_len}")
         n = other.pos
@@ -115,8 +115,9 @@ class KVCache:
         self.pos = n
 
 
-def positions(pad: torch.Tensor | None, start: int, length: int, batch_size: int,
-              device: torch.device) -> torch.Tensor:
+def positions(
+    pad: torch.Tensor | None, start: int, length: int, batch_size: int, device: torch.device
+) -> torch.Tensor:
     """Per-row position ids (B, T) of slots start..start+length: `slot - pad[b]`, clamped at 0
     for the padding slots themselves."""
     pos = torch.arange(start, start + length, device=device).unsqueeze(0)  # (1, T)

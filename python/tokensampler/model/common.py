@@ -1,0 +1,106 @@
+"""What the Llama and GPT-2 models share: device/dtype helpers and cache plumbing."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .kv_cache import KVCache
+
+
+def default_device() -> torch.device:
+    """`cuda` when there is a GPU, else `cpu`."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
+    """float32 on the CPU (fastest there and exact), bfloat16 on a GPU that has it."""
+    if dtype is None:
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"unsupported dtype {dtype} (float32, bfloat16, float16)")
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unsupported dtype {dtype!r} (float32, bfloat16, float16)") from None
+
+
+def _embedding(num: int, dim: int) -> nn.Embedding:
+    """An nn.Embedding whose constructor skips its random init (the model's `_init_weights`
+    does it): on the meta device that init alone imports torch._refs and costs ~4 s."""
+    return nn.Embedding(num, dim, _weight=torch.empty(num, dim))
+
+
+class DecoderLM(nn.Module):
+    """Base class: a causal LM whose forward is `(idx, *, kv_cache, pad, last_only) -> logits`."""
+
+    config: object
+
+    @property
+    def device(self) -> torch.device:
+        return self.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.lm_head.weight.dtype
+
+    @property
+    def max_seq_len(self) -> int:
+        return int(self.config.max_seq_len)  # type: ignore[attr-defined]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config.vocab_size)  # type: ignore[attr-defined]
+
+    def new_kv_cache(self, batch_size: int, max_seq_len: int | None = None) -> KVCache:
+        """A cache for `batch_size` rows of up to `max_seq_len` tokens (default: the model's
+        context length; pass the real need, prompt + new tokens, to save memory)."""
+        c = self.config
+        n = self.max_seq_len if max_seq_len is None else min(max_seq_len, self.max_seq_len)
+        return KVCache(
+            c.n_layer,  # type: ignore[attr-defined]
+            batch_size,
+            c.n_kv_head,  # type: ignore[attr-defined]
+            n,
+            c.head_dim,  # type: ignore[attr-defined]
+            device=self.device,
+            dtype=self.dtype,
+        )
+
+    def _begin(
+        self, idx: torch.Tensor, kv_cache: KVCache | None, pad: torch.Tensor | None
+    ) -> tuple[int, torch.Tensor | None]:
+        """(first slot, effective padding) of a forward call; records pad on prefill."""
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
+        if kv_cache is None:
+            start = 0
+        else:
+            start = kv_cache.pos
+            if start == 0:
+                kv_cache.set_pad(pad)
+            elif pad is not None:
+                raise ValueError("pad is only given on the first (prefill) call of a cache")
+            pad = kv_cache.pad if kv_cache.has_pad else None
+        if start + idx.size(1) > self.max_seq_len:
+            raise ValueError(
+                f"sequence of {start + idx.size(1)} tokens exceeds the model's context "
+                f"length {self.max_seq_len}"
+            )
+        if pad is not None and kv_cache is None and not bool(pad.any()):
+            pad = None
+        return start, pad

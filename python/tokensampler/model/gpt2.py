@@ -1,0 +1,135 @@
+"""GPT-2 in plain PyTorch, nanoGPT's `model.py` with a KV cache and left-padded batches.
+
+Weights are `nn.Linear` (out, in); HF checkpoints store GPT-2's Conv1D weights as (in, out)
+and the loader transposes them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import DecoderLM, _embedding
+from .config import GPT2Config
+from .kv_cache import KVCache, attention_mask, positions
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q | k | v
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        kv_cache: KVCache | None,
+    ) -> torch.Tensor:
+        B, T, C = x.size()
+        nh, hs = self.n_head, C // self.n_head
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        if kv_cache is not None:
+            k, v = kv_cache.insert(self.layer_idx, k, v)  # (B, nh, S, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.n_inner)
+        self.c_proj = nn.Linear(config.n_inner, config.n_embd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+        kv_cache: KVCache | None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask, is_causal, kv_cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT2(DecoderLM):
+    """GPT-2 causal LM.
+
+    >>> m = GPT2(GPT2Config(vocab_size=10, n_layer=1, n_head=2, n_embd=8, n_inner=32,
+    ...                     max_seq_len=16))
+    >>> m(torch.tensor([[1, 2, 3]]), last_only=True).shape
+    torch.Size([1, 1, 10])
+    """
+
+    config: GPT2Config
+
+    def __init__(self, config: GPT2Config) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            {
+                "wte": _embedding(config.vocab_size, config.n_embd),
+                "wpe": _embedding(config.max_seq_len, config.n_embd),
+                "h": nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
+                "ln_f": nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
+            }
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # weight tying, as in every GPT-2
+        if self.lm_head.weight.device.type != "meta":
+            self.apply(self._init_weights)
+
+    def init_buffers(self) -> None:
+        """No derived buffers (positions are learned); present for the loaders' sake."""
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        *,
+        kv_cache: KVCache | None = None,
+        pad: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits (B, T, V) for token ids idx (B, T); see `Llama.forward` for the arguments."""
+        B, T = idx.size()
+        start, pad = self._begin(idx, kv_cache, pad)
+        pos = positions(pad, start, T, B, idx.device)  # (B, T)
+        mask, is_causal = attention_mask(pad, start, T)
+        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        for block in self.transformer.h:
+            x = block(x, mask, is_causal, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        if last_only:
+            x = x[:, -1:, :]  # (B, 1, C)
+        return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
