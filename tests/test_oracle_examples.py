@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tokensampler as ts
+from hypothesis import given
 from oracle import oracle_probs
+from sampling_cases import cases
 
 
 def both(logits, **kw):
@@ -189,3 +191,21 @@ def test_filter_order_topk_topp_minp():
         np.testing.assert_allclose(p, [4 / 7, 3 / 7, 0, 0], rtol=1e-12)
     for p in both(x, top_k=3, top_p=0.7, min_p=0.8):
         np.testing.assert_array_equal(p, [1, 0, 0, 0])
+
+
+# -- the oracle's own invariants (its tolerance analysis never contradicts its decisions) ------
+
+
+@given(cases())
+def test_oracle_bounds_bracket_its_own_decision(case):
+    from oracle import EPS32, oracle_rows, row_bounds
+
+    for trace in oracle_rows(case.logits, **case.kwargs):
+        assert np.isclose(trace.probs.sum(), 1.0)
+        kept = trace.probs > 0 if trace.greedy else trace.keep_k & trace.keep_p & trace.keep_m
+        for eps in (EPS32, 2.0**-53):
+            sure, maybe, _ = row_bounds(trace, eps)
+            assert not (sure & ~kept).any()
+            assert not (kept & ~maybe).any()
+        # the most probable token always survives
+        assert trace.probs[int(np.argmax(np.where(trace.keep_k, trace.z, -np.inf)))] > 0
