@@ -364,7 +364,7 @@ def load_gguf(
                 f"{os.path.basename(path)}: tensor {name} has unsupported GGUF type "
                 f"{g.type_name(name)} (supported: {', '.join(SUPPORTED_GGML_TYPES)})"
             )
-    name = str(g.metadata.get("general.name") or os.path.basename(path))
+    name = os.path.splitext(os.path.basename(path))[0]
     tokenizer = Tokenizer.from_gguf_metadata(g.metadata, name=name)
     model = _build(config, tensors(), device, dtype)
     return model, tokenizer

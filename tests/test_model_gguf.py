@@ -1,0 +1,262 @@
+"""GGUF loading: dequantizers, q/k un-permutation, a synthetic tiny llama GGUF written with
+gguf.GGUFWriter, clear errors, and the embedded SmolLM2 against transformers' own GGUF loader.
+
+Tolerances: float32 logits, ATOL = 1e-4 for the tiny models (same weights, different op
+order); 1e-3 for SmolLM2 (30 layers, logits up to ~30; measured difference is 0).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+from model_helpers import (
+    ATOL,
+    byte_vocab,
+    default_model,
+    llamacpp_permute,
+    random_q4_k,
+    write_gguf,
+)
+
+torch = pytest.importorskip("torch")
+gguf = pytest.importorskip("gguf")
+
+
+# ---- dequantizers -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tname", ["Q8_0", "Q4_0", "Q4_1", "F16", "BF16"])
+def test_torch_dequantizers_equal_gguf(tname: str) -> None:
+    from gguf.quants import dequantize, quantize
+    from tokensampler.model.loading import _TORCH_DEQUANT
+
+    qtype = gguf.GGMLQuantizationType[tname]
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((8, 96)) * rng.random((8, 1)) * 3).astype(np.float32)
+    w[0, :32] = 0.0  # an all-zero block (d = 0)
+    if tname == "F16":
+        raw = w.astype(np.float16).view(np.uint8)
+    else:
+        raw = quantize(w, qtype)
+    ref = dequantize(raw, qtype)
+    ours = _TORCH_DEQUANT[tname](torch.from_numpy(raw.reshape(-1).copy()))
+    np.testing.assert_array_equal(ours.reshape(ref.shape).numpy(), ref)
+
+
+def test_unpermute_inverts_llamacpp_permute() -> None:
+    from tokensampler.model.loading import _unpermute
+
+    w = np.arange(8 * 16 * 3, dtype=np.float32).reshape(8 * 16, 3)
+    for n_head in (1, 2, 8):
+        back = _unpermute(torch.from_numpy(llamacpp_permute(w, n_head)), n_head)
+        np.testing.assert_array_equal(back.numpy(), w)
+
+
+# ---- a synthetic tiny llama ---------------------------------------------------------------
+
+# ggml type per tensor: every supported family appears, including Q4_K on ffn_down (its
+# 256-wide rows are the K-quant block size).
+LAYER_TYPES = [
+    {"attn_q": "Q4_0", "attn_k": "Q4_1", "attn_v": "F16", "attn_output": "Q8_0",
+     "ffn_gate": "Q4_1", "ffn_up": "Q4_0", "ffn_down": "Q4_K"},
+    {"attn_q": "F32", "attn_k": "F16", "attn_v": "Q8_0", "attn_output": "F32",
+     "ffn_gate": "F16", "ffn_up": "Q8_0", "ffn_down": "F32"},
+]  # fmt: skip
+HF_NAME = {
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}  # fmt: skip
+N_HEAD, N_KV, N_EMBD, N_FF, VOCAB = 4, 2, 64, 256, 257
+
+
+def _hf_tiny_llama():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=N_EMBD, intermediate_size=N_FF, num_hidden_layers=2,
+        num_attention_heads=N_HEAD, num_key_value_heads=N_KV, max_position_embeddings=128,
+        rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=False,
+        bos_token_id=None, eos_token_id=256, pad_token_id=None,
+    )  # fmt: skip
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for n, p in hf.named_parameters():
+            if "norm" in n:
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(0.05 * torch.randn_like(p))
+    return hf
+
+
+def _write_tiny_gguf(path, hf, types, override=None):
+    """Write hf's weights as a llama.cpp GGUF (q/k permuted, quantized per `types`); set hf's
+    weights to the values the file really holds (quantization round trip), the reference."""
+    from gguf.quants import dequantize, quantize
+
+    sd = hf.state_dict()
+    tensors = {}
+
+    def put(gname, hname, tname, permute_heads=None):
+        w = sd[hname].float().numpy()
+        if tname == "Q4_K":
+            raw = random_q4_k(*w.shape, seed=len(tensors))
+            held = dequantize(raw, gguf.GGMLQuantizationType.Q4_K)
+            file_arr = raw
+        else:
+            qtype = gguf.GGMLQuantizationType[tname]
+            # Row-wise quantization commutes with the row permutation, so the value the file
+            # holds, in HF layout, is the round trip of the unpermuted rows.
+            held = dequantize(quantize(w, qtype), qtype) if tname not in ("F32",) else w
+            file_arr = llamacpp_permute(w, permute_heads) if permute_heads else w
+        with torch.no_grad():
+            sd[hname].copy_(torch.from_numpy(np.ascontiguousarray(held)))
+        tensors[gname] = (file_arr, tname)
+
+    put("token_embd.weight", "model.embed_tokens.weight", "Q8_0")
+    put("output.weight", "lm_head.weight", "F16")
+    put("output_norm.weight", "model.norm.weight", "F32")
+    for i, lt in enumerate(types):
+        put(f"blk.{i}.attn_norm.weight", f"model.layers.{i}.input_layernorm.weight", "F32")
+        put(f"blk.{i}.ffn_norm.weight", f"model.layers.{i}.post_attention_layernorm.weight", "F32")
+        for part, tname in lt.items():
+            heads = {"attn_q": N_HEAD, "attn_k": N_KV}.get(part)
+            put(f"blk.{i}.{part}.weight", f"model.layers.{i}.{HF_NAME[part]}.weight", tname, heads)
+    if override:
+        tensors.update(override)
+    hf.load_state_dict(sd)
+    meta = {
+        "block_count": 2, "context_length": 128, "embedding_length": N_EMBD,
+        "feed_forward_length": N_FF, "attention.head_count": N_HEAD,
+        "attention.head_count_kv": N_KV, "rope.freq_base": 10000.0,
+        "attention.layer_norm_rms_epsilon": 1e-5, "vocab_size": VOCAB,
+    }  # fmt: skip
+    tokens = [*byte_vocab(), "<|endoftext|>"]
+    write_gguf(path, "llama", meta, tensors, tokens=tokens, token_types=[1] * 256 + [3],
+               eos_id=256, chat_template="{% for m in messages %}{{ m['content'] }}\n{% endfor %}")  # fmt: skip
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["f32", "mixed-quant"])
+def test_synthetic_gguf_matches_float_model(tmp_path, mixed: bool) -> None:
+    from tokensampler.model import Llama, load
+
+    hf = _hf_tiny_llama()
+    types = LAYER_TYPES if mixed else [dict.fromkeys(LAYER_TYPES[0], "F32")] * 2
+    path = tmp_path / "tiny.gguf"
+    _write_tiny_gguf(path, hf, types)
+    model, tok = load(path, device="cpu", dtype="float32")
+    assert isinstance(model, Llama)
+    assert (model.config.n_head, model.config.n_kv_head, model.config.head_dim) == (4, 2, 16)
+    assert not model.config.tie_word_embeddings
+    assert tok.eos_token_ids == (256,)
+    assert tok.decode(tok.encode("héllo wörld")) == "héllo wörld"
+    assert tok.encode("a<|endoftext|>") == [ord("a"), 256]  # control token kept whole
+
+    # The dequantized, un-permuted q projection is exactly what the file holds.
+    q_rows = N_HEAD * 16
+    torch.testing.assert_close(
+        model.transformer.h[0].attn.c_attn.weight[:q_rows],
+        hf.model.layers[0].self_attn.q_proj.weight,
+        atol=0,
+        rtol=0,
+    )
+    g = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        for n in (1, 7, 40):
+            x = torch.randint(0, VOCAB, (1, n), generator=g)
+            torch.testing.assert_close(model(x), hf(x).logits, atol=ATOL, rtol=0)
+
+
+def test_unsupported_gguf_tensor_type(tmp_path) -> None:
+    from tokensampler.model import ModelLoadError, load
+
+    hf = _hf_tiny_llama()
+    raw = np.zeros((N_EMBD, N_EMBD // 32 * 18), dtype=np.uint8)  # IQ4_NL: 32-blocks, 18 bytes
+    path = tmp_path / "iq.gguf"
+    _write_tiny_gguf(path, hf, LAYER_TYPES, override={"blk.1.attn_q.weight": (raw, "IQ4_NL")})
+    with pytest.raises(
+        ModelLoadError, match="blk.1.attn_q.weight has unsupported GGUF type IQ4_NL"
+    ):
+        load(path, device="cpu")
+
+
+def test_unsupported_gguf_architecture(tmp_path) -> None:
+    from tokensampler.model import ModelLoadError, load
+
+    path = tmp_path / "bert.gguf"
+    write_gguf(path, "bert", {"block_count": 1}, {"x.weight": (np.zeros((2, 32)), "F32")})
+    with pytest.raises(ModelLoadError, match="unsupported GGUF architecture 'bert'"):
+        load(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"GGUF\x03\x00\x00\x00\xff", b"not a model at all"])
+def test_corrupt_or_foreign_files(tmp_path, content: bytes) -> None:
+    from tokensampler.model import ModelLoadError, load
+
+    path = tmp_path / "x.gguf"
+    path.write_bytes(content)
+    with pytest.raises(ModelLoadError):
+        load(path)
+
+
+def test_bad_paths() -> None:
+    from tokensampler.model import ModelLoadError, load
+
+    with pytest.raises(ModelLoadError, match="no such file"):
+        load("/nonexistent/model.gguf")
+    with pytest.raises(ModelLoadError, match="config.json"):
+        load(os.path.dirname(__file__))  # a folder, but not a model
+
+
+# ---- the embedded SmolLM2 against transformers ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def hf_smollm2():
+    transformers = pytest.importorskip("transformers")
+    from tokensampler.model import default_model_path
+
+    path = default_model_path()
+    folder, name = os.path.split(path)
+    if importlib.util.find_spec("accelerate") is not None:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, dtype=torch.float32
+        )
+    else:
+        # from_pretrained(gguf_file=...) insists on accelerate; its GGUF conversion is this.
+        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+        parsed = load_gguf_checkpoint(path, return_tensors=True)
+        cfg = transformers.LlamaConfig(**parsed["config"])
+        model = transformers.LlamaForCausalLM(cfg)
+        model.load_state_dict(parsed["tensors"], strict=False)
+        model.tie_weights()
+    return model.eval()
+
+
+def test_smollm2_logits_match_transformers(hf_smollm2) -> None:
+    model, tok = default_model()
+    ids = tok.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        ours = model(x)[0]
+        ref = hf_smollm2(x).logits[0]
+    torch.testing.assert_close(ours, ref, atol=1e-3, rtol=0)
+
+
+def test_smollm2_real_tensors_dequantize_like_gguf() -> None:
+    from gguf.quants import dequantize
+    from tokensampler.model import GGUFFile, default_model_path
+
+    g = GGUFFile(default_model_path())
+    for name in ("token_embd.weight", "blk.0.ffn_down.weight"):
+        info = g.tensors[name]
+        qtype = gguf.GGMLQuantizationType[g.type_name(name)]
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        rows, cols = info.shape
+        raw = np.frombuffer(g._mm, np.uint8, rows * cols // block * size, info.offset)
+        ref = dequantize(raw.reshape(rows, -1), qtype)
+        np.testing.assert_array_equal(g.tensor(name).numpy(), ref)
