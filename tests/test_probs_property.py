@@ -237,3 +237,50 @@ def test_non_contiguous_numpy(case, seed):
         assert not view.flags.c_contiguous or view.shape[0] == 1 or view.shape[1] == 1
         np.testing.assert_array_equal(ts.probs(view, **kwargs), want_p)
         np.testing.assert_array_equal(ts.sample(view, seed=seed, **kwargs), want_ids)
+
+
+@given(cases(), seeds, st.integers(1, 6))
+def test_logprobs_outputs(case, seed, n_top):
+    """SampleOutput: the chosen id's log-prob under the final and the raw distributions, and
+    the top-n of the final distribution (most probable first; id -1 / -inf past the kept set)."""
+    out = ts.sample(case.logits, seed=seed, logprobs=True, top_logprobs=n_top, **case.kwargs)
+    assert isinstance(out, ts.SampleOutput)
+    np.testing.assert_array_equal(out.ids, ts.sample(case.logits, seed=seed, **case.kwargs))
+    batch_shape = case.logits.shape[:-1]
+    assert np.shape(out.logprobs) == batch_shape and np.shape(out.raw_logprobs) == batch_shape
+    assert np.shape(out.top_ids) == (*batch_shape, n_top)
+    assert np.shape(out.top_logprobs) == (*batch_shape, n_top)
+    assert np.asarray(out.top_ids).dtype == np.int64
+    assert np.asarray(out.logprobs).dtype == np.float64
+    ids = np.atleast_1d(out.ids)
+    lps, raws = np.atleast_1d(out.logprobs), np.atleast_1d(out.raw_logprobs)
+    top_ids, top_lps = np.atleast_2d(out.top_ids), np.atleast_2d(out.top_logprobs)
+    traces = oracle_rows(case.logits, **case.kwargs)
+    eps = compute_eps(case.logits.dtype)
+    x = np.atleast_2d(case.logits).astype(np.float64)
+    for i, trace in enumerate(traces):
+        sure, maybe, delta = row_bounds(trace, eps)
+        slack = 2 * delta + (1e-9 if eps < 1e-10 else 1e-5)
+        # raw: log-softmax of the unprocessed logits
+        row = x[i]
+        finite = np.isfinite(row)
+        raw_delta = 32 * eps * (np.abs(row[finite]).max() + 1)
+        m = row[finite].max()
+        raw = row[ids[i]] - m - np.log(np.exp(row[finite] - m).sum())
+        assert abs(raws[i] - raw) <= 2 * raw_delta + slack, (i, raws[i], raw)
+        if not (sure == maybe).all():
+            continue  # kept set not pinned by the oracle at this precision
+        q = trace.probs
+        if q[ids[i]] > 1e-30:
+            assert abs(lps[i] - np.log(q[ids[i]])) <= slack, (i, lps[i], np.log(q[ids[i]]))
+        n_kept = int((q > 0).sum()) if not trace.greedy else 1
+        want_sorted = np.sort(q)[::-1]
+        for j in range(n_top):
+            if j < n_kept and want_sorted[j] > 1e-30:
+                tok = top_ids[i, j]
+                assert 0 <= tok < q.size and q[tok] > 0, (i, j, tok)
+                assert abs(top_lps[i, j] - np.log(want_sorted[j])) <= slack, (i, j)
+                assert abs(np.log(q[tok]) - np.log(want_sorted[j])) <= 2 * slack, (i, j)
+            elif j >= n_kept:
+                assert top_ids[i, j] == -1 and top_lps[i, j] == -np.inf, (i, j, top_ids[i])
+        assert np.all(np.diff(top_lps[i][np.isfinite(top_lps[i])]) <= 0)
