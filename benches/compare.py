@@ -1,0 +1,1044 @@
+#!/usr/bin/env python
+"""Comparison benchmarks of tokensampler against its peers (DESIGN.md section 7, issue #3).
+
+One process, one run, the same logits for everybody. For each vocabulary size V, batch size
+B, dtype and pipeline it times, as medians of adaptive repeat counts:
+
+- tokensampler: ``ts.sample`` on a numpy float32 array and on a torch CPU tensor (float32 or
+  bfloat16) -- the whole Python call, argument checks and result wrapping included;
+- the nanoGPT loop lines (``logits / T``, ``torch.topk`` masking, ``F.softmax``,
+  ``torch.multinomial``);
+- the Hugging Face processor chain (``transformers.generation.logits_process``) +
+  ``F.softmax`` + ``torch.multinomial``, as ``GenerationMixin._sample`` runs it;
+- a vLLM-style sort-based top-k/top-p in torch with an exponential-race draw (written here);
+- a plain numpy implementation (argpartition / argsort + softmax + inverse-CDF draw);
+- the floors ``torch.amax`` (one read of the logits), ``torch.softmax`` and ``torch.topk(50)``.
+
+Usage::
+
+    python benches/compare.py [--quick | --smoke] [--no-plot] [--out-dir benches/results]
+
+Writes ``compare.md`` (also printed), ``compare.json`` (raw medians) and ``compare.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tokensampler as ts
+import torch
+import torch.nn.functional as F
+import transformers
+from transformers.generation.logits_process import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+HISTORY_LEN = 256  # tokens of history per row for the repetition penalty of pipeline (c)
+SEED = 1234  # seeds the logits, the histories and every sampler that takes a seed
+TORCH_THREADS = 2
+TS_THREADS = 0  # 0 = tokensampler's default (one worker per core)
+FLOOR_K = 50
+ROUNDS = 5  # round-robin rounds per cell (see `measure`)
+
+# (what, impl, dtype, V, B): `what` is a pipeline key or "floor".
+Key = tuple[str, str, str, int, int]
+
+# ==== grid and pipelines ======================================================================
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """One sampling configuration, applied identically by every implementation."""
+
+    key: str
+    title: str
+    temperature: float
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def ts_kwargs(self) -> dict[str, Any]:
+        return {
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "repetition_penalty": self.repetition_penalty,
+        }
+
+
+PIPELINES: tuple[Pipeline, ...] = (
+    Pipeline("a", "(a) T=1 + top-k 50", 1.0, top_k=50),
+    Pipeline("b", "(b) T=1 + top-p 0.9", 1.0, top_p=0.9),
+    Pipeline(
+        "c",
+        "(c) rep. penalty 1.2 (256-token history) + T 0.8 + top-k 50 + top-p 0.9",
+        0.8,
+        top_k=50,
+        top_p=0.9,
+        repetition_penalty=1.2,
+    ),
+    Pipeline("d", "(d) greedy (argmax)", 0.0),
+)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What to measure and how long to spend on each measurement."""
+
+    vocab: tuple[int, ...]
+    batch: tuple[int, ...]
+    dtypes: tuple[str, ...]
+    min_time: float  # seconds of repeats per measurement (after the warm-up call)
+    min_reps: int
+    max_reps: int
+    # The slow peers (HF chain, vLLM-style, numpy) are skipped for pipelines (a)-(c) above this
+    # many logits per call (B*V), except where a target needs them (HF_TARGET): at B=256,
+    # V=151936 one HF top-p call alone takes ~10 s on the 2-core machine, and the full run
+    # must stay under 10 minutes.
+    peer_max_logits: int
+    name: str
+
+
+FULL = Grid(
+    (32000, 50257, 128256, 151936), (1, 8, 64, 256), ("float32", "bfloat16"),
+    0.1, 3, 2000, 4_200_000, "full",
+)  # fmt: skip
+QUICK = Grid((32000, 128256), (1, 64), ("float32", "bfloat16"), 0.03, 3, 500, 2_100_000, "quick")
+SMOKE = Grid((1000,), (2,), ("float32", "bfloat16"), 0.0, 1, 1, 8_300_000, "smoke")
+
+# The cells the targets are judged on (section "Targets" of the report).
+TARGET_V, TARGET_B = 128256, 64
+OVERHEAD_V, OVERHEAD_B = 50257, 1
+# A target needs the HF chain at this cell, so it is measured even above `peer_max_logits`.
+HF_TARGET = ("c", "hf", "float32", TARGET_V, TARGET_B)
+
+# ==== the logits ==============================================================================
+
+
+@dataclass
+class Case:
+    """The inputs of one (V, B, dtype) cell, shared by every implementation."""
+
+    vocab: int
+    batch: int
+    dtype: str
+    logits: torch.Tensor  # (B, V) in `dtype`
+    logits_np: np.ndarray | None  # the same memory as `logits` when float32, else None
+    history: torch.Tensor  # (B, HISTORY_LEN) int64
+    history_np: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return self.vocab * self.batch
+
+
+def make_logits(vocab: int, batch: int, seed: int = SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthetic next-token logits with LLM-like shape, plus a token history per row.
+
+    A Gaussian bulk (std 2) plus 32 boosted "plausible" tokens per row whose boost is scaled by
+    a per-row sharpness in [0.6, 1]: most rows are peaked (top-p 0.9 keeps a handful of
+    tokens), about a quarter are flat (it keeps thousands). Pure N(0, s) logits would make every
+    row flat, which is neither realistic nor what the filters are tuned for.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + vocab * 1009 + batch)
+    x = torch.randn(batch, vocab, generator=g) * 2.0
+    ids = torch.randint(0, vocab, (batch, 32), generator=g)
+    sharp = 0.6 + 0.4 * torch.rand(batch, 1, generator=g)
+    x.scatter_add_(1, ids, sharp * (6.0 + 10.0 * torch.rand(batch, 32, generator=g)))
+    history = torch.randint(0, vocab, (batch, HISTORY_LEN), generator=g)
+    return x.contiguous(), history
+
+
+def make_case(vocab: int, batch: int, dtype: str, base: torch.Tensor, hist: torch.Tensor) -> Case:
+    if dtype == "float32":
+        return Case(vocab, batch, dtype, base, base.numpy(), hist, hist.numpy())
+    t = base.to(torch.bfloat16)
+    return Case(vocab, batch, dtype, t, None, hist, hist.numpy())
+
+
+# ==== the implementations =====================================================================
+
+# Each builder returns a zero-argument callable that does one full sampling step on the case's
+# logits, or None when the implementation does not apply (e.g. nanoGPT has no top-p).
+Builder = Callable[[Case, Pipeline], Callable[[], Any] | None]
+
+
+def build_ts_numpy(case: Case, p: Pipeline) -> Callable[[], Any] | None:
+    if case.logits_np is None:  # numpy has no bfloat16
+        return None
+    x, kw = case.logits_np, p.ts_kwargs()
+    hist = case.history_np if p.repetition_penalty != 1.0 else None
+    return lambda: ts.sample(x, history=hist, seed=SEED, **kw)
+
+
+def build_ts_torch(case: Case, p: Pipeline) -> Callable[[], Any] | None:
+    x, kw = case.logits, p.ts_kwargs()
+    hist = case.history if p.repetition_penalty != 1.0 else None
+    return lambda: ts.sample(x, history=hist, seed=SEED, **kw)
+
+
+def build_nanogpt(case: Case, p: Pipeline) -> Callable[[], Any] | None:
+    """nanoGPT `model.generate`'s sampling lines, on the logits' own dtype (bf16 under autocast).
+
+    nanoGPT has no top-p and no penalty, so (b) and (c) do not apply; for greedy it is what such
+    a loop writes for temperature 0 (nanochat's `sample_next_token`): an argmax.
+    """
+    x = case.logits
+    if p.greedy:
+        return lambda: torch.argmax(x, dim=-1, keepdim=True)
+    if p.top_p is not None or p.repetition_penalty != 1.0 or p.top_k is None:
+        return None
+    temperature, top_k = p.temperature, p.top_k
+
+    def step() -> torch.Tensor:
+        logits = x / temperature
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits[logits < v[:, [-1]]] = -float("Inf")
+        probs = F.softmax(logits, dim=-1)
+        return torch.multinomial(probs, num_samples=1)
+
+    return step
+
+
+def build_hf(case: Case, p: Pipeline) -> Callable[[], Any] | None:
+    """`GenerationMixin._sample`: float32 copy of the logits, processor list, softmax, draw.
+
+    Only the processors `generate` would build for these settings (no temperature warper at
+    T = 1, none at all for greedy).
+    """
+    x, input_ids = case.logits, case.history
+    procs: list[LogitsProcessor] = []
+    if p.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(p.repetition_penalty))
+    if not p.greedy:
+        if p.temperature != 1.0:
+            procs.append(TemperatureLogitsWarper(p.temperature))
+        if p.top_k is not None:
+            procs.append(TopKLogitsWarper(p.top_k))
+        if p.top_p is not None:
+            procs.append(TopPLogitsWarper(p.top_p))
+    chain = LogitsProcessorList(procs)
+    greedy = p.greedy
+
+    def step() -> torch.Tensor:
+        logits = x.to(copy=True, dtype=torch.float32)
+        scores = chain(input_ids, logits)
+        if greedy:
+            return torch.argmax(scores, dim=-1)
+        probs = F.softmax(scores, dim=-1)
+        return torch.multinomial(probs, num_samples=1).squeeze(1)
+
+    return step
+
+
+def build_vllm_style(case: Case, p: Pipeline) -> Callable[[], Any] | None:
+    """vLLM-v1-style sampler written in plain torch (not vLLM's code).
+
+    float32 cast; repetition penalty through a (B, V) seen-token mask; temperature; top-k and
+    top-p by sorting the whole row and masking by rank and by cumulative probability; scatter
+    back; softmax; and the exponential race `argmax(p / q)`, q ~ Exp(1), instead of
+    `torch.multinomial`.
+    """
+    x, hist = case.logits, case.history
+    b, v = case.batch, case.vocab
+    r, temperature, top_k, top_p = p.repetition_penalty, p.temperature, p.top_k, p.top_p
+
+    if p.greedy:
+        return lambda: x.to(torch.float32).argmax(dim=-1)
+
+    def step() -> torch.Tensor:
+        logits = x.to(torch.float32)
+        if r != 1.0:
+            seen = torch.zeros(b, v, dtype=torch.bool).scatter_(1, hist, True)
+            logits = torch.where(seen, torch.where(logits > 0, logits / r, logits * r), logits)
+        if temperature != 1.0:
+            # vLLM divides in place on its own float32 copy; here `logits` may still be the
+            # caller's float32 tensor, so divide out of place.
+            logits = logits / temperature
+        if top_k is not None or top_p is not None:
+            srt, idx = logits.sort(dim=-1, descending=False)
+            if top_k is not None and top_k < v:
+                kth = srt[:, v - top_k : v - top_k + 1]  # k-th largest value per row
+                srt.masked_fill_(srt < kth, -float("inf"))
+            if top_p is not None:
+                cum = srt.softmax(dim=-1).cumsum(dim=-1)
+                drop = cum <= 1.0 - top_p
+                drop[:, -1] = False  # the most probable token always survives
+                srt.masked_fill_(drop, -float("inf"))
+            logits = torch.empty_like(srt).scatter_(-1, idx, srt)
+        probs = logits.softmax(dim=-1)
+        q = torch.empty_like(probs).exponential_()
+        return probs.div_(q).argmax(dim=-1)
+
+    return step
+
+
+def build_numpy(case: Case, p: Pipeline) -> Callable[[], Any] | None:
+    """The same pipeline in plain numpy (float32), batched over rows, inverse-CDF draw."""
+    if case.logits_np is None:
+        return None
+    x, hist = case.logits_np, case.history_np
+    b, v = x.shape
+    rows = np.arange(b)[:, None]
+    rng = np.random.default_rng(SEED)
+    r, temperature, top_k, top_p = p.repetition_penalty, p.temperature, p.top_k, p.top_p
+
+    if p.greedy:
+        return lambda: np.argmax(x, axis=-1)
+
+    def draw(order: np.ndarray, z: np.ndarray) -> np.ndarray:
+        # z: (B, n) logits in descending order, order: their token ids.
+        e = np.exp(z - z[:, :1])
+        cdf = np.cumsum(e, axis=-1)
+        cdf /= cdf[:, -1:]
+        n_keep = np.full(b, z.shape[1])
+        if top_p is not None:
+            n_keep = np.minimum((cdf < top_p).sum(axis=-1) + 1, z.shape[1])
+        mass = cdf[np.arange(b), n_keep - 1]
+        u = rng.random(b) * mass
+        j = np.minimum((cdf < u[:, None]).sum(axis=-1), n_keep - 1)
+        return order[np.arange(b), j]
+
+    def step() -> np.ndarray:
+        logits = x
+        if r != 1.0:
+            logits = x.copy()  # never modify the caller's logits
+            seen = logits[rows, hist]
+            logits[rows, hist] = np.where(seen > 0, seen / r, seen * r)
+        if top_k is not None and top_k < v:
+            part = np.argpartition(logits, v - top_k, axis=-1)[:, v - top_k :]
+            vals = np.take_along_axis(logits, part, axis=-1)
+            srt = np.argsort(-vals, axis=-1)
+            order = np.take_along_axis(part, srt, axis=-1)
+            z = np.take_along_axis(vals, srt, axis=-1)
+        else:
+            order = np.argsort(-logits, axis=-1)
+            z = np.take_along_axis(logits, order, axis=-1)
+        if temperature != 1.0:
+            z = z / np.float32(temperature)  # monotone: dividing after the ranking is the same
+        return draw(order, z)
+
+    return step
+
+
+@dataclass(frozen=True)
+class Impl:
+    """One implementation: a column of the report."""
+
+    key: str
+    label: str
+    build: Builder
+    slow: bool  # subject to Grid.peer_max_logits
+    expected_shape: Callable[[int], tuple[int, ...]] = lambda b: (b,)
+
+
+TS_NUMPY = Impl("ts_np", "tokensampler (numpy)", build_ts_numpy, False)
+TS_TORCH = Impl("ts_torch", "tokensampler (torch)", build_ts_torch, False)
+IMPLS: tuple[Impl, ...] = (
+    TS_NUMPY,
+    TS_TORCH,
+    Impl("nanogpt", "nanoGPT lines", build_nanogpt, False, lambda b: (b, 1)),
+    Impl("hf", "HF chain + multinomial", build_hf, True),
+    Impl("vllm", "vLLM-style sort + race", build_vllm_style, True),
+    Impl("numpy", "numpy", build_numpy, True),
+)
+PEERS = IMPLS[2:]
+
+FLOORS: dict[str, tuple[str, Callable[[torch.Tensor], Any]]] = {
+    "amax": ("torch.amax", lambda x: torch.amax(x, -1)),
+    "softmax": ("torch.softmax", lambda x: torch.softmax(x, -1)),
+    "topk": (f"torch.topk({FLOOR_K})", lambda x: torch.topk(x, FLOOR_K)),
+}
+
+# ==== timing ==================================================================================
+
+
+@dataclass
+class Timing:
+    """Median seconds per call over `reps` timed calls (None when not run) and why not."""
+
+    median: float | None
+    reps: int = 0
+    status: str = "ok"  # "ok", "skipped" or "n/a"
+
+
+def measure(fns: dict[Key, Callable[[], Any]], grid: Grid) -> dict[Key, Timing]:
+    """Medians of adaptive, interleaved repeats of several callables (one cell's contenders).
+
+    Each callable gets at least `min_reps` timed calls and at least `min_time` seconds of them
+    (at most `max_reps`). The calls are spread over `ROUNDS` round-robin rounds, alternating
+    direction, so that a burst of load from another process hits every contender of the cell
+    rather than one of them: the ratios stay meaningful on a noisy machine even when the
+    absolute times drift. A warm-up call comes first (allocator, page faults, lazy init);
+    when that call alone is slow (> 50 ms) it counts as the first rep instead, since the
+    median discards one slow outlier anyway and the slowest peers would otherwise cost a
+    fourth call.
+    """
+    times: dict[Key, list[float]] = {}
+    want: dict[Key, int] = {}
+    for k, fn in fns.items():
+        t0 = time.perf_counter()
+        fn()
+        first = time.perf_counter() - t0
+        times[k] = [first] if first > 0.05 else []
+        need = math.ceil(grid.min_time / max(first, 1e-7))
+        want[k] = min(max(need, grid.min_reps), grid.max_reps)
+    keys = list(fns)
+    rounds = min(ROUNDS, max(want.values(), default=1))
+    for r in range(rounds):
+        for k in keys if r % 2 == 0 else reversed(keys):
+            fn, ts_k = fns[k], times[k]
+            chunk = math.ceil((want[k] - len(ts_k)) / (rounds - r))
+            for _ in range(chunk):
+                t0 = time.perf_counter()
+                fn()
+                ts_k.append(time.perf_counter() - t0)
+    return {k: Timing(float(np.median(t)), len(t)) for k, t in times.items()}
+
+
+# ==== correctness guard =======================================================================
+
+
+def check_correctness() -> list[str]:
+    """On one small case, every implementation returns ids of the right shape and range,
+    tokensampler's greedy ids equal torch.argmax, and top-k draws fall in the top-k set.
+
+    Sampled ids are not compared across implementations: different random streams. Returns
+    warnings (kept-set checks of (b)/(c) that are sensitive to rounding); raises on errors.
+    """
+    warnings: list[str] = []
+    v, b = 1000, 4
+    base, hist = make_logits(v, b, seed=SEED + 1)
+    for dtype in ("float32", "bfloat16"):
+        case = make_case(v, b, dtype, base, hist)
+        x64 = case.logits.to(torch.float64)
+        for p in PIPELINES:
+            for impl in IMPLS:
+                fn = impl.build(case, p)
+                if fn is None:
+                    continue
+                for _ in range(3):
+                    got = fn()
+                    out = got if torch.is_tensor(got) else torch.from_numpy(np.asarray(got))
+                    where = f"{impl.label}, {dtype}, pipeline {p.key}"
+                    if tuple(out.shape) != impl.expected_shape(b):
+                        raise AssertionError(f"{where}: ids shape {tuple(out.shape)}")
+                    if out.dtype not in (torch.int64, torch.int32):
+                        raise AssertionError(f"{where}: ids dtype {out.dtype}")
+                    ids = out.reshape(-1)
+                    if not bool(((ids >= 0) & (ids < v)).all()):
+                        raise AssertionError(f"{where}: ids out of range {ids.tolist()}")
+                    if p.greedy and not torch.equal(ids, torch.argmax(case.logits, -1)):
+                        raise AssertionError(f"{where}: greedy ids differ from torch.argmax")
+                    if p.key == "a":
+                        kth = torch.topk(x64, 50).values[:, -1:]
+                        if not bool((x64.gather(1, ids[:, None]) >= kth).all()):
+                            raise AssertionError(f"{where}: a drawn id is outside the top-50")
+                    if p.key in ("b", "c"):
+                        kept = ts.probs(case.logits, history=case.history, **_probs_kw(p)) > 0
+                        if not bool(kept.gather(1, ids[:, None]).all()):
+                            warnings.append(f"{where}: drew an id outside tokensampler's kept set")
+    return warnings
+
+
+def _probs_kw(p: Pipeline) -> dict[str, Any]:
+    kw = p.ts_kwargs()
+    if p.repetition_penalty == 1.0:
+        kw.pop("repetition_penalty")
+    return kw
+
+
+# ==== the run =================================================================================
+
+
+@dataclass
+class Results:
+    """All medians of one run, keyed by (what, impl, dtype, V, B); `what` is a pipeline key
+    or "floor"."""
+
+    timings: dict[Key, Timing] = field(default_factory=dict)
+    threads: dict[int, float] = field(default_factory=dict)  # ts threads -> median seconds
+    threads_logits: int = 0  # B * V of the thread-scaling cell
+    warnings: list[str] = field(default_factory=list)
+    wall: float = 0.0
+    others_before: float = math.nan  # CPU share used by other processes just before the run
+    others_during: float = math.nan  # ... and during the run
+    load: tuple[float, float] = (math.nan, math.nan)  # 1-min load average at start, at end
+
+    def get(self, what: str, impl: str, dtype: str, v: int, b: int) -> Timing:
+        return self.timings.get((what, impl, dtype, v, b), Timing(None, 0, "n/a"))
+
+    def sec(self, what: str, impl: str, dtype: str, v: int, b: int) -> float | None:
+        return self.get(what, impl, dtype, v, b).median
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class CpuMeter:
+    """How much of the machine other processes used while we ran (from /proc/stat).
+
+    The machines this runs on are shared: when another job takes a core, torch's OpenMP
+    barriers and rayon's workers both wait for a descheduled thread and times inflate by
+    orders of magnitude. The report states this figure so a reader can discard such a run.
+    """
+
+    def __init__(self) -> None:
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        """(machine busy CPU-seconds, machine total CPU-seconds, our CPU-seconds)."""
+        try:
+            with open("/proc/stat", encoding="ascii") as f:
+                fields = [float(x) for x in f.readline().split()[1:]]
+        except OSError:
+            return (math.nan, math.nan, math.nan)
+        hz = os.sysconf("SC_CLK_TCK")
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        total = sum(fields[:8])  # guest time is already counted in user
+        own = os.times()
+        return ((total - idle) / hz, total / hz, own.user + own.system)
+
+    def others(self) -> float:
+        """Fraction of all CPU time since construction used by other processes."""
+        busy, total, own = (b - a for a, b in zip(self.start, self._sample()))
+        return max(0.0, (busy - own) / total) if total > 0 else math.nan
+
+
+def wait_idle(max_wait: float, threshold: float = 0.15) -> float:
+    """Waits (up to `max_wait` s) until others use < `threshold` of the CPUs over 2 s."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        meter = CpuMeter()
+        time.sleep(2.0)
+        busy = meter.others()
+        if busy < threshold or time.monotonic() > deadline:
+            return busy
+        log(f"  machine busy ({busy:.0%} of the CPUs used by others); waiting ...")
+
+
+def too_big(grid: Grid, case: Case, p: Pipeline) -> bool:
+    """Slow peers are skipped above `peer_max_logits` (greedy is one argmax: never)."""
+    return not p.greedy and case.n > grid.peer_max_logits
+
+
+def run_grid(grid: Grid, res: Results) -> None:
+    """Every (V, B) cell: both dtypes' floors and implementations, interleaved (`measure`)."""
+    start = time.perf_counter()
+    for v in grid.vocab:
+        for b in grid.batch:
+            base, hist = make_logits(v, b)
+            fns: dict[Key, Callable[[], Any]] = {}
+            for dtype in grid.dtypes:
+                case = make_case(v, b, dtype, base, hist)
+                for fk, (_, f) in FLOORS.items():
+                    fns[("floor", fk, dtype, v, b)] = lambda f=f, x=case.logits: f(x)
+                for p in PIPELINES:
+                    for impl in IMPLS:
+                        fn = impl.build(case, p)
+                        key = (p.key, impl.key, dtype, v, b)
+                        if fn is None:
+                            res.timings[key] = Timing(None, 0, "n/a")
+                        elif impl.slow and too_big(grid, case, p) and key != HF_TARGET:
+                            res.timings[key] = Timing(None, 0, "skipped")
+                        else:
+                            fns[key] = fn
+            res.timings.update(measure(fns, grid))
+            del fns
+            elapsed = time.perf_counter() - start
+            log(f"  V={v:>6} B={b:>3} done ({elapsed:6.1f} s)")
+
+
+def run_threads(grid: Grid, res: Results) -> None:
+    """tokensampler at B=64 (or the grid's largest B), V=128256, pipeline (c), 1 vs 2 threads.
+
+    Alternates the two settings three times and keeps the per-setting median, so a noisy
+    stretch hits both.
+    """
+    v = TARGET_V if TARGET_V in grid.vocab else max(grid.vocab)
+    b = TARGET_B if TARGET_B in grid.batch else max(grid.batch)
+    base, hist = make_logits(v, b)
+    case = make_case(v, b, "float32", base, hist)
+    fn = build_ts_numpy(case, PIPELINES[2])
+    assert fn is not None
+    samples: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(3):
+        for n in (1, 2):
+            ts.set_num_threads(n)
+            t = measure({("c", "ts_np", "float32", v, b): fn}, grid)
+            samples[n].append(t[("c", "ts_np", "float32", v, b)].median or math.nan)
+    ts.set_num_threads(TS_THREADS)
+    res.threads = {n: float(np.median(s)) for n, s in samples.items()}
+    res.threads_logits = v * b
+
+
+# ==== analysis ================================================================================
+
+
+def fit_linear(grid: Grid, res: Results, key: str, impl: str, dtype: str) -> dict[str, float]:
+    """Least squares time = a + s * (B * V) over the grid; s in ns per logit, a in µs."""
+    xs, ys = [], []
+    for v in grid.vocab:
+        for b in grid.batch:
+            t = res.sec(key, impl, dtype, v, b)
+            if t is not None:
+                xs.append(float(v * b))
+                ys.append(t)
+    if len(xs) < 2 or len(set(xs)) < 2:
+        return {"a_us": math.nan, "s_ns": math.nan, "r2": math.nan, "n": float(len(xs))}
+    x, y = np.array(xs), np.array(ys)
+    s, a = np.polyfit(x, y, 1)
+    pred = a + s * x
+    ss_res = float(((y - pred) ** 2).sum())
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else math.nan
+    return {"a_us": a * 1e6, "s_ns": s * 1e9, "r2": r2, "n": float(len(xs))}
+
+
+@dataclass
+class Target:
+    name: str
+    goal: str
+    measured: str
+    ok: bool | None  # None: not measured in this grid
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    if num is None or den is None or den == 0:
+        return None
+    return num / den
+
+
+def evaluate_targets(grid: Grid, res: Results) -> list[Target]:
+    out: list[Target] = []
+    tv, tb, f32 = TARGET_V, TARGET_B, "float32"
+
+    def cell(v: int, b: int) -> bool:
+        return v in grid.vocab and b in grid.batch
+
+    here = cell(tv, tb)
+    nm = "not in this grid"
+    ts_c = res.sec("c", "ts_torch", f32, tv, tb)
+    r = _ratio(ts_c, res.sec("floor", "topk", f32, tv, tb))
+    out.append(
+        Target(
+            f"(c) B={tb}, V={tv}, f32 vs torch.topk(50)",
+            "tokensampler ≤ 1.0× torch.topk",
+            f"{r:.2f}× ({_us(ts_c)} vs {_us(res.sec('floor', 'topk', f32, tv, tb))} µs/call)"
+            if r is not None
+            else nm,
+            r <= 1.0 if r is not None else None,
+        )
+    )
+    hf = res.get("c", "hf", f32, tv, tb)
+    r = _ratio(hf.median, ts_c)
+    out.append(
+        Target(
+            f"(c) B={tb}, V={tv}, f32 vs HF chain + multinomial",
+            "≥ 50× faster",
+            f"{r:.1f}× faster" if r is not None else (hf.status if here else nm),
+            r >= 50.0 if r is not None else None,
+        )
+    )
+    ts_b = res.sec("b", "ts_torch", f32, tv, tb)
+    sm = res.sec("floor", "softmax", f32, tv, tb)
+    r = _ratio(ts_b, sm)
+    bf = _ratio(
+        res.sec("b", "ts_torch", "bfloat16", tv, tb),
+        res.sec("floor", "softmax", "bfloat16", tv, tb),
+    )
+    out.append(
+        Target(
+            f"(b) B={tb}, V={tv}, f32 vs torch.softmax",
+            "tokensampler ≤ 1.0× torch.softmax",
+            (f"{r:.2f}× ({_us(ts_b)} vs {_us(sm)} µs/call)" + (f"; bf16: {bf:.2f}×" if bf else ""))
+            if r is not None
+            else nm,
+            r <= 1.0 if r is not None else None,
+        )
+    )
+    ov, ob = OVERHEAD_V, OVERHEAD_B
+    ts_a = res.sec("a", "ts_torch", f32, ov, ob)
+    am = res.sec("floor", "amax", f32, ov, ob)
+    r = _ratio(ts_a, am)
+    rn = _ratio(res.sec("a", "ts_np", f32, ov, ob), am)
+    out.append(
+        Target(
+            f"(a) B={ob}, V={ov}, whole Python call vs one torch.amax call",
+            "≤ 3×",
+            (
+                f"{r:.2f}× ({_us(ts_a)} vs {_us(am)} µs; numpy input: {rn:.2f}×)"
+                if r is not None and rn is not None
+                else nm
+            ),
+            r <= 3.0 if r is not None else None,
+        )
+    )
+    parts, oks = [], []
+    for p in PIPELINES:
+        rs = []
+        for v in grid.vocab:
+            for b in grid.batch:
+                if b < 8 and max(grid.batch) >= 8:
+                    continue  # B=1 is call overhead, not the kernel: noise decides its ratio
+                rr = _ratio(
+                    res.sec(p.key, "ts_torch", "bfloat16", v, b),
+                    res.sec(p.key, "ts_torch", f32, v, b),
+                )
+                if rr is not None:
+                    rs.append(rr)
+        if rs:
+            gm = float(np.exp(np.mean(np.log(rs))))
+            parts.append(f"{p.key}: {gm:.2f} (worst {max(rs):.2f})")
+            oks.append(gm <= 1.0)
+    out.append(
+        Target(
+            "bf16 input no slower than f32 (torch input, same pipeline)",
+            "geomean bf16/f32 ≤ 1.00 over B ≥ 8, each pipeline",
+            "; ".join(parts) if parts else nm,
+            all(oks) if oks else None,
+        )
+    )
+    if res.threads:
+        sp = res.threads[1] / res.threads[2]
+        cells = res.threads_logits
+        out.append(
+            Target(
+                f"(c) 2 threads vs 1 ({cells:,} logits per call)",
+                "≥ 1.7×",
+                f"{sp:.2f}× ({_us(res.threads[1])} → {_us(res.threads[2])} µs/call)",
+                sp >= 1.7,
+            )
+        )
+    parts, oks = [], []
+    for p in PIPELINES:
+        fit = fit_linear(grid, res, p.key, "ts_np", f32)
+        if not math.isnan(fit["s_ns"]):
+            parts.append(f"{p.key}: {fit['s_ns']:.2f} ns/logit (R² {fit['r2']:.3f})")
+            oks.append(fit["r2"] >= 0.98)
+    out.append(
+        Target(
+            "linear growth in B·V (f32, numpy input)",
+            "report slope; R² ≥ 0.98",
+            "; ".join(parts) if parts else nm,
+            all(oks) if oks else None,
+        )
+    )
+    return out
+
+
+# ==== report ==================================================================================
+
+
+def _us(sec: float | None) -> str:
+    if sec is None:
+        return "–"
+    us = sec * 1e6
+    return f"{us:,.0f}" if us >= 100 else f"{us:.3g}" if us >= 0.01 else f"{us:.2e}"
+
+
+def _fmt_ratio(r: float | None) -> str:
+    if r is None:
+        return ""
+    return f"{r:.0f}×" if r >= 100 else f"{r:.1f}×" if r >= 10 else f"{r:.2f}×"
+
+
+def _cmd(args: list[str]) -> str:
+    try:
+        return subprocess.run(
+            args, check=False, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def environment() -> list[tuple[str, str]]:
+    lscpu = _cmd(["lscpu"])
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in lscpu.splitlines() if ln.startswith("Model name")),
+        platform.processor() or "?",
+    )
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]  # type: ignore[index]
+        blas_s = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    except (TypeError, KeyError, AttributeError):  # older numpy: no dict mode; only informative
+        blas_s = "?"
+    native = Path(ts._native.__file__)
+    built = datetime.datetime.fromtimestamp(native.stat().st_mtime).isoformat(timespec="seconds")
+    commit = _cmd(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]) or "?"
+    return [
+        ("date", datetime.datetime.now().astimezone().isoformat(timespec="seconds")),
+        ("machine", f"{model}; {os.cpu_count()} logical CPUs ({platform.machine()})"),
+        ("python", platform.python_version()),
+        ("numpy", f"{np.__version__} (BLAS: {blas_s})"),
+        ("torch", f"{torch.__version__} (`torch.set_num_threads({TORCH_THREADS})`)"),
+        ("transformers", transformers.__version__),
+        (
+            "tokensampler",
+            (
+                f"{ts.__version__} (`ts.set_num_threads({TS_THREADS})` = default, "
+                f"{ts.get_num_threads()} threads; extension built {built}; repo {commit})"
+            ),
+        ),
+        ("OPENBLAS_CORETYPE", os.environ.get("OPENBLAS_CORETYPE", "unset")),
+    ]
+
+
+def render(grid: Grid, res: Results, targets: list[Target]) -> str:
+    L: list[str] = []
+    L.append("# tokensampler comparison benchmarks")
+    L.append("")
+    L.append(
+        f"Generated by `benches/compare.py` ({grid.name} grid) in one process on the same "
+        f"logits; wall time {res.wall:.0f} s. Methodology: `docs/benchmarks.md`."
+    )
+    L.append("")
+    L.append(
+        f"Contention: other processes used {res.others_before:.0%} of the CPUs just before "
+        f"the run and {res.others_during:.0%} during it (1-min load average "
+        f"{res.load[0]:.1f} → {res.load[1]:.1f} on {os.cpu_count()} CPUs)."
+        + (
+            " **The machine was shared during this run: absolute times are inflated and "
+            "ratios are less reliable; re-run on an idle machine.**"
+            if res.others_during > 0.10
+            else ""
+        )
+    )
+    L.append("")
+    L.append("| | |")
+    L.append("|---|---|")
+    for k, val in environment():
+        L.append(f"| {k} | {val} |")
+    L.append("")
+    L.append("## Targets")
+    L.append("")
+    L.append("| target | goal | measured | result |")
+    L.append("|---|---|---|---|")
+    for t in targets:
+        verdict = "PASS" if t.ok else "MISS" if t.ok is not None else "–"
+        L.append(f"| {t.name} | {t.goal} | {t.measured} | **{verdict}** |")
+    L.append("")
+    L.append("## Medians")
+    L.append("")
+    L.append(
+        "Cells are **µs per row** (median time of one call ÷ B). In parentheses: for peers, "
+        "peer ÷ tokensampler (>1 = tokensampler faster; the torch peers are compared with "
+        "tokensampler on the same torch tensor, numpy with tokensampler on the numpy array); "
+        "for floors, tokensampler (torch) ÷ floor (≤1 = tokensampler beats the floor). "
+        "`n/a`: the implementation has no such feature or dtype; `skipped`: too slow at this "
+        f"size (B·V > {grid.peer_max_logits:,}), not run. bf16: tokensampler reads bf16 "
+        "natively, nanoGPT lines and floors run in bf16, HF and vLLM-style cast to float32 "
+        "first as their samplers do."
+    )
+    floor_cols = list(FLOORS)
+    for dtype in grid.dtypes:
+        for p in PIPELINES:
+            L.append("")
+            L.append(f"### {p.title} — {dtype}")
+            L.append("")
+            head = ["V", "B"] + [i.label for i in IMPLS] + [FLOORS[f][0] for f in floor_cols]
+            L.append("| " + " | ".join(head) + " |")
+            L.append("|" + "---:|" * len(head))
+            for v in grid.vocab:
+                for b in grid.batch:
+                    row = [f"{v}", f"{b}"]
+                    t_ts = res.sec(p.key, "ts_torch", dtype, v, b)
+                    t_np = res.sec(p.key, "ts_np", dtype, v, b)
+                    for impl in IMPLS:
+                        t = res.get(p.key, impl.key, dtype, v, b)
+                        if t.median is None:
+                            row.append(t.status)
+                            continue
+                        s = _us(t.median / b)
+                        if impl in PEERS:
+                            ref = t_np if impl.key == "numpy" else t_ts
+                            rr = _ratio(t.median, ref)
+                            s += f" ({_fmt_ratio(rr)})" if rr is not None else ""
+                        row.append(s)
+                    for fk in floor_cols:
+                        tf = res.sec("floor", fk, dtype, v, b)
+                        s = _us(tf / b) if tf is not None else "–"
+                        rr = _ratio(t_ts, tf)
+                        row.append(s + (f" ({_fmt_ratio(rr)})" if rr is not None else ""))
+                    L.append("| " + " | ".join(row) + " |")
+    L.append("")
+    L.append("## Linear fit: time per call ≈ a + s·(B·V), tokensampler")
+    L.append("")
+    L.append("Ordinary least squares over the grid's (V, B) cells.")
+    L.append("")
+    L.append("| pipeline | input | s (ns / logit) | a (µs) | R² | cells |")
+    L.append("|---|---|---:|---:|---:|---:|")
+    for p in PIPELINES:
+        for impl, dtype in (
+            ("ts_np", "float32"),
+            ("ts_torch", "float32"),
+            ("ts_torch", "bfloat16"),
+        ):
+            if dtype not in grid.dtypes:
+                continue
+            fit = fit_linear(grid, res, p.key, impl, dtype)
+            label = "numpy f32" if impl == "ts_np" else f"torch {dtype}"
+            L.append(
+                f"| {p.key} | {label} | {fit['s_ns']:.3f} | {fit['a_us']:.1f} | "
+                f"{fit['r2']:.4f} | {int(fit['n'])} |"
+            )
+    if res.threads:
+        L.append("")
+        L.append("## Thread scaling")
+        L.append("")
+        cells = res.threads_logits
+        L.append(
+            f"tokensampler, pipeline (c), float32 numpy input, {cells:,} logits per call; "
+            "medians of three alternating rounds."
+        )
+        L.append("")
+        L.append("| ts.set_num_threads | µs / call | speed-up |")
+        L.append("|---:|---:|---:|")
+        for n in (1, 2):
+            L.append(f"| {n} | {_us(res.threads[n])} | {res.threads[1] / res.threads[n]:.2f}× |")
+    if res.warnings:
+        L.append("")
+        L.append("## Warnings of the correctness guard")
+        L.append("")
+        L.extend(f"- {w}" for w in res.warnings)
+    L.append("")
+    return "\n".join(L)
+
+
+def write_plot(grid: Grid, res: Results, path: Path, batch: int = TARGET_B) -> None:
+    """Time per row vs V (log-log), one panel per pipeline, float32, at B = `batch`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    b = batch if batch in grid.batch else max(grid.batch)
+    fig, axes = plt.subplots(1, len(PIPELINES), figsize=(5 * len(PIPELINES), 4.5), sharey=True)
+    styles = {"ts_np": "o-", "ts_torch": "s-", "nanogpt": "^-", "hf": "v-", "vllm": "D-"}
+    for ax, p in zip(axes, PIPELINES):
+        lines: Iterable[tuple[str, str, str, str]] = [
+            (p.key, i.key, i.label, styles.get(i.key, "x-")) for i in IMPLS
+        ] + [("floor", fk, lab, ":") for fk, (lab, _) in FLOORS.items()]
+        for what, key, label, style in lines:
+            pts = [
+                (v, t / b)
+                for v in grid.vocab
+                if (t := res.sec(what, key, "float32", v, b)) is not None
+            ]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, [y * 1e6 for y in ys], style, label=label, markersize=4)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(p.title if len(p.title) < 40 else p.title.split(" + ")[0] + " + … (c)")
+        ax.set_xlabel("vocabulary size V")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel(f"µs per row (B={b}, float32)")
+    axes[-1].legend(fontsize=7, loc="best")
+    fig.suptitle(f"tokensampler vs peers, time per row, B={b}, float32 (lower is better)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def to_json(grid: Grid, res: Results, targets: list[Target]) -> dict[str, Any]:
+    return {
+        "grid": grid.name,
+        "environment": dict(environment()),
+        "wall_s": res.wall,
+        "others_cpu_share": {"before": res.others_before, "during": res.others_during},
+        "loadavg_1min": list(res.load),
+        "timings": [
+            dict(zip(("what", "impl", "dtype", "V", "B"), k))
+            | {"median_s": t.median, "reps": t.reps, "status": t.status}
+            for k, t in res.timings.items()
+        ],
+        "threads": {str(k): v for k, v in res.threads.items()},
+        "threads_logits": res.threads_logits,
+        "targets": [t.__dict__ for t in targets],
+        "warnings": res.warnings,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="reduced grid, < 2 minutes")
+    mode.add_argument("--smoke", action="store_true", help="tiny grid (V=1000, B=2), one rep")
+    ap.add_argument("--out-dir", type=Path, default=REPO / "benches" / "results")
+    ap.add_argument("--no-plot", action="store_true", help="skip the PNG (no matplotlib)")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="first wait up to SECONDS for other processes to leave the CPUs idle",
+    )
+    args = ap.parse_args(argv)
+    grid = SMOKE if args.smoke else QUICK if args.quick else FULL
+
+    torch.set_num_threads(TORCH_THREADS)
+    ts.set_num_threads(TS_THREADS)
+    res = Results()
+    if args.wait_idle > 0:
+        res.others_before = wait_idle(args.wait_idle)
+    else:
+        meter = CpuMeter()
+        time.sleep(0.5)
+        res.others_before = meter.others()
+    load0 = os.getloadavg()[0]
+    meter = CpuMeter()
+    t0 = time.perf_counter()
+    log(f"compare.py: {grid.name} grid; correctness guard ...")
+    res.warnings = check_correctness()
+    for w in res.warnings:
+        log(f"  warning: {w}")
+    log("timing the grid ...")
+    run_grid(grid, res)
+    log("thread scaling ...")
+    run_threads(grid, res)
+    res.wall = time.perf_counter() - t0
+    res.others_during = meter.others()
+    res.load = (load0, os.getloadavg()[0])
+    targets = evaluate_targets(grid, res)
+    md = render(grid, res, targets)
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "compare.md").write_text(md, encoding="utf-8")
+    (args.out_dir / "compare.json").write_text(
+        json.dumps(to_json(grid, res, targets), indent=1), encoding="utf-8"
+    )
+    if not args.no_plot:
+        write_plot(grid, res, args.out_dir / "compare.png")
+    print(md)
+    log(f"wrote {args.out_dir}/compare.md in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
