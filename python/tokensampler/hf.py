@@ -1,0 +1,539 @@
+"""Hugging Face transformers adapters: tokensampler inside `model.generate`, or our own loop.
+
+Three routes, from least to most change to an existing transformers program:
+
+1. `TokenSamplerLogitsProcessor` (default, ``draw=False``): penalties, temperature and the
+   top-k / top-p / min-p filters run in ONE Rust call; the processor returns
+   ``log(ts.probs(...))`` (``-inf`` outside the kept set) and Hugging Face still draws with its
+   own ``softmax`` + ``torch.multinomial``. Pass ``**processor.generate_kwargs()`` to
+   ``model.generate`` so that Hugging Face's default warpers (``top_k=50`` among them) do not
+   filter a second time.
+2. The same processor with ``draw=True``: it draws with tokensampler's seeded stream and
+   returns scores that are ``0`` at the drawn id and ``-inf`` elsewhere, so ``model.generate``
+   with ``do_sample=False`` (argmax) emits exactly our token. Generation is then reproducible
+   from the processor's seed, independent of torch's global RNG.
+3. `generate`: no `LogitsProcessor` at all. Our loop calls the model's forward with its
+   ``past_key_values`` cache (a ``DynamicCache``), left padding, an attention mask and
+   position ids, and draws with a `tokensampler.Sampler`.
+
+History and padding: the history handed to the penalties is the row's ``input_ids``: the
+prompt plus what has been generated, as in Hugging Face's ``RepetitionPenaltyLogitsProcessor``.
+`model.generate` (transformers 5) leaves left padding out of its own repetition penalty using
+the attention mask, but a custom processor never sees that mask, so left padding counts as
+history unless ``pad_token_id`` is given: then the leading run of that id in each row is masked
+to ``-1``. Only the leading run, because GPT-2 style models reuse eos as pad and an eos inside
+the text is real history; the price is that a prompt which itself starts with the pad id (a
+GPT-2 ``<|endoftext|>`` used as bos) loses those first ids from its history. `generate` knows
+the attention mask and always excludes exactly the padding. ``penalize_prompt=False``
+restricts the history to generated tokens (vLLM's convention for the frequency and presence
+penalties); the name and the default match `tokensampler.generate`.
+
+>>> import torch, tokensampler.hf as tshf
+>>> p = tshf.TokenSamplerLogitsProcessor(top_k=1)
+>>> p(torch.tensor([[0]]), torch.tensor([[0.0, 2.0, 1.0]])).tolist()
+[[-inf, 0.0, -inf]]
+"""
+
+from __future__ import annotations
+
+import inspect
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+try:
+    from transformers import LogitsProcessor, LogitsProcessorList
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "tokensampler.hf needs Hugging Face transformers: pip install transformers"
+    ) from e
+
+from .sampling import Sampler, probs
+
+__all__ = ["HFGeneration", "TokenSamplerLogitsProcessor", "generate", "hf_warpers_off"]
+
+# Hugging Face builds its own warpers from the generation config whenever do_sample=True, and
+# its default config has top_k=50: these values switch every one of them (and its repetition
+# penalty, a non-warper processor) off so that our processor is the only one that filters.
+_HF_OFF: dict[str, Any] = {
+    "temperature": 1.0,
+    "top_k": 0,
+    "top_p": 1.0,
+    "min_p": 0.0,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "repetition_penalty": 1.0,
+}
+
+
+def hf_warpers_off() -> dict[str, Any]:
+    """`model.generate` keywords that switch off Hugging Face's own sampling warpers.
+
+    Returns:
+        A fresh dict: ``temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0,
+        epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0``.
+
+    >>> hf_warpers_off()["top_k"]
+    0
+    """
+    return dict(_HF_OFF)
+
+
+def _leading_run_masked(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
+    """`input_ids` with each row's leading run of `pad_token_id` (left padding) set to -1."""
+    leading = torch.cumprod((input_ids == pad_token_id).to(torch.int8), dim=1).bool()
+    if not leading.any():
+        return input_ids
+    return input_ids.masked_fill(leading, -1)
+
+
+# ==== route 1 and 2: a LogitsProcessor ========================================================
+
+
+class TokenSamplerLogitsProcessor(LogitsProcessor):
+    """Applies tokensampler's penalties and filters inside Hugging Face `model.generate`.
+
+    With ``draw=False`` (the default) it returns ``log(ts.probs(scores, ...))``: Hugging Face's
+    ``softmax`` of that is exactly our final distribution, and its ``torch.multinomial`` draws
+    from it. Use it with ``do_sample=True`` and Hugging Face's warpers off:
+
+    >>> proc = TokenSamplerLogitsProcessor(temperature=0.7, top_p=0.9)
+    >>> # model.generate(**inputs, **proc.generate_kwargs(), max_new_tokens=20)
+
+    With ``draw=True`` it draws the token itself (tokensampler's seeded counter-based stream)
+    and returns ``0`` at that id and ``-inf`` elsewhere; `generate_kwargs` then asks for
+    ``do_sample=False``, so Hugging Face's argmax emits our token and no warper runs.
+
+    The processor keeps a little state: the prompt length (for ``penalize_prompt=False``)
+    and, with ``draw=True``, the step of its random stream. Both restart when a call looks like
+    the first step of a new generation (a batch of another size, or input_ids no longer than
+    at the previous call), so one processor can serve several `model.generate` calls; with an
+    int ``seed`` each of them is reproducible, with ``seed=None`` each gets fresh entropy.
+    `reset` restarts it by hand.
+
+    Args:
+        temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
+        presence_penalty, frequency_scale, presence_scale, logit_bias: as in `ts.sample`
+            (scalars or one value per row of the generate batch).
+        pad_token_id: when given, each row's leading run of this id (left padding) is left out
+            of the history. None: every input id counts, as in Hugging Face's processors.
+        penalize_prompt: False to count only the tokens generated so far.
+        draw: draw with tokensampler instead of returning log-probabilities.
+        seed: seed of the draw stream (``draw=True`` only): None, an int or one per row.
+    """
+
+    def __init__(
+        self,
+        *,
+        temperature: Any = 1.0,
+        top_k: Any = None,
+        top_p: Any = None,
+        min_p: Any = None,
+        repetition_penalty: Any = 1.0,
+        frequency_penalty: Any = 0.0,
+        presence_penalty: Any = 0.0,
+        frequency_scale: Any = 1.0,
+        presence_scale: Any = 1.0,
+        logit_bias: Any = None,
+        pad_token_id: int | None = None,
+        penalize_prompt: bool = True,
+        draw: bool = False,
+        seed: Any = None,
+    ) -> None:
+        self.params: dict[str, Any] = {
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "min_p": min_p,
+            "repetition_penalty": repetition_penalty,
+            "frequency_penalty": frequency_penalty,
+            "presence_penalty": presence_penalty,
+            "frequency_scale": frequency_scale,
+            "presence_scale": presence_scale,
+        }
+        _check_scalar_params(self.params)
+        self.logit_bias = logit_bias
+        self.pad_token_id = pad_token_id
+        self.penalize_prompt = bool(penalize_prompt)
+        self.draw = bool(draw)
+        self.seed = seed
+        self.needs_history = _needs_history(self.params)
+        self._sampler: Sampler | None = None
+        self._prompt_len = 0
+        self._last_shape: tuple[int, int] | None = None
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        """Keywords for `model.generate` that make this processor the only sampling stage.
+
+        Returns:
+            ``logits_processor``, ``do_sample`` (True for ``draw=False``, False for
+            ``draw=True``), ``repetition_penalty=1.0`` and, for ``draw=False``,
+            `hf_warpers_off`'s other neutral warper settings.
+            Merge with your own keywords: ``model.generate(**inputs, **p.generate_kwargs(),
+            max_new_tokens=20)``.
+        """
+        kw: dict[str, Any] = {"logits_processor": LogitsProcessorList([self])}
+        if self.draw:
+            # Greedy mode builds no warpers, but a repetition penalty from the model's
+            # generation config would still run before us.
+            kw.update(do_sample=False, repetition_penalty=1.0)
+        else:
+            kw.update(do_sample=True, **_HF_OFF)
+        return kw
+
+    def reset(self, seed: Any = None) -> None:
+        """Forgets the prompt length and restarts the draw stream (reseeded when given).
+
+        Args:
+            seed: a new seed for ``draw=True``; None keeps the processor's own rule (the
+                constructor's seed, or fresh entropy when that was None).
+        """
+        if seed is not None:
+            self.seed = seed
+        self._last_shape = None
+        self._sampler = None
+
+    def _history(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+        if not self.needs_history:
+            return None
+        hist = input_ids
+        if self.pad_token_id is not None:
+            hist = _leading_run_masked(hist, self.pad_token_id)
+        if not self.penalize_prompt:
+            hist = hist[:, self._prompt_len :]
+        return hist
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
+        """Processes one generation step.
+
+        Args:
+            input_ids: (B, L) ids so far (prompt, left padding included, plus generated).
+            scores: (B, V) next-token logits.
+
+        Returns:
+            (B, V) scores of ``scores``' dtype and device: log-probabilities of our final
+            distribution (``draw=False``) or 0 at the drawn id and -inf elsewhere.
+        """
+        shape = (int(input_ids.shape[0]), int(input_ids.shape[1]))
+        last = self._last_shape
+        if last is None or shape[0] != last[0] or shape[1] <= last[1]:
+            # The first step of a generation: the whole prompt is in input_ids.
+            self._prompt_len = shape[1]
+            self._sampler = None
+        self._last_shape = shape
+        hist = self._history(input_ids)
+        if not self.draw:
+            p = probs(scores, history=hist, logit_bias=self.logit_bias, **self.params)
+            return torch.log(p).to(scores.dtype)
+        if self._sampler is None:
+            seed = secrets.randbits(64) if self.seed is None else self.seed
+            self._sampler = Sampler(seed=seed, logit_bias=self.logit_bias, **self.params)
+        ids = self._sampler(scores, history=hist, keepdim=True)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, ids, 0.0)
+
+
+# The parameters that read the history, with their "off" values.
+_PENALTIES: dict[str, float] = {
+    "repetition_penalty": 1.0,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+    "frequency_scale": 1.0,
+    "presence_scale": 1.0,
+}
+
+
+def _needs_history(params: Mapping[str, Any]) -> bool:
+    """Whether any penalty can be on (history is only read by the penalties)."""
+    for name, off in _PENALTIES.items():
+        v = params[name]
+        if v is None:
+            continue
+        if isinstance(v, (int, float)):
+            if v != off:
+                return True
+        else:
+            return True  # per-row values: let the kernel decide row by row
+    return False
+
+
+def _check_scalar_params(params: Mapping[str, Any]) -> None:
+    """Validates scalar parameters now (per-row ones are checked at the first call)."""
+    if all(v is None or isinstance(v, (int, float)) for v in params.values()):
+        probs(np.zeros(2, dtype=np.float32), **params)
+
+
+# ==== route 3: our own loop on the model's forward ============================================
+
+
+@dataclass
+class HFGeneration:
+    """What `generate` returns.
+
+    Attributes:
+        sequences: (B, L + n) int64 on the model's device, the left-padded prompts followed by
+            the generated ids; rows that finished early are filled with the pad id (the layout
+            of Hugging Face's ``model.generate`` output).
+        prompt_length: L, the padded prompt width (``sequences[:, L:]`` is the new part).
+        token_ids: per row, the generated ids up to and including the first eos.
+        finish_reasons: per row, "eos" or "length" (as in `tokensampler.generate`).
+        texts: per row, the decoded generated text when a tokenizer was given, else None.
+    """
+
+    sequences: torch.Tensor
+    prompt_length: int
+    token_ids: list[list[int]]
+    finish_reasons: list[str]
+    texts: list[str] | None = None
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    if tokenizer is None:
+        raise ValueError("give a tokenizer to generate from strings, or pass token ids")
+    return [int(i) for i in tokenizer.encode(text)]
+
+
+def _decode(tokenizer: Any, ids: list[int]) -> str:
+    try:
+        return str(tokenizer.decode(ids, skip_special_tokens=True))
+    except TypeError:  # tokenizers without the Hugging Face keyword
+        return str(tokenizer.decode(ids))
+
+
+def _first_id(x: Any) -> int | None:
+    if x is None:
+        return None
+    if isinstance(x, (list, tuple)):
+        return int(x[0]) if x else None
+    if isinstance(x, torch.Tensor):
+        return int(x.reshape(-1)[0]) if x.numel() else None
+    return int(x)
+
+
+def _eos_ids(model: Any, eos_token_id: Any) -> list[int]:
+    if eos_token_id == "model":
+        gc = getattr(model, "generation_config", None)
+        eos_token_id = getattr(gc, "eos_token_id", None)
+        if eos_token_id is None:
+            eos_token_id = getattr(model.config, "eos_token_id", None)
+    if eos_token_id is None:
+        return []
+    if isinstance(eos_token_id, torch.Tensor):
+        return [int(i) for i in eos_token_id.reshape(-1).tolist()]
+    if isinstance(eos_token_id, (list, tuple)):
+        return [int(i) for i in eos_token_id]
+    return [int(eos_token_id)]
+
+
+def _pad_id(model: Any, tokenizer: Any, pad_token_id: int | None, eos: list[int]) -> int:
+    candidates = [
+        pad_token_id,
+        getattr(tokenizer, "pad_token_id", None),
+        getattr(getattr(model, "generation_config", None), "pad_token_id", None),
+        getattr(model.config, "pad_token_id", None),
+    ]
+    for c in candidates:
+        if (i := _first_id(c)) is not None:
+            return i
+    return eos[0] if eos else 0
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError("every prompt needs at least one token")
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.as_tensor(list(r), dtype=torch.long)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def _prompts(
+    inputs: Any, attention_mask: Any, tokenizer: Any, pad: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), both (B, L) int64, left-padded."""
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if isinstance(inputs, Mapping):  # a tokenizer's BatchEncoding
+        attention_mask = inputs.get("attention_mask", attention_mask)
+        inputs = inputs["input_ids"]
+    if isinstance(inputs, (list, tuple)):
+        if inputs and isinstance(inputs[0], str):
+            return _left_pad([_encode(tokenizer, s) for s in inputs], pad)
+        if inputs and isinstance(inputs[0], (int, np.integer)):
+            return _left_pad([[int(i) for i in inputs]], pad)
+        return _left_pad([[int(i) for i in r] for r in inputs], pad)
+    ids = torch.as_tensor(inputs, dtype=torch.long)
+    if ids.ndim == 1:
+        ids = ids[None, :]
+    if ids.ndim != 2 or ids.shape[1] == 0:
+        raise ValueError(f"input_ids must have shape (L,) or (B, L), got {tuple(ids.shape)}")
+    if attention_mask is None:
+        return ids, torch.ones_like(ids)
+    mask = torch.as_tensor(attention_mask, dtype=torch.long).reshape(ids.shape)
+    # Left padding means each row's mask is non-decreasing and ends in 1.
+    if bool((mask[:, 1:] < mask[:, :-1]).any()) or bool((mask[:, -1] == 0).any()):
+        raise ValueError(
+            "generate needs left padding (attention_mask rows like 0,0,1,1,1); set the "
+            "tokenizer's padding_side='left'"
+        )
+    return ids, mask
+
+
+@torch.inference_mode()
+def generate(
+    model: Any,
+    tokenizer: Any = None,
+    prompts: Any = None,
+    *,
+    attention_mask: Any = None,
+    max_new_tokens: int = 32,
+    temperature: Any = 1.0,
+    top_k: Any = None,
+    top_p: Any = None,
+    min_p: Any = None,
+    repetition_penalty: Any = 1.0,
+    frequency_penalty: Any = 0.0,
+    presence_penalty: Any = 0.0,
+    frequency_scale: Any = 1.0,
+    presence_scale: Any = 1.0,
+    logit_bias: Any = None,
+    seed: Any = None,
+    sampler: Sampler | None = None,
+    eos_token_id: Any = "model",
+    pad_token_id: int | None = None,
+    penalize_prompt: bool = True,
+) -> HFGeneration:
+    """Generates with a Hugging Face causal LM, drawing every token with tokensampler.
+
+    The loop is the one `model.generate` runs for sampling, written against the model's
+    public forward only: a prefill of the left-padded prompts (attention mask, position ids
+    ``cumsum(mask) - 1``), then one token per step through the model's ``past_key_values``
+    (the ``DynamicCache`` it returns), with ``logits_to_keep=1`` when the model supports it.
+    Rows that emit an eos id get the pad id afterwards; the loop stops when all have.
+
+    Args:
+        model: a transformers causal LM (e.g. ``GPT2LMHeadModel``, ``LlamaForCausalLM``).
+        tokenizer: used to encode string prompts and decode `HFGeneration.texts`; may be None
+            when ``inputs`` are token ids.
+        prompts: a string or list of strings; a list of id lists (ragged: we left-pad); an id
+            tensor (L,) or (B, L) (left-padded, with ``attention_mask``); or a tokenizer's
+            BatchEncoding.
+        attention_mask: (B, L) 1 for tokens, 0 for left padding (tensor inputs only).
+        max_new_tokens: the number of tokens to generate at most.
+        temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
+        presence_penalty, frequency_scale, presence_scale, logit_bias, seed: as in
+            `ts.Sampler` (``temperature=0`` is greedy).
+        sampler: a ready `ts.Sampler` to use instead of the parameters above.
+        eos_token_id: an id or ids that end a row; "model" (default) reads the model's
+            generation config; None generates ``max_new_tokens`` for every row.
+        pad_token_id: the id written into padding; defaults to the tokenizer's, the model's,
+            then the first eos id.
+        penalize_prompt: False counts only generated tokens in the penalties' history.
+
+    Returns:
+        An `HFGeneration` (``sequences`` laid out like ``model.generate``'s output).
+
+    >>> # out = tokensampler.hf.generate(model, tok, ["Hello", "Hi there"], top_p=0.9, seed=0)
+    """
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    eos = _eos_ids(model, eos_token_id)
+    pad = _pad_id(model, tokenizer, pad_token_id, eos)
+    ids, mask = _prompts(prompts, attention_mask, tokenizer, pad)
+    device = model.device
+    ids, mask = ids.to(device), mask.to(device)
+    if sampler is None:
+        sampler = Sampler(
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repetition_penalty=repetition_penalty,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            frequency_scale=frequency_scale,
+            presence_scale=presence_scale,
+            logit_bias=logit_bias,
+            seed=seed,
+        )
+    b, prompt_len = ids.shape
+    # Sampler.params is (temperature, top_k, top_p, min_p, *penalties in _PENALTIES order).
+    needs_history = _needs_history(dict(zip(_PENALTIES, sampler.params[4:])))
+    # One buffer for the penalties' history: -1 (ignored by the kernels) for padding.
+    hist = torch.full((b, prompt_len + max_new_tokens), -1, dtype=torch.long, device=device)
+    if penalize_prompt:
+        hist[:, :prompt_len] = ids.masked_fill(mask == 0, -1)
+
+    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    # An all-ones mask carries no information; Hugging Face drops it too, and without it the
+    # attention takes the plain causal path.
+    full_mask: torch.Tensor | None = None if bool(mask.all()) else mask
+    extra: dict[str, Any] = {}
+    if _accepts(model, "logits_to_keep"):
+        extra["logits_to_keep"] = 1
+
+    eos_t = torch.tensor(eos, dtype=torch.long, device=device)
+    finished = torch.zeros(b, dtype=torch.bool, device=device)
+    new: list[torch.Tensor] = []
+    cur, past = ids, None
+    for step in range(max_new_tokens):
+        out = model(
+            input_ids=cur,
+            attention_mask=full_mask,
+            position_ids=position_ids,
+            past_key_values=past,
+            use_cache=True,
+            **extra,
+        )
+        past = out.past_key_values
+        logits = out.logits[:, -1, :]
+        h = hist[:, : prompt_len + step] if needs_history else None
+        nxt = sampler(logits, history=h).to(device)
+        nxt = nxt.masked_fill(finished, pad)
+        new.append(nxt)
+        hist[:, prompt_len + step] = nxt.masked_fill(finished, -1)
+        if eos:
+            finished |= torch.isin(nxt, eos_t)
+            if bool(finished.all()):
+                break
+        cur = nxt[:, None]
+        position_ids = position_ids[:, -1:] + 1
+        if full_mask is not None:
+            full_mask = torch.cat([full_mask, full_mask.new_ones((b, 1))], dim=1)
+
+    gen = torch.stack(new, dim=1) if new else ids.new_zeros((b, 0))
+    token_ids: list[list[int]] = []
+    finish_reasons: list[str] = []
+    eos_set = set(eos)
+    for row in gen.tolist():
+        kept: list[int] = []
+        reason = "length"
+        for t in row:
+            kept.append(t)
+            if t in eos_set:
+                reason = "eos"
+                break
+        token_ids.append(kept)
+        finish_reasons.append(reason)
+    return HFGeneration(
+        sequences=torch.cat([ids, gen], dim=1),
+        prompt_length=prompt_len,
+        token_ids=token_ids,
+        finish_reasons=finish_reasons,
+        texts=[_decode(tokenizer, t) for t in token_ids] if tokenizer is not None else None,
+    )
+
+
+def _accepts(model: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return False
