@@ -1,4 +1,5 @@
 //! Criterion benches of the Rust pipeline alone (no Python): `cargo bench`.
+#![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use tokensampler::pipeline::{run_batch, BatchRequest, RowParams, Seeds};

@@ -1,69 +1,102 @@
-//! The final choice of a token: greedy argmax, or an exact draw from the kept weights.
+//! The final choice of a token: an exact draw from the kept weights.
+//!
+//! Inverse CDF with an `f64` running sum: a token of mass `q` owns an interval of length `q`
+//! of the unit interval (up to `f64` rounding), so even tail tokens are drawn at their true
+//! frequency — there is no `f32` noise floor.
 
 use crate::elem::Real;
+use crate::softmax::BLOCK;
 
-/// Index of the first maximum of a NaN-free row: the lowest id wins a tie.
-pub fn argmax<F: Real>(y: &[F]) -> usize {
-    let mut best = 0;
-    for (j, &v) in y.iter().enumerate() {
-        if v > y[best] {
-            best = j;
-        }
-    }
-    best
-}
-
-/// Draws an index with probability `w[j] / total` given a uniform `u` in `[0, 1)`.
-///
-/// Inverse-CDF over the weights in id order with an `f64` running sum: a token of mass `q`
-/// owns an interval of length `q` of the unit interval (up to `f64` rounding), so even tail
-/// tokens are drawn at their true frequency. Rounding that leaves `u * total` beyond the last
-/// partial sum falls back to the last token with weight.
-pub fn draw<F: Real>(w: &[F], total: f64, u: f64) -> usize {
+/// Draws an index with probability `w[j] / total` given a uniform `u` in `[0, 1)`, finding
+/// the block from the per-[`BLOCK`] sums first so only one block is scanned.
+pub fn draw_dense<F: Real>(w: &[F], blocks: &[f64], total: f64, u: f64) -> usize {
     let target = u * total;
     let mut acc = 0.0f64;
-    let mut last = 0;
-    for (j, &v) in w.iter().enumerate() {
-        if v > F::zero() {
-            acc += v.wide();
-            last = j;
+    let mut last = None;
+    for (b, &s) in blocks.iter().enumerate() {
+        if s <= 0.0 {
+            continue;
+        }
+        if acc + s > target {
+            for (l, &v) in w[b * BLOCK..(b * BLOCK + BLOCK).min(w.len())]
+                .iter()
+                .enumerate()
+            {
+                if v > F::zero() {
+                    acc += v.wide();
+                    last = Some(b * BLOCK + l);
+                    if acc > target {
+                        return b * BLOCK + l;
+                    }
+                }
+            }
+        } else {
+            acc += s;
+            last = Some(b * BLOCK);
+        }
+    }
+    // Rounding left the target past the last partial sum: take the last token with weight.
+    let _ = last;
+    w.iter().rposition(|&v| v > F::zero()).unwrap_or(0)
+}
+
+/// Draws from `(weight, id)` pairs with probability `weight / total`; returns the id.
+pub fn draw_sparse<F: Real>(pairs: &[(F, u32)], total: f64, u: f64) -> u32 {
+    let target = u * total;
+    let mut acc = 0.0f64;
+    for &(w, j) in pairs {
+        if w > F::zero() {
+            acc += w.wide();
             if acc > target {
                 return j;
             }
         }
     }
-    last
+    pairs
+        .iter()
+        .rev()
+        .find(|p| p.0 > F::zero())
+        .map_or(0, |p| p.1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn argmax_lowest_index_wins() {
-        assert_eq!(argmax(&[1.0f32, 3.0, 3.0, 2.0]), 1);
-        assert_eq!(argmax(&[f64::NEG_INFINITY, -1.0]), 1);
-    }
+    use crate::softmax::block_sums;
 
     #[test]
     fn draw_inverts_the_cdf() {
         let w = [0.0f64, 1.0, 0.0, 3.0];
-        assert_eq!(draw(&w, 4.0, 0.0), 1);
-        assert_eq!(draw(&w, 4.0, 0.2499), 1);
-        assert_eq!(draw(&w, 4.0, 0.25), 3);
-        assert_eq!(draw(&w, 4.0, 0.999_999), 3);
+        let mut b = Vec::new();
+        let t = block_sums(&w, &mut b);
+        assert_eq!(draw_dense(&w, &b, t, 0.0), 1);
+        assert_eq!(draw_dense(&w, &b, t, 0.2499), 1);
+        assert_eq!(draw_dense(&w, &b, t, 0.25), 3);
+        assert_eq!(draw_dense(&w, &b, t, 0.999_999), 3);
         // Masked tokens are never returned, even at the edges.
-        assert_eq!(draw(&[1.0f32, 0.0], 1.0, 0.999_999_9), 0);
+        let w = [1.0f32, 0.0];
+        let t = block_sums(&w, &mut b);
+        assert_eq!(draw_dense(&w, &b, t, 0.999_999_9), 0);
+        assert_eq!(draw_sparse(&[(1.0f32, 7), (0.0, 9)], 1.0, 0.999_999_9), 7);
     }
 
     #[test]
-    fn draw_frequencies_match_weights() {
+    fn draw_frequencies_match_weights_across_blocks() {
         // Stratified u: every token gets exactly its share of a fine grid of u values.
-        let w = [1e-4f64, 0.3, 0.6999];
+        let mut w = vec![0.0f64; 3 * BLOCK];
+        w[5] = 1e-4;
+        w[BLOCK + 1] = 0.3;
+        w[3 * BLOCK - 1] = 0.6999;
+        let mut b = Vec::new();
+        let t = block_sums(&w, &mut b);
         let n = 1_000_000;
         let mut counts = [0usize; 3];
         for i in 0..n {
-            counts[draw(&w, 1.0, (i as f64 + 0.5) / n as f64)] += 1;
+            let j = draw_dense(&w, &b, t, (i as f64 + 0.5) / n as f64);
+            counts[[5, BLOCK + 1, 3 * BLOCK - 1]
+                .iter()
+                .position(|&x| x == j)
+                .unwrap()] += 1;
         }
         assert_eq!(counts, [100, 300_000, 699_900]);
     }

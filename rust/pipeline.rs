@@ -3,13 +3,15 @@
 //! Order: bias and bans → penalties → temperature (T = 0 is greedy) → top-k → softmax →
 //! top-p → min-p → renormalise and draw. Rows are independent; large batches run on rayon.
 
-use crate::draw::{argmax, draw};
+use crate::draw::{draw_dense, draw_sparse};
 use crate::elem::{Elem, Real};
 use crate::error::SamplingError;
-use crate::filter::{kth_largest, min_p, top_p};
+use crate::filter::{apply_cut, by_prob, kth_largest, top_k_candidates, top_p_cut, Cut};
 use crate::penalty::{apply, count_history, Penalties};
 use crate::rng::uniform;
-use crate::softmax::{exp_weights, max, raw_log_softmax_at, top_logprobs};
+use crate::softmax::{
+    exp_weights, first_index_of, indicator_weights, max_nan, raw_log_softmax_at, top_logprobs,
+};
 use num_traits::{Float, One, Zero};
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};
@@ -179,28 +181,27 @@ struct Scratch<F> {
     y: Vec<F>,
     w: Vec<F>,
     sel: Vec<F>,
-    idx: Vec<u32>,
+    blocks: Vec<f64>,
+    pairs: Vec<(F, u32)>,
     hist: Vec<u32>,
     counts: Vec<(u32, u32)>,
 }
 
-fn process_row<T: Elem>(
+/// Top-k runs on the streaming path (candidates only) while `k` is at most this share of V;
+/// above it, a selection on a copy and the dense path are cheaper.
+const SPARSE_TOP_K_DIVISOR: usize = 8;
+
+/// Applies bias, bans and penalties to the loaded row `s.y`.
+#[inline(always)]
+fn modify_row<T: Elem>(
     req: &BatchRequest<'_, T>,
     i: usize,
+    p: &RowParams,
     s: &mut Scratch<T::C>,
-    probs: Option<&mut [T::C]>,
-) -> Result<RowResult, SamplingError> {
+) -> Result<bool, SamplingError> {
     type F<T> = <T as Elem>::C;
-    let x = req.rows[i];
-    let v = x.len();
-    let p = &req.params[if req.params.len() == 1 { 0 } else { i }];
-
-    s.y.clear();
-    s.y.extend(x.iter().map(|e| e.load()));
-    if s.y.iter().any(|e| e.is_nan()) {
-        return Err(SamplingError::NanInRow { row: i });
-    }
-
+    let v = s.y.len();
+    let mut touched = false;
     if let Some(bias) = req.bias_ids {
         let start = if bias.ids.len() == bias.width {
             0
@@ -223,18 +224,22 @@ fn process_row<T: Elem>(
             let e = &mut s.y[id as usize];
             // A ban wins over everything, and a masked token stays masked.
             let biased = *e + F::<T>::of(b);
-            *e = if b == f64::NEG_INFINITY || biased.is_nan() {
+            *e = if e.is_nan() {
+                // Keep a NaN visible to the row check: a ban must not hide bad input.
+                *e
+            } else if b == f64::NEG_INFINITY || biased.is_nan() {
                 F::<T>::neg_infinity()
             } else {
                 biased
             };
+            touched = true;
         }
     }
-
     if let Some(h) = req.history {
         if !p.penalties.is_off() {
             count_history(h.row(i), v, i, &mut s.hist, &mut s.counts)?;
             apply(&mut s.y, &s.counts, &p.penalties);
+            touched |= !s.counts.is_empty();
         } else if let Some(&id) = h.row(i).iter().find(|&&id| id >= v as i64) {
             // Bad ids are an error even when no penalty reads them, so a bug in the caller's
             // bookkeeping surfaces on the first call, not when a penalty is switched on.
@@ -246,60 +251,156 @@ fn process_row<T: Elem>(
             });
         }
     }
+    Ok(touched)
+}
 
-    let m = max(&s.y);
-    if m == F::<T>::neg_infinity() {
-        return Err(SamplingError::AllMasked { row: i });
-    }
+#[inline(always)]
+fn process_row<T: Elem>(
+    req: &BatchRequest<'_, T>,
+    i: usize,
+    s: &mut Scratch<T::C>,
+    probs: Option<&mut [T::C]>,
+) -> Result<RowResult, SamplingError> {
+    type F<T> = <T as Elem>::C;
+    let x = req.rows[i];
+    let v = x.len();
+    let p = &req.params[if req.params.len() == 1 { 0 } else { i }];
+    T::load_row(x, &mut s.y);
+    // NaN in the input stays NaN through bias and penalties, so one check after them suffices.
+    modify_row(req, i, p, s)?;
 
-    let (id, logprob, top) = if p.temperature == 0.0 {
-        let id = argmax(&s.y);
-        if let Some(out) = probs {
-            out.fill(F::<T>::zero());
-            out[id] = F::<T>::one();
+    let u = || match req.seeds {
+        Seeds::Shared(seed) => uniform(seed, i as u64, req.step),
+        Seeds::PerRow(seeds) => uniform(seeds[i], 0, req.step),
+    };
+    let t = F::<T>::of(p.temperature);
+    let inv_t = F::<T>::one() / t;
+    let sparse_k = p.temperature > 0.0 && p.top_k > 0 && p.top_k <= v / SPARSE_TOP_K_DIVISOR;
+
+    let (id, logprob, top) = if sparse_k {
+        // Streaming top-k: everything after the selection touches only the candidates.
+        if top_k_candidates(&s.y, p.top_k, &mut s.pairs, &mut s.sel) {
+            return Err(SamplingError::NanInRow { row: i });
         }
-        let mut top = Vec::new();
-        if req.top_n > 0 {
-            top.push((id as i64, 0.0));
-            top.resize(req.top_n, (-1, f64::NEG_INFINITY));
+        let m = s
+            .pairs
+            .iter()
+            .fold(F::<T>::neg_infinity(), |a, c| a.max(c.0));
+        if m == F::<T>::neg_infinity() {
+            return Err(SamplingError::AllMasked { row: i });
         }
-        (id, 0.0, top)
-    } else {
-        let floor = if p.top_k > 0 && p.top_k < v {
-            kth_largest(&s.y, p.top_k, &mut s.sel)
-        } else {
-            F::<T>::neg_infinity()
-        };
-        let t = F::<T>::of(p.temperature);
-        let mut total = if t == F::<T>::zero() {
-            // The temperature underflowed the compute type: the limit is the argmax set.
-            exp_weights(&s.y, m, F::<T>::min_positive_value(), m, &mut s.w)
-        } else {
-            exp_weights(&s.y, m, t, floor, &mut s.w)
-        };
+        let indicator = m == F::<T>::infinity() || !inv_t.is_finite();
+        for c in s.pairs.iter_mut() {
+            c.0 = if indicator {
+                if c.0 == m {
+                    F::<T>::one()
+                } else {
+                    F::<T>::zero()
+                }
+            } else {
+                ((c.0 - m) * inv_t).exp_nonpos()
+            };
+        }
+        s.pairs.sort_unstable_by(by_prob);
         if p.top_p < 1.0 {
-            total = top_p(&mut s.w, total, p.top_p, &mut s.idx);
+            let target = p.top_p * s.pairs.iter().map(|c| c.0.wide()).sum::<f64>();
+            let mut acc = 0.0;
+            let mut cut = s.pairs.len();
+            for (n, c) in s.pairs.iter().enumerate() {
+                acc += c.0.wide();
+                if acc >= target {
+                    cut = n + 1;
+                    break;
+                }
+            }
+            s.pairs.truncate(cut);
         }
         if p.min_p > 0.0 {
-            total = min_p(&mut s.w, p.min_p);
+            // The first pair is the most probable (weight 1, or the shared +inf weight).
+            let floor = p.min_p * s.pairs[0].0.wide();
+            s.pairs.retain(|c| c.0.wide() >= floor);
         }
-        let u = match req.seeds {
-            Seeds::Shared(seed) => uniform(seed, i as u64, req.step),
-            Seeds::PerRow(seeds) => uniform(seeds[i], 0, req.step),
-        };
-        let id = draw(&s.w, total, u);
+        let total: f64 = s.pairs.iter().map(|c| c.0.wide()).sum();
+        let id = draw_sparse(&s.pairs, total, u()) as usize;
         if let Some(out) = probs {
+            out.fill(F::<T>::zero());
             let inv = 1.0 / total;
-            for (o, &wj) in out.iter_mut().zip(&s.w) {
-                *o = F::<T>::of(wj.wide() * inv);
+            for c in &s.pairs {
+                out[c.1 as usize] = F::<T>::of(c.0.wide() * inv);
             }
         }
-        let top = top_logprobs(&s.w, total, req.top_n, &mut s.idx);
-        (id, (s.w[id].wide() / total).ln(), top)
+        let w_id = s
+            .pairs
+            .iter()
+            .find(|c| c.1 as usize == id)
+            .map_or(0.0, |c| c.0.wide());
+        let top = top_logprobs(&mut s.pairs, total, req.top_n);
+        (id, (w_id / total).ln(), top)
+    } else {
+        let (m, nan) = max_nan(&s.y);
+        if nan {
+            return Err(SamplingError::NanInRow { row: i });
+        }
+        if m == F::<T>::neg_infinity() {
+            return Err(SamplingError::AllMasked { row: i });
+        }
+        if p.temperature == 0.0 {
+            let id = first_index_of(&s.y, m);
+            if let Some(out) = probs {
+                out.fill(F::<T>::zero());
+                out[id] = F::<T>::one();
+            }
+            let mut top = Vec::new();
+            if req.top_n > 0 {
+                top.push((id as i64, 0.0));
+                top.resize(req.top_n, (-1, f64::NEG_INFINITY));
+            }
+            (id, 0.0, top)
+        } else {
+            let mut total = if m == F::<T>::infinity() || !inv_t.is_finite() {
+                // +inf logits share the mass; a temperature too small for the compute type
+                // leaves the argmax set, the limit of the softmax as T -> 0.
+                indicator_weights(&s.y, m, &mut s.w, &mut s.blocks)
+            } else {
+                let floor = if p.top_k > 0 && p.top_k < v {
+                    kth_largest(&s.y, p.top_k, &mut s.sel)
+                } else {
+                    F::<T>::neg_infinity()
+                };
+                exp_weights(&s.y, m, inv_t, floor, &mut s.w, &mut s.blocks)
+            };
+            if p.top_p < 1.0 || p.min_p > 0.0 {
+                let cut = if p.top_p < 1.0 {
+                    top_p_cut(&s.w, total, p.top_p, &mut s.pairs)
+                } else {
+                    Cut {
+                        tau: F::<T>::zero(),
+                        tie_max: u32::MAX,
+                    }
+                };
+                // The largest weight is exactly 1 (the maximum's own exp(0)).
+                let floor = F::<T>::of(p.min_p);
+                total = apply_cut(&mut s.w, cut, floor, &mut s.blocks);
+            }
+            let id = draw_dense(&s.w, &s.blocks, total, u());
+            if let Some(out) = probs {
+                let inv = 1.0 / total;
+                for (o, &wj) in out.iter_mut().zip(&s.w) {
+                    *o = F::<T>::of(wj.wide() * inv);
+                }
+            }
+            let top = if req.top_n > 0 {
+                top_k_candidates(&s.w, req.top_n.min(v), &mut s.pairs, &mut s.sel);
+                top_logprobs(&mut s.pairs, total, req.top_n)
+            } else {
+                Vec::new()
+            };
+            (id, (s.w[id].wide() / total).ln(), top)
+        }
     };
 
     let raw_logprob = if req.want_raw_logprob {
-        raw_log_softmax_at(x, id)
+        raw_log_softmax_at(x, id, &mut s.sel)
     } else {
         f64::NAN
     };
@@ -309,6 +410,83 @@ fn process_row<T: Elem>(
         raw_logprob,
         top,
     })
+}
+
+/// The widest SIMD the CPU offers, detected once.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Simd {
+    Baseline,
+    Avx2,
+    Avx512,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn simd_level() -> Simd {
+    use std::sync::OnceLock;
+    static LEVEL: OnceLock<Simd> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        if std::env::var_os("TOKENSAMPLER_NO_SIMD").is_some() {
+            Simd::Baseline
+        } else if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+        {
+            Simd::Avx512
+        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            Simd::Avx2
+        } else {
+            Simd::Baseline
+        }
+    })
+}
+
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL, AVX2 and FMA (checked by `simd_level`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn process_row_avx512<T: Elem>(
+    req: &BatchRequest<'_, T>,
+    i: usize,
+    s: &mut Scratch<T::C>,
+    probs: Option<&mut [T::C]>,
+) -> Result<RowResult, SamplingError> {
+    process_row(req, i, s, probs)
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA (checked by `simd_level`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn process_row_avx2<T: Elem>(
+    req: &BatchRequest<'_, T>,
+    i: usize,
+    s: &mut Scratch<T::C>,
+    probs: Option<&mut [T::C]>,
+) -> Result<RowResult, SamplingError> {
+    process_row(req, i, s, probs)
+}
+
+/// One row, compiled for the widest SIMD the CPU has: the same generic code, specialised
+/// three times, picked at run time so one wheel serves every x86-64 machine.
+fn process_row_dispatch<T: Elem>(
+    req: &BatchRequest<'_, T>,
+    i: usize,
+    s: &mut Scratch<T::C>,
+    probs: Option<&mut [T::C]>,
+) -> Result<RowResult, SamplingError> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: each variant is called only when simd_level() found its features.
+        match simd_level() {
+            Simd::Avx512 => return unsafe { process_row_avx512(req, i, s, probs) },
+            Simd::Avx2 => return unsafe { process_row_avx2(req, i, s, probs) },
+            Simd::Baseline => {}
+        }
+    }
+    process_row(req, i, s, probs)
 }
 
 fn check_shapes<T>(
@@ -331,13 +509,7 @@ fn check_shapes<T>(
             req.params.len()
         )));
     }
-    let rows_of = |r: &IdRows<'_>| {
-        if r.width == 0 {
-            0
-        } else {
-            r.ids.len() / r.width
-        }
-    };
+    let rows_of = |r: &IdRows<'_>| r.ids.len().checked_div(r.width).unwrap_or(0);
     if let Some(h) = &req.history {
         if h.width > 0
             && (h.ids.len() % h.width != 0 || (rows_of(h) != b && !(rows_of(h) == 1 && b == 1)))
@@ -450,7 +622,9 @@ pub fn run_batch<T: Elem>(
         let work = || {
             outs.into_par_iter()
                 .enumerate()
-                .map_init(Scratch::default, |s, (i, out)| process_row(req, i, s, out))
+                .map_init(Scratch::default, |s, (i, out)| {
+                    process_row_dispatch(req, i, s, out)
+                })
                 .collect()
         };
         match current_pool() {
@@ -461,7 +635,7 @@ pub fn run_batch<T: Elem>(
         let mut s = Scratch::default();
         outs.into_iter()
             .enumerate()
-            .map(|(i, out)| process_row(req, i, &mut s, out))
+            .map(|(i, out)| process_row_dispatch(req, i, &mut s, out))
             .collect()
     };
     results.into_iter().collect()

@@ -1,102 +1,210 @@
 //! Softmax pieces: the row maximum, the unnormalised weights of the kept tokens, and
-//! log-probabilities for the outputs. Sums accumulate in `f64` so `f32` rows lose nothing to
-//! cancellation over large vocabularies.
+//! log-probabilities for the outputs.
+//!
+//! Loops run over fixed-width lane arrays so the compiler emits SIMD without fast-math: each
+//! lane keeps its own running max or sum (float addition is not associative, so a plain
+//! `.sum()` would stay scalar). Sums accumulate in `f64` lanes, so the weights of a 150k-token
+//! row add up without visible rounding.
 
 use crate::elem::{Elem, Real};
 
-/// Largest value of a NaN-free row (`-inf` for an empty or all-masked row).
-pub fn max<F: Real>(y: &[F]) -> F {
-    y.iter().copied().fold(F::neg_infinity(), F::max)
+/// SIMD lanes of the lane arrays (one AVX-512 register of `f32`).
+pub const LANES: usize = 16;
+/// Tokens per block: the draw finds its block from the block sums, then scans one block.
+pub const BLOCK: usize = 1024;
+
+/// `(max, has_nan)` of a row (`-inf` for an empty or all-masked row).
+#[inline(always)]
+pub fn max_nan<F: Real>(y: &[F]) -> (F, bool) {
+    let mut mx = [F::neg_infinity(); LANES];
+    let mut bad = [0u32; LANES];
+    let mut chunks = y.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            let v = c[l];
+            bad[l] |= v.is_nan() as u32;
+            mx[l] = if v > mx[l] { v } else { mx[l] };
+        }
+    }
+    let mut m = F::neg_infinity();
+    let mut nan = bad.iter().any(|&b| b != 0);
+    for &v in chunks.remainder() {
+        nan |= v.is_nan();
+        m = if v > m { v } else { m };
+    }
+    (mx.iter().fold(m, |a, &b| if b > a { b } else { a }), nan)
 }
 
-/// Writes `w[j] = exp((y[j] - m) / t)` for tokens with `y[j] >= floor`, else `0`, and returns
-/// the sum of `w` in `f64`.
-///
-/// `m` is the row maximum. `+inf` logits (`m = +inf`) share the mass equally, as DESIGN.md
-/// section 6 requires. Subtracting `m` before dividing keeps a tiny temperature from
-/// overflowing `y / t` to `+inf`.
-pub fn exp_weights<F: Real>(y: &[F], m: F, t: F, floor: F, w: &mut Vec<F>) -> f64 {
-    w.clear();
-    w.reserve(y.len());
-    let mut total = 0.0f64;
-    if m == F::infinity() {
-        for &v in y {
-            let e = if v == F::infinity() {
-                F::one()
+/// Smallest finite value of a row (`+inf` if none).
+#[inline(always)]
+pub fn min_finite<F: Real>(y: &[F]) -> F {
+    let mut mn = [F::infinity(); LANES];
+    let mut chunks = y.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            let v = c[l];
+            mn[l] = if v < mn[l] && v > F::neg_infinity() {
+                v
             } else {
-                F::zero()
+                mn[l]
             };
-            total += e.wide();
-            w.push(e);
         }
-        return total;
     }
-    for &v in y {
-        let e = if v < floor || v == F::neg_infinity() {
-            F::zero()
-        } else {
-            let d = v - m;
-            if d == F::zero() {
-                F::one()
-            } else {
-                (d / t).exp()
-            }
-        };
-        total += e.wide();
-        w.push(e);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .fold(F::infinity(), F::min);
+    mn.iter().copied().fold(tail, F::min)
+}
+
+/// Index of the first element equal to `m` (the row maximum): the lowest id wins a tie.
+#[inline(always)]
+pub fn first_index_of<F: Real>(y: &[F], m: F) -> usize {
+    let mut chunks = y.chunks_exact(LANES);
+    let mut base = 0;
+    for c in &mut chunks {
+        let mut hit = 0u32;
+        for &v in c {
+            hit |= (v == m) as u32;
+        }
+        if hit != 0 {
+            return base + c.iter().position(|&v| v == m).unwrap_or(0);
+        }
+        base += LANES;
+    }
+    base + chunks.remainder().iter().position(|&v| v == m).unwrap_or(0)
+}
+
+/// Sum of a slice in `f64`, over 8 independent lanes so it vectorises.
+#[inline(always)]
+pub fn sum_wide<F: Real>(w: &[F]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut chunks = w.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            acc[l] += c[l].wide();
+        }
+    }
+    acc.iter().sum::<f64>() + chunks.remainder().iter().map(|v| v.wide()).sum::<f64>()
+}
+
+/// Writes `w[j] = exp((y[j] - m) * inv_t)` for tokens with `y[j] >= floor`, else 0; fills
+/// `blocks` with the sum of each [`BLOCK`] of `w` and returns the total.
+///
+/// `m` is the finite row maximum, so every exponent is `<= 0` and the largest weight is
+/// exactly 1. Subtracting `m` before scaling keeps a tiny temperature from overflowing. The
+/// exp loop and the `f64` sum are separate loops over one L1-resident block, because mixing
+/// `f32` and `f64` lanes in one loop halves the vector width.
+#[inline(always)]
+pub fn exp_weights<F: Real>(
+    y: &[F],
+    m: F,
+    inv_t: F,
+    floor: F,
+    w: &mut Vec<F>,
+    blocks: &mut Vec<f64>,
+) -> f64 {
+    w.resize(y.len(), F::zero());
+    blocks.clear();
+    let mut total = 0.0;
+    for (yb, wb) in y.chunks(BLOCK).zip(w.chunks_mut(BLOCK)) {
+        for (o, &v) in wb.iter_mut().zip(yb) {
+            let e = ((v - m) * inv_t).exp_nonpos();
+            *o = if v >= floor { e } else { F::zero() };
+        }
+        let s = sum_wide(wb);
+        blocks.push(s);
+        total += s;
     }
     total
 }
 
+/// Weights 1 for tokens equal to `target`, 0 elsewhere: the distribution when the maximum is
+/// `+inf` (the `+inf` tokens share the mass) or the temperature is too small to represent.
+#[inline(always)]
+pub fn indicator_weights<F: Real>(
+    y: &[F],
+    target: F,
+    w: &mut Vec<F>,
+    blocks: &mut Vec<f64>,
+) -> f64 {
+    w.clear();
+    w.extend(
+        y.iter()
+            .map(|&v| if v == target { F::one() } else { F::zero() }),
+    );
+    block_sums(w, blocks)
+}
+
+/// Recomputes the block sums of `w`; returns the total.
+#[inline(always)]
+pub fn block_sums<F: Real>(w: &[F], blocks: &mut Vec<f64>) -> f64 {
+    blocks.clear();
+    blocks.extend(
+        w.chunks(BLOCK)
+            .map(|b| b.iter().map(|v| v.wide()).sum::<f64>()),
+    );
+    blocks.iter().sum()
+}
+
 /// Log-probability of token `id` under the plain softmax of the raw logits `x` (temperature 1,
-/// nothing applied), computed in `f64`.
-pub fn raw_log_softmax_at<T: Elem>(x: &[T], id: usize) -> f64 {
-    let m = x
-        .iter()
-        .map(|e| e.load().wide())
-        .fold(f64::NEG_INFINITY, f64::max);
-    let xi = x[id].load().wide();
-    if m == f64::INFINITY {
-        let n_inf = x
-            .iter()
-            .filter(|e| e.load().wide() == f64::INFINITY)
-            .count();
-        return if xi == f64::INFINITY {
+/// nothing applied). `buf` is scratch.
+#[inline(always)]
+pub fn raw_log_softmax_at<T: Elem>(x: &[T], id: usize, buf: &mut Vec<T::C>) -> f64 {
+    T::load_row(x, buf);
+    let (m, _) = max_nan(buf);
+    let xi = buf[id];
+    if m == <T::C as num_traits::Float>::infinity() {
+        let n_inf = buf.iter().filter(|&&v| v == m).count();
+        return if xi == m {
             -(n_inf as f64).ln()
         } else {
             f64::NEG_INFINITY
         };
     }
-    if m == f64::NEG_INFINITY {
+    if m == <T::C as num_traits::Float>::neg_infinity() {
         return f64::NEG_INFINITY;
     }
-    let s: f64 = x.iter().map(|e| (e.load().wide() - m).exp()).sum();
-    xi - m - s.ln()
+    let mut acc = [0.0f64; LANES];
+    let mut chunks = buf.chunks_exact(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            acc[l] += (c[l] - m).exp_nonpos().wide();
+        }
+    }
+    let s: f64 = acc.iter().sum::<f64>()
+        + chunks
+            .remainder()
+            .iter()
+            .map(|&v| (v - m).exp_nonpos().wide())
+            .sum::<f64>();
+    (xi - m).wide() - s.ln()
 }
 
-/// The `n` most probable tokens of the final distribution `w / total`, most probable first,
-/// ties by lower id, as `(id, log-probability)`. Slots beyond the kept set are `(-1, -inf)`.
-pub fn top_logprobs<F: Real>(w: &[F], total: f64, n: usize, idx: &mut Vec<u32>) -> Vec<(i64, f64)> {
+/// The `n` most probable of the `(weight, id)` pairs (weight > 0), most probable first, ties
+/// by lower id, as `(id, log(weight / total))`; slots past the kept set are `(-1, -inf)`.
+pub fn top_logprobs<F: Real>(pairs: &mut [(F, u32)], total: f64, n: usize) -> Vec<(i64, f64)> {
     let mut out = Vec::with_capacity(n);
     if n == 0 {
         return out;
     }
-    idx.clear();
-    idx.extend((0..w.len() as u32).filter(|&j| w[j as usize] > F::zero()));
-    let by_prob = |a: &u32, b: &u32| {
-        w[*b as usize]
-            .partial_cmp(&w[*a as usize])
+    let by_prob = |a: &(F, u32), b: &(F, u32)| {
+        b.0.partial_cmp(&a.0)
             .unwrap_or(std::cmp::Ordering::Equal)
-            .then(a.cmp(b))
+            .then(a.1.cmp(&b.1))
     };
-    if idx.len() > n {
-        idx.select_nth_unstable_by(n - 1, by_prob);
-        idx.truncate(n);
+    let k = n.min(pairs.len());
+    if k > 0 && k < pairs.len() {
+        pairs.select_nth_unstable_by(k - 1, by_prob);
     }
-    idx.sort_unstable_by(by_prob);
+    let head = &mut pairs[..k];
+    head.sort_unstable_by(by_prob);
     out.extend(
-        idx.iter()
-            .map(|&j| (j as i64, (w[j as usize].wide() / total).ln())),
+        head.iter()
+            .filter(|p| p.0 > F::zero())
+            .map(|&(w, j)| (j as i64, (w.wide() / total).ln())),
     );
     out.resize(n, (-1, f64::NEG_INFINITY));
     out
@@ -107,9 +215,10 @@ mod tests {
     use super::*;
 
     fn softmax(y: &[f64], t: f64) -> Vec<f64> {
-        let m = max(y);
+        let (m, _) = max_nan(y);
         let mut w = Vec::new();
-        let s = exp_weights(y, m, t, f64::NEG_INFINITY, &mut w);
+        let mut b = Vec::new();
+        let s = exp_weights(y, m, 1.0 / t, f64::NEG_INFINITY, &mut w, &mut b);
         w.iter().map(|v| v / s).collect()
     }
 
@@ -143,40 +252,59 @@ mod tests {
     }
 
     #[test]
-    fn positive_infinity_shares_mass() {
-        let y = [1.0, f64::INFINITY, 3.0, f64::INFINITY];
-        assert_eq!(softmax(&y, 1.0), vec![0.0, 0.5, 0.0, 0.5]);
+    fn max_min_and_nan_detection() {
+        let mut y: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
+        y[77] = 5.0;
+        y[3] = -7.0;
+        y[50] = f32::NEG_INFINITY;
+        assert_eq!(max_nan(&y), (5.0, false));
+        assert_eq!(min_finite(&y), -7.0);
+        assert_eq!(first_index_of(&y, 5.0), 77);
+        y[98] = f32::NAN;
+        assert!(max_nan(&y).1);
+        y[98] = 0.0;
+        y[20] = f32::NAN;
+        assert!(max_nan(&y).1);
     }
 
     #[test]
-    fn tiny_temperature_does_not_overflow() {
-        let y = [1.0f32, 2.0, 1.5];
-        let p = {
-            let mut w = Vec::new();
-            let s = exp_weights(&y, 2.0, 1e-30, f32::NEG_INFINITY, &mut w);
-            w.iter().map(|v| v.wide() / s).collect::<Vec<_>>()
-        };
-        assert_eq!(p, vec![0.0, 1.0, 0.0]);
+    fn blocks_sum_to_total() {
+        let y: Vec<f32> = (0..5000)
+            .map(|i| ((i * 7919) % 1000) as f32 / 100.0)
+            .collect();
+        let (m, _) = max_nan(&y);
+        let mut w = Vec::new();
+        let mut b = Vec::new();
+        let s = exp_weights(&y, m, 1.0, 3.0, &mut w, &mut b);
+        assert_eq!(b.len(), 5);
+        assert!((b.iter().sum::<f64>() - s).abs() < 1e-9);
+        let direct: f64 = y
+            .iter()
+            .filter(|&&v| v >= 3.0)
+            .map(|&v| ((v - m) as f64).exp())
+            .sum();
+        assert!((s - direct).abs() < 1e-6 * direct, "{s} vs {direct}");
     }
 
     #[test]
     fn raw_logprob() {
+        let mut buf = Vec::new();
         let x = [0.0f64, 0.0];
-        assert!((raw_log_softmax_at(&x, 1) + 2f64.ln()).abs() < 1e-15);
+        assert!((raw_log_softmax_at(&x, 1, &mut buf) + 2f64.ln()).abs() < 1e-15);
+        let mut buf = Vec::new();
         let x = [f32::INFINITY, 0.0, f32::INFINITY];
-        assert!((raw_log_softmax_at(&x, 0) + 2f64.ln()).abs() < 1e-15);
-        assert_eq!(raw_log_softmax_at(&x, 1), f64::NEG_INFINITY);
+        assert!((raw_log_softmax_at(&x, 0, &mut buf) + 2f64.ln()).abs() < 1e-15);
+        assert_eq!(raw_log_softmax_at(&x, 1, &mut buf), f64::NEG_INFINITY);
     }
 
     #[test]
     fn top_logprobs_order_and_padding() {
-        let w = [0.25f64, 0.5, 0.0, 0.25];
-        let mut idx = Vec::new();
-        let t = top_logprobs(&w, 1.0, 5, &mut idx);
+        let mut w = vec![(0.25f64, 0u32), (0.5, 1), (0.0, 2), (0.25, 3)];
+        let t = top_logprobs(&mut w, 1.0, 5);
         assert_eq!(t[0], (1, 0.5f64.ln()));
         assert_eq!(t[1], (0, 0.25f64.ln()));
         assert_eq!(t[2], (3, 0.25f64.ln()));
         assert_eq!(t[3], (-1, f64::NEG_INFINITY));
-        assert_eq!(top_logprobs(&w, 1.0, 1, &mut idx), vec![(1, 0.5f64.ln())]);
+        assert_eq!(top_logprobs(&mut w, 1.0, 1), vec![(1, 0.5f64.ln())]);
     }
 }

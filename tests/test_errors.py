@@ -72,12 +72,6 @@ def test_nan_hidden_by_filter_still_an_error():
     raises_everywhere(ValueError, r"\brow 0\b", x, temperature=0.0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a NaN logit whose token is banned (logit_bias -inf) is silently replaced by "
-    "-inf; DESIGN section 6 says NaN anywhere in a row -> ValueError (only the all--inf rule "
-    "is 'after bans'). Appeared with the 23:21 rebuild of _native.",
-)
 def test_nan_in_banned_token_still_an_error():
     x = np.array([[5.0, 4.0, NAN, -3.0]])
     raises_everywhere(ValueError, r"\brow 0\b", x, logit_bias={2: -INF})
@@ -132,17 +126,10 @@ def test_empty_vocab(logits):
     raises_everywhere(ValueError, None, logits)
 
 
-BUG_SAMPLER_NDIM0 = pytest.mark.xfail(
-    strict=True,
-    reason="bug: Sampler(...)(0-d logits) raises TypeError('len() of unsized object') from "
-    "sampling.py instead of ValueError (DESIGN section 6: ndim not 1 or 2)",
-)
-
-
 @pytest.mark.parametrize(
     "logits",
     [
-        pytest.param(np.array(1.0, np.float32), id="ndim0", marks=BUG_SAMPLER_NDIM0),
+        pytest.param(np.array(1.0, np.float32), id="ndim0"),
         pytest.param(np.zeros((2, 3, 4), np.float32), id="ndim3"),
         pytest.param(np.zeros((1, 1, 1, 5)), id="ndim4"),
     ],

@@ -79,11 +79,6 @@ def test_result_types(dtype, one_d):
     torch.testing.assert_close(out, ids, rtol=0, atol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: 1-D torch logits give ids of shape (1,), not () (api-contract.md: shape () "
-    "for 1-D logits; the numpy path returns a 0-d np.int64)",
-)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_1d_ids_are_0d(dtype):
     x = rand_logits(1, 300, dtype)[0]

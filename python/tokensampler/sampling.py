@@ -115,10 +115,10 @@ class _Logits:
         if a is None:
             return None
         if self.squeeze:
-            a = a[0]
+            a = a[0, ...]  # a 0-d array, not a numpy scalar, so torch keeps shape ()
         if not self.is_torch:
-            return a
-        out = _torch().from_numpy(np.ascontiguousarray(a))
+            return a[()] if a.ndim == 0 else a
+        out = _torch().from_numpy(a if a.flags.c_contiguous else a.copy())
         return out if self.device is None else out.to(self.device)
 
 
@@ -449,7 +449,9 @@ class Sampler:
         with self._lock:
             step = self.step
             self.step += 1
-        b = 1 if getattr(logits, "ndim", 2) == 1 else len(logits)
+        shape = np.shape(logits) if not hasattr(logits, "shape") else tuple(logits.shape)
+        # Other shapes are rejected by _run with a ValueError; b only keys the caches.
+        b = shape[0] if len(shape) == 2 else 1
         pm = self._matrix.get(b)
         if pm is None:
             pm = self._matrix.setdefault(b, _param_matrix(self.params, b))
