@@ -8,7 +8,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from ._native import SamplingError, get_num_threads, set_num_threads
-from .sampling import Sampler, SampleOutput, probs, sample
+from .sampling import SampleOutput, Sampler, probs, sample
 
 try:
     __version__ = version("tokensampler")

@@ -3,6 +3,15 @@
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "PARAM_NAMES",
+    "SamplingError",
+    "_debug_panic",
+    "get_num_threads",
+    "run",
+    "set_num_threads",
+]
+
 PARAM_NAMES: list[str]
 
 class SamplingError(ValueError):

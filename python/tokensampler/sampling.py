@@ -61,7 +61,7 @@ def _torch() -> Any:
 class _Logits:
     """A (B, V) numpy view of the caller's logits plus what is needed to return results."""
 
-    __slots__ = ("array", "is_bf16", "squeeze", "device", "is_torch")
+    __slots__ = ("array", "device", "is_bf16", "is_torch", "squeeze")
 
     def __init__(self, logits: Any) -> None:
         torch = _torch()
@@ -94,9 +94,7 @@ class _Logits:
 
     def _from_torch(self, torch: Any, t: Any) -> np.ndarray:
         if t.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-            raise TypeError(
-                f"logits must be float32, float64, float16 or bfloat16, got {t.dtype}"
-            )
+            raise TypeError(f"logits must be float32, float64, float16 or bfloat16, got {t.dtype}")
         t = t.detach()
         if t.device.type != "cpu":
             self.device = t.device
@@ -149,9 +147,7 @@ def _param_matrix(values: tuple[Any, ...], b: int) -> np.ndarray:
             a = _as_numpy(v).astype(np.float64, copy=False)
         except (TypeError, ValueError) as e:
             raise TypeError(f"{name} must be a number or a sequence of numbers: {e}") from None
-        if a.ndim == 0:
-            out[:, col] = a
-        elif a.ndim == 1 and a.shape[0] == b:
+        if a.ndim == 0 or a.ndim == 1 and a.shape[0] == b:
             out[:, col] = a
         else:
             raise ValueError(
@@ -160,7 +156,7 @@ def _param_matrix(values: tuple[Any, ...], b: int) -> np.ndarray:
     return out
 
 
-def _pad_rows(rows: list[np.ndarray], fill: float | int, dtype: Any) -> np.ndarray:
+def _pad_rows(rows: list[np.ndarray], fill: float, dtype: Any) -> np.ndarray:
     width = max((len(r) for r in rows), default=0)
     out = np.full((len(rows), width), fill, dtype=dtype)
     for i, r in enumerate(rows):
@@ -197,8 +193,9 @@ def _history(history: Any, b: int) -> np.ndarray | None:
 
 
 def _bias_from_dicts(dicts: Sequence[Mapping[int, float]]) -> tuple[np.ndarray, np.ndarray]:
-    ids = _pad_rows([np.fromiter(d.keys(), dtype=np.int64, count=len(d)) for d in dicts], -1,
-                    np.int64)
+    ids = _pad_rows(
+        [np.fromiter(d.keys(), dtype=np.int64, count=len(d)) for d in dicts], -1, np.int64
+    )
     vals = _pad_rows(
         [np.fromiter(d.values(), dtype=np.float64, count=len(d)) for d in dicts], 0.0, np.float64
     )
@@ -334,10 +331,27 @@ def sample(
     >>> int(sample(np.array([1.0, 3.0, 2.0]), temperature=0))
     1
     """
-    params = (temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
-              presence_penalty, frequency_scale, presence_scale)
-    lg, out = _run(logits, params, history=history, logit_bias=logit_bias, seeds=None,
-                   seed=seed, want_raw=bool(logprobs), top_n=top_logprobs)
+    params = (
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        repetition_penalty,
+        frequency_penalty,
+        presence_penalty,
+        frequency_scale,
+        presence_scale,
+    )
+    lg, out = _run(
+        logits,
+        params,
+        history=history,
+        logit_bias=logit_bias,
+        seeds=None,
+        seed=seed,
+        want_raw=bool(logprobs),
+        top_n=top_logprobs,
+    )
     return _result(lg, out, bool(logprobs), top_logprobs)
 
 
@@ -345,8 +359,9 @@ def _result(lg: _Logits, out: tuple[Any, ...], logprobs: bool, top_n: int) -> An
     ids, lps, raw, top_ids, top_lps, _ = out
     if not logprobs and not top_n:
         return lg.wrap(ids)
-    return SampleOutput(lg.wrap(ids), lg.wrap(lps), lg.wrap(raw), lg.wrap(top_ids),
-                        lg.wrap(top_lps))
+    return SampleOutput(
+        lg.wrap(ids), lg.wrap(lps), lg.wrap(raw), lg.wrap(top_ids), lg.wrap(top_lps)
+    )
 
 
 def probs(
@@ -373,10 +388,25 @@ def probs(
     >>> probs(np.array([0.0, 0.0]), temperature=1.0).tolist()
     [0.5, 0.5]
     """
-    params = (temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
-              presence_penalty, frequency_scale, presence_scale)
-    lg, out = _run(logits, params, history=history, logit_bias=logit_bias,
-                   seeds=(np.zeros(1, dtype=np.uint64), False), want_probs=True)
+    params = (
+        temperature,
+        top_k,
+        top_p,
+        min_p,
+        repetition_penalty,
+        frequency_penalty,
+        presence_penalty,
+        frequency_scale,
+        presence_scale,
+    )
+    lg, out = _run(
+        logits,
+        params,
+        history=history,
+        logit_bias=logit_bias,
+        seeds=(np.zeros(1, dtype=np.uint64), False),
+        want_probs=True,
+    )
     return lg.wrap(out[5])
 
 
@@ -410,8 +440,17 @@ class Sampler:
         logprobs: bool = False,
         top_logprobs: int = 0,
     ) -> None:
-        self.params = (temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
-                       presence_penalty, frequency_scale, presence_scale)
+        self.params = (
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            repetition_penalty,
+            frequency_penalty,
+            presence_penalty,
+            frequency_scale,
+            presence_scale,
+        )
         self.logit_bias = logit_bias
         self.logprobs = bool(logprobs)
         self.top_logprobs = top_logprobs
@@ -458,10 +497,17 @@ class Sampler:
         seeds = self._seeds.get(b)
         if seeds is None:
             seeds = self._seeds.setdefault(b, _seeds(self.seed, b))
-        lg, out = _run(logits, self.params, history=history,
-                       logit_bias=self.logit_bias if logit_bias is None else logit_bias,
-                       seeds=seeds, step=step, want_raw=self.logprobs,
-                       top_n=self.top_logprobs, param_matrix=pm)
+        lg, out = _run(
+            logits,
+            self.params,
+            history=history,
+            logit_bias=self.logit_bias if logit_bias is None else logit_bias,
+            seeds=seeds,
+            step=step,
+            want_raw=self.logprobs,
+            top_n=self.top_logprobs,
+            param_matrix=pm,
+        )
         res = _result(lg, out, self.logprobs, self.top_logprobs)
         if keepdim:
             if isinstance(res, SampleOutput):
