@@ -12,6 +12,7 @@ returned on the tensor's device.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import sys
 import threading
@@ -130,12 +131,19 @@ def _as_numpy(x: Any) -> np.ndarray:
 # ==== argument normalisation ==================================================================
 
 
+@functools.lru_cache(maxsize=256)
+def _scalar_matrix(values: tuple[float | None, ...]) -> np.ndarray:
+    # Cached: a generate loop calls with the same scalars every step, and building the array
+    # costs more than the kernel on a small vocabulary. Read-only, since it is shared.
+    m = np.array([[off if v is None else v for v, off in zip(values, _OFF)]], dtype=np.float64)
+    m.setflags(write=False)
+    return m
+
+
 def _param_matrix(values: tuple[Any, ...], b: int) -> np.ndarray:
     """(1, 9) for scalar parameters, (B, 9) when any parameter is per row."""
-    if all(v is None or isinstance(v, (int, float)) for v in values):
-        return np.array(
-            [[off if v is None else v for v, off in zip(values, _OFF)]], dtype=np.float64
-        )
+    if all(v is None or type(v) in (int, float, bool) for v in values):
+        return _scalar_matrix(values)
     out = np.empty((b, len(values)), dtype=np.float64)
     for col, (name, v, off) in enumerate(zip(PARAM_NAMES, values, _OFF)):
         if v is None:
