@@ -60,7 +60,7 @@ def test_compare_plot(tmp_path: Path) -> None:
                     res.timings[(p.key, impl.key, "float32", v, 2)] = mod.Timing(1e-5 * (i + 1))
             for fk in mod.FLOORS:
                 res.timings[("floor", fk, "float32", v, 2)] = mod.Timing(1e-6 * (i + 1))
-        grid = mod.Grid((1000, 2000), (2,), ("float32",), 0.0, 1, 1, 10**9, "test")
+        grid = mod.Grid((1000, 2000), (2,), ("float32",), 0.0, 1, 1, 10**9, 10**9, "test")
         out = tmp_path / "plot.png"
         mod.write_plot(grid, res, out)
         assert out.stat().st_size > 1000
