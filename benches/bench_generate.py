@@ -45,8 +45,9 @@ def load_hf(path: str) -> Any:
     else:
         from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-        parsed = load_gguf_checkpoint(path, return_tensors=True)
-        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**parsed["config"]))
+        config = transformers.LlamaConfig(**load_gguf_checkpoint(path)["config"])
+        model = transformers.LlamaForCausalLM(config)
+        parsed = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)
         model.load_state_dict(parsed["tensors"], strict=False)
         model.tie_weights()
     return model.eval()

@@ -201,3 +201,15 @@ def test_smollm2_answers_paris() -> None:
                    max_new_tokens=24)  # fmt: skip
     assert "Paris" in out.texts[0], out.texts[0]
     assert out.finish_reasons == ["eos"]
+
+
+def test_bfloat16_model_generates(tiny) -> None:
+    """bf16 logits go to the sampler as they are (read natively by the kernels)."""
+    import copy
+
+    model, tok = tiny
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    out = generate(half, tok, PROMPTS, max_new_tokens=6, temperature=0.7, seed=0,
+                   ignore_eos=True)  # fmt: skip
+    assert [len(r) for r in out.token_ids] == [6, 6, 6]
+    assert all(lp <= 0 for row in out.logprobs for lp in row)

@@ -18,6 +18,7 @@ from model_helpers import (
     default_model,
     llamacpp_permute,
     random_q4_k,
+    require_default_model,
     write_gguf,
 )
 
@@ -216,6 +217,7 @@ def test_bad_paths() -> None:
 
 @pytest.fixture(scope="module")
 def hf_smollm2():
+    require_default_model()
     transformers = pytest.importorskip("transformers")
     from tokensampler.model import default_model_path
 
@@ -229,9 +231,9 @@ def hf_smollm2():
         # from_pretrained(gguf_file=...) insists on accelerate; its GGUF conversion is this.
         from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-        parsed = load_gguf_checkpoint(path, return_tensors=True)
-        cfg = transformers.LlamaConfig(**parsed["config"])
-        model = transformers.LlamaForCausalLM(cfg)
+        config = transformers.LlamaConfig(**load_gguf_checkpoint(path)["config"])
+        model = transformers.LlamaForCausalLM(config)
+        parsed = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)
         model.load_state_dict(parsed["tensors"], strict=False)
         model.tie_weights()
     return model.eval()
@@ -248,6 +250,7 @@ def test_smollm2_logits_match_transformers(hf_smollm2) -> None:
 
 
 def test_smollm2_real_tensors_dequantize_like_gguf() -> None:
+    require_default_model()
     from gguf.quants import dequantize
     from tokensampler.model import GGUFFile, default_model_path
 
@@ -260,3 +263,79 @@ def test_smollm2_real_tensors_dequantize_like_gguf() -> None:
         raw = np.frombuffer(g._mm, np.uint8, rows * cols // block * size, info.offset)
         ref = dequantize(raw.reshape(rows, -1), qtype)
         np.testing.assert_array_equal(g.tensor(name).numpy(), ref)
+
+
+def test_llama3_rope_freqs_tensor(tmp_path) -> None:
+    """Llama 3.x GGUFs carry RoPE scaling as a `rope_freqs` tensor of per-frequency divisors
+    (llama.cpp's convert script computes it from the HF llama3 scaling); loading it must
+    reproduce transformers' llama3-scaled model."""
+    transformers = pytest.importorskip("transformers")
+    from tokensampler.model import LlamaConfig, load
+    from tokensampler.model.llama import rope_inv_freq
+
+    hf = _hf_tiny_llama()
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}  # fmt: skip
+    cfg = hf.config.to_dict()
+    cfg.pop("rope_parameters", None)
+    scaled = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(**{**cfg, "rope_scaling": dict(scaling, rope_theta=10000.0)})
+    ).eval()
+    path = tmp_path / "l3.gguf"
+    base = rope_inv_freq(LlamaConfig(head_dim=16, rope_theta=10000.0))
+    l3 = rope_inv_freq(LlamaConfig(head_dim=16, rope_theta=10000.0, rope_scaling=scaling))
+    freqs = (base / l3).numpy().astype(np.float32)
+    _write_tiny_gguf(path, hf, [dict.fromkeys(LAYER_TYPES[0], "F32")] * 2,
+                     override={"rope_freqs.weight": (freqs, "F32")})  # fmt: skip
+    scaled.load_state_dict(hf.state_dict())
+    model, _ = load(path, device="cpu", dtype="float32")
+    assert model.config.rope_scaling["rope_type"] == "freq_factors"
+    x = torch.arange(60).view(1, 60) % VOCAB
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), scaled(x).logits, atol=ATOL, rtol=0)
+        # and it is not the unscaled model (positions up to 60 reach the scaled band)
+        assert (model(x) - hf(x).logits).abs().max() > 1e-3
+
+
+def test_synthetic_gpt2_gguf_matches_transformers(tmp_path) -> None:
+    transformers = pytest.importorskip("transformers")
+    from tokensampler.model import GPT2, load
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=64, n_layer=2,
+                                  n_head=4, bos_token_id=256, eos_token_id=256)  # fmt: skip
+    hf = transformers.GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():
+        for n, p in hf.named_parameters():
+            p.copy_((1 if "ln_" in n and n.endswith("weight") else 0) + 0.05 * torch.randn_like(p))
+    sd = {k: v.float().numpy() for k, v in hf.state_dict().items()}
+    tensors = {
+        "token_embd.weight": (sd["transformer.wte.weight"], "F16"),
+        "position_embd.weight": (sd["transformer.wpe.weight"], "F32"),
+        "output_norm.weight": (sd["transformer.ln_f.weight"], "F32"),
+        "output_norm.bias": (sd["transformer.ln_f.bias"], "F32"),
+    }
+    parts = {"ln_1": "attn_norm", "ln_2": "ffn_norm", "attn.c_attn": "attn_qkv",
+             "attn.c_proj": "attn_output", "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}  # fmt: skip
+    for i in range(2):
+        for hname, gname in parts.items():
+            for kind in ("weight", "bias"):
+                w = sd[f"transformer.h.{i}.{hname}.{kind}"]
+                if kind == "weight" and not hname.startswith("ln"):
+                    w = np.ascontiguousarray(w.T)  # HF Conv1D (in, out) -> GGUF/Linear (out, in)
+                tensors[f"blk.{i}.{gname}.{kind}"] = (w, "F32")
+    # The file holds f16 embeddings: make the reference hold the same values.
+    with torch.no_grad():
+        hf.transformer.wte.weight.copy_(hf.transformer.wte.weight.half().float())
+    meta = {"block_count": 2, "context_length": 64, "embedding_length": 64,
+            "feed_forward_length": 256, "attention.head_count": 4,
+            "attention.layer_norm_epsilon": 1e-5}  # fmt: skip
+    path = tmp_path / "gpt2.gguf"
+    write_gguf(path, "gpt2", meta, tensors, tokens=[*byte_vocab(), "<|endoftext|>"],
+               token_types=[1] * 256 + [3], eos_id=256)  # fmt: skip
+    model, tok = load(path, device="cpu", dtype="float32")
+    assert isinstance(model, GPT2)
+    assert tok.decode(tok.encode("Hello GPT-2")) == "Hello GPT-2"
+    x = torch.randint(0, VOCAB, (2, 30), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), hf(x).logits, atol=ATOL, rtol=0)

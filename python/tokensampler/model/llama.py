@@ -55,7 +55,7 @@ def rope_inv_freq(config: LlamaConfig) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (i, i + hs/2) of x (B, nh, T, hs) by the angles in cos/sin (B, 1, T, hs).
+    """Rotate pairs (i, i + hs/2) of x (B, T, nh, hs) by the angles in cos/sin (B, T, 1, hs).
 
     This is the "rotate_half" convention of HF checkpoints; GGUF files store q/k rows
     permuted for llama.cpp's interleaved convention and the loader undoes that."""
@@ -70,7 +70,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32 like the reference implementation, then scale in x's dtype.
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)  # one fused op
+        # Half precision: normalise in float32 like the reference, then scale in x's dtype.
         y = F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).to(x.dtype)
         return y * self.weight
 
@@ -99,11 +101,12 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         B, T, _ = x.size()
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)
-        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        qk, v = self.c_attn(x).split([(nh + nkv) * hs, nkv * hs], dim=2)
+        # q and k heads rotate together: one RoPE pass instead of two.
+        qk = apply_rotary(qk.view(B, T, nh + nkv, hs), cos, sin)  # (B, T, nh + nkv, hs)
+        q = qk[:, :, :nh].transpose(1, 2)  # (B, nh, T, hs)
+        k = qk[:, :, nh:].transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.insert(self.layer_idx, k, v)  # (B, nkv, S, hs)
         if nkv != nh and T == 1:
@@ -226,10 +229,14 @@ class Llama(DecoderLM):
         """
         B, T = idx.size()
         start, pad = self._begin(idx, kv_cache, pad)
-        pos = positions(pad, start, T, B, idx.device)  # (B, T)
         dtype = self.transformer.wte.weight.dtype
-        cos = self.rope_cos[pos].unsqueeze(1).to(dtype)  # (B, 1, T, hs)
-        sin = self.rope_sin[pos].unsqueeze(1).to(dtype)  # (B, 1, T, hs)
+        if pad is None:  # every row at the same positions: a slice, no gather
+            cos = self.rope_cos[start : start + T].view(1, T, 1, -1).to(dtype)  # (1, T, 1, hs)
+            sin = self.rope_sin[start : start + T].view(1, T, 1, -1).to(dtype)  # (1, T, 1, hs)
+        else:
+            pos = positions(pad, start, T, B, idx.device)  # (B, T)
+            cos = self.rope_cos[pos].unsqueeze(2).to(dtype)  # (B, T, 1, hs)
+            sin = self.rope_sin[pos].unsqueeze(2).to(dtype)  # (B, T, 1, hs)
         mask, is_causal = attention_mask(pad, start, T)
         x = self.transformer.wte(idx)  # (B, T, C)
         for block in self.transformer.h:
