@@ -155,3 +155,35 @@ def test_help_explains_every_option(capsys) -> None:
                 "--chat", "--no-chat", "--stop", "--device", "--dtype"):  # fmt: skip
         assert opt in out
     assert main([]) == 2  # no command: usage on stderr
+
+
+def test_hf_gpt2_folder_without_chat_template(tmp_path, capsys, monkeypatch) -> None:
+    """A HF folder model: no chat template, so the prompt is continued as raw text; --stop
+    cuts the text; '-' reads the prompt from stdin."""
+    import io
+
+    transformers = pytest.importorskip("transformers")
+    import torch
+    from model_helpers import write_byte_tokenizer
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=257, n_positions=64, n_embd=32, n_layer=1,
+                                  n_head=2, bos_token_id=256, eos_token_id=256)  # fmt: skip
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
+    write_byte_tokenizer(tmp_path)
+    args = ["generate", "-", "--model", str(tmp_path), "--max-new-tokens", "20",
+            "--temperature", "0", "--ignore-eos", "--dtype", "float32", "--device", "cpu"]  # fmt: skip
+    monkeypatch.setattr("sys.stdin", io.StringIO("abc"))
+    assert main(args) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("abc")
+    generated = out.out[3:].rstrip("\n")
+    assert "20 tokens" in out.err and "finish: length" in out.err
+    assert len(generated) >= 6, generated
+    # cut at a stop string taken from the greedy text itself
+    stop = generated[3:5]
+    monkeypatch.setattr("sys.stdin", io.StringIO("abc"))
+    assert main([*args, "--stop", stop]) == 0
+    cut = capsys.readouterr()
+    assert cut.out == "abc" + generated[: generated.find(stop)] + "\n"
+    assert "finish: stop" in cut.err

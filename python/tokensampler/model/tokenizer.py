@@ -191,8 +191,9 @@ class Tokenizer:
 
         eos = as_ids(gcfg.get("eos_token_id")) or as_ids(mcfg.get("eos_token_id"))
         eos_tok = _token_content(tcfg.get("eos_token"))
-        if eos_tok is not None and tok.token_to_id(eos_tok) is not None:
-            eos.append(tok.token_to_id(eos_tok))
+        eos_id = tok.token_to_id(eos_tok) if eos_tok is not None else None
+        if eos_id is not None:
+            eos.append(eos_id)
         bos = gcfg.get("bos_token_id", mcfg.get("bos_token_id"))
         bos_tok = _token_content(tcfg.get("bos_token"))
         if bos is None and bos_tok is not None:
