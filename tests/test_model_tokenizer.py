@@ -93,3 +93,43 @@ def test_incremental_decoder_pieces_join_to_the_full_text() -> None:
     # Byte-level tokens that split a character give "" until the character is complete.
     assert all("\ufffd" not in p for p in pieces)
     assert "" in pieces
+
+
+def test_sentencepiece_gguf_vocabulary_matches_transformers() -> None:
+    """A `tokenizer.ggml.model = llama` vocabulary (Llama 2 / TinyLlama / Mistral GGUFs):
+    merges recovered from the scores, byte fallback, Metaspace; compared with transformers'
+    own GGUF tokenizer conversion on the same metadata."""
+    gguf_tok = pytest.importorskip("transformers.integrations.gguf.gguf_tokenizer_mapping")
+    from tokensampler.model import Tokenizer
+
+    pieces = ["▁", "h", "e", "l", "o", "w", "r", "d", "t", "▁h", "he", "ll", "lo", "llo",
+              "▁he", "▁hello", "▁w", "or", "▁wor", "ld", "▁world", "▁t", "th", "▁the", "el"]  # fmt: skip
+    tokens = ["<unk>", "<s>", "</s>", *[f"<0x{b:02X}>" for b in range(256)], *pieces]
+    types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)
+    scores = [0.0] * 259 + [-float(i) for i in range(len(pieces))]
+    meta = {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.scores": scores,
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+        "tokenizer.ggml.unknown_token_id": 0,
+    }
+    ours = Tokenizer.from_gguf_metadata(meta)
+    ref_dict = {"tokenizer_type": "llama", "tokens": tokens, "token_type": types,
+                "scores": scores, "bos_token_id": 1, "eos_token_id": 2, "unk_token_id": 0}  # fmt: skip
+    ref, _ = gguf_tok.convert_gguf_tokenizer("llama", ref_dict)
+    for text in ["hello world", "Hello world", " hello", "hello\nworld", "héllo 😀",
+                 "the world hello", "<s>the</s>"]:  # fmt: skip
+        ids = ours.encode(text, add_special_tokens=False)
+        assert ids == ref.encode(text, add_special_tokens=False).ids, text
+        assert ours.decode(ids) == ref.decode(ids, skip_special_tokens=True), text
+    assert ours.encode("hello") == [1, tokens.index("▁hello")]  # BOS added, as llama.cpp does
+    assert ours.decode(ours.encode("héllo 😀 world")) == "héllo 😀 world"
+    assert ours.eos_token_ids == (2,)
+    from tokensampler.model import IncrementalDecoder
+
+    dec = IncrementalDecoder(ours)
+    ids = ours.encode("hello world the héllo", add_special_tokens=False)
+    assert "".join([dec.push(i) for i in ids] + [dec.flush()]) == "hello world the héllo"

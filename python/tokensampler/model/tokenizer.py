@@ -217,15 +217,21 @@ class Tokenizer:
 
     @classmethod
     def from_gguf_metadata(cls, meta: dict[str, Any], name: str = "") -> Tokenizer:
-        """From a GGUF's `tokenizer.ggml.*` metadata. Only byte-level BPE vocabularies
-        (`tokenizer.ggml.model == "gpt2"`: GPT-2, SmolLM, Llama 3, Qwen) are supported."""
+        """From a GGUF's `tokenizer.ggml.*` metadata: byte-level BPE vocabularies
+        (`tokenizer.ggml.model == "gpt2"`: GPT-2, SmolLM, Llama 3, Qwen) and sentencepiece
+        BPE ones (`"llama"`: Llama 2, TinyLlama, Mistral)."""
         kind = meta.get("tokenizer.ggml.model")
-        if kind != "gpt2":
+        if kind not in ("gpt2", "llama"):
             raise ModelLoadError(
-                f"unsupported GGUF tokenizer model {kind!r} (only byte-level BPE, 'gpt2')"
+                f"unsupported GGUF tokenizer model {kind!r} (supported: gpt2 byte-level BPE, "
+                "llama sentencepiece BPE)"
             )
         tokens: list[str] = list(meta["tokenizer.ggml.tokens"])
         vocab = {t: i for i, t in enumerate(tokens)}
+        types = meta.get("tokenizer.ggml.token_type") or []
+        if kind == "llama":
+            tok = _sentencepiece_bpe(meta, tokens, vocab)
+            return cls._finish_gguf(tok, meta, tokens, types, name, default_add_bos=True)
         merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
         tok = _HFTokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
         pre = meta.get("tokenizer.ggml.pre", "default")
@@ -247,7 +253,19 @@ class Tokenizer:
         else:
             tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        types = meta.get("tokenizer.ggml.token_type") or []
+        return cls._finish_gguf(tok, meta, tokens, types, name, default_add_bos=False)
+
+    @classmethod
+    def _finish_gguf(
+        cls,
+        tok: _HFTokenizer,
+        meta: dict[str, Any],
+        tokens: list[str],
+        types: Sequence[int],
+        name: str,
+        default_add_bos: bool,
+    ) -> Tokenizer:
+        """Special tokens, BOS post-processing, ids and chat template, for either kind."""
         special = [
             AddedToken(t, special=True, normalized=False)
             for t, ty in zip(tokens, types)
@@ -265,7 +283,9 @@ class Tokenizer:
         bos = meta.get("tokenizer.ggml.bos_token_id")
         eos = meta.get("tokenizer.ggml.eos_token_id")
         eot = meta.get("tokenizer.ggml.eot_token_id")  # end of turn, Llama 3 style chat models
-        if meta.get("tokenizer.ggml.add_bos_token") and bos is not None:
+        # llama.cpp adds BOS to sentencepiece vocabularies unless the file says otherwise.
+        add_bos = meta.get("tokenizer.ggml.add_bos_token", default_add_bos)
+        if add_bos and bos is not None:
             bos_tok = tokens[int(bos)]
             tok.post_processor = processors.TemplateProcessing(
                 single=f"{bos_tok} $A",
@@ -279,6 +299,50 @@ class Tokenizer:
             chat_template=meta.get("tokenizer.chat_template"),
             name=name,
         )
+
+
+def _sentencepiece_bpe(
+    meta: dict[str, Any], tokens: list[str], vocab: dict[str, int]
+) -> _HFTokenizer:
+    """A sentencepiece BPE vocabulary (pieces spelled with U+2581 for spaces, scores, byte
+    tokens <0x00>..<0xFF>) as a `tokenizers` BPE, built as transformers' LlamaTokenizer is:
+    merges from the file or, when it has none, recovered from the scores (a piece that splits
+    into two pieces is a merge ranked by its score), byte fallback, Metaspace."""
+    merges: list[tuple[str, str]]
+    if meta.get("tokenizer.ggml.merges"):
+        merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]  # type: ignore[misc]
+    else:
+        scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
+        found: list[tuple[str, str, float]] = []
+        for piece, score in zip(tokens, scores):
+            local = [
+                (piece[:i], piece[i:], float(score))
+                for i in range(1, len(piece))
+                if piece[:i] in vocab and piece[i:] in vocab
+            ]
+            local.sort(key=lambda m: (vocab[m[0]], vocab[m[1]]))
+            found.extend(local)
+        found.sort(key=lambda m: (m[2], len(m[0]), len(m[1])), reverse=True)
+        merges = [(a, b) for a, b, _ in found]
+    unk = meta.get("tokenizer.ggml.unknown_token_id")
+    tok = _HFTokenizer(
+        models.BPE(
+            vocab=vocab,
+            merges=merges,
+            fuse_unk=True,
+            byte_fallback=True,
+            unk_token=tokens[int(unk)] if unk is not None else None,
+        )
+    )
+    prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="\u2581", prepend_scheme="first" if prefix else "never", split=False
+    )
+    steps = [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if prefix:
+        steps.append(decoders.Strip(content=" ", left=1))
+    tok.decoder = decoders.Sequence(steps)
+    return tok
 
 
 class IncrementalDecoder:
