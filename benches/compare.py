@@ -58,6 +58,7 @@ TORCH_THREADS = 2
 TS_THREADS = 0  # 0 = tokensampler's default (one worker per core)
 FLOOR_K = 50
 ROUNDS = 5  # round-robin rounds per cell (see `measure`)
+SPENT_CAP = 5.0  # a contender stops after this many times min_time (once it has min_reps)
 
 # (what, impl, dtype, V, B): `what` is a pipeline key or "floor".
 Key = tuple[str, str, str, int, int]
@@ -402,19 +403,21 @@ def measure(fns: dict[Key, Callable[[], Any]], grid: Grid) -> dict[Key, Timing]:
     absolute times drift. A warm-up call comes first (allocator, page faults, lazy init);
     when that call alone is slow (> 50 ms) it counts as the first rep instead, since the
     median discards one slow outlier anyway and the slowest peers would otherwise cost a
-    fourth call.
+    fourth call. The repeat count is planned from the warm-up call, so a contender that turns
+    out much slower than planned (a loaded machine) stops after `SPENT_CAP` × `min_time`.
     """
     times: dict[Key, list[float]] = {}
-    warm: dict[Key, float] = {}
+    spent: dict[Key, float] = {}
     want: dict[Key, int] = {}
     for k, fn in fns.items():
         t0 = time.perf_counter()
         fn()
         first = time.perf_counter() - t0
         times[k] = [first] if first > 0.05 else []
-        warm[k] = first if first <= 0.05 else 0.0
+        spent[k] = first
         need = math.ceil(grid.min_time / max(first, 1e-7))
         want[k] = min(max(need, grid.min_reps), grid.max_reps)
+    cap = SPENT_CAP * grid.min_time
     keys = list(fns)
     rounds = min(ROUNDS, max(want.values(), default=1))
     for r in range(rounds):
@@ -422,12 +425,14 @@ def measure(fns: dict[Key, Callable[[], Any]], grid: Grid) -> dict[Key, Timing]:
             fn, ts_k = fns[k], times[k]
             chunk = math.ceil((want[k] - len(ts_k)) / (rounds - r))
             for _ in range(chunk):
+                if len(ts_k) >= grid.min_reps and spent[k] > cap:
+                    break
                 t0 = time.perf_counter()
                 fn()
-                ts_k.append(time.perf_counter() - t0)
-    return {
-        k: Timing(float(np.median(t)), len(t), spent=sum(t) + warm[k]) for k, t in times.items()
-    }
+                dt = time.perf_counter() - t0
+                ts_k.append(dt)
+                spent[k] += dt
+    return {k: Timing(float(np.median(t)), len(t), spent=spent[k]) for k, t in times.items()}
 
 
 # ==== correctness guard =======================================================================
