@@ -7,8 +7,8 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._native import SamplingError, get_num_threads, set_num_threads
-from .sampling import SampleOutput, Sampler, probs, sample
+from ._native import SamplingError, get_num_threads
+from .sampling import SampleOutput, Sampler, probs, sample, set_num_threads
 
 try:
     __version__ = version("tokensampler")

@@ -268,6 +268,9 @@ def _run(
     b, v = lg.array.shape
     if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 0:
         raise ValueError(f"top_logprobs must be a whole number >= 0, got {top_n!r}")
+    if top_n > v:
+        # Also keeps a huge request from reaching the allocator (it would abort the process).
+        raise ValueError(f"top_logprobs = {top_n} exceeds the vocabulary size {v}")
     pm = param_matrix if param_matrix is not None else _param_matrix(params, b)
     if pm.shape[0] not in (1, b):
         raise ValueError(f"per-row parameters have {pm.shape[0]} rows for a batch of {b}")
@@ -415,7 +418,11 @@ def probs(
         seeds=(np.zeros(1, dtype=np.uint64), False),
         want_probs=True,
     )
-    return lg.wrap(out[5])
+    p = out[5]
+    if lg.array.shape[0] == 0:  # no rows: keep the vocabulary axis
+        f64 = lg.array.dtype == np.float64
+        p = np.zeros(lg.array.shape, dtype=np.float64 if f64 else np.float32)
+    return lg.wrap(p)
 
 
 class Sampler:
@@ -522,3 +529,13 @@ class Sampler:
                 return res._replace(ids=res.ids[..., None])
             return res[..., None]
         return res
+
+
+def set_num_threads(n: int) -> None:
+    """Sets the number of worker threads for batched calls (0 = one per core).
+
+    >>> set_num_threads(0)
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"set_num_threads takes a whole number >= 0, got {n!r}")
+    _native.set_num_threads(int(n))
