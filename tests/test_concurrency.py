@@ -198,10 +198,15 @@ def test_shared_sampler_gives_each_call_a_distinct_step(batch: int) -> None:
     assert len(want) > n_calls // 2
 
 
-def _speedup_once(x: np.ndarray, calls: int) -> float:
+def _speedup_once(x: np.ndarray, calls: int, work_fn: Callable[[int], Any] | None = None) -> float:
+    """Time of 2 * calls calls on one thread / time of calls calls on each of two threads."""
+
     def work(n: int) -> None:
         for i in range(n):
-            ts.sample(x, seed=i, top_p=0.9)
+            if work_fn is None:
+                ts.sample(x, seed=i, top_p=0.9)
+            else:
+                work_fn(i)
 
     t0 = time.perf_counter()
     work(2 * calls)
@@ -221,21 +226,41 @@ def test_gil_is_released_during_kernels() -> None:
     """Two threads on two cores: >= 1.3x the throughput of one thread.
 
     Note: the workload is one 1,048,576-logit row per call (single rows never use rayon, so
-    any parallelism comes from the GIL being released). The ideal is 2x; here it measures
-    1.4-2.1x depending on what else the shared 2-core machine runs, so the threshold is
-    1.3x and the best of up to ten tries counts (stopping at the first >= 1.6x). A kernel
-    that kept the GIL would give ~1.0x. test_python_runs_while_a_kernel_runs below checks
-    the GIL release in a way that does not depend on a free core.
+    any parallelism comes from the GIL being released). The ideal is 2x; on a quiet 2-core
+    machine it measures 1.5-2.1x, so the threshold is 1.3x and the best of up to ten tries
+    counts (stopping at the first >= 1.6x). A kernel that kept the GIL would give ~1.0x.
+    When other jobs hold a core for the whole measurement no code can show a speed-up: each
+    try also times a reference that surely runs in parallel (numpy's ufuncs release the GIL);
+    if even that stays below 1.3x the test is skipped as unmeasurable, and between the two
+    the kernels must reach 80% of the reference's speed-up.
+    test_python_runs_while_a_kernel_runs below checks the GIL release in a way that does not
+    depend on a free core.
     """
     x = np.random.default_rng(4).standard_normal(1 << 20).astype(np.float32)
+
+    def reference(_: int) -> None:
+        np.exp(x)  # numpy releases the GIL in the ufunc loop
+
     _speedup_once(x, 3)  # warm up: page in, thread pool, caches
-    tries = []
+    ours: list[float] = []
+    ref: list[float] = []
     for _ in range(10):
-        tries.append(_speedup_once(x, 12))
-        if max(tries) >= 1.6:
+        ours.append(_speedup_once(x, 12))
+        if max(ours) >= 1.6:
             break
-    best = max(tries)
-    assert best >= 1.3, f"two threads at most {best:.2f}x faster than one (tries: {tries})"
+        ref.append(_speedup_once(x, 40, reference))
+    best = max(ours)
+    best_ref = max(ref, default=float("nan"))
+    if best >= 1.3:
+        return
+    if best_ref < 1.3:
+        pytest.skip(f"machine too busy to measure: numpy ufuncs reach {best_ref:.2f}x, "
+                    f"the kernels {best:.2f}x")  # fmt: skip
+    # Busy, but not saturated: the kernels must scale about as well as numpy's loops do now.
+    assert best >= 0.8 * best_ref, (
+        f"two threads at most {best:.2f}x faster than one (tries: {ours}) while numpy's "
+        f"GIL-free ufuncs reached {best_ref:.2f}x"
+    )
 
 
 def test_python_runs_while_a_kernel_runs() -> None:
