@@ -24,6 +24,8 @@ import numpy as np
 from . import _native
 
 _U64 = (1 << 64) - 1
+# top_logprobs may exceed V (the extra slots are padding) up to this many.
+_TOP_N_SLACK = 1024
 
 # Column order of the parameter matrix handed to the kernels (see rust/pipeline.rs).
 PARAM_NAMES: tuple[str, ...] = tuple(_native.PARAM_NAMES)
@@ -268,9 +270,12 @@ def _run(
     b, v = lg.array.shape
     if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 0:
         raise ValueError(f"top_logprobs must be a whole number >= 0, got {top_n!r}")
-    if top_n > v:
-        # Also keeps a huge request from reaching the allocator (it would abort the process).
-        raise ValueError(f"top_logprobs = {top_n} exceeds the vocabulary size {v}")
+    if top_n > max(v, _TOP_N_SLACK):
+        # Slots past the vocabulary are padding; a huge request would only reach the
+        # allocator (and abort the process), so it is refused here.
+        raise ValueError(
+            f"top_logprobs = {top_n} exceeds both the vocabulary size {v} and {_TOP_N_SLACK}"
+        )
     pm = param_matrix if param_matrix is not None else _param_matrix(params, b)
     if pm.shape[0] not in (1, b):
         raise ValueError(f"per-row parameters have {pm.shape[0]} rows for a batch of {b}")
