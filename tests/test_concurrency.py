@@ -227,12 +227,12 @@ def test_gil_is_released_during_kernels() -> None:
 
     Note: the workload is one 1,048,576-logit row per call (single rows never use rayon, so
     any parallelism comes from the GIL being released). The ideal is 2x; on a quiet 2-core
-    machine it measures 1.5-2.1x, so the threshold is 1.3x and the best of up to ten tries
-    counts (stopping at the first >= 1.6x). A kernel that kept the GIL would give ~1.0x.
+    machine it measures 1.5-2.1x, so the threshold is 1.3x, reached by any of up to ten
+    tries (the best of several). A kernel that kept the GIL would give ~1.0x.
     When other jobs hold a core for the whole measurement no code can show a speed-up: each
     try also times a reference that surely runs in parallel (numpy's ufuncs release the GIL);
-    if even that stays below 1.3x the test is skipped as unmeasurable, and between the two
-    the kernels must reach 80% of the reference's speed-up.
+    if its median stays below 1.3x the machine has no spare core and the test is skipped as
+    unmeasurable; if the reference mostly scales and the kernels never do, the test fails.
     test_python_runs_while_a_kernel_runs below checks the GIL release in a way that does not
     depend on a free core.
     """
@@ -242,24 +242,18 @@ def test_gil_is_released_during_kernels() -> None:
         np.exp(x)  # numpy releases the GIL in the ufunc loop
 
     _speedup_once(x, 3)  # warm up: page in, thread pool, caches
-    ours: list[float] = []
-    ref: list[float] = []
+    pairs: list[tuple[float, float]] = []  # (kernels, numpy reference), measured back to back
     for _ in range(10):
-        ours.append(_speedup_once(x, 12))
-        if max(ours) >= 1.6:
-            break
-        ref.append(_speedup_once(x, 40, reference))
-    best = max(ours)
-    best_ref = max(ref, default=float("nan"))
-    if best >= 1.3:
-        return
-    if best_ref < 1.3:
-        pytest.skip(f"machine too busy to measure: numpy ufuncs reach {best_ref:.2f}x, "
-                    f"the kernels {best:.2f}x")  # fmt: skip
-    # Busy, but not saturated: the kernels must scale about as well as numpy's loops do now.
-    assert best >= 0.8 * best_ref, (
-        f"two threads at most {best:.2f}x faster than one (tries: {ours}) while numpy's "
-        f"GIL-free ufuncs reached {best_ref:.2f}x"
+        ours = _speedup_once(x, 12)
+        if ours >= 1.3:
+            return
+        pairs.append((ours, _speedup_once(x, 40, reference)))
+    refs = sorted(r for _, r in pairs)
+    if refs[len(refs) // 2] < 1.3:
+        pytest.skip(f"machine too busy to measure a speed-up: (kernels, numpy) = {pairs}")
+    raise AssertionError(
+        f"two threads never 1.3x faster than one while numpy's ufuncs mostly were: "
+        f"(kernels, numpy) speed-ups = {pairs}"
     )
 
 
