@@ -36,7 +36,9 @@ def test_compare_smoke_writes_report(tmp_path: Path) -> None:
         assert needle in md
     assert not (tmp_path / "compare.png").exists()  # --no-plot
     raw = json.loads((tmp_path / "compare.json").read_text(encoding="utf-8"))
-    ok = [t for t in raw["timings"] if t["status"] == "ok"]
+    cols = raw["timings"]["columns"]
+    timings = [dict(zip(cols, r)) for r in raw["timings"]["rows"]]
+    ok = [t for t in timings if t["status"] == "ok"]
     assert ok and all(t["median_s"] > 0 for t in ok)
     # Every pipeline was timed for tokensampler on both dtypes.
     assert {(t["what"], t["dtype"]) for t in ok if t["impl"] == "ts_torch"} == {
