@@ -12,7 +12,6 @@ use crate::softmax::BLOCK;
 pub fn draw_dense<F: Real>(w: &[F], blocks: &[f64], total: f64, u: f64) -> usize {
     let target = u * total;
     let mut acc = 0.0f64;
-    let mut last = None;
     for (b, &s) in blocks.iter().enumerate() {
         if s <= 0.0 {
             continue;
@@ -24,7 +23,6 @@ pub fn draw_dense<F: Real>(w: &[F], blocks: &[f64], total: f64, u: f64) -> usize
             {
                 if v > F::zero() {
                     acc += v.wide();
-                    last = Some(b * BLOCK + l);
                     if acc > target {
                         return b * BLOCK + l;
                     }
@@ -32,11 +30,9 @@ pub fn draw_dense<F: Real>(w: &[F], blocks: &[f64], total: f64, u: f64) -> usize
             }
         } else {
             acc += s;
-            last = Some(b * BLOCK);
         }
     }
     // Rounding left the target past the last partial sum: take the last token with weight.
-    let _ = last;
     w.iter().rposition(|&v| v > F::zero()).unwrap_or(0)
 }
 

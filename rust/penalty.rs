@@ -7,6 +7,7 @@
 
 use crate::elem::Real;
 use crate::error::SamplingError;
+use crate::softmax::min_finite;
 
 /// Counts the non-negative ids of `history` into sorted `(id, count)` pairs.
 ///
@@ -100,11 +101,7 @@ pub fn apply<F: Real>(y: &mut [F], counts: &[(u32, u32)], pen: &Penalties) {
     if pen.scales_active() {
         // Dividing by k > 1 only lowers a positive logit, so a row with negative logits is
         // shifted to be non-negative first; softmax does not see the shift otherwise.
-        let min = y
-            .iter()
-            .copied()
-            .filter(|v| v.is_finite())
-            .fold(F::infinity(), F::min);
+        let min = min_finite(y);
         if min < F::zero() {
             for v in y.iter_mut() {
                 *v = *v - min;

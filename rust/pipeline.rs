@@ -128,14 +128,21 @@ pub struct IdRows<'a> {
 }
 
 impl<'a> IdRows<'a> {
+    /// Offset of row `i`'s first id: one row broadcasts to the whole batch.
+    fn start(&self, i: usize) -> usize {
+        if self.ids.len() == self.width {
+            0
+        } else {
+            i * self.width
+        }
+    }
+
     fn row(&self, i: usize) -> &'a [i64] {
         if self.width == 0 {
             return &[];
         }
-        let rows = self.ids.len() / self.width;
-        // One row broadcasts to the whole batch.
-        let i = if rows == 1 { 0 } else { i };
-        &self.ids[i * self.width..(i + 1) * self.width]
+        let start = self.start(i);
+        &self.ids[start..start + self.width]
     }
 }
 
@@ -198,16 +205,11 @@ fn modify_row<T: Elem>(
     i: usize,
     p: &RowParams,
     s: &mut Scratch<T::C>,
-) -> Result<bool, SamplingError> {
+) -> Result<(), SamplingError> {
     type F<T> = <T as Elem>::C;
     let v = s.y.len();
-    let mut touched = false;
     if let Some(bias) = req.bias_ids {
-        let start = if bias.ids.len() == bias.width {
-            0
-        } else {
-            i * bias.width
-        };
+        let start = bias.start(i);
         for (n, &id) in bias.row(i).iter().enumerate() {
             if id < 0 {
                 continue;
@@ -232,14 +234,12 @@ fn modify_row<T: Elem>(
             } else {
                 biased
             };
-            touched = true;
         }
     }
     if let Some(h) = req.history {
         if !p.penalties.is_off() {
             count_history(h.row(i), v, i, &mut s.hist, &mut s.counts)?;
             apply(&mut s.y, &s.counts, &p.penalties);
-            touched |= !s.counts.is_empty();
         } else if let Some(&id) = h.row(i).iter().find(|&&id| id >= v as i64) {
             // Bad ids are an error even when no penalty reads them, so a bug in the caller's
             // bookkeeping surfaces on the first call, not when a penalty is switched on.
@@ -251,7 +251,7 @@ fn modify_row<T: Elem>(
             });
         }
     }
-    Ok(touched)
+    Ok(())
 }
 
 #[inline(always)]

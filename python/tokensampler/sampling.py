@@ -111,7 +111,7 @@ class _Logits:
             return t.view(torch.int16).numpy().view(np.uint16)
         return t.numpy()
 
-    def wrap(self, a: np.ndarray | None, row_axis_only: bool = False) -> Any:
+    def wrap(self, a: np.ndarray | None) -> Any:
         """Returns a kernel output in the caller's array type, squeezed for 1-D logits."""
         if a is None:
             return None
