@@ -12,6 +12,14 @@ pub trait Real: Float + Default + Send + Sync + std::fmt::Debug + 'static {
     /// `e^x` for `x <= 0`; `-inf` gives 0. The `f32` version is a branch-free polynomial that
     /// the compiler vectorises (std's `expf` is a libm call per element).
     fn exp_nonpos(self) -> Self;
+    /// [`Real::exp_nonpos`] with fused multiply-adds: only for code compiled with the `fma`
+    /// target feature (elsewhere `mul_add` is a libm call per element).
+    fn exp_nonpos_fma(self) -> Self;
+    /// The bit pattern, which orders non-negative values like the values themselves (sorting
+    /// integers is several times faster than sorting floats by a comparator).
+    fn key(self) -> u64;
+    /// Inverse of [`Real::key`].
+    fn from_key(k: u64) -> Self;
 }
 
 impl Real for f32 {
@@ -27,6 +35,18 @@ impl Real for f32 {
     fn exp_nonpos(self) -> f32 {
         exp_f32(self)
     }
+    #[inline(always)]
+    fn exp_nonpos_fma(self) -> f32 {
+        exp_f32_fma(self)
+    }
+    #[inline(always)]
+    fn key(self) -> u64 {
+        self.to_bits() as u64
+    }
+    #[inline(always)]
+    fn from_key(k: u64) -> f32 {
+        f32::from_bits(k as u32)
+    }
 }
 
 impl Real for f64 {
@@ -41,6 +61,18 @@ impl Real for f64 {
     #[inline(always)]
     fn exp_nonpos(self) -> f64 {
         self.exp()
+    }
+    #[inline(always)]
+    fn exp_nonpos_fma(self) -> f64 {
+        self.exp()
+    }
+    #[inline(always)]
+    fn key(self) -> u64 {
+        self.to_bits()
+    }
+    #[inline(always)]
+    fn from_key(k: u64) -> f64 {
+        f64::from_bits(k)
     }
 }
 
@@ -78,6 +110,34 @@ pub fn exp_f32(x: f32) -> f32 {
     }
 }
 
+/// [`exp_f32`] with fused multiply-adds: 14 vector operations per 16 values instead of 25.
+/// The result can differ from [`exp_f32`] in the last bit, so every SIMD level keeps to one
+/// variant for a whole call.
+#[inline(always)]
+pub fn exp_f32_fma(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0;
+    let xc = x.max(-87.0);
+    let t = xc.mul_add(LOG2E, ROUND);
+    let n = t - ROUND;
+    let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, xc));
+    let mut p = 1.987_569_2e-4f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 0.5);
+    p = (p * r).mul_add(r, r) + 1.0;
+    let scale = f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23);
+    if x < -87.0 {
+        0.0
+    } else {
+        p * scale
+    }
+}
+
 /// A logit element as stored by the caller.
 pub trait Elem: Copy + Send + Sync + 'static {
     /// The type this element is computed in.
@@ -89,6 +149,10 @@ pub trait Elem: Copy + Send + Sync + 'static {
     fn load_row(src: &[Self], dst: &mut Vec<Self::C>) {
         dst.clear();
         dst.extend(src.iter().map(|e| e.load()));
+    }
+    /// The row itself when it is already in the compute type (no conversion needed).
+    fn as_compute(_src: &[Self]) -> Option<&[Self::C]> {
+        None
     }
 }
 
@@ -103,6 +167,10 @@ impl Elem for f32 {
         dst.clear();
         dst.extend_from_slice(src);
     }
+    #[inline(always)]
+    fn as_compute(src: &[f32]) -> Option<&[f32]> {
+        Some(src)
+    }
 }
 
 impl Elem for f64 {
@@ -115,6 +183,10 @@ impl Elem for f64 {
     fn load_row(src: &[f64], dst: &mut Vec<f64>) {
         dst.clear();
         dst.extend_from_slice(src);
+    }
+    #[inline(always)]
+    fn as_compute(src: &[f64]) -> Option<&[f64]> {
+        Some(src)
     }
 }
 
@@ -168,6 +240,17 @@ mod tests {
         }
         // 2 ulp of f32 is 2.4e-7 relative.
         assert!(worst < 2.4e-7, "worst relative error {worst}");
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x <= 0.0 {
+            let got = exp_f32_fma(x) as f64;
+            let want = (x as f64).exp();
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.001_37;
+        }
+        assert!(worst < 2.4e-7, "worst relative error with FMA {worst}");
+        assert_eq!(exp_f32_fma(0.0), 1.0);
+        assert_eq!(exp_f32_fma(f32::NEG_INFINITY), 0.0);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! quickselect on probability mass.
 
 use crate::elem::Real;
+use crate::simd;
 use crate::softmax::{sum_wide, BLOCK, LANES};
 use std::cmp::Ordering;
 
@@ -31,7 +32,7 @@ pub fn kth_largest<F: Real>(y: &[F], k: usize, buf: &mut Vec<F>) -> F {
 }
 
 /// Keeps the `(value, id)` pairs whose value is at least the `k`-th largest; returns it.
-fn compact<F: Real>(cand: &mut Vec<(F, u32)>, k: usize, sel: &mut Vec<F>) -> F {
+pub(crate) fn compact<F: Real>(cand: &mut Vec<(F, u32)>, k: usize, sel: &mut Vec<F>) -> F {
     sel.clear();
     sel.extend(cand.iter().map(|c| c.0));
     let (_, kth, _) = sel.select_nth_unstable_by(k - 1, desc);
@@ -54,6 +55,13 @@ pub fn top_k_candidates<F: Real>(
     cand: &mut Vec<(F, u32)>,
     sel: &mut Vec<F>,
 ) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(y32) = simd::avx512_f32(y) {
+        if let (Some(c), Some(s)) = (simd::pairs_f32(cand), simd::vec_f32(sel)) {
+            // SAFETY: avx512_f32 returned Some, so the CPU has AVX-512.
+            return unsafe { simd::top_k_candidates(y32, k, c, s) };
+        }
+    }
     cand.clear();
     let mut cap = (4 * k).max(256);
     let mut thr = F::neg_infinity();
@@ -93,11 +101,61 @@ pub fn top_k_candidates<F: Real>(
     bad != 0
 }
 
+/// Above this many pairs, [`mass_select`] first narrows by a histogram of mass.
+const RADIX_MIN: usize = 512;
+/// Buckets of that histogram.
+const RADIX_BUCKETS: usize = 1024;
+
+/// One histogram pass of mass over the weights' bit patterns (which order non-negative floats):
+/// finds the bucket where the cumulative mass from the top reaches `target`, moves its pairs to
+/// the front and returns their number and the mass still needed among them. Equal weights share
+/// a bucket, so the tie order is left to the caller. `None` when it cannot narrow (one bucket,
+/// or rounding leaves the target above the total).
+fn radix_narrow<F: Real>(pairs: &mut [(F, u32)], target: f64) -> Option<(usize, f64)> {
+    let (kmin, kmax) = pairs.iter().fold((u64::MAX, 0u64), |(a, b), p| {
+        let k = p.0.key();
+        (a.min(k), b.max(k))
+    });
+    let span = kmax - kmin;
+    if span == 0 {
+        return None;
+    }
+    let bits = 64 - span.leading_zeros();
+    let shift = bits.saturating_sub(RADIX_BUCKETS.trailing_zeros());
+    let mut hist = [0.0f64; RADIX_BUCKETS];
+    for p in pairs.iter() {
+        hist[((p.0.key() - kmin) >> shift) as usize] += p.0.wide();
+    }
+    let mut acc = 0.0;
+    let mut found = None;
+    for b in (0..RADIX_BUCKETS).rev() {
+        if acc + hist[b] >= target && hist[b] > 0.0 {
+            found = Some(b as u64);
+            break;
+        }
+        acc += hist[b];
+    }
+    let b = found?;
+    let mut n = 0;
+    for j in 0..pairs.len() {
+        if (pairs[j].0.key() - kmin) >> shift == b {
+            pairs.swap(n, j);
+            n += 1;
+        }
+    }
+    Some((n, target - acc))
+}
+
 /// Finds the end of the shortest prefix, in [`by_prob`] order, of `pairs` whose weight
 /// reaches `target`: returns that last pair. Expected linear time (quickselect on mass with a
 /// three-way partition, so plateaus of equal weights cost one pass). If rounding leaves
 /// `target` above the total, every pair is in the prefix.
 pub fn mass_select<F: Real>(pairs: &mut [(F, u32)], target: f64) -> (F, u32) {
+    if pairs.len() > RADIX_MIN {
+        if let Some((n, rem)) = radix_narrow(pairs, target) {
+            return mass_select(&mut pairs[..n], rem);
+        }
+    }
     let mut lo = 0;
     let mut hi = pairs.len();
     let mut rem = target;
@@ -171,107 +229,186 @@ pub struct Cut<F> {
     pub tie_max: u32,
 }
 
+/// Tokens whose weights the nucleus cut finds exactly before estimating anything: a peaked
+/// row (the common case) has its whole nucleus among them.
+pub const HEAD: usize = 64;
+/// Size of the strided sample that brackets the cut of a flat row.
+const SAMPLE: usize = 2048;
+
 /// Nucleus cut on a dense weight row summing to `total`: keeps the shortest prefix, by
-/// decreasing weight and ties by lower id, whose mass reaches `p * total`.
+/// decreasing weight and ties by lower id, whose mass reaches `p * total`. The flag is true
+/// when `buf` is left holding every `(weight, id)` pair with weight at least the cut's (the
+/// whole nucleus), so a caller can draw from `buf` instead of the row.
+///
+/// With `head_ready`, `buf` holds on entry the ids (with any values) of every token whose
+/// logit is at least the [`HEAD`]-th largest, found by the caller in its first read of the
+/// row; their weights are then read from `w` instead of scanning it.
+///
+/// First the [`HEAD`] heaviest tokens are found by the streaming top-k; if they hold the
+/// target mass, the cut is among them. Otherwise the cut lies below them and a strided sample
+/// of the rest (sorted, a few thousand values) estimates it. A bracket around the estimate,
+/// a few binomial standard deviations wide in sample rank, is checked in one pass that sums
+/// the mass above it exactly and collects the tokens inside; the exact cut is then a
+/// quickselect on mass among those. A wrong bracket is detected and widened.
 #[inline(always)]
-pub fn top_p_cut<F: Real>(w: &[F], total: f64, p: f64, buf: &mut Vec<(F, u32)>) -> Cut<F> {
+pub fn top_p_cut<F: Real>(
+    w: &[F],
+    total: f64,
+    p: f64,
+    head_ready: bool,
+    buf: &mut Vec<(F, u32)>,
+    sel: &mut Vec<F>,
+    sample: &mut Vec<u64>,
+) -> (Cut<F>, bool) {
     let target = p * total;
-    let min_pos = F::min_positive_value();
-    // Estimate the cut from a strided sample of ~4096 weights, then bracket it by sample rank
-    // (about two standard deviations of a binomial count either side), so the exact pass
-    // below collects only a few percent of the row. A wrong bracket is detected and widened.
-    let stride = (w.len() / 4096).max(1);
-    buf.clear();
-    buf.extend(
-        w.iter()
-            .enumerate()
-            .step_by(stride)
-            .filter(|(_, &v)| v > F::zero())
-            .map(|(j, &v)| (v, j as u32)),
-    );
-    let (mut lo, mut hi) = (min_pos, F::infinity());
-    if !buf.is_empty() {
-        let sample_total: f64 = buf.iter().map(|p| p.0.wide()).sum();
-        let est = mass_select(buf, p * sample_total);
-        let rank = buf
-            .iter()
-            .filter(|q| by_prob(q, &est) == Ordering::Less)
-            .count();
-        let margin = 2 * (buf.len() as f64).sqrt() as usize + 8;
-        let n = buf.len();
-        if rank + margin < n {
-            lo = buf.select_nth_unstable_by(rank + margin, by_prob).1 .0;
+    let n = w.len();
+    if head_ready {
+        for q in buf.iter_mut() {
+            q.0 = w[q.1 as usize];
         }
-        if rank >= margin {
-            hi = buf.select_nth_unstable_by(rank - margin, by_prob).1 .0;
+    } else {
+        top_k_candidates(w, HEAD.min(n), buf, sel);
+    }
+    let head: f64 = buf.iter().map(|q| q.0.wide()).sum();
+    if head >= target || buf.len() == n {
+        let head_min = buf.iter().fold(F::infinity(), |a, q| a.min(q.0));
+        let (tau, id) = mass_select(buf, target);
+        if tau > head_min || !head_ready || buf.len() == n {
+            return (Cut { tau, tie_max: id }, true);
+        }
+        // Distinct logits can round to equal weights: a token outside the head may tie with
+        // the cut, so find the head again on the weights themselves (rare).
+        return top_p_cut(w, total, p, false, buf, sel, sample);
+    }
+    // Every token outside the head weighs less than `head_min`, and the cut is at most it.
+    let head_min = buf.iter().fold(F::infinity(), |a, q| a.min(q.0));
+    let min_pos = F::min_positive_value();
+    let stride = (n / SAMPLE).max(1);
+    sample.clear();
+    sample.extend(
+        w.iter()
+            .step_by(stride)
+            .filter(|&&v| v > F::zero() && v < head_min)
+            .map(|v| v.key()),
+    );
+    // Ascending keys are ascending weights: walk from the heavy end.
+    sample.sort_unstable();
+    sample.reverse();
+    // The sample stands for the mass outside the head: find the rank where its prefix holds
+    // the same share of it as the cut still needs.
+    let rest = (total - head).max(f64::MIN_POSITIVE);
+    let sample_mass: f64 = sample.iter().map(|&k| F::from_key(k).wide()).sum();
+    let goal = (target - head) / rest * sample_mass;
+    let mut acc = 0.0;
+    let mut rank = sample.len();
+    for (i, &k) in sample.iter().enumerate() {
+        acc += F::from_key(k).wide();
+        if acc >= goal {
+            rank = i;
+            break;
         }
     }
-    let min_pos = F::min_positive_value();
-    let mut tries = 0;
-    loop {
-        tries += 1;
-        if tries > 2 {
-            // Rounding keeps moving the bracket: take the whole row, which is always right.
-            (lo, hi) = (min_pos, F::infinity());
-        }
-        buf.clear();
-        let mut above = [F::zero(); LANES];
-        let mut a = 0.0f64;
-        let mut chunks = w.chunks_exact(LANES);
-        let mut base = 0u32;
-        for c in &mut chunks {
-            let mut hit = 0u32;
-            for l in 0..LANES {
-                let v = c[l];
-                above[l] = above[l] + if v > hi { v } else { F::zero() };
-                hit |= (v >= lo && v <= hi) as u32;
-            }
-            if base % BLOCK as u32 == 0 {
-                // Flush the f32 lanes to f64 once per block, so rounding stays at f64 level.
-                a += sum_wide(&above);
-                above = [F::zero(); LANES];
-            }
-            if hit != 0 {
-                // Branch-free compaction: the bracket splits the row at random, so a branch per
-                // value would mispredict about half the time.
-                let n = buf.len();
-                buf.resize(n + LANES, (F::zero(), 0));
-                let mut k = n;
-                for (l, &v) in c.iter().enumerate() {
-                    buf[k] = (v, base + l as u32);
-                    k += (v >= lo && v <= hi) as usize;
-                }
-                buf.truncate(k);
-            }
-            base += LANES as u32;
-        }
-        a += sum_wide(&above);
-        for (l, &v) in chunks.remainder().iter().enumerate() {
-            if v > hi {
-                a += v.wide();
-            } else if v >= lo {
-                buf.push((v, base + l as u32));
-            }
-        }
-        let inside: f64 = buf.iter().map(|p| p.0.wide()).sum();
-        if tries <= 2 && a >= target && hi < F::infinity() {
-            // The cut lies above the bracket.
-            (lo, hi) = (hi, F::infinity());
-        } else if tries <= 2 && a + inside < target && lo > min_pos {
-            // The cut lies below the bracket.
-            (lo, hi) = (min_pos, lo);
+    let bracket = |margin: usize| -> (F, F) {
+        let hi = if rank >= margin {
+            F::from_key(sample[rank - margin])
         } else {
+            head_min
+        };
+        let lo = sample
+            .get(rank + margin)
+            .map_or(min_pos, |&k| F::from_key(k));
+        (lo, hi)
+    };
+    let margin = 3 * ((rank + 1) as f64).sqrt() as usize + 4;
+    let (mut lo, mut hi) = bracket(margin);
+    for tries in 1.. {
+        let (a, inside) = mass_above_and_collect(w, lo, hi, buf);
+        if tries >= 4 || (a < target && a + inside >= target) {
+            // Found (or, after the whole row, rounding: the quickselect keeps everything).
             if buf.is_empty() {
-                // Only rounding gets here; keeping every weight >= lo keeps the nucleus.
-                return Cut {
+                let cut = Cut {
                     tau: lo,
                     tie_max: u32::MAX,
                 };
+                return (cut, false);
             }
             let (tau, id) = mass_select(buf, target - a);
-            return Cut { tau, tie_max: id };
+            return (Cut { tau, tie_max: id }, false);
+        }
+        let wide = bracket(margin * 4);
+        (lo, hi) = match (tries, a >= target) {
+            // The cut lies above the bracket: look between it and a wider upper bound.
+            (1, true) => (hi, wide.1),
+            // The cut lies below the bracket.
+            (1, false) => (wide.0, lo),
+            (2, true) => (hi, head_min),
+            (2, false) => (min_pos, lo),
+            // Rounding keeps moving the cut: take the whole row, which is always right.
+            _ => (min_pos, head_min),
+        };
+    }
+    unreachable!("the loop returns by its fourth try")
+}
+
+/// One pass over `w`: the exact mass of the weights above `hi` (returned first), and the
+/// `(weight, id)` pairs with `lo <= weight <= hi` collected into `buf` (their mass second).
+#[inline(always)]
+pub fn mass_above_and_collect<F: Real>(
+    w: &[F],
+    lo: F,
+    hi: F,
+    buf: &mut Vec<(F, u32)>,
+) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(w32) = simd::avx512_f32(w) {
+        if let Some(b) = simd::pairs_f32(buf) {
+            // SAFETY: avx512_f32 returned Some, so the CPU has AVX-512 (and F is f32).
+            let (lo, hi) = (lo.wide() as f32, hi.wide() as f32);
+            return unsafe { simd::mass_above_and_collect(w32, lo, hi, b) };
         }
     }
+    buf.clear();
+    buf.reserve(w.len());
+    let out = buf.spare_capacity_mut();
+    let mut k = 0usize;
+    let mut above = [F::zero(); LANES];
+    let mut a = 0.0f64;
+    let mut base = 0u32;
+    for block in w.chunks(BLOCK) {
+        let mut chunks = block.chunks_exact(LANES);
+        for c in &mut chunks {
+            let mut mask = 0u32;
+            for l in 0..LANES {
+                let v = c[l];
+                above[l] = above[l] + if v > hi { v } else { F::zero() };
+                mask |= ((v >= lo && v <= hi) as u32) << l;
+            }
+            // Visit only the lanes inside the bracket: one bit per hit, no branch per value.
+            while mask != 0 {
+                let l = mask.trailing_zeros();
+                out[k].write((c[l as usize], base + l));
+                k += 1;
+                mask &= mask - 1;
+            }
+            base += LANES as u32;
+        }
+        for &v in chunks.remainder() {
+            if v > hi {
+                a += v.wide();
+            } else if v >= lo {
+                out[k].write((v, base));
+                k += 1;
+            }
+            base += 1;
+        }
+        // Flush the lanes to f64 once per block, so rounding stays at f64 level.
+        a += sum_wide(&above);
+        above = [F::zero(); LANES];
+    }
+    // SAFETY: the loops above initialised the first `k` slots of the spare capacity.
+    unsafe { buf.set_len(k) };
+    let inside = buf.iter().map(|q| q.0.wide()).sum();
+    (a, inside)
 }
 
 /// Applies a nucleus cut and a min-p threshold (`w >= floor`) to a dense weight row in one
@@ -306,7 +443,15 @@ mod tests {
         let mut w = w.to_vec();
         let total: f64 = w.iter().sum();
         let mut buf = Vec::new();
-        let cut = top_p_cut(&w, total, p, &mut buf);
+        let (cut, _) = top_p_cut(
+            &w,
+            total,
+            p,
+            false,
+            &mut buf,
+            &mut Vec::new(),
+            &mut Vec::new(),
+        );
         let mut blocks = Vec::new();
         apply_cut(&mut w, cut, 0.0, &mut blocks);
         w

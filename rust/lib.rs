@@ -11,6 +11,7 @@ pub mod filter;
 pub mod penalty;
 pub mod pipeline;
 pub mod rng;
+mod simd;
 pub mod softmax;
 
 #[cfg(feature = "python")]

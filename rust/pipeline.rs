@@ -6,9 +6,11 @@
 use crate::draw::{draw_dense, draw_sparse};
 use crate::elem::{Elem, Real};
 use crate::error::SamplingError;
-use crate::filter::{apply_cut, by_prob, kth_largest, top_k_candidates, top_p_cut, Cut};
+use crate::filter::{apply_cut, by_prob, kth_largest, top_k_candidates, top_p_cut, Cut, HEAD};
 use crate::penalty::{apply, count_history, Penalties};
 use crate::rng::uniform;
+#[cfg(target_arch = "x86_64")]
+use crate::simd::{simd_level, Simd};
 use crate::softmax::{
     exp_weights, first_index_of, indicator_weights, max_nan, raw_log_softmax_at, top_logprobs,
 };
@@ -182,7 +184,9 @@ pub struct RowResult {
     pub top: Vec<(i64, f64)>,
 }
 
-/// Reusable buffers of one worker, so a row costs no allocation after the first.
+/// Reusable buffers of one thread. They live in a thread-local for the thread's lifetime, so
+/// a call costs no allocation and, more to the point, no page faults: fresh 512 KB buffers
+/// come from `mmap` and touching them cost more than the whole pipeline on a 128k row.
 #[derive(Default)]
 struct Scratch<F> {
     y: Vec<F>,
@@ -192,22 +196,54 @@ struct Scratch<F> {
     pairs: Vec<(F, u32)>,
     hist: Vec<u32>,
     counts: Vec<(u32, u32)>,
+    keys: Vec<u64>,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<(Scratch<f32>, Scratch<f64>)> = Default::default();
+}
+
+/// Runs `f` with this thread's scratch for the compute type `F` (a fresh one if the thread's
+/// is already in use).
+fn with_scratch<F: Real, R>(f: impl FnOnce(&mut Scratch<F>) -> R) -> R {
+    use std::any::Any;
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut pair) => {
+            let (s32, s64) = &mut *pair;
+            if let Some(s) = (s32 as &mut dyn Any).downcast_mut::<Scratch<F>>() {
+                f(s)
+            } else if let Some(s) = (s64 as &mut dyn Any).downcast_mut::<Scratch<F>>() {
+                f(s)
+            } else {
+                f(&mut Scratch::default())
+            }
+        }
+        Err(_) => f(&mut Scratch::default()),
+    })
 }
 
 /// Top-k runs on the streaming path (candidates only) while `k` is at most this share of V;
 /// above it, a selection on a copy and the dense path are cheaper.
 const SPARSE_TOP_K_DIVISOR: usize = 8;
 
-/// Applies bias, bans and penalties to the loaded row `s.y`.
+/// Whether bias, bans or penalties change row `i` (otherwise it can be read in place).
+fn modifies_row<T>(req: &BatchRequest<'_, T>, i: usize, p: &RowParams) -> bool {
+    req.bias_ids
+        .is_some_and(|b| b.row(i).iter().any(|&id| id >= 0))
+        || (req.history.is_some() && !p.penalties.is_off())
+}
+
+/// Applies bias, bans and penalties to the loaded row `s.y` (of length `v`); when
+/// [`modifies_row`] is false it only validates the history ids.
 #[inline(always)]
 fn modify_row<T: Elem>(
     req: &BatchRequest<'_, T>,
     i: usize,
     p: &RowParams,
+    v: usize,
     s: &mut Scratch<T::C>,
 ) -> Result<(), SamplingError> {
     type F<T> = <T as Elem>::C;
-    let v = s.y.len();
     if let Some(bias) = req.bias_ids {
         let start = bias.start(i);
         for (n, &id) in bias.row(i).iter().enumerate() {
@@ -255,7 +291,7 @@ fn modify_row<T: Elem>(
 }
 
 #[inline(always)]
-fn process_row<T: Elem>(
+fn process_row<T: Elem, const FMA: bool>(
     req: &BatchRequest<'_, T>,
     i: usize,
     s: &mut Scratch<T::C>,
@@ -265,9 +301,19 @@ fn process_row<T: Elem>(
     let x = req.rows[i];
     let v = x.len();
     let p = &req.params[if req.params.len() == 1 { 0 } else { i }];
-    T::load_row(x, &mut s.y);
+    // An unmodified f32/f64 row is read where it lies: a copy would be one more pass through
+    // memory for nothing.
+    let direct = if modifies_row(req, i, p) {
+        None
+    } else {
+        T::as_compute(x)
+    };
+    if direct.is_none() {
+        T::load_row(x, &mut s.y);
+    }
     // NaN in the input stays NaN through bias and penalties, so one check after them suffices.
-    modify_row(req, i, p, s)?;
+    modify_row(req, i, p, v, s)?;
+    let y: &[F<T>] = direct.unwrap_or(&s.y);
 
     let u = || match req.seeds {
         Seeds::Shared(seed) => uniform(seed, i as u64, req.step),
@@ -279,7 +325,7 @@ fn process_row<T: Elem>(
 
     let (id, logprob, top) = if sparse_k {
         // Streaming top-k: everything after the selection touches only the candidates.
-        if top_k_candidates(&s.y, p.top_k, &mut s.pairs, &mut s.sel) {
+        if top_k_candidates(y, p.top_k, &mut s.pairs, &mut s.sel) {
             return Err(SamplingError::NanInRow { row: i });
         }
         let m = s
@@ -337,7 +383,19 @@ fn process_row<T: Elem>(
         let top = top_logprobs(&mut s.pairs, total, req.top_n);
         (id, (w_id / total).ln(), top)
     } else {
-        let (m, nan) = max_nan(&s.y);
+        // With top-p on, the first read of the row also finds its heaviest tokens (the memory
+        // read costs the same), so the nucleus cut need not read the weights for them again.
+        let head_ready = p.top_p < 1.0 && p.temperature > 0.0;
+        let (m, nan) = if head_ready {
+            let nan = top_k_candidates(y, HEAD.min(v), &mut s.pairs, &mut s.sel);
+            let m = s
+                .pairs
+                .iter()
+                .fold(F::<T>::neg_infinity(), |a, c| a.max(c.0));
+            (m, nan)
+        } else {
+            max_nan(y)
+        };
         if nan {
             return Err(SamplingError::NanInRow { row: i });
         }
@@ -345,7 +403,7 @@ fn process_row<T: Elem>(
             return Err(SamplingError::AllMasked { row: i });
         }
         if p.temperature == 0.0 {
-            let id = first_index_of(&s.y, m);
+            let id = first_index_of(y, m);
             if let Some(out) = probs {
                 out.fill(F::<T>::zero());
                 out[id] = F::<T>::one();
@@ -360,29 +418,56 @@ fn process_row<T: Elem>(
             let mut total = if m == F::<T>::infinity() || !inv_t.is_finite() {
                 // +inf logits share the mass; a temperature too small for the compute type
                 // leaves the argmax set, the limit of the softmax as T -> 0.
-                indicator_weights(&s.y, m, &mut s.w, &mut s.blocks)
+                indicator_weights(y, m, &mut s.w, &mut s.blocks)
             } else {
                 let floor = if p.top_k > 0 && p.top_k < v {
-                    kth_largest(&s.y, p.top_k, &mut s.sel)
+                    kth_largest(y, p.top_k, &mut s.sel)
                 } else {
                     F::<T>::neg_infinity()
                 };
-                exp_weights(&s.y, m, inv_t, floor, &mut s.w, &mut s.blocks)
+                exp_weights::<_, FMA>(y, m, inv_t, floor, &mut s.w, &mut s.blocks)
             };
+            // The largest weight is exactly 1 (the maximum's own exp(0)).
+            let floor = F::<T>::of(p.min_p);
+            let mut nucleus_in_head = false;
             if p.top_p < 1.0 || p.min_p > 0.0 {
                 let cut = if p.top_p < 1.0 {
-                    top_p_cut(&s.w, total, p.top_p, &mut s.pairs)
+                    let (cut, in_head) = top_p_cut(
+                        &s.w,
+                        total,
+                        p.top_p,
+                        head_ready,
+                        &mut s.pairs,
+                        &mut s.sel,
+                        &mut s.keys,
+                    );
+                    nucleus_in_head = in_head;
+                    cut
                 } else {
                     Cut {
                         tau: F::<T>::zero(),
                         tie_max: u32::MAX,
                     }
                 };
-                // The largest weight is exactly 1 (the maximum's own exp(0)).
-                let floor = F::<T>::of(p.min_p);
-                total = apply_cut(&mut s.w, cut, floor, &mut s.blocks);
+                if nucleus_in_head && probs.is_none() && req.top_n == 0 {
+                    // A peaked row: the nucleus is among the few heaviest tokens, so the draw
+                    // runs on them (in id order, as the dense draw would) and the row is not
+                    // touched again.
+                    s.pairs.retain(|c| {
+                        (c.0 > cut.tau || (c.0 == cut.tau && c.1 <= cut.tie_max)) && c.0 >= floor
+                    });
+                    s.pairs.sort_unstable_by_key(|c| c.1);
+                    total = s.pairs.iter().map(|c| c.0.wide()).sum();
+                } else {
+                    nucleus_in_head = false;
+                    total = apply_cut(&mut s.w, cut, floor, &mut s.blocks);
+                }
             }
-            let id = draw_dense(&s.w, &s.blocks, total, u());
+            let id = if nucleus_in_head {
+                draw_sparse(&s.pairs, total, u()) as usize
+            } else {
+                draw_dense(&s.w, &s.blocks, total, u())
+            };
             if let Some(out) = probs {
                 let inv = 1.0 / total;
                 for (o, &wj) in out.iter_mut().zip(&s.w) {
@@ -400,7 +485,7 @@ fn process_row<T: Elem>(
     };
 
     let raw_logprob = if req.want_raw_logprob {
-        raw_log_softmax_at(x, id, &mut s.sel)
+        raw_log_softmax_at::<_, FMA>(x, id, &mut s.sel)
     } else {
         f64::NAN
     };
@@ -409,37 +494,6 @@ fn process_row<T: Elem>(
         logprob,
         raw_logprob,
         top,
-    })
-}
-
-/// The widest SIMD the CPU offers, detected once.
-#[cfg(target_arch = "x86_64")]
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Simd {
-    Baseline,
-    Avx2,
-    Avx512,
-}
-
-#[cfg(target_arch = "x86_64")]
-fn simd_level() -> Simd {
-    use std::sync::OnceLock;
-    static LEVEL: OnceLock<Simd> = OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        if std::env::var_os("TOKENSAMPLER_NO_SIMD").is_some() {
-            Simd::Baseline
-        } else if is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-        {
-            Simd::Avx512
-        } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            Simd::Avx2
-        } else {
-            Simd::Baseline
-        }
     })
 }
 
@@ -453,7 +507,7 @@ unsafe fn process_row_avx512<T: Elem>(
     s: &mut Scratch<T::C>,
     probs: Option<&mut [T::C]>,
 ) -> Result<RowResult, SamplingError> {
-    process_row(req, i, s, probs)
+    process_row::<T, true>(req, i, s, probs)
 }
 
 /// # Safety
@@ -466,7 +520,7 @@ unsafe fn process_row_avx2<T: Elem>(
     s: &mut Scratch<T::C>,
     probs: Option<&mut [T::C]>,
 ) -> Result<RowResult, SamplingError> {
-    process_row(req, i, s, probs)
+    process_row::<T, true>(req, i, s, probs)
 }
 
 /// One row, compiled for the widest SIMD the CPU has: the same generic code, specialised
@@ -486,7 +540,7 @@ fn process_row_dispatch<T: Elem>(
             Simd::Baseline => {}
         }
     }
-    process_row(req, i, s, probs)
+    process_row::<T, false>(req, i, s, probs)
 }
 
 fn check_shapes<T>(
@@ -622,9 +676,7 @@ pub fn run_batch<T: Elem>(
         let work = || {
             outs.into_par_iter()
                 .enumerate()
-                .map_init(Scratch::default, |s, (i, out)| {
-                    process_row_dispatch(req, i, s, out)
-                })
+                .map(|(i, out)| with_scratch(|s| process_row_dispatch(req, i, s, out)))
                 .collect()
         };
         match current_pool() {
@@ -632,11 +684,12 @@ pub fn run_batch<T: Elem>(
             None => work(),
         }
     } else {
-        let mut s = Scratch::default();
-        outs.into_iter()
-            .enumerate()
-            .map(|(i, out)| process_row_dispatch(req, i, &mut s, out))
-            .collect()
+        with_scratch(|s| {
+            outs.into_iter()
+                .enumerate()
+                .map(|(i, out)| process_row_dispatch(req, i, s, out))
+                .collect()
+        })
     };
     results.into_iter().collect()
 }

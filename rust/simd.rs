@@ -1,0 +1,234 @@
+//! Runtime SIMD detection, and hand-written AVX-512 kernels for the `f32` scans whose
+//! auto-vectorised form is poor: they need a comparison mask per 16 values and compress-stores
+//! of the few values that pass, which LLVM does not emit from the portable loops. Each kernel
+//! has a portable twin in `filter.rs` with the same result; these are only faster.
+
+use crate::filter::compact;
+use std::any::TypeId;
+
+/// The widest SIMD the CPU offers, detected once.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Simd {
+    /// The x86-64 baseline (SSE2).
+    Baseline,
+    /// AVX2 and FMA.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx2,
+    /// AVX-512 F/BW/VL with AVX2 and FMA.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    Avx512,
+}
+
+/// Detected once; `TOKENSAMPLER_NO_SIMD` forces the portable code (for tests and triage).
+pub(crate) fn simd_level() -> Simd {
+    use std::sync::OnceLock;
+    static LEVEL: OnceLock<Simd> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        if std::env::var_os("TOKENSAMPLER_NO_SIMD").is_some() {
+            return Simd::Baseline;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+            {
+                return Simd::Avx512;
+            }
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Baseline
+    })
+}
+
+/// The row as `f32` when `F` is `f32` and the AVX-512 kernels may run.
+#[inline(always)]
+pub(crate) fn avx512_f32<F: 'static>(x: &[F]) -> Option<&[f32]> {
+    if TypeId::of::<F>() == TypeId::of::<f32>() && simd_level() == Simd::Avx512 {
+        // SAFETY: F is f32 (same TypeId), so the slice is the same memory with the same type.
+        Some(unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) })
+    } else {
+        None
+    }
+}
+
+/// `v` as a `Vec<(f32, u32)>` when `F` is `f32`.
+#[inline(always)]
+pub(crate) fn pairs_f32<F: 'static>(v: &mut Vec<(F, u32)>) -> Option<&mut Vec<(f32, u32)>> {
+    if TypeId::of::<F>() == TypeId::of::<f32>() {
+        // SAFETY: F is f32 (same TypeId), so this is the same type.
+        Some(unsafe { &mut *(v as *mut Vec<(F, u32)>).cast::<Vec<(f32, u32)>>() })
+    } else {
+        None
+    }
+}
+
+/// `v` as a `Vec<f32>` when `F` is `f32`.
+#[inline(always)]
+pub(crate) fn vec_f32<F: 'static>(v: &mut Vec<F>) -> Option<&mut Vec<f32>> {
+    if TypeId::of::<F>() == TypeId::of::<f32>() {
+        // SAFETY: F is f32 (same TypeId), so this is the same type.
+        Some(unsafe { &mut *(v as *mut Vec<F>).cast::<Vec<f32>>() })
+    } else {
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::compact;
+    use crate::softmax::BLOCK;
+    use std::arch::x86_64::*;
+
+    // The pair stores below write `(f32, u32)` tuples as two adjacent 4-byte words.
+    const _: () = assert!(
+        std::mem::offset_of!((f32, u32), 0) == 0
+            && std::mem::offset_of!((f32, u32), 1) == 4
+            && std::mem::size_of::<(f32, u32)>() == 8
+    );
+
+    /// Writes the lanes of `v` selected by `m` at `p` as `(value, base + lane)` pairs and
+    /// returns how many: compress in registers, interleave values and ids, store two whole
+    /// vectors (16 pairs, whatever `m` holds).
+    ///
+    /// # Safety
+    /// `p` must be valid for writing 16 pairs.
+    #[inline(always)]
+    unsafe fn store_lanes(p: *mut (f32, u32), m: __mmask16, v: __m512, base: u32) -> usize {
+        let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let idv = _mm512_add_epi32(iota, _mm512_set1_epi32(base as i32));
+        let vals = _mm512_maskz_compress_ps(m, v);
+        let ids = _mm512_castsi512_ps(_mm512_maskz_compress_epi32(m, idv));
+        let first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let second =
+            _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        let p = p.cast::<f32>();
+        _mm512_storeu_ps(p, _mm512_permutex2var_ps(vals, first, ids));
+        _mm512_storeu_ps(p.add(16), _mm512_permutex2var_ps(vals, second, ids));
+        m.count_ones() as usize
+    }
+
+    /// Appends the lanes of `v` selected by `m` to `out` as `(value, base + lane)` pairs.
+    #[inline(always)]
+    unsafe fn push_lanes(out: &mut Vec<(f32, u32)>, m: __mmask16, v: __m512, base: u32) {
+        out.reserve(16);
+        let n = out.len();
+        // SAFETY: `reserve(16)` leaves room for the 16 pairs `store_lanes` writes past `n`, of
+        // which the first `c` are the selected lanes.
+        let c = store_lanes(out.as_mut_ptr().add(n), m, v, base);
+        out.set_len(n + c);
+    }
+
+    /// AVX-512 twin of `filter::top_k_candidates` for `f32`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn top_k_candidates(
+        y: &[f32],
+        k: usize,
+        cand: &mut Vec<(f32, u32)>,
+        sel: &mut Vec<f32>,
+    ) -> bool {
+        cand.clear();
+        let mut cap = (4 * k).max(256);
+        let mut thr = _mm512_set1_ps(f32::NEG_INFINITY);
+        let mut nan: __mmask16 = 0;
+        let full = y.len() / 16 * 16;
+        let mut j = 0;
+        while j < full {
+            let v = _mm512_loadu_ps(y.as_ptr().add(j));
+            nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            let m = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, thr);
+            if m != 0 {
+                push_lanes(cand, m, v, j as u32);
+                if cand.len() >= cap {
+                    thr = _mm512_set1_ps(compact(cand, k, sel));
+                    if 2 * cand.len() > cap {
+                        cap *= 2;
+                    }
+                }
+            }
+            j += 16;
+        }
+        let t = _mm512_cvtss_f32(thr);
+        let mut bad = nan != 0;
+        for (l, &v) in y[full..].iter().enumerate() {
+            bad |= v.is_nan();
+            if v >= t {
+                cand.push((v, (full + l) as u32));
+            }
+        }
+        if cand.len() > k {
+            compact(cand, k, sel);
+        }
+        bad
+    }
+
+    /// AVX-512 twin of `filter::mass_above_and_collect` for `f32`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn mass_above_and_collect(
+        w: &[f32],
+        lo: f32,
+        hi: f32,
+        buf: &mut Vec<(f32, u32)>,
+    ) -> (f64, f64) {
+        buf.clear();
+        // Room for every token plus the 16-pair overhang of the last store.
+        buf.reserve(w.len() + 16);
+        let out = buf.as_mut_ptr();
+        let mut k = 0usize;
+        let vlo = _mm512_set1_ps(lo);
+        let vhi = _mm512_set1_ps(hi);
+        let mut a = 0.0f64;
+        for (bi, block) in w.chunks(BLOCK).enumerate() {
+            let base = bi * BLOCK;
+            let full = block.len() / 16 * 16;
+            let mut above = _mm512_setzero_ps();
+            let mut j = 0;
+            while j < full {
+                let v = _mm512_loadu_ps(block.as_ptr().add(j));
+                let gt = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, vhi);
+                above = _mm512_mask_add_ps(above, gt, above, v);
+                let inb = _mm512_mask_cmp_ps_mask::<_CMP_LE_OQ>(
+                    _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, vlo),
+                    v,
+                    vhi,
+                );
+                if inb != 0 {
+                    // SAFETY: k <= base + j, and the capacity is w.len() + 16.
+                    k += store_lanes(out.add(k), inb, v, (base + j) as u32);
+                }
+                j += 16;
+            }
+            // Flush the lanes to f64 once per block, so rounding stays at f64 level.
+            let lo_half = _mm512_cvtps_pd(_mm512_castps512_ps256(above));
+            let hi_half = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                _mm512_castps_pd(above),
+            )));
+            a += _mm512_reduce_add_pd(_mm512_add_pd(lo_half, hi_half));
+            for (l, &v) in block[full..].iter().enumerate() {
+                if v > hi {
+                    a += v as f64;
+                } else if v >= lo {
+                    out.add(k).write((v, (base + full + l) as u32));
+                    k += 1;
+                }
+            }
+        }
+        // SAFETY: the first k pairs were written above.
+        buf.set_len(k);
+        let inside = buf.iter().map(|q| q.0 as f64).sum();
+        (a, inside)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::{mass_above_and_collect, top_k_candidates};
