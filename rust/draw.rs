@@ -10,6 +10,19 @@ use crate::softmax::BLOCK;
 /// Draws an index with probability `w[j] / total` given a uniform `u` in `[0, 1)`, finding
 /// the block from the per-[`BLOCK`] sums first so only one block is scanned.
 pub fn draw_dense<F: Real>(w: &[F], blocks: &[f64], total: f64, u: f64) -> usize {
+    draw_dense_by(w, blocks, total, u, |_, _| true)
+}
+
+/// [`draw_dense`] over the tokens that pass `keep(weight, id)` (the block sums must count
+/// exactly those): the draw of a cut row that was not rewritten.
+#[inline(always)]
+pub fn draw_dense_by<F: Real>(
+    w: &[F],
+    blocks: &[f64],
+    total: f64,
+    u: f64,
+    keep: impl Fn(F, u32) -> bool,
+) -> usize {
     let target = u * total;
     let mut acc = 0.0f64;
     for (b, &s) in blocks.iter().enumerate() {
@@ -21,7 +34,7 @@ pub fn draw_dense<F: Real>(w: &[F], blocks: &[f64], total: f64, u: f64) -> usize
                 .iter()
                 .enumerate()
             {
-                if v > F::zero() {
+                if v > F::zero() && keep(v, (b * BLOCK + l) as u32) {
                     acc += v.wide();
                     if acc > target {
                         return b * BLOCK + l;
@@ -33,7 +46,10 @@ pub fn draw_dense<F: Real>(w: &[F], blocks: &[f64], total: f64, u: f64) -> usize
         }
     }
     // Rounding left the target past the last partial sum: take the last token with weight.
-    w.iter().rposition(|&v| v > F::zero()).unwrap_or(0)
+    w.iter()
+        .enumerate()
+        .rposition(|(j, &v)| v > F::zero() && keep(v, j as u32))
+        .unwrap_or(0)
 }
 
 /// Draws from `(weight, id)` pairs with probability `weight / total`; returns the id.

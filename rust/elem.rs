@@ -227,7 +227,8 @@ mod tests {
 
     #[test]
     fn exp_f32_is_accurate_on_the_whole_range() {
-        let variants: [(&str, fn(f32) -> f32); 2] = [("plain", exp_f32), ("fma", exp_f32_fma)];
+        type Exp = fn(f32) -> f32;
+        let variants: [(&str, Exp); 2] = [("plain", exp_f32), ("fma", exp_f32_fma)];
         for (name, exp) in variants {
             assert_eq!(exp(0.0), 1.0);
             assert_eq!(exp(f32::NEG_INFINITY), 0.0);

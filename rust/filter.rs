@@ -233,7 +233,12 @@ pub struct Cut<F> {
 /// row (the common case) has its whole nucleus among them.
 pub const HEAD: usize = 64;
 /// Size of the strided sample that brackets the cut of a flat row.
-const SAMPLE: usize = 2048;
+const SAMPLE: usize = 4096;
+
+/// Every how many tokens the nucleus cut samples a row of `n` weights.
+fn sample_stride(n: usize) -> usize {
+    (n / SAMPLE).max(1)
+}
 
 /// Nucleus cut on a dense weight row summing to `total`: keeps the shortest prefix, by
 /// decreasing weight and ties by lower id, whose mass reaches `p * total`. The flag is true
@@ -246,10 +251,11 @@ const SAMPLE: usize = 2048;
 ///
 /// First the [`HEAD`] heaviest tokens are found by the streaming top-k; if they hold the
 /// target mass, the cut is among them. Otherwise the cut lies below them and a strided sample
-/// of the rest (sorted, a few thousand values) estimates it. A bracket around the estimate,
-/// a few binomial standard deviations wide in sample rank, is checked in one pass that sums
-/// the mass above it exactly and collects the tokens inside; the exact cut is then a
-/// quickselect on mass among those. A wrong bracket is detected and widened.
+/// of the rest estimates it: a histogram of the sample (no sort) gives the rank where the
+/// sample holds the needed share of mass, and thresholds 3 binomial standard deviations
+/// either side plus two inner splits. One exact pass sums the mass above each threshold,
+/// which names the region holding the cut; a second pass collects that region's tokens and a
+/// quickselect on mass (radix-narrowed) finds the exact cut among them.
 #[inline(always)]
 pub fn top_p_cut<F: Real>(
     w: &[F],
@@ -270,8 +276,8 @@ pub fn top_p_cut<F: Real>(
         top_k_candidates(w, HEAD.min(n), buf, sel);
     }
     let head: f64 = buf.iter().map(|q| q.0.wide()).sum();
+    let head_min = buf.iter().fold(F::infinity(), |a, q| a.min(q.0));
     if head >= target || buf.len() == n {
-        let head_min = buf.iter().fold(F::infinity(), |a, q| a.min(q.0));
         let (tau, id) = mass_select(buf, target);
         if tau > head_min || !head_ready || buf.len() == n {
             return (Cut { tau, tie_max: id }, true);
@@ -280,74 +286,186 @@ pub fn top_p_cut<F: Real>(
         // the cut, so find the head again on the weights themselves (rare).
         return top_p_cut(w, total, p, false, buf, sel, sample);
     }
-    // Every token outside the head weighs less than `head_min`, and the cut is at most it.
-    let head_min = buf.iter().fold(F::infinity(), |a, q| a.min(q.0));
-    let min_pos = F::min_positive_value();
-    let stride = (n / SAMPLE).max(1);
+    // Every token outside the head weighs at most `head_min`, and the cut is at most it.
     sample.clear();
     sample.extend(
         w.iter()
-            .step_by(stride)
+            .step_by(sample_stride(n))
             .filter(|&&v| v > F::zero() && v < head_min)
             .map(|v| v.key()),
     );
-    // Ascending keys are ascending weights: walk from the heavy end.
-    sample.sort_unstable();
-    sample.reverse();
-    // The sample stands for the mass outside the head: find the rank where its prefix holds
-    // the same share of it as the cut still needs.
+    // The sample stands for the mass outside the head: the cut should sit where its prefix
+    // (from the heavy end) holds the share of that mass the cut still needs.
     let rest = (total - head).max(f64::MIN_POSITIVE);
-    let sample_mass: f64 = sample.iter().map(|&k| F::from_key(k).wide()).sum();
-    let goal = (target - head) / rest * sample_mass;
-    let mut acc = 0.0;
-    let mut rank = sample.len();
-    for (i, &k) in sample.iter().enumerate() {
-        acc += F::from_key(k).wide();
-        if acc >= goal {
-            rank = i;
+    let hist = SampleHistogram::new::<F>(sample);
+    let rank = hist.rank_of_mass_share((target - head) / rest);
+    // Thresholds, heaviest first: the bracket (3 binomial standard deviations in sample
+    // rank either side) and two inner splits, so the exact pass below leaves a third of it.
+    let margin = 3.0 * (rank + 1.0).sqrt() + 4.0;
+    let th = [
+        hist.upper_value_at::<F>(rank - margin).min(head_min),
+        hist.lower_value_at::<F>(rank - margin / 3.0).min(head_min),
+        hist.lower_value_at::<F>(rank + margin / 3.0).min(head_min),
+        hist.lower_value_at::<F>(rank + margin).min(head_min),
+    ];
+    let above = masses_above(w, &th);
+    // The region (lower, upper] that holds the cut: mass above `upper` < target <= mass above
+    // `lower`.
+    let mut lower = F::zero();
+    let mut upper = th[3];
+    for i in 0..4 {
+        if target <= above[i] {
+            lower = th[i];
+            upper = if i == 0 { head_min } else { th[i - 1] };
             break;
         }
     }
-    let bracket = |margin: usize| -> (F, F) {
-        let hi = if rank >= margin {
-            F::from_key(sample[rank - margin])
-        } else {
-            head_min
-        };
-        let lo = sample
-            .get(rank + margin)
-            .map_or(min_pos, |&k| F::from_key(k));
-        (lo, hi)
-    };
-    let margin = 3 * ((rank + 1) as f64).sqrt() as usize + 4;
-    let (mut lo, mut hi) = bracket(margin);
-    for tries in 1.. {
-        let (a, inside) = mass_above_and_collect(w, lo, hi, buf);
-        if tries >= 4 || (a < target && a + inside >= target) {
-            // Found (or, after the whole row, rounding: the quickselect keeps everything).
-            if buf.is_empty() {
-                let cut = Cut {
-                    tau: lo,
+    let (a, inside) = mass_above_and_collect(w, F::from_key(lower.key() + 1), upper, buf);
+    if !(a < target && a + inside >= target) {
+        // Only rounding at a threshold gets here: take the whole row, which is always right.
+        mass_above_and_collect(w, F::min_positive_value(), F::infinity(), buf);
+        if buf.is_empty() {
+            return (
+                Cut {
+                    tau: F::min_positive_value(),
                     tie_max: u32::MAX,
-                };
-                return (cut, false);
-            }
-            let (tau, id) = mass_select(buf, target - a);
-            return (Cut { tau, tie_max: id }, false);
+                },
+                false,
+            );
         }
-        let wide = bracket(margin * 4);
-        (lo, hi) = match (tries, a >= target) {
-            // The cut lies above the bracket: look between it and a wider upper bound.
-            (1, true) => (hi, wide.1),
-            // The cut lies below the bracket.
-            (1, false) => (wide.0, lo),
-            (2, true) => (hi, head_min),
-            (2, false) => (min_pos, lo),
-            // Rounding keeps moving the cut: take the whole row, which is always right.
-            _ => (min_pos, head_min),
-        };
+        let (tau, id) = mass_select(buf, target);
+        return (Cut { tau, tie_max: id }, false);
     }
-    unreachable!("the loop returns by its fourth try")
+    let (tau, id) = mass_select(buf, target - a);
+    (Cut { tau, tie_max: id }, false)
+}
+
+/// Buckets of [`SampleHistogram`].
+const SAMPLE_BUCKETS: usize = 2048;
+
+/// Counts and mass of a sample of weights (given as [`Real::key`]s) in buckets of equal key
+/// width: enough to read off ranks and mass shares without sorting the sample.
+struct SampleHistogram {
+    kmin: u64,
+    shift: u32,
+    /// Per bucket, heaviest first: (count, mass).
+    buckets: Vec<(u32, f64)>,
+    mass: f64,
+}
+
+impl SampleHistogram {
+    fn new<F: Real>(keys: &[u64]) -> Self {
+        let (kmin, kmax) = keys
+            .iter()
+            .fold((u64::MAX, 0u64), |(a, b), &k| (a.min(k), b.max(k)));
+        let span = kmax.saturating_sub(kmin);
+        let bits = 64 - span.leading_zeros();
+        let shift = bits.saturating_sub(SAMPLE_BUCKETS.trailing_zeros());
+        let nb = if keys.is_empty() {
+            0
+        } else {
+            (span >> shift) as usize + 1
+        };
+        let mut buckets = vec![(0u32, 0.0f64); nb];
+        let mut mass = 0.0;
+        for &k in keys {
+            let v = F::from_key(k).wide();
+            let b = &mut buckets[nb - 1 - ((k - kmin) >> shift) as usize];
+            b.0 += 1;
+            b.1 += v;
+            mass += v;
+        }
+        SampleHistogram {
+            kmin,
+            shift,
+            buckets,
+            mass,
+        }
+    }
+
+    /// The (fractional) rank, from the heavy end, where the prefix holds `share` of the mass.
+    fn rank_of_mass_share(&self, share: f64) -> f64 {
+        let goal = share * self.mass;
+        let (mut acc, mut count) = (0.0, 0.0);
+        for &(c, m) in &self.buckets {
+            if m > 0.0 && acc + m >= goal {
+                return count + c as f64 * ((goal - acc) / m).clamp(0.0, 1.0);
+            }
+            acc += m;
+            count += c as f64;
+        }
+        count
+    }
+
+    /// Index (heaviest first) of the bucket holding rank `r`, if the sample reaches it.
+    fn bucket_at(&self, r: f64) -> Option<usize> {
+        if r < 0.0 {
+            return None;
+        }
+        let mut count = 0.0;
+        for (i, &(c, _)) in self.buckets.iter().enumerate() {
+            count += c as f64;
+            if count > r {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    fn key_range(&self, i: usize) -> (u64, u64) {
+        let from_low = (self.buckets.len() - 1 - i) as u64;
+        let lo = self.kmin + (from_low << self.shift);
+        (lo, lo + (1u64 << self.shift) - 1)
+    }
+
+    /// An upper bound of the value at rank `r` (`+inf` above the sample's top).
+    fn upper_value_at<F: Real>(&self, r: f64) -> F {
+        match self.bucket_at(r) {
+            Some(i) => F::from_key(self.key_range(i).1),
+            None if r < 0.0 => F::infinity(),
+            None => F::zero(),
+        }
+    }
+
+    /// A lower bound of the value at rank `r` (0 past the sample's end).
+    fn lower_value_at<F: Real>(&self, r: f64) -> F {
+        match self.bucket_at(r) {
+            Some(i) => F::from_key(self.key_range(i).0),
+            None if r < 0.0 => F::infinity(),
+            None => F::zero(),
+        }
+    }
+}
+
+/// The exact mass of the weights above each threshold, in one pass.
+#[inline(always)]
+pub fn masses_above<F: Real>(w: &[F], th: &[F; 4]) -> [f64; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(w32) = simd::avx512_f32(w) {
+        let t = th.map(|v| v.wide() as f32);
+        // SAFETY: avx512_f32 returned Some, so the CPU has AVX-512 (and F is f32).
+        return unsafe { simd::masses_above(w32, &t) };
+    }
+    let mut out = [0.0f64; 4];
+    for block in w.chunks(BLOCK) {
+        for (o, &t) in out.iter_mut().zip(th) {
+            let mut lanes = [F::zero(); LANES];
+            let mut chunks = block.chunks_exact(LANES);
+            for c in &mut chunks {
+                for l in 0..LANES {
+                    lanes[l] = lanes[l] + if c[l] > t { c[l] } else { F::zero() };
+                }
+            }
+            *o += sum_wide(&lanes)
+                + chunks
+                    .remainder()
+                    .iter()
+                    .filter(|&&v| v > t)
+                    .map(|v| v.wide())
+                    .sum::<f64>();
+        }
+    }
+    out
 }
 
 /// One pass over `w`: the exact mass of the weights above `hi` (returned first), and the
@@ -411,6 +529,59 @@ pub fn mass_above_and_collect<F: Real>(
     (a, inside)
 }
 
+impl<F: Real> Cut<F> {
+    /// Whether token `j` of weight `x` survives the cut and the min-p threshold `floor`.
+    #[inline(always)]
+    pub fn keeps(&self, x: F, j: u32, floor: F) -> bool {
+        (x > self.tau || (x == self.tau && j <= self.tie_max)) && x >= floor
+    }
+}
+
+/// The block sums of the weights that survive a cut and a min-p threshold, without touching
+/// the row (the draw then applies the same test to the one block it scans); returns the mass
+/// kept. Saves [`apply_cut`]'s write pass when nothing else reads the filtered row.
+#[inline(always)]
+pub fn cut_block_sums<F: Real>(w: &[F], cut: Cut<F>, floor: F, blocks: &mut Vec<f64>) -> f64 {
+    blocks.clear();
+    let mut total = 0.0;
+    // Kept for sure: above the cut and at or above the floor. Weights equal to the cut's are
+    // rare (exact ties) and are added one by one with their ids.
+    let lower = if floor > cut.tau { floor } else { cut.tau };
+    let strict = floor <= cut.tau;
+    for (bi, wb) in w.chunks(BLOCK).enumerate() {
+        let base = (bi * BLOCK) as u32;
+        let mut acc = [0.0f64; 2 * LANES];
+        let mut ties = false;
+        let mut chunks = wb.chunks_exact(2 * LANES);
+        for c in &mut chunks {
+            for l in 0..2 * LANES {
+                let x = c[l];
+                let sure = if strict { x > lower } else { x >= lower };
+                acc[l] += if sure { x.wide() } else { 0.0 };
+                ties |= x == cut.tau;
+            }
+        }
+        let mut s = acc.iter().sum::<f64>();
+        for &x in chunks.remainder() {
+            let sure = if strict { x > lower } else { x >= lower };
+            ties |= x == cut.tau;
+            if sure {
+                s += x.wide();
+            }
+        }
+        if ties && strict {
+            for (l, &x) in wb.iter().enumerate() {
+                if x == cut.tau && cut.keeps(x, base + l as u32, floor) {
+                    s += x.wide();
+                }
+            }
+        }
+        blocks.push(s);
+        total += s;
+    }
+    total
+}
+
 /// Applies a nucleus cut and a min-p threshold (`w >= floor`) to a dense weight row in one
 /// pass, zeroing what they drop, and refreshes the block sums; returns the mass kept.
 #[inline(always)]
@@ -421,8 +592,7 @@ pub fn apply_cut<F: Real>(w: &mut [F], cut: Cut<F>, floor: F, blocks: &mut Vec<f
         let base = (bi * BLOCK) as u32;
         for (l, v) in wb.iter_mut().enumerate() {
             let x = *v;
-            let in_nucleus = x > cut.tau || (x == cut.tau && base + l as u32 <= cut.tie_max);
-            *v = if in_nucleus && x >= floor {
+            *v = if cut.keeps(x, base + l as u32, floor) {
                 x
             } else {
                 F::zero()
@@ -485,6 +655,100 @@ mod tests {
         assert_eq!(dense_top_p(&[0.25, 0.5, 0.25], 0.6), vec![0.25, 0.5, 0.0]);
         // A tiny p keeps the single most probable token.
         assert_eq!(dense_top_p(&[0.1, 0.2, 0.7], 1e-9), vec![0.0, 0.0, 0.7]);
+    }
+
+    /// f32 rows large enough for every stage of the cut (head, sampled bracket, the SIMD
+    /// passes, radix narrowing), checked against the sort definition. Sums of f32 lanes round
+    /// differently from the reference's f64 running sum, so a kept set may differ only where
+    /// the reference's cumulative mass is within 1e-6 of the target.
+    #[test]
+    fn top_p_on_large_f32_rows_matches_the_sort_definition() {
+        let mut state = 987_654_321u64;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for case in 0..24 {
+            let n = [5_000, 40_000, 130_000][case % 3];
+            let kind = case / 3 % 4;
+            let y: Vec<f64> = (0..n)
+                .map(|_| {
+                    let g = (0..4).map(|_| rnd()).sum::<f64>() - 2.0;
+                    match kind {
+                        0 => 3.0 * g,                                         // flat
+                        1 => 3.0 * g + if rnd() < 3e-4 { 25.0 } else { 0.0 }, // peaked
+                        2 => (4.0 * g).round(),                               // plateaus
+                        _ => {
+                            if rnd() < 0.3 {
+                                f64::NEG_INFINITY
+                            } else {
+                                8.0 * g
+                            }
+                        }
+                    }
+                })
+                .collect();
+            let m = y.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let w: Vec<f32> = y.iter().map(|&v| ((v - m) as f32).exp()).collect();
+            let total: f64 = w.iter().map(|&v| v as f64).sum();
+            for p in [0.05, 0.5, 0.9, 0.99] {
+                let (mut buf, mut sel, mut keys) = (Vec::new(), Vec::new(), Vec::new());
+                let (cut, _) = top_p_cut(&w, total, p, false, &mut buf, &mut sel, &mut keys);
+                let ours: Vec<usize> = (0..n)
+                    .filter(|&j| cut.keeps(w[j], j as u32, 0.0) && w[j] > 0.0)
+                    .collect();
+                let mut idx: Vec<usize> = (0..n).filter(|&j| w[j] > 0.0).collect();
+                idx.sort_by(|&a, &b| w[b].partial_cmp(&w[a]).unwrap().then(a.cmp(&b)));
+                let mut acc = 0.0;
+                let mut want = idx.len();
+                for (r, &j) in idx.iter().enumerate() {
+                    acc += w[j] as f64;
+                    if acc >= p * total {
+                        want = r + 1;
+                        break;
+                    }
+                }
+                let mut want_set: Vec<usize> = idx[..want].to_vec();
+                want_set.sort_unstable();
+                if ours != want_set {
+                    let near: f64 = idx[..ours.len().min(idx.len())]
+                        .iter()
+                        .map(|&j| w[j] as f64)
+                        .sum();
+                    assert!(
+                        (near - p * total).abs() <= 1e-6 * total,
+                        "case {case} n {n} kind {kind} p {p}: kept {} want {want}",
+                        ours.len()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cut_block_sums_agree_with_the_rewritten_row() {
+        // Plateaus so the cut often falls on tied weights; floors above and below the cut.
+        let w: Vec<f32> = (0..5000u32)
+            .map(|j| [1.0f32, 0.5, 0.25, 0.125, 0.0][(j * 7919 % 23 % 5) as usize])
+            .collect();
+        for (tau, tie_max, floor) in [
+            (0.25f32, 2500u32, 0.0f32),
+            (0.25, 0, 0.0),
+            (0.25, u32::MAX, 0.3),
+            (0.5, 4999, 0.125),
+            (0.0, u32::MAX, 0.2),
+        ] {
+            let cut = Cut { tau, tie_max };
+            let mut want_blocks = Vec::new();
+            let mut rewritten = w.clone();
+            let want = apply_cut(&mut rewritten, cut, floor, &mut want_blocks);
+            let mut blocks = Vec::new();
+            let got = cut_block_sums(&w, cut, floor, &mut blocks);
+            assert_eq!(got, want, "{tau} {tie_max} {floor}");
+            assert_eq!(blocks, want_blocks, "{tau} {tie_max} {floor}");
+        }
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! Order: bias and bans → penalties → temperature (T = 0 is greedy) → top-k → softmax →
 //! top-p → min-p → renormalise and draw. Rows are independent; large batches run on rayon.
 
-use crate::draw::{draw_dense, draw_sparse};
+use crate::draw::{draw_dense, draw_dense_by, draw_sparse};
 use crate::elem::{Elem, Real};
 use crate::error::SamplingError;
-use crate::filter::{apply_cut, by_prob, kth_largest, top_k_candidates, top_p_cut, Cut, HEAD};
+use crate::filter::{
+    apply_cut, by_prob, cut_block_sums, kth_largest, top_k_candidates, top_p_cut, Cut, HEAD,
+};
 use crate::penalty::{apply, count_history, Penalties};
 use crate::rng::uniform;
 #[cfg(target_arch = "x86_64")]
@@ -384,7 +386,7 @@ fn process_row<T: Elem, const FMA: bool>(
         (id, (w_id / total).ln(), top)
     } else {
         // With top-p on, the first read of the row also finds its heaviest tokens (the memory
-        // read costs the same), so the nucleus cut need not read the weights for them again.
+        // read costs the same), so the nucleus cut need not scan the weights for them.
         let head_ready = p.top_p < 1.0 && p.temperature > 0.0;
         let (m, nan) = if head_ready {
             let nan = top_k_candidates(y, HEAD.min(v), &mut s.pairs, &mut s.sel);
@@ -415,7 +417,8 @@ fn process_row<T: Elem, const FMA: bool>(
             }
             (id, 0.0, top)
         } else {
-            let mut total = if m == F::<T>::infinity() || !inv_t.is_finite() {
+            let indicator = m == F::<T>::infinity() || !inv_t.is_finite();
+            let mut total = if indicator {
                 // +inf logits share the mass; a temperature too small for the compute type
                 // leaves the argmax set, the limit of the softmax as T -> 0.
                 indicator_weights(y, m, &mut s.w, &mut s.blocks)
@@ -430,6 +433,8 @@ fn process_row<T: Elem, const FMA: bool>(
             // The largest weight is exactly 1 (the maximum's own exp(0)).
             let floor = F::<T>::of(p.min_p);
             let mut nucleus_in_head = false;
+            // A cut the row was not rewritten for (the draw applies it itself).
+            let mut kept = None;
             if p.top_p < 1.0 || p.min_p > 0.0 {
                 let cut = if p.top_p < 1.0 {
                     let (cut, in_head) = top_p_cut(
@@ -449,7 +454,8 @@ fn process_row<T: Elem, const FMA: bool>(
                         tie_max: u32::MAX,
                     }
                 };
-                if nucleus_in_head && probs.is_none() && req.top_n == 0 {
+                let rewrite = probs.is_some() || req.top_n > 0;
+                if nucleus_in_head && !rewrite {
                     // A peaked row: the nucleus is among the few heaviest tokens, so the draw
                     // runs on them (in id order, as the dense draw would) and the row is not
                     // touched again.
@@ -458,13 +464,19 @@ fn process_row<T: Elem, const FMA: bool>(
                     });
                     s.pairs.sort_unstable_by_key(|c| c.1);
                     total = s.pairs.iter().map(|c| c.0.wide()).sum();
-                } else {
+                } else if rewrite {
                     nucleus_in_head = false;
                     total = apply_cut(&mut s.w, cut, floor, &mut s.blocks);
+                } else {
+                    nucleus_in_head = false;
+                    kept = Some(cut);
+                    total = cut_block_sums(&s.w, cut, floor, &mut s.blocks);
                 }
             }
             let id = if nucleus_in_head {
                 draw_sparse(&s.pairs, total, u()) as usize
+            } else if let Some(cut) = kept {
+                draw_dense_by(&s.w, &s.blocks, total, u(), |x, j| cut.keeps(x, j, floor))
             } else {
                 draw_dense(&s.w, &s.blocks, total, u())
             };

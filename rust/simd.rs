@@ -139,7 +139,40 @@ mod x86 {
         let mut thr = _mm512_set1_ps(f32::NEG_INFINITY);
         let mut nan: __mmask16 = 0;
         let full = y.len() / 16 * 16;
+        let quad = y.len() / 64 * 64;
         let mut j = 0;
+        // Four vectors per step and one branch for all of them: early in the row, when the
+        // threshold is still low, hits are frequent and a branch per vector mispredicts.
+        while j < quad {
+            let p = y.as_ptr().add(j);
+            let v = [
+                _mm512_loadu_ps(p),
+                _mm512_loadu_ps(p.add(16)),
+                _mm512_loadu_ps(p.add(32)),
+                _mm512_loadu_ps(p.add(48)),
+            ];
+            let mut any: __mmask16 = 0;
+            let mut ms = [0 as __mmask16; 4];
+            for q in 0..4 {
+                nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v[q], v[q]);
+                ms[q] = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v[q], thr);
+                any |= ms[q];
+            }
+            if any != 0 {
+                for q in 0..4 {
+                    if ms[q] != 0 {
+                        push_lanes(cand, ms[q], v[q], (j + 16 * q) as u32);
+                    }
+                }
+                if cand.len() >= cap {
+                    thr = _mm512_set1_ps(compact(cand, k, sel));
+                    if 2 * cand.len() > cap {
+                        cap *= 2;
+                    }
+                }
+            }
+            j += 64;
+        }
         while j < full {
             let v = _mm512_loadu_ps(y.as_ptr().add(j));
             nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
@@ -167,6 +200,48 @@ mod x86 {
             compact(cand, k, sel);
         }
         bad
+    }
+
+    /// AVX-512 twin of `filter::masses_above` for `f32`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn masses_above(w: &[f32], th: &[f32; 4]) -> [f64; 4] {
+        let t = th.map(|v| _mm512_set1_ps(v));
+        let mut out = [0.0f64; 4];
+        for block in w.chunks(BLOCK) {
+            let full = block.len() / 16 * 16;
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut j = 0;
+            while j < full {
+                let v = _mm512_loadu_ps(block.as_ptr().add(j));
+                for i in 0..4 {
+                    let gt = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, t[i]);
+                    acc[i] = _mm512_mask_add_ps(acc[i], gt, acc[i], v);
+                }
+                j += 16;
+            }
+            for i in 0..4 {
+                out[i] += widen_sum(acc[i])
+                    + block[full..]
+                        .iter()
+                        .filter(|&&v| v > th[i])
+                        .map(|&v| v as f64)
+                        .sum::<f64>();
+            }
+        }
+        out
+    }
+
+    /// The 16 lanes summed in f64.
+    #[inline(always)]
+    unsafe fn widen_sum(v: __m512) -> f64 {
+        let lo_half = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        let hi_half = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+            _mm512_castps_pd(v),
+        )));
+        _mm512_reduce_add_pd(_mm512_add_pd(lo_half, hi_half))
     }
 
     /// AVX-512 twin of `filter::mass_above_and_collect` for `f32`.
@@ -209,11 +284,7 @@ mod x86 {
                 j += 16;
             }
             // Flush the lanes to f64 once per block, so rounding stays at f64 level.
-            let lo_half = _mm512_cvtps_pd(_mm512_castps512_ps256(above));
-            let hi_half = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
-                _mm512_castps_pd(above),
-            )));
-            a += _mm512_reduce_add_pd(_mm512_add_pd(lo_half, hi_half));
+            a += widen_sum(above);
             for (l, &v) in block[full..].iter().enumerate() {
                 if v > hi {
                     a += v as f64;
@@ -231,4 +302,4 @@ mod x86 {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{mass_above_and_collect, top_k_candidates};
+pub(crate) use x86::{mass_above_and_collect, masses_above, top_k_candidates};

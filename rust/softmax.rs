@@ -111,20 +111,26 @@ pub fn exp_weights<F: Real, const FMA: bool>(
     blocks.clear();
     let mut total = 0.0;
     for (yb, wb) in y.chunks(BLOCK).zip(w.chunks_mut(BLOCK)) {
-        for (o, &v) in wb.iter_mut().zip(yb) {
-            let z = (v - m) * inv_t;
-            let e = if FMA {
-                z.exp_nonpos_fma()
-            } else {
-                z.exp_nonpos()
-            };
-            *o = if v >= floor { e } else { F::zero() };
-        }
-        let s = sum_wide(wb);
+        let s = exp_block::<F, FMA>(yb, m, inv_t, floor, wb);
         blocks.push(s);
         total += s;
     }
     total
+}
+
+/// One block of [`exp_weights`]; returns its sum.
+#[inline(always)]
+fn exp_block<F: Real, const FMA: bool>(yb: &[F], m: F, inv_t: F, floor: F, wb: &mut [F]) -> f64 {
+    for (o, &v) in wb.iter_mut().zip(yb) {
+        let z = (v - m) * inv_t;
+        let e = if FMA {
+            z.exp_nonpos_fma()
+        } else {
+            z.exp_nonpos()
+        };
+        *o = if v >= floor { e } else { F::zero() };
+    }
+    sum_wide(wb)
 }
 
 /// Weights 1 for tokens equal to `target`, 0 elsewhere: the distribution when the maximum is
