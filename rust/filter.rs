@@ -554,12 +554,22 @@ pub fn cut_block_sums<F: Real>(w: &[F], cut: Cut<F>, floor: F, blocks: &mut Vec<
         let mut ties = false;
         let mut chunks = wb.chunks_exact(2 * LANES);
         for c in &mut chunks {
+            // Three plain loops (select, widen-and-add, tie check) each vectorise; one fused
+            // loop does not.
+            let mut t = [F::zero(); 2 * LANES];
             for l in 0..2 * LANES {
                 let x = c[l];
                 let sure = if strict { x > lower } else { x >= lower };
-                acc[l] += if sure { x.wide() } else { 0.0 };
-                ties |= x == cut.tau;
+                t[l] = if sure { x } else { F::zero() };
             }
+            for l in 0..2 * LANES {
+                acc[l] += t[l].wide();
+            }
+            let mut eq = 0u32;
+            for &x in c {
+                eq |= (x == cut.tau) as u32;
+            }
+            ties |= eq != 0;
         }
         let mut s = acc.iter().sum::<f64>();
         for &x in chunks.remainder() {
@@ -570,11 +580,11 @@ pub fn cut_block_sums<F: Real>(w: &[F], cut: Cut<F>, floor: F, blocks: &mut Vec<
             }
         }
         if ties && strict {
-            for (l, &x) in wb.iter().enumerate() {
-                if x == cut.tau && cut.keeps(x, base + l as u32, floor) {
-                    s += x.wide();
-                }
-            }
+            // Kept ties are the ones up to `tie_max`: a prefix of the block.
+            let limit = (cut.tie_max as u64 + 1).saturating_sub(base as u64);
+            let limit = limit.min(wb.len() as u64) as usize;
+            let n_eq = wb[..limit].iter().filter(|&&x| x == cut.tau).count();
+            s += n_eq as f64 * cut.tau.wide();
         }
         blocks.push(s);
         total += s;

@@ -199,6 +199,8 @@ struct Scratch<F> {
     hist: Vec<u32>,
     counts: Vec<(u32, u32)>,
     keys: Vec<u64>,
+    /// A bfloat16 row widened after its first scan (the dense path).
+    wide: Vec<F>,
 }
 
 thread_local! {
@@ -292,6 +294,28 @@ fn modify_row<T: Elem>(
     Ok(())
 }
 
+/// The streaming top-k of a row: on the raw bfloat16 bits when given (AVX-512), else on `y`.
+#[inline(always)]
+fn first_scan<F: Real>(
+    y: &[F],
+    raw_bf16: Option<&[u16]>,
+    k: usize,
+    cand: &mut Vec<(F, u32)>,
+    sel: &mut Vec<F>,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(raw), Some(c), Some(s)) = (
+        raw_bf16,
+        crate::simd::pairs_f32(cand),
+        crate::simd::vec_f32(sel),
+    ) {
+        // SAFETY: raw_bf16 is only Some when avx512_bf16 found AVX-512.
+        return unsafe { crate::simd::top_k_candidates_bf16(raw, k, c, s) };
+    }
+    let _ = raw_bf16;
+    top_k_candidates(y, k, cand, sel)
+}
+
 #[inline(always)]
 fn process_row<T: Elem, const FMA: bool>(
     req: &BatchRequest<'_, T>,
@@ -303,14 +327,21 @@ fn process_row<T: Elem, const FMA: bool>(
     let x = req.rows[i];
     let v = x.len();
     let p = &req.params[if req.params.len() == 1 { 0 } else { i }];
+    let sparse_k = p.temperature > 0.0 && p.top_k > 0 && p.top_k <= v / SPARSE_TOP_K_DIVISOR;
+    let head_ready = !sparse_k && p.top_p < 1.0 && p.temperature > 0.0;
     // An unmodified f32/f64 row is read where it lies: a copy would be one more pass through
-    // memory for nothing.
-    let direct = if modifies_row(req, i, p) {
-        None
-    } else {
-        T::as_compute(x)
+    // memory for nothing. An unmodified bf16 row whose first pass is a top-k scan is scanned
+    // as bf16 (half the bytes); the dense path widens it afterwards, from cache.
+    let modifies = modifies_row(req, i, p);
+    let direct = if modifies { None } else { T::as_compute(x) };
+    #[cfg(target_arch = "x86_64")]
+    let raw_bf16 = match (sparse_k || head_ready) && !modifies {
+        true => crate::simd::avx512_bf16(x),
+        false => None,
     };
-    if direct.is_none() {
+    #[cfg(not(target_arch = "x86_64"))]
+    let raw_bf16: Option<&[u16]> = None;
+    if direct.is_none() && raw_bf16.is_none() {
         T::load_row(x, &mut s.y);
     }
     // NaN in the input stays NaN through bias and penalties, so one check after them suffices.
@@ -323,11 +354,10 @@ fn process_row<T: Elem, const FMA: bool>(
     };
     let t = F::<T>::of(p.temperature);
     let inv_t = F::<T>::one() / t;
-    let sparse_k = p.temperature > 0.0 && p.top_k > 0 && p.top_k <= v / SPARSE_TOP_K_DIVISOR;
 
     let (id, logprob, top) = if sparse_k {
         // Streaming top-k: everything after the selection touches only the candidates.
-        if top_k_candidates(y, p.top_k, &mut s.pairs, &mut s.sel) {
+        if first_scan(y, raw_bf16, p.top_k, &mut s.pairs, &mut s.sel) {
             return Err(SamplingError::NanInRow { row: i });
         }
         let m = s
@@ -387,9 +417,8 @@ fn process_row<T: Elem, const FMA: bool>(
     } else {
         // With top-p on, the first read of the row also finds its heaviest tokens (the memory
         // read costs the same), so the nucleus cut need not scan the weights for them.
-        let head_ready = p.top_p < 1.0 && p.temperature > 0.0;
         let (m, nan) = if head_ready {
-            let nan = top_k_candidates(y, HEAD.min(v), &mut s.pairs, &mut s.sel);
+            let nan = first_scan(y, raw_bf16, HEAD.min(v), &mut s.pairs, &mut s.sel);
             let m = s
                 .pairs
                 .iter()
@@ -398,6 +427,11 @@ fn process_row<T: Elem, const FMA: bool>(
         } else {
             max_nan(y)
         };
+        if raw_bf16.is_some() {
+            // The dense passes below read the widened row.
+            T::load_row(x, &mut s.wide);
+        }
+        let y: &[F<T>] = if raw_bf16.is_some() { &s.wide } else { y };
         if nan {
             return Err(SamplingError::NanInRow { row: i });
         }

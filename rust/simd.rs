@@ -134,23 +134,60 @@ mod x86 {
         cand: &mut Vec<(f32, u32)>,
         sel: &mut Vec<f32>,
     ) -> bool {
+        let p = y.as_ptr();
+        top_k_scan(
+            y.len(),
+            |j| _mm512_loadu_ps(p.add(j)),
+            |j| y[j],
+            k,
+            cand,
+            sel,
+        )
+    }
+
+    /// `filter::top_k_candidates` on a bfloat16 row (raw bits), widened in registers: the row
+    /// is read once, at half the bytes, with no conversion pass. Candidates are `f32`, equal
+    /// to what `Elem::load_row` would give.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn top_k_candidates_bf16(
+        y: &[u16],
+        k: usize,
+        cand: &mut Vec<(f32, u32)>,
+        sel: &mut Vec<f32>,
+    ) -> bool {
+        let p = y.as_ptr();
+        let load = |j: usize| {
+            let raw = _mm256_loadu_si256(p.add(j).cast::<__m256i>());
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw)))
+        };
+        let tail = |j: usize| f32::from_bits((y[j] as u32) << 16);
+        top_k_scan(y.len(), load, tail, k, cand, sel)
+    }
+
+    /// The scan behind both: `load(j)` gives the 16 values from `j`, `tail(j)` one value.
+    #[inline(always)]
+    unsafe fn top_k_scan(
+        n: usize,
+        load: impl Fn(usize) -> __m512,
+        tail: impl Fn(usize) -> f32,
+        k: usize,
+        cand: &mut Vec<(f32, u32)>,
+        sel: &mut Vec<f32>,
+    ) -> bool {
         cand.clear();
         let mut cap = (4 * k).max(256);
         let mut thr = _mm512_set1_ps(f32::NEG_INFINITY);
         let mut nan: __mmask16 = 0;
-        let full = y.len() / 16 * 16;
-        let quad = y.len() / 64 * 64;
+        let full = n / 16 * 16;
+        let quad = n / 64 * 64;
         let mut j = 0;
         // Four vectors per step and one branch for all of them: early in the row, when the
         // threshold is still low, hits are frequent and a branch per vector mispredicts.
         while j < quad {
-            let p = y.as_ptr().add(j);
-            let v = [
-                _mm512_loadu_ps(p),
-                _mm512_loadu_ps(p.add(16)),
-                _mm512_loadu_ps(p.add(32)),
-                _mm512_loadu_ps(p.add(48)),
-            ];
+            let v = [load(j), load(j + 16), load(j + 32), load(j + 48)];
             let mut any: __mmask16 = 0;
             let mut ms = [0 as __mmask16; 4];
             for q in 0..4 {
@@ -174,7 +211,7 @@ mod x86 {
             j += 64;
         }
         while j < full {
-            let v = _mm512_loadu_ps(y.as_ptr().add(j));
+            let v = load(j);
             nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
             let m = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, thr);
             if m != 0 {
@@ -190,10 +227,11 @@ mod x86 {
         }
         let t = _mm512_cvtss_f32(thr);
         let mut bad = nan != 0;
-        for (l, &v) in y[full..].iter().enumerate() {
+        for j in full..n {
+            let v = tail(j);
             bad |= v.is_nan();
             if v >= t {
-                cand.push((v, (full + l) as u32));
+                cand.push((v, j as u32));
             }
         }
         if cand.len() > k {
@@ -302,4 +340,17 @@ mod x86 {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{mass_above_and_collect, masses_above, top_k_candidates};
+pub(crate) use x86::{
+    mass_above_and_collect, masses_above, top_k_candidates, top_k_candidates_bf16,
+};
+
+/// The raw bits of a bfloat16 row when `T` is bfloat16 and the AVX-512 kernels may run.
+#[inline(always)]
+pub(crate) fn avx512_bf16<T: 'static>(x: &[T]) -> Option<&[u16]> {
+    if TypeId::of::<T>() == TypeId::of::<half::bf16>() && simd_level() == Simd::Avx512 {
+        // SAFETY: T is half::bf16 (same TypeId), a transparent wrapper of u16.
+        Some(unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u16>(), x.len()) })
+    } else {
+        None
+    }
+}
