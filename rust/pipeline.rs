@@ -651,8 +651,24 @@ fn check_shapes<T>(
     Ok(v)
 }
 
-/// Below this many logits in a batch, threads cost more than they save.
-pub const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
+/// Below this many logits in a batch, threads cost more than they save. Measured with
+/// `benches/parallel_threshold.py` on the 2-core VM: handing rows to the pool and waking its
+/// workers costs ~50-150 µs per call, so 2 threads only win from about a million logits
+/// (e.g. B = 8 at V = 128k); at 65,536 they were 2-5x slower than one.
+pub const PARALLEL_MIN_ELEMENTS: usize = 1 << 20;
+
+/// [`PARALLEL_MIN_ELEMENTS`], or `TOKENSAMPLER_PARALLEL_MIN` when set (read once): the knob
+/// `benches/parallel_threshold.py` turns to measure where the threshold belongs.
+fn parallel_min_elements() -> usize {
+    use std::sync::OnceLock;
+    static MIN: OnceLock<usize> = OnceLock::new();
+    *MIN.get_or_init(|| {
+        std::env::var("TOKENSAMPLER_PARALLEL_MIN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(PARALLEL_MIN_ELEMENTS)
+    })
+}
 
 static POOL: RwLock<Option<Arc<rayon::ThreadPool>>> = RwLock::new(None);
 
@@ -717,26 +733,26 @@ pub fn run_batch<T: Elem>(
         Some(p) if v > 0 => p.chunks_mut(v).map(Some).collect(),
         _ => (0..b).map(|_| None).collect(),
     };
-    let results: Vec<Result<RowResult, SamplingError>> = if b >= 2 && b * v >= PARALLEL_MIN_ELEMENTS
-    {
-        let work = || {
-            outs.into_par_iter()
-                .enumerate()
-                .map(|(i, out)| with_scratch(|s| process_row_dispatch(req, i, s, out)))
-                .collect()
+    let results: Vec<Result<RowResult, SamplingError>> =
+        if b >= 2 && b * v >= parallel_min_elements() {
+            let work = || {
+                outs.into_par_iter()
+                    .enumerate()
+                    .map(|(i, out)| with_scratch(|s| process_row_dispatch(req, i, s, out)))
+                    .collect()
+            };
+            match current_pool() {
+                Some(pool) => pool.install(work),
+                None => work(),
+            }
+        } else {
+            with_scratch(|s| {
+                outs.into_iter()
+                    .enumerate()
+                    .map(|(i, out)| process_row_dispatch(req, i, s, out))
+                    .collect()
+            })
         };
-        match current_pool() {
-            Some(pool) => pool.install(work),
-            None => work(),
-        }
-    } else {
-        with_scratch(|s| {
-            outs.into_iter()
-                .enumerate()
-                .map(|(i, out)| process_row_dispatch(req, i, s, out))
-                .collect()
-        })
-    };
     results.into_iter().collect()
 }
 

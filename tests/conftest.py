@@ -18,6 +18,11 @@ _TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
+# Batches go to rayon's pool from 2**20 logits by default (a measured threshold); the tests
+# use smaller batches, so they lower it to keep the pool's code paths (and their thread
+# safety) under test. Read once by the extension, before the first batched call.
+os.environ.setdefault("TOKENSAMPLER_PARALLEL_MIN", "65536")
+
 MAX_EXAMPLES = int(os.environ.get("TOKENSAMPLER_MAX_EXAMPLES", "100"))
 
 _common = {

@@ -53,7 +53,8 @@ def _equal(a: Any, b: Any) -> bool:
 
 def _jobs(shared: np.ndarray, rng: np.random.Generator) -> list[Callable[[], Any]]:
     """Deterministic calls: own inputs (various dtypes, batch sizes, options) and the shared
-    read-only array. Some are batches of >= 65,536 logits, which also run on rayon's pool."""
+    read-only array. Some are batches of >= 65,536 logits, which also run on rayon's pool
+    (conftest.py lowers the pool threshold to that size)."""
     jobs: list[Callable[[], Any]] = []
     for k in range(6):
         own = rng.standard_normal((4, 20_000)).astype(np.float32) * 3
