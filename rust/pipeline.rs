@@ -14,7 +14,8 @@ use crate::rng::uniform;
 #[cfg(target_arch = "x86_64")]
 use crate::simd::{simd_level, Simd};
 use crate::softmax::{
-    exp_weights, first_index_of, indicator_weights, max_nan, raw_log_softmax_at, top_logprobs,
+    exp_weights, exp_weights_by, first_index_of, indicator_weights, max_nan, raw_log_softmax_at,
+    top_logprobs,
 };
 use num_traits::{Float, One, Zero};
 use rayon::prelude::*;
@@ -427,11 +428,15 @@ fn process_row<T: Elem, const FMA: bool>(
         } else {
             max_nan(y)
         };
-        if raw_bf16.is_some() {
-            // The dense passes below read the widened row.
+        let dense_k = p.top_k > 0 && p.top_k < v;
+        let indicator = m == F::<T>::infinity() || !inv_t.is_finite();
+        // A bf16 row scanned raw is widened inside the exp pass; only the rare paths below
+        // that read the row otherwise get a widened copy.
+        let widen = raw_bf16.is_some() && (dense_k || indicator);
+        if widen {
             T::load_row(x, &mut s.wide);
         }
-        let y: &[F<T>] = if raw_bf16.is_some() { &s.wide } else { y };
+        let y: &[F<T>] = if widen { &s.wide } else { y };
         if nan {
             return Err(SamplingError::NanInRow { row: i });
         }
@@ -451,13 +456,15 @@ fn process_row<T: Elem, const FMA: bool>(
             }
             (id, 0.0, top)
         } else {
-            let indicator = m == F::<T>::infinity() || !inv_t.is_finite();
             let mut total = if indicator {
                 // +inf logits share the mass; a temperature too small for the compute type
                 // leaves the argmax set, the limit of the softmax as T -> 0.
                 indicator_weights(y, m, &mut s.w, &mut s.blocks)
+            } else if raw_bf16.is_some() && !widen {
+                let floor = F::<T>::neg_infinity();
+                exp_weights_by::<T, _, FMA>(x, T::load, m, inv_t, floor, &mut s.w, &mut s.blocks)
             } else {
-                let floor = if p.top_k > 0 && p.top_k < v {
+                let floor = if dense_k {
                     kth_largest(y, p.top_k, &mut s.sel)
                 } else {
                     F::<T>::neg_infinity()

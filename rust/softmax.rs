@@ -107,30 +107,40 @@ pub fn exp_weights<F: Real, const FMA: bool>(
     w: &mut Vec<F>,
     blocks: &mut Vec<f64>,
 ) -> f64 {
+    exp_weights_by::<F, F, FMA>(y, |v| v, m, inv_t, floor, w, blocks)
+}
+
+/// [`exp_weights`] on a row stored as `Y` (e.g. bfloat16), widened by `load` inside the same
+/// loop, so a half-precision row needs no separate conversion pass.
+#[inline(always)]
+pub fn exp_weights_by<Y: Copy, F: Real, const FMA: bool>(
+    y: &[Y],
+    load: impl Fn(Y) -> F + Copy,
+    m: F,
+    inv_t: F,
+    floor: F,
+    w: &mut Vec<F>,
+    blocks: &mut Vec<f64>,
+) -> f64 {
     w.resize(y.len(), F::zero());
     blocks.clear();
     let mut total = 0.0;
     for (yb, wb) in y.chunks(BLOCK).zip(w.chunks_mut(BLOCK)) {
-        let s = exp_block::<F, FMA>(yb, m, inv_t, floor, wb);
+        for (o, &v) in wb.iter_mut().zip(yb) {
+            let v = load(v);
+            let z = (v - m) * inv_t;
+            let e = if FMA {
+                z.exp_nonpos_fma()
+            } else {
+                z.exp_nonpos()
+            };
+            *o = if v >= floor { e } else { F::zero() };
+        }
+        let s = sum_wide(wb);
         blocks.push(s);
         total += s;
     }
     total
-}
-
-/// One block of [`exp_weights`]; returns its sum.
-#[inline(always)]
-fn exp_block<F: Real, const FMA: bool>(yb: &[F], m: F, inv_t: F, floor: F, wb: &mut [F]) -> f64 {
-    for (o, &v) in wb.iter_mut().zip(yb) {
-        let z = (v - m) * inv_t;
-        let e = if FMA {
-            z.exp_nonpos_fma()
-        } else {
-            z.exp_nonpos()
-        };
-        *o = if v >= floor { e } else { F::zero() };
-    }
-    sum_wide(wb)
 }
 
 /// Weights 1 for tokens equal to `target`, 0 elsewhere: the distribution when the maximum is
