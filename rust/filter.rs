@@ -2,9 +2,12 @@
 //! never empties a row: the most probable token always survives.
 //!
 //! None of them sorts the vocabulary. Top-k streams the row once against a running threshold
-//! and only touches the few values above it. Top-p brackets its cut from a strided sample,
-//! collects the tokens inside the bracket in one pass and finds the exact cut there with a
-//! quickselect on probability mass.
+//! and only touches the few values above it. Top-p first looks among the 64 heaviest tokens
+//! (where the nucleus of a peaked row lies); otherwise a strided sample brackets the cut, one
+//! pass sums the exact mass above four thresholds, a second collects the one region that
+//! holds the cut, and a quickselect on probability mass (radix-narrowed) finds it exactly.
+//! A cut is applied by the draw itself ([`cut_block_sums`], [`Cut::keeps`]) unless the caller
+//! wants the filtered row.
 
 use crate::elem::Real;
 use crate::simd;
@@ -341,15 +344,16 @@ pub fn top_p_cut<F: Real>(
 }
 
 /// Buckets of [`SampleHistogram`].
-const SAMPLE_BUCKETS: usize = 2048;
+const SAMPLE_BUCKETS: usize = 1024;
 
 /// Counts and mass of a sample of weights (given as [`Real::key`]s) in buckets of equal key
 /// width: enough to read off ranks and mass shares without sorting the sample.
 struct SampleHistogram {
     kmin: u64,
     shift: u32,
-    /// Per bucket, heaviest first: (count, mass).
-    buckets: Vec<(u32, f64)>,
+    /// Per bucket, heaviest first: (count, mass); the first `nb` are in use.
+    buckets: [(u32, f64); SAMPLE_BUCKETS],
+    nb: usize,
     mass: f64,
 }
 
@@ -366,7 +370,7 @@ impl SampleHistogram {
         } else {
             (span >> shift) as usize + 1
         };
-        let mut buckets = vec![(0u32, 0.0f64); nb];
+        let mut buckets = [(0u32, 0.0f64); SAMPLE_BUCKETS];
         let mut mass = 0.0;
         for &k in keys {
             let v = F::from_key(k).wide();
@@ -379,6 +383,7 @@ impl SampleHistogram {
             kmin,
             shift,
             buckets,
+            nb,
             mass,
         }
     }
@@ -387,7 +392,7 @@ impl SampleHistogram {
     fn rank_of_mass_share(&self, share: f64) -> f64 {
         let goal = share * self.mass;
         let (mut acc, mut count) = (0.0, 0.0);
-        for &(c, m) in &self.buckets {
+        for &(c, m) in &self.buckets[..self.nb] {
             if m > 0.0 && acc + m >= goal {
                 return count + c as f64 * ((goal - acc) / m).clamp(0.0, 1.0);
             }
@@ -403,7 +408,7 @@ impl SampleHistogram {
             return None;
         }
         let mut count = 0.0;
-        for (i, &(c, _)) in self.buckets.iter().enumerate() {
+        for (i, &(c, _)) in self.buckets[..self.nb].iter().enumerate() {
             count += c as f64;
             if count > r {
                 return Some(i);
@@ -413,7 +418,7 @@ impl SampleHistogram {
     }
 
     fn key_range(&self, i: usize) -> (u64, u64) {
-        let from_low = (self.buckets.len() - 1 - i) as u64;
+        let from_low = (self.nb - 1 - i) as u64;
         let lo = self.kmin + (from_low << self.shift);
         (lo, lo + (1u64 << self.shift) - 1)
     }
