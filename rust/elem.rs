@@ -154,6 +154,9 @@ pub trait Elem: Copy + Send + Sync + 'static {
     fn as_compute(_src: &[Self]) -> Option<&[Self::C]> {
         None
     }
+    /// Whether [`Elem::load`] is cheap enough (a shift) for a pass to widen as it reads,
+    /// instead of converting the row first.
+    const WIDENS_IN_PLACE: bool = false;
 }
 
 impl Elem for f32 {
@@ -211,6 +214,7 @@ impl Elem for half::bf16 {
         // bf16 is the top half of an f32: a shift, which vectorises.
         f32::from_bits((self.to_bits() as u32) << 16)
     }
+    const WIDENS_IN_PLACE: bool = true;
     #[inline(always)]
     fn load_row(src: &[half::bf16], dst: &mut Vec<f32>) {
         dst.clear();

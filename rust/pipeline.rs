@@ -14,8 +14,8 @@ use crate::rng::uniform;
 #[cfg(target_arch = "x86_64")]
 use crate::simd::{simd_level, Simd};
 use crate::softmax::{
-    exp_weights, exp_weights_by, first_index_of, indicator_weights, max_nan, raw_log_softmax_at,
-    top_logprobs,
+    exp_weights, exp_weights_by, first_index_of, first_index_of_by, indicator_weights, max_nan,
+    max_nan_by, raw_log_softmax_at, top_logprobs,
 };
 use num_traits::{Float, One, Zero};
 use rayon::prelude::*;
@@ -342,7 +342,9 @@ fn process_row<T: Elem, const FMA: bool>(
     };
     #[cfg(not(target_arch = "x86_64"))]
     let raw_bf16: Option<&[u16]> = None;
-    if direct.is_none() && raw_bf16.is_none() {
+    // Greedy on an unmodified bf16 row reads the raw row too (widened as it is read).
+    let greedy_raw = p.temperature == 0.0 && !modifies && direct.is_none() && T::WIDENS_IN_PLACE;
+    if direct.is_none() && raw_bf16.is_none() && !greedy_raw {
         T::load_row(x, &mut s.y);
     }
     // NaN in the input stays NaN through bias and penalties, so one check after them suffices.
@@ -425,6 +427,8 @@ fn process_row<T: Elem, const FMA: bool>(
                 .iter()
                 .fold(F::<T>::neg_infinity(), |a, c| a.max(c.0));
             (m, nan)
+        } else if greedy_raw {
+            max_nan_by(x, T::load)
         } else {
             max_nan(y)
         };
@@ -444,7 +448,11 @@ fn process_row<T: Elem, const FMA: bool>(
             return Err(SamplingError::AllMasked { row: i });
         }
         if p.temperature == 0.0 {
-            let id = first_index_of(y, m);
+            let id = if greedy_raw {
+                first_index_of_by(x, T::load, m)
+            } else {
+                first_index_of(y, m)
+            };
             if let Some(out) = probs {
                 out.fill(F::<T>::zero());
                 out[id] = F::<T>::one();

@@ -16,12 +16,18 @@ pub const BLOCK: usize = 1024;
 /// `(max, has_nan)` of a row (`-inf` for an empty or all-masked row).
 #[inline(always)]
 pub fn max_nan<F: Real>(y: &[F]) -> (F, bool) {
+    max_nan_by(y, |v| v)
+}
+
+/// [`max_nan`] of a row stored as `Y`, widened by `load` in the same loop.
+#[inline(always)]
+pub fn max_nan_by<Y: Copy, F: Real>(y: &[Y], load: impl Fn(Y) -> F) -> (F, bool) {
     let mut mx = [F::neg_infinity(); LANES];
     let mut bad = [0u32; LANES];
     let mut chunks = y.chunks_exact(LANES);
     for c in &mut chunks {
         for l in 0..LANES {
-            let v = c[l];
+            let v = load(c[l]);
             bad[l] |= v.is_nan() as u32;
             mx[l] = if v > mx[l] { v } else { mx[l] };
         }
@@ -29,6 +35,7 @@ pub fn max_nan<F: Real>(y: &[F]) -> (F, bool) {
     let mut m = F::neg_infinity();
     let mut nan = bad.iter().any(|&b| b != 0);
     for &v in chunks.remainder() {
+        let v = load(v);
         nan |= v.is_nan();
         m = if v > m { v } else { m };
     }
@@ -62,19 +69,29 @@ pub fn min_finite<F: Real>(y: &[F]) -> F {
 /// Index of the first element equal to `m` (the row maximum): the lowest id wins a tie.
 #[inline(always)]
 pub fn first_index_of<F: Real>(y: &[F], m: F) -> usize {
+    first_index_of_by(y, |v| v, m)
+}
+
+/// [`first_index_of`] on a row stored as `Y`, widened by `load`.
+#[inline(always)]
+pub fn first_index_of_by<Y: Copy, F: Real>(y: &[Y], load: impl Fn(Y) -> F, m: F) -> usize {
     let mut chunks = y.chunks_exact(LANES);
     let mut base = 0;
     for c in &mut chunks {
         let mut hit = 0u32;
         for &v in c {
-            hit |= (v == m) as u32;
+            hit |= (load(v) == m) as u32;
         }
         if hit != 0 {
-            return base + c.iter().position(|&v| v == m).unwrap_or(0);
+            return base + c.iter().position(|&v| load(v) == m).unwrap_or(0);
         }
         base += LANES;
     }
-    base + chunks.remainder().iter().position(|&v| v == m).unwrap_or(0)
+    base + chunks
+        .remainder()
+        .iter()
+        .position(|&v| load(v) == m)
+        .unwrap_or(0)
 }
 
 /// Sum of a slice in `f64`, over 32 independent lanes: they vectorise, and four vector
