@@ -76,6 +76,13 @@ impl Real for f64 {
     }
 }
 
+// Constants of the exp reduction shared by both variants.
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+// 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
+const ROUND: f32 = 12_582_912.0;
+
 /// `e^x` for `x <= 0` in single precision, within 2 ulp of the true value for
 /// `x >= -87` and 0 below (where `e^x < 1.7e-38`, past the normal range of `f32`).
 ///
@@ -84,11 +91,6 @@ impl Real for f64 {
 /// row compiles to SIMD.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
-    const ROUND: f32 = 12_582_912.0;
     let xc = x.max(-87.0);
     let t = xc * LOG2E + ROUND;
     let n = t - ROUND;
@@ -115,10 +117,6 @@ pub fn exp_f32(x: f32) -> f32 {
 /// variant for a whole call.
 #[inline(always)]
 pub fn exp_f32_fma(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0;
     let xc = x.max(-87.0);
     let t = xc.mul_add(LOG2E, ROUND);
     let n = t - ROUND;

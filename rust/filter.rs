@@ -624,6 +624,17 @@ pub fn apply_cut<F: Real>(w: &mut [F], cut: Cut<F>, floor: F, blocks: &mut Vec<f
 mod tests {
     use super::*;
 
+    /// A xorshift stream of uniforms in [0, 1): test data without a dependency.
+    fn uniforms(seed: u64) -> impl FnMut() -> f64 {
+        let mut state = seed;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
     fn dense_top_p(w: &[f64], p: f64) -> Vec<f64> {
         let mut w = w.to_vec();
         let total: f64 = w.iter().sum();
@@ -678,13 +689,7 @@ mod tests {
     /// the reference's cumulative mass is within 1e-6 of the target.
     #[test]
     fn top_p_on_large_f32_rows_matches_the_sort_definition() {
-        let mut state = 987_654_321u64;
-        let mut rnd = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rnd = uniforms(987_654_321);
         for case in 0..24 {
             let n = [5_000, 40_000, 130_000][case % 3];
             let kind = case / 3 % 4;
@@ -768,13 +773,7 @@ mod tests {
 
     #[test]
     fn top_p_matches_the_sort_definition() {
-        let mut state = 12345u64;
-        let mut rnd = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rnd = uniforms(12345);
         for case in 0..120 {
             let n = 1 + (rnd() * 6000.0) as usize;
             let spread = 1.0 + rnd() * 30.0;
