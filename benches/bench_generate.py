@@ -30,29 +30,6 @@ import torch
 PROMPT = "Every effort moves you"
 
 
-def load_hf(path: str) -> Any:
-    """transformers' LlamaForCausalLM from the same GGUF, through transformers' own GGUF
-    conversion (`from_pretrained(gguf_file=...)` when accelerate is installed)."""
-    import importlib.util
-
-    import transformers
-
-    folder, name = os.path.split(path)
-    if importlib.util.find_spec("accelerate") is not None:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=name, dtype=torch.float32
-        )
-    else:
-        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-        config = transformers.LlamaConfig(**load_gguf_checkpoint(path)["config"])
-        model = transformers.LlamaForCausalLM(config)
-        parsed = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)
-        model.load_state_dict(parsed["tensors"], strict=False)
-        model.tie_weights()
-    return model.eval()
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--new-tokens", type=int, default=64)
@@ -70,11 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     import tokensampler as ts
     import transformers
     from tokensampler.generate import generate
+    from tokensampler.hf import load_gguf
     from tokensampler.model import default_model_path, load
 
     path = default_model_path()
     model, tok = load(path, device="cpu", dtype="float32")
-    hf = load_hf(path)
+    hf = load_gguf(path)
     ids = tok.encode(PROMPT)
     prompts = [PROMPT] * args.batch
     x = torch.tensor([ids] * args.batch)

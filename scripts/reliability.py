@@ -108,26 +108,8 @@ def memory(calls: int) -> dict[str, Any]:
     for name, (fn, n) in sorted(tm.LEAK_CASES.items()):
         n = max(1, n * calls // tm.CALLS)
         growth[name] = (n, tm.rss_growth(fn, n))
-    leaks = 0
-    for kind in ("numpy", "torch") if tm.torch is not None else ("numpy",):
-        d = tm._inputs(kind)
-        fns = tm._calls(d)
-        objs = dict(d)
-        for f in fns:
-            try:
-                f()
-            except ValueError:
-                pass
-        gc.collect()
-        before = {k: sys.getrefcount(v) for k, v in objs.items()}
-        for _ in range(50):
-            for f in fns:
-                try:
-                    f()
-                except ValueError:
-                    pass
-        gc.collect()
-        leaks += sum(sys.getrefcount(v) != before[k] for k, v in objs.items())
+    kinds = ("numpy", "torch") if tm.torch is not None else ("numpy",)
+    leaks = sum(len(tm.refcount_drift(kind)) for kind in kinds)
     gen = None
     if tm.torch is not None and tm.HAS_GENERATE:
         from model_helpers import random_model, tiny_llama_config

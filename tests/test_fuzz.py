@@ -43,6 +43,7 @@ import pytest
 import tokensampler as ts
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from sampling_cases import PER_ROW_KEYS
 
 try:
     import torch
@@ -61,17 +62,6 @@ FUZZ_SETTINGS = settings(
 )
 WIDE = 262_144
 NAN, INF = math.nan, math.inf
-PARAMS = (
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "repetition_penalty",
-    "frequency_penalty",
-    "presence_penalty",
-    "frequency_scale",
-    "presence_scale",
-)
 REGRESSIONS = Path(__file__).resolve().parent.parent / "fuzz" / "regressions"
 
 # ==== the calls =================================================================================
@@ -584,7 +574,7 @@ def calls(draw: Any) -> Call:
     if call.values is not None and np.isnan(call.values).any():
         call.must_fail.append("NaN logits")
 
-    for name in PARAMS:
+    for name in PER_ROW_KEYS:
         if draw(st.integers(0, 2)) == 0:
             call.params[name] = _param(draw, name, call)
     call.history = _history(draw, call)

@@ -174,32 +174,38 @@ def _calls(d: dict[str, Any]) -> list[Callable[[], Any]]:
     ]
 
 
-@pytest.mark.parametrize("kind", ["numpy", "torch"])
-def test_no_reference_leaks(kind: str) -> None:
-    if kind == "torch" and torch is None:
-        pytest.skip("torch not installed")
+def _run_all(calls: list[Callable[[], Any]]) -> None:
+    for call in calls:
+        try:
+            call()
+        except ValueError:
+            pass
+
+
+def refcount_drift(kind: str, rounds: int = 50) -> dict[str, tuple[int, int]]:
+    """Runs every call of `_calls` `rounds` times on `kind` inputs; returns the inputs whose
+    reference count changed, as (before, after). Empty means no leaked reference."""
     d = _inputs(kind)
     calls = _calls(d)
     objs = {k: v for k, v in d.items()}
     # The base arrays of views too (a leaked view would keep its base alive).
     if kind == "numpy":
         objs["x_view.base"] = d["x_view"].base
-    for call in calls:  # warm-up: lazy caches (the Sampler's parameter matrix) fill here
-        try:
-            call()
-        except ValueError:
-            pass
+    _run_all(calls)  # warm-up: lazy caches (the Sampler's parameter matrix) fill here
     gc.collect()
     before = {k: sys.getrefcount(v) for k, v in objs.items()}
-    for _ in range(50):
-        for call in calls:
-            try:
-                call()
-            except ValueError:
-                pass
+    for _ in range(rounds):
+        _run_all(calls)
     gc.collect()
     after = {k: sys.getrefcount(v) for k, v in objs.items()}
-    assert after == before
+    return {k: (before[k], after[k]) for k in objs if before[k] != after[k]}
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_no_reference_leaks(kind: str) -> None:
+    if kind == "torch" and torch is None:
+        pytest.skip("torch not installed")
+    assert refcount_drift(kind) == {}
 
 
 # ==== generate ================================================================================

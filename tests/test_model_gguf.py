@@ -7,7 +7,6 @@ order); 1e-3 for SmolLM2 (30 layers, logits up to ~30; measured difference is 0)
 
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import numpy as np
@@ -218,25 +217,11 @@ def test_bad_paths() -> None:
 @pytest.fixture(scope="module")
 def hf_smollm2():
     require_default_model()
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
+    from tokensampler.hf import load_gguf
     from tokensampler.model import default_model_path
 
-    path = default_model_path()
-    folder, name = os.path.split(path)
-    if importlib.util.find_spec("accelerate") is not None:
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=name, dtype=torch.float32
-        )
-    else:
-        # from_pretrained(gguf_file=...) insists on accelerate; its GGUF conversion is this.
-        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-        config = transformers.LlamaConfig(**load_gguf_checkpoint(path)["config"])
-        model = transformers.LlamaForCausalLM(config)
-        parsed = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)
-        model.load_state_dict(parsed["tensors"], strict=False)
-        model.tie_weights()
-    return model.eval()
+    return load_gguf(default_model_path())
 
 
 def test_smollm2_logits_match_transformers(hf_smollm2) -> None:

@@ -54,7 +54,13 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from .sampling import Sampler, probs
 
-__all__ = ["HFGeneration", "TokenSamplerLogitsProcessor", "generate", "hf_warpers_off"]
+__all__ = [
+    "HFGeneration",
+    "TokenSamplerLogitsProcessor",
+    "generate",
+    "hf_warpers_off",
+    "load_gguf",
+]
 
 # Hugging Face builds its own warpers from the generation config whenever do_sample=True, and
 # its default config has top_k=50: these values switch every one of them (and its repetition
@@ -82,6 +88,34 @@ def hf_warpers_off() -> dict[str, Any]:
     0
     """
     return dict(_HF_OFF)
+
+
+def load_gguf(path: str, dtype: torch.dtype = torch.float32) -> Any:
+    """transformers' causal LM for a local GGUF file (e.g. `tokensampler.model`'s default
+    SmolLM2), through transformers' own GGUF conversion, in eval mode: the same weights as
+    `tokensampler.model.load` reads, for comparing the two. Uses
+    ``from_pretrained(gguf_file=...)`` when accelerate is installed (it insists on it) and the
+    same conversion by hand otherwise (Llama-family files)."""
+    import importlib.util
+    import os
+
+    import transformers
+
+    folder, name = os.path.split(path)
+    if importlib.util.find_spec("accelerate") is not None:
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, dtype=dtype
+        )
+    else:
+        from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+        config = transformers.LlamaConfig(**load_gguf_checkpoint(path)["config"])
+        model = transformers.LlamaForCausalLM(config)
+        parsed = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)
+        model.load_state_dict(parsed["tensors"], strict=False)
+        model.tie_weights()
+        model.to(dtype)
+    return model.eval()
 
 
 def _leading_run_masked(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:
