@@ -495,7 +495,8 @@ fn process_row<T: Elem, const FMA: bool>(
                         &mut s.sel,
                         &mut s.keys,
                     );
-                    nucleus_in_head = in_head;
+                    // Unless the filtered row itself is wanted (probs, top log-probs).
+                    nucleus_in_head = in_head && probs.is_none() && req.top_n == 0;
                     cut
                 } else {
                     Cut {
@@ -503,21 +504,16 @@ fn process_row<T: Elem, const FMA: bool>(
                         tie_max: u32::MAX,
                     }
                 };
-                let rewrite = probs.is_some() || req.top_n > 0;
-                if nucleus_in_head && !rewrite {
+                if nucleus_in_head {
                     // A peaked row: the nucleus is among the few heaviest tokens, so the draw
                     // runs on them (in id order, as the dense draw would) and the row is not
                     // touched again.
-                    s.pairs.retain(|c| {
-                        (c.0 > cut.tau || (c.0 == cut.tau && c.1 <= cut.tie_max)) && c.0 >= floor
-                    });
+                    s.pairs.retain(|c| cut.keeps(c.0, c.1, floor));
                     s.pairs.sort_unstable_by_key(|c| c.1);
                     total = s.pairs.iter().map(|c| c.0.wide()).sum();
-                } else if rewrite {
-                    nucleus_in_head = false;
+                } else if probs.is_some() || req.top_n > 0 {
                     total = apply_cut(&mut s.w, cut, floor, &mut s.blocks);
                 } else {
-                    nucleus_in_head = false;
                     kept = Some(cut);
                     total = cut_block_sums(&s.w, cut, floor, &mut s.blocks);
                 }

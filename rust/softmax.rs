@@ -94,6 +94,16 @@ pub fn first_index_of_by<Y: Copy, F: Real>(y: &[Y], load: impl Fn(Y) -> F, m: F)
         .unwrap_or(0)
 }
 
+/// `e^z` for `z <= 0`, with the FMA variant where the caller was compiled with FMA.
+#[inline(always)]
+fn exp_nonpos<F: Real, const FMA: bool>(z: F) -> F {
+    if FMA {
+        z.exp_nonpos_fma()
+    } else {
+        z.exp_nonpos()
+    }
+}
+
 /// Sum of a slice in `f64`, over 32 independent lanes: they vectorise, and four vector
 /// accumulators hide the latency of the adds (one chain would run at a quarter speed).
 #[inline(always)]
@@ -146,11 +156,7 @@ pub fn exp_weights_by<Y: Copy, F: Real, const FMA: bool>(
         for (o, &v) in wb.iter_mut().zip(yb) {
             let v = load(v);
             let z = (v - m) * inv_t;
-            let e = if FMA {
-                z.exp_nonpos_fma()
-            } else {
-                z.exp_nonpos()
-            };
+            let e = exp_nonpos::<F, FMA>(z);
             *o = if v >= floor { e } else { F::zero() };
         }
         let s = sum_wide(wb);
@@ -215,19 +221,14 @@ pub fn raw_log_softmax_at<T: Elem, const FMA: bool>(
     for c in &mut chunks {
         for l in 0..LANES {
             let z = c[l] - m;
-            acc[l] += if FMA {
-                z.exp_nonpos_fma()
-            } else {
-                z.exp_nonpos()
-            }
-            .wide();
+            acc[l] += exp_nonpos::<_, FMA>(z).wide();
         }
     }
     let s: f64 = acc.iter().sum::<f64>()
         + chunks
             .remainder()
             .iter()
-            .map(|&v| (v - m).exp_nonpos().wide())
+            .map(|&v| exp_nonpos::<_, FMA>(v - m).wide())
             .sum::<f64>();
     (xi - m).wide() - s.ln()
 }
