@@ -226,3 +226,33 @@ def test_cuda_round_trip(dtype):
     p = ts.probs(xc, history=h.cuda(), **KW)
     assert p.device == xc.device
     torch.testing.assert_close(p.cpu(), ts.probs(x, history=h, **KW), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(temperature=1.0, top_k=50),  # streaming top-k scan (reads bf16 raw on AVX-512)
+        dict(temperature=1.0, top_p=0.9),  # head found in the first read, exp widens in its loop
+        dict(temperature=0.7, top_p=0.5, min_p=0.02),
+        dict(temperature=1.0, top_p=0.9, top_k=15_000),  # dense top-k: a widened copy
+        dict(temperature=0.0),  # greedy on the raw row
+        dict(temperature=1.0, min_p=0.05),
+    ],
+)
+@pytest.mark.parametrize("with_inf", [False, True])
+def test_bf16_equals_its_float32_widening(kw, with_inf):
+    """A bfloat16 row is read without a conversion pass where it can be; the result must be
+    exactly that of the same values widened to float32 (ties, plateaus and +inf included)."""
+    x = rand_logits(3, 20_000, torch.bfloat16, scale=4.0)
+    if with_inf:
+        x[1, [7, 19_000]] = float("inf")  # the +inf tokens share the mass
+    wide = x.float()
+    for seed in range(4):
+        a = ts.sample(x, seed=seed, logprobs=True, **kw)
+        b = ts.sample(wide, seed=seed, logprobs=True, **kw)
+        torch.testing.assert_close(a.ids, b.ids, rtol=0, atol=0)
+        torch.testing.assert_close(a.logprobs, b.logprobs, rtol=0, atol=0, equal_nan=True)
+    bad = x.clone()
+    bad[2, 11] = float("nan")
+    with pytest.raises(ValueError, match="row 2"):
+        ts.sample(bad, seed=0, **kw)
