@@ -76,12 +76,21 @@ impl Real for f64 {
     }
 }
 
-// Constants of the exp reduction shared by both variants.
-const LOG2E: f32 = std::f32::consts::LOG2_E;
-const LN2_HI: f32 = 0.693_359_4;
-const LN2_LO: f32 = -2.121_944_4e-4;
+// Constants of the exp reduction shared by both variants (and the AVX-512 kernel).
+pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
+pub(crate) const LN2_HI: f32 = 0.693_359_4;
+pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
 // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
-const ROUND: f32 = 12_582_912.0;
+pub(crate) const ROUND: f32 = 12_582_912.0;
+/// Coefficients of the `e^r` polynomial, highest first (Cephes `expf`).
+pub(crate) const EXP_POLY: [f32; 6] = [
+    1.987_569_2e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
 
 /// `e^x` for `x <= 0` in single precision, within 2 ulp of the true value for
 /// `x >= -87` and 0 below (where `e^x < 1.7e-38`, past the normal range of `f32`).
@@ -95,12 +104,10 @@ pub fn exp_f32(x: f32) -> f32 {
     let t = xc * LOG2E + ROUND;
     let n = t - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_2e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
+    let mut p = EXP_POLY[0];
+    for c in &EXP_POLY[1..] {
+        p = p * r + c;
+    }
     p = p * r * r + r + 1.0;
     // The low mantissa bits of `t` hold n: build 2^n from them with integer ops only (a
     // float-to-int cast saturates in Rust and keeps the loop from vectorising).
@@ -121,12 +128,10 @@ pub fn exp_f32_fma(x: f32) -> f32 {
     let t = xc.mul_add(LOG2E, ROUND);
     let n = t - ROUND;
     let r = (-n).mul_add(LN2_LO, (-n).mul_add(LN2_HI, xc));
-    let mut p = 1.987_569_2e-4f32;
-    p = p.mul_add(r, 1.398_199_9e-3);
-    p = p.mul_add(r, 8.333_452e-3);
-    p = p.mul_add(r, 4.166_579_6e-2);
-    p = p.mul_add(r, 1.666_666_5e-1);
-    p = p.mul_add(r, 0.5);
+    let mut p = EXP_POLY[0];
+    for &c in &EXP_POLY[1..] {
+        p = p.mul_add(r, c);
+    }
     p = (p * r).mul_add(r, r) + 1.0;
     let scale = f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23);
     if x < -87.0 {

@@ -243,10 +243,21 @@ fn sample_stride(n: usize) -> usize {
     (n / SAMPLE).max(1)
 }
 
+/// What [`top_p_cut`] leaves in its buffers besides the cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nucleus {
+    /// `buf` holds every `(weight, id)` pair with weight at least the cut's (the whole
+    /// nucleus): a caller can draw from `buf` instead of the row.
+    Head,
+    /// `buf` holds every pair whose weight lies in the region around the cut that the last
+    /// pass collected, and `blocks` the exact mass of each [`BLOCK`] above that region:
+    /// [`region_block_sums`] turns them into the kept block sums without another pass.
+    Region,
+}
+
 /// Nucleus cut on a dense weight row summing to `total`: keeps the shortest prefix, by
-/// decreasing weight and ties by lower id, whose mass reaches `p * total`. The flag is true
-/// when `buf` is left holding every `(weight, id)` pair with weight at least the cut's (the
-/// whole nucleus), so a caller can draw from `buf` instead of the row.
+/// decreasing weight and ties by lower id, whose mass reaches `p * total`. The [`Nucleus`]
+/// says what `buf` (and `blocks`) hold afterwards.
 ///
 /// With `head_ready`, `buf` holds on entry the ids (with any values) of every token whose
 /// logit is at least the [`HEAD`]-th largest, found by the caller in its first read of the
@@ -259,6 +270,8 @@ fn sample_stride(n: usize) -> usize {
 /// either side plus two inner splits. One exact pass sums the mass above each threshold,
 /// which names the region holding the cut; a second pass collects that region's tokens and a
 /// quickselect on mass (radix-narrowed) finds the exact cut among them.
+// The four buffers are the pipeline's scratch, shared with its other stages.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn top_p_cut<F: Real>(
     w: &[F],
@@ -268,7 +281,8 @@ pub fn top_p_cut<F: Real>(
     buf: &mut Vec<(F, u32)>,
     sel: &mut Vec<F>,
     sample: &mut Vec<u64>,
-) -> (Cut<F>, bool) {
+    blocks: &mut Vec<f64>,
+) -> (Cut<F>, Nucleus) {
     let target = p * total;
     let n = w.len();
     if head_ready {
@@ -283,20 +297,25 @@ pub fn top_p_cut<F: Real>(
     if head >= target || buf.len() == n {
         let (tau, id) = mass_select(buf, target);
         if tau > head_min || !head_ready || buf.len() == n {
-            return (Cut { tau, tie_max: id }, true);
+            return (Cut { tau, tie_max: id }, Nucleus::Head);
         }
         // Distinct logits can round to equal weights: a token outside the head may tie with
         // the cut, so find the head again on the weights themselves (rare).
-        return top_p_cut(w, total, p, false, buf, sel, sample);
+        return top_p_cut(w, total, p, false, buf, sel, sample, blocks);
     }
     // Every token outside the head weighs at most `head_min`, and the cut is at most it.
+    // Branch-free (which values pass follows no pattern), and with no length update per
+    // value, so the strided loads overlap.
+    let stride = sample_stride(n);
     sample.clear();
-    sample.extend(
-        w.iter()
-            .step_by(sample_stride(n))
-            .filter(|&&v| v > F::zero() && v < head_min)
-            .map(|v| v.key()),
-    );
+    sample.resize(n.div_ceil(stride), 0);
+    let mut k = 0;
+    for j in (0..n).step_by(stride) {
+        let v = w[j];
+        sample[k] = v.key();
+        k += (v > F::zero() && v < head_min) as usize;
+    }
+    sample.truncate(k);
     // The sample stands for the mass outside the head: the cut should sit where its prefix
     // (from the heavy end) holds the share of that mass the cut still needs.
     let rest = (total - head).max(f64::MIN_POSITIVE);
@@ -323,24 +342,23 @@ pub fn top_p_cut<F: Real>(
             break;
         }
     }
-    let (a, inside) = mass_above_and_collect(w, F::from_key(lower.key() + 1), upper, buf);
+    let lo = F::from_key(lower.key() + 1);
+    let (mut a, inside) = mass_above_and_collect(w, lo, upper, buf, blocks);
     if !(a < target && a + inside >= target) {
         // Only rounding at a threshold gets here: take the whole row, which is always right.
-        mass_above_and_collect(w, F::min_positive_value(), F::infinity(), buf);
+        let lo = F::min_positive_value();
+        mass_above_and_collect(w, lo, F::infinity(), buf, blocks);
         if buf.is_empty() {
-            return (
-                Cut {
-                    tau: F::min_positive_value(),
-                    tie_max: u32::MAX,
-                },
-                false,
-            );
+            let cut = Cut {
+                tau: lo,
+                tie_max: u32::MAX,
+            };
+            return (cut, Nucleus::Region);
         }
-        let (tau, id) = mass_select(buf, target);
-        return (Cut { tau, tie_max: id }, false);
+        a = 0.0;
     }
     let (tau, id) = mass_select(buf, target - a);
-    (Cut { tau, tie_max: id }, false)
+    (Cut { tau, tie_max: id }, Nucleus::Region)
 }
 
 /// Buckets of [`SampleHistogram`].
@@ -371,14 +389,13 @@ impl SampleHistogram {
             (span >> shift) as usize + 1
         };
         let mut buckets = [(0u32, 0.0f64); SAMPLE_BUCKETS];
-        let mut mass = 0.0;
         for &k in keys {
-            let v = F::from_key(k).wide();
             let b = &mut buckets[nb - 1 - ((k - kmin) >> shift) as usize];
             b.0 += 1;
-            b.1 += v;
-            mass += v;
+            b.1 += F::from_key(k).wide();
         }
+        // Summed here rather than in the loop above, where it would chain every add.
+        let mass = buckets[..nb].iter().map(|b| b.1).sum();
         SampleHistogram {
             kmin,
             shift,
@@ -473,37 +490,41 @@ pub fn masses_above<F: Real>(w: &[F], th: &[F; 4]) -> [f64; 4] {
     out
 }
 
-/// One pass over `w`: the exact mass of the weights above `hi` (returned first), and the
-/// `(weight, id)` pairs with `lo <= weight <= hi` collected into `buf` (their mass second).
+/// One pass over `w`: the exact mass of the weights above `hi` (returned first, and per
+/// [`BLOCK`] into `blocks`), and the `(weight, id)` pairs with `lo <= weight <= hi` collected
+/// into `buf` (their mass second).
 #[inline(always)]
 pub fn mass_above_and_collect<F: Real>(
     w: &[F],
     lo: F,
     hi: F,
     buf: &mut Vec<(F, u32)>,
+    blocks: &mut Vec<f64>,
 ) -> (f64, f64) {
+    blocks.clear();
     #[cfg(target_arch = "x86_64")]
     if let Some(w32) = simd::avx512_f32(w) {
         if let Some(b) = simd::pairs_f32(buf) {
             // SAFETY: avx512_f32 returned Some, so the CPU has AVX-512 (and F is f32).
             let (lo, hi) = (lo.wide() as f32, hi.wide() as f32);
-            return unsafe { simd::mass_above_and_collect(w32, lo, hi, b) };
+            return unsafe { simd::mass_above_and_collect(w32, lo, hi, b, blocks) };
         }
     }
     buf.clear();
     buf.reserve(w.len());
     let out = buf.spare_capacity_mut();
     let mut k = 0usize;
-    let mut above = [F::zero(); LANES];
+    let mut above = [0.0f64; LANES];
     let mut a = 0.0f64;
     let mut base = 0u32;
     for block in w.chunks(BLOCK) {
+        let mut tail = 0.0f64;
         let mut chunks = block.chunks_exact(LANES);
         for c in &mut chunks {
             let mut mask = 0u32;
             for l in 0..LANES {
                 let v = c[l];
-                above[l] = above[l] + if v > hi { v } else { F::zero() };
+                above[l] += if v > hi { v.wide() } else { 0.0 };
                 mask |= ((v >= lo && v <= hi) as u32) << l;
             }
             // Visit only the lanes inside the bracket: one bit per hit, no branch per value.
@@ -517,16 +538,17 @@ pub fn mass_above_and_collect<F: Real>(
         }
         for &v in chunks.remainder() {
             if v > hi {
-                a += v.wide();
+                tail += v.wide();
             } else if v >= lo {
                 out[k].write((v, base));
                 k += 1;
             }
             base += 1;
         }
-        // Flush the lanes to f64 once per block, so rounding stays at f64 level.
-        a += sum_wide(&above);
-        above = [F::zero(); LANES];
+        let s = above.iter().sum::<f64>() + tail;
+        blocks.push(s);
+        a += s;
+        above = [0.0f64; LANES];
     }
     // SAFETY: the loops above initialised the first `k` slots of the spare capacity.
     unsafe { buf.set_len(k) };
@@ -597,6 +619,20 @@ pub fn cut_block_sums<F: Real>(w: &[F], cut: Cut<F>, floor: F, blocks: &mut Vec<
     total
 }
 
+/// The kept block sums of a cut that [`top_p_cut`] found in a [`Nucleus::Region`], into
+/// `blocks` (which holds the mass above the region per [`BLOCK`], all of it kept): adds the
+/// tokens of the region that the cut keeps. Returns the mass kept. Replaces
+/// [`cut_block_sums`]'s pass over the row when no min-p floor applies.
+#[inline(always)]
+pub fn region_block_sums<F: Real>(blocks: &mut [f64], region: &[(F, u32)], cut: Cut<F>) -> f64 {
+    for &(x, j) in region {
+        if cut.keeps(x, j, F::zero()) {
+            blocks[j as usize / BLOCK] += x.wide();
+        }
+    }
+    blocks.iter().sum()
+}
+
 /// Applies a nucleus cut and a min-p threshold (`w >= floor`) to a dense weight row in one
 /// pass, zeroing what they drop, and refreshes the block sums; returns the mass kept.
 #[inline(always)]
@@ -645,6 +681,7 @@ mod tests {
             p,
             false,
             &mut buf,
+            &mut Vec::new(),
             &mut Vec::new(),
             &mut Vec::new(),
         );
@@ -715,7 +752,27 @@ mod tests {
             let total: f64 = w.iter().map(|&v| v as f64).sum();
             for p in [0.05, 0.5, 0.9, 0.99] {
                 let (mut buf, mut sel, mut keys) = (Vec::new(), Vec::new(), Vec::new());
-                let (cut, _) = top_p_cut(&w, total, p, false, &mut buf, &mut sel, &mut keys);
+                let mut blocks = Vec::new();
+                let (cut, nucleus) = top_p_cut(
+                    &w,
+                    total,
+                    p,
+                    false,
+                    &mut buf,
+                    &mut sel,
+                    &mut keys,
+                    &mut blocks,
+                );
+                if nucleus == Nucleus::Region {
+                    // The kept block sums from the region equal a pass over the row.
+                    let kept = region_block_sums(&mut blocks, &buf, cut);
+                    let mut want_blocks = Vec::new();
+                    let want = cut_block_sums(&w, cut, 0.0, &mut want_blocks);
+                    assert!((kept - want).abs() <= 1e-12 * want, "case {case} p {p}");
+                    for (b, (x, y)) in blocks.iter().zip(&want_blocks).enumerate() {
+                        assert!((x - y).abs() <= 1e-12 * want, "case {case} p {p} block {b}");
+                    }
+                }
                 let ours: Vec<usize> = (0..n)
                     .filter(|&j| cut.keeps(w[j], j as u32, 0.0) && w[j] > 0.0)
                     .collect();

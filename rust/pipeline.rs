@@ -7,14 +7,15 @@ use crate::draw::{draw_dense, draw_dense_by, draw_sparse};
 use crate::elem::{Elem, Real};
 use crate::error::SamplingError;
 use crate::filter::{
-    apply_cut, by_prob, cut_block_sums, kth_largest, top_k_candidates, top_p_cut, Cut, HEAD,
+    apply_cut, by_prob, cut_block_sums, kth_largest, region_block_sums, top_k_candidates,
+    top_p_cut, Cut, Nucleus, HEAD,
 };
 use crate::penalty::{apply, count_history, Penalties};
 use crate::rng::uniform;
 #[cfg(target_arch = "x86_64")]
 use crate::simd::{simd_level, Simd};
 use crate::softmax::{
-    exp_weights, exp_weights_by, first_index_of, first_index_of_by, indicator_weights, max_nan,
+    exp_weights, exp_weights_elem, first_index_of, first_index_of_by, indicator_weights, max_nan,
     max_nan_by, raw_log_softmax_at, top_logprobs,
 };
 use num_traits::{Float, One, Zero};
@@ -470,7 +471,7 @@ fn process_row<T: Elem, const FMA: bool>(
                 indicator_weights(y, m, &mut s.w, &mut s.blocks)
             } else if raw_bf16.is_some() && !widen {
                 let floor = F::<T>::neg_infinity();
-                exp_weights_by::<T, _, FMA>(x, T::load, m, inv_t, floor, &mut s.w, &mut s.blocks)
+                exp_weights_elem::<T, FMA>(x, m, inv_t, floor, &mut s.w, &mut s.blocks)
             } else {
                 let floor = if dense_k {
                     kth_largest(y, p.top_k, &mut s.sel)
@@ -482,11 +483,12 @@ fn process_row<T: Elem, const FMA: bool>(
             // The largest weight is exactly 1 (the maximum's own exp(0)).
             let floor = F::<T>::of(p.min_p);
             let mut nucleus_in_head = false;
+            let mut in_region = false;
             // A cut the row was not rewritten for (the draw applies it itself).
             let mut kept = None;
             if p.top_p < 1.0 || p.min_p > 0.0 {
                 let cut = if p.top_p < 1.0 {
-                    let (cut, in_head) = top_p_cut(
+                    let (cut, nucleus) = top_p_cut(
                         &s.w,
                         total,
                         p.top_p,
@@ -494,9 +496,11 @@ fn process_row<T: Elem, const FMA: bool>(
                         &mut s.pairs,
                         &mut s.sel,
                         &mut s.keys,
+                        &mut s.blocks,
                     );
                     // Unless the filtered row itself is wanted (probs, top log-probs).
-                    nucleus_in_head = in_head && probs.is_none() && req.top_n == 0;
+                    nucleus_in_head = nucleus == Nucleus::Head && probs.is_none() && req.top_n == 0;
+                    in_region = nucleus == Nucleus::Region;
                     cut
                 } else {
                     Cut {
@@ -515,7 +519,13 @@ fn process_row<T: Elem, const FMA: bool>(
                     total = apply_cut(&mut s.w, cut, floor, &mut s.blocks);
                 } else {
                     kept = Some(cut);
-                    total = cut_block_sums(&s.w, cut, floor, &mut s.blocks);
+                    // The cut's region already gave the block sums, unless a min-p floor
+                    // removes more.
+                    total = if in_region && p.min_p == 0.0 {
+                        region_block_sums(&mut s.blocks, &s.pairs, cut)
+                    } else {
+                        cut_block_sums(&s.w, cut, floor, &mut s.blocks)
+                    };
                 }
             }
             let id = if nucleus_in_head {

@@ -81,8 +81,153 @@ pub(crate) fn vec_f32<F: 'static>(v: &mut Vec<F>) -> Option<&mut Vec<f32>> {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::compact;
+    use crate::elem::{exp_f32_fma, EXP_POLY, LN2_HI, LN2_LO, LOG2E, ROUND};
     use crate::softmax::BLOCK;
     use std::arch::x86_64::*;
+
+    /// AVX-512 twin of `softmax::exp_weights_by` (FMA variant) for an `f32` row: the same
+    /// operations as `exp_f32_fma` lane by lane, so the same weights bit for bit, and the
+    /// same block sums (the 32 lanes of `sum_wide`, fused into the loop).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn exp_weights_f32(
+        y: &[f32],
+        m: f32,
+        inv_t: f32,
+        floor: f32,
+        w: &mut Vec<f32>,
+        blocks: &mut Vec<f64>,
+    ) -> f64 {
+        let p = y.as_ptr();
+        let load = |j: usize| _mm512_loadu_ps(p.add(j));
+        exp_weights_scan(y.len(), load, |j| y[j], m, inv_t, floor, w, blocks)
+    }
+
+    /// [`exp_weights_f32`] on a bfloat16 row given as raw bits, widened as it is read.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn exp_weights_bf16(
+        y: &[u16],
+        m: f32,
+        inv_t: f32,
+        floor: f32,
+        w: &mut Vec<f32>,
+        blocks: &mut Vec<f64>,
+    ) -> f64 {
+        let p = y.as_ptr();
+        let load = |j: usize| {
+            let raw = _mm256_loadu_si256(p.add(j).cast::<__m256i>());
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw)))
+        };
+        let tail = |j: usize| f32::from_bits((y[j] as u32) << 16);
+        exp_weights_scan(y.len(), load, tail, m, inv_t, floor, w, blocks)
+    }
+
+    /// The loop behind both: `load(j)` gives the 16 logits from `j`, `tail(j)` one logit.
+    /// (Its own `target_feature`, so that the closures inside inherit it and their
+    /// intrinsics inline.)
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn exp_weights_scan(
+        n: usize,
+        load: impl Fn(usize) -> __m512,
+        tail: impl Fn(usize) -> f32,
+        m: f32,
+        inv_t: f32,
+        floor: f32,
+        w: &mut Vec<f32>,
+        blocks: &mut Vec<f64>,
+    ) -> f64 {
+        w.clear();
+        w.reserve(n);
+        blocks.clear();
+        let out = w.as_mut_ptr();
+        let (vm, vt, vfloor) = (
+            _mm512_set1_ps(m),
+            _mm512_set1_ps(inv_t),
+            _mm512_set1_ps(floor),
+        );
+        let (lo, log2e, round) = (
+            _mm512_set1_ps(-87.0),
+            _mm512_set1_ps(LOG2E),
+            _mm512_set1_ps(ROUND),
+        );
+        let (ln2_hi, ln2_lo) = (_mm512_set1_ps(LN2_HI), _mm512_set1_ps(LN2_LO));
+        let c = EXP_POLY.map(|v| _mm512_set1_ps(v));
+        let one = _mm512_set1_ps(1.0);
+        // `exp_weight` of 16 logits, zero below `floor`: exp_f32_fma's steps, with `scalef`
+        // for its multiplication by 2^n (exact for the normal results it gives).
+        let weights = |v: __m512| {
+            let z = _mm512_mul_ps(_mm512_sub_ps(v, vm), vt);
+            let xc = _mm512_max_ps(z, lo);
+            let t = _mm512_fmadd_ps(xc, log2e, round);
+            let k = _mm512_sub_ps(t, round);
+            let r = _mm512_fnmadd_ps(k, ln2_lo, _mm512_fnmadd_ps(k, ln2_hi, xc));
+            let mut q = c[0];
+            for &ci in &c[1..] {
+                q = _mm512_fmadd_ps(q, r, ci);
+            }
+            q = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(q, r), r, r), one);
+            let keep = _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(
+                _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(z, lo),
+                v,
+                vfloor,
+            );
+            _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(q, k))
+        };
+        let widen = |e: __m512| {
+            [
+                _mm512_cvtps_pd(_mm512_castps512_ps256(e)),
+                _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                    _mm512_castps_pd(e),
+                ))),
+            ]
+        };
+        let mut total = 0.0;
+        let mut start = 0;
+        while start < n {
+            let end = (start + BLOCK).min(n);
+            // sum_wide's 32 lanes: lane l sums elements l, l + 32, ... of the block.
+            let mut acc = [_mm512_setzero_pd(); 4];
+            let mut j = start;
+            while j + 32 <= end {
+                let e = [weights(load(j)), weights(load(j + 16))];
+                for (h, &eh) in e.iter().enumerate() {
+                    _mm512_storeu_ps(out.add(j + 16 * h), eh);
+                    let [a, b] = widen(eh);
+                    acc[2 * h] = _mm512_add_pd(acc[2 * h], a);
+                    acc[2 * h + 1] = _mm512_add_pd(acc[2 * h + 1], b);
+                }
+                j += 32;
+            }
+            let mut lanes = [0.0f64; 32];
+            for (h, &a) in acc.iter().enumerate() {
+                _mm512_storeu_pd(lanes.as_mut_ptr().add(8 * h), a);
+            }
+            let mut tail_sum = 0.0f64;
+            for k in j..end {
+                let v = tail(k);
+                let e = if v >= floor {
+                    exp_f32_fma((v - m) * inv_t)
+                } else {
+                    0.0
+                };
+                out.add(k).write(e);
+                tail_sum += e as f64;
+            }
+            let s = lanes.iter().sum::<f64>() + tail_sum;
+            blocks.push(s);
+            total += s;
+            start = end;
+        }
+        // SAFETY: every element of 0..n was written above.
+        w.set_len(n);
+        total
+    }
 
     // The pair stores below write `(f32, u32)` tuples as two adjacent 4-byte words.
     const _: () = assert!(
@@ -292,6 +437,7 @@ mod x86 {
         lo: f32,
         hi: f32,
         buf: &mut Vec<(f32, u32)>,
+        blocks: &mut Vec<f64>,
     ) -> (f64, f64) {
         buf.clear();
         // Room for every token plus the 16-pair overhang of the last store.
@@ -304,12 +450,22 @@ mod x86 {
         for (bi, block) in w.chunks(BLOCK).enumerate() {
             let base = bi * BLOCK;
             let full = block.len() / 16 * 16;
-            let mut above = _mm512_setzero_ps();
+            // The mass above `hi` in f64 lanes: it becomes the draw's block sums, which must
+            // be exact to f64 rounding like the sums of the exp pass.
+            let mut above = [_mm512_setzero_pd(); 2];
             let mut j = 0;
             while j < full {
                 let v = _mm512_loadu_ps(block.as_ptr().add(j));
                 let gt = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, vhi);
-                above = _mm512_mask_add_ps(above, gt, above, v);
+                let halves = [
+                    _mm512_cvtps_pd(_mm512_castps512_ps256(v)),
+                    _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                        _mm512_castps_pd(v),
+                    ))),
+                ];
+                for (h, (acc, x)) in above.iter_mut().zip(halves).enumerate() {
+                    *acc = _mm512_mask_add_pd(*acc, (gt >> (8 * h)) as u8, *acc, x);
+                }
                 let inb = _mm512_mask_cmp_ps_mask::<_CMP_LE_OQ>(
                     _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, vlo),
                     v,
@@ -321,16 +477,17 @@ mod x86 {
                 }
                 j += 16;
             }
-            // Flush the lanes to f64 once per block, so rounding stays at f64 level.
-            a += widen_sum(above);
+            let mut s = _mm512_reduce_add_pd(_mm512_add_pd(above[0], above[1]));
             for (l, &v) in block[full..].iter().enumerate() {
                 if v > hi {
-                    a += v as f64;
+                    s += v as f64;
                 } else if v >= lo {
                     out.add(k).write((v, (base + full + l) as u32));
                     k += 1;
                 }
             }
+            blocks.push(s);
+            a += s;
         }
         // SAFETY: the first k pairs were written above.
         buf.set_len(k);
@@ -341,7 +498,8 @@ mod x86 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::{
-    mass_above_and_collect, masses_above, top_k_candidates, top_k_candidates_bf16,
+    exp_weights_bf16, exp_weights_f32, mass_above_and_collect, masses_above, top_k_candidates,
+    top_k_candidates_bf16,
 };
 
 /// The raw bits of a bfloat16 row when `T` is bfloat16 and the AVX-512 kernels may run.

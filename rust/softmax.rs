@@ -134,7 +134,37 @@ pub fn exp_weights<F: Real, const FMA: bool>(
     w: &mut Vec<F>,
     blocks: &mut Vec<f64>,
 ) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        if let (Some(y32), Some(w32)) = (crate::simd::avx512_f32(y), crate::simd::vec_f32(w)) {
+            let (m, inv_t, floor) = (m.wide() as f32, inv_t.wide() as f32, floor.wide() as f32);
+            // SAFETY: avx512_f32 returned Some, so the CPU has AVX-512.
+            return unsafe { crate::simd::exp_weights_f32(y32, m, inv_t, floor, w32, blocks) };
+        }
+    }
     exp_weights_by::<F, F, FMA>(y, |v| v, m, inv_t, floor, w, blocks)
+}
+
+/// [`exp_weights`] on a row as stored (`T::load` widens each element inside the loop, so a
+/// bfloat16 row needs no conversion pass).
+#[inline(always)]
+pub fn exp_weights_elem<T: Elem, const FMA: bool>(
+    x: &[T],
+    m: T::C,
+    inv_t: T::C,
+    floor: T::C,
+    w: &mut Vec<T::C>,
+    blocks: &mut Vec<f64>,
+) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        if let (Some(raw), Some(w32)) = (crate::simd::avx512_bf16(x), crate::simd::vec_f32(w)) {
+            let (m, inv_t, floor) = (m.wide() as f32, inv_t.wide() as f32, floor.wide() as f32);
+            // SAFETY: avx512_bf16 returned Some, so the CPU has AVX-512.
+            return unsafe { crate::simd::exp_weights_bf16(raw, m, inv_t, floor, w32, blocks) };
+        }
+    }
+    exp_weights_by::<T, T::C, FMA>(x, T::load, m, inv_t, floor, w, blocks)
 }
 
 /// [`exp_weights`] on a row stored as `Y` (e.g. bfloat16), widened by `load` inside the same
@@ -263,6 +293,67 @@ pub fn top_logprobs<F: Real>(pairs: &mut [(F, u32)], total: f64, n: usize) -> Ve
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The AVX-512 exp pass (taken by `exp_weights` / `exp_weights_elem` with FMA on such a
+    /// CPU) gives the portable FMA loop's weights and block sums bit for bit, for f32 and
+    /// bf16 rows: every length class of the tail, floors, -inf and underflowing logits.
+    #[test]
+    fn simd_exp_pass_equals_the_portable_loop() {
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for n in [1, 15, 16, 33, 1023, 1024, 1057, 5000, 40_000] {
+            let y: Vec<f32> = (0..n)
+                .map(|_| match (rnd() * 10.0) as u32 {
+                    0 => f32::NEG_INFINITY,
+                    1 => -200.0 * rnd() as f32,
+                    _ => 30.0 * (rnd() as f32 - 0.5),
+                })
+                .collect();
+            let m = y.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let bf: Vec<half::bf16> = y.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            let mb = bf
+                .iter()
+                .map(|v| v.to_f32())
+                .fold(f32::NEG_INFINITY, f32::max);
+            for (inv_t, floor) in [(1.0f32, f32::NEG_INFINITY), (1.7, -3.0), (0.05, 2.0)] {
+                let (mut w0, mut b0, mut w1, mut b1) = (vec![], vec![], vec![], vec![]);
+                let t0 =
+                    exp_weights_by::<f32, f32, true>(&y, |v| v, m, inv_t, floor, &mut w0, &mut b0);
+                let t1 = exp_weights::<f32, true>(&y, m, inv_t, floor, &mut w1, &mut b1);
+                let bits = |w: &[f32]| w.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&w0),
+                    bits(&w1),
+                    "f32 n {n} inv_t {inv_t} floor {floor}"
+                );
+                assert_eq!(
+                    (t0, &b0),
+                    (t1, &b1),
+                    "f32 n {n} inv_t {inv_t} floor {floor}"
+                );
+                let load = |v: half::bf16| v.to_f32();
+                let t0 =
+                    exp_weights_by::<_, f32, true>(&bf, load, mb, inv_t, floor, &mut w0, &mut b0);
+                let t1 =
+                    exp_weights_elem::<half::bf16, true>(&bf, mb, inv_t, floor, &mut w1, &mut b1);
+                assert_eq!(
+                    bits(&w0),
+                    bits(&w1),
+                    "bf16 n {n} inv_t {inv_t} floor {floor}"
+                );
+                assert_eq!(
+                    (t0, &b0),
+                    (t1, &b1),
+                    "bf16 n {n} inv_t {inv_t} floor {floor}"
+                );
+            }
+        }
+    }
 
     fn softmax(y: &[f64], t: f64) -> Vec<f64> {
         let (m, _) = max_nan(y);
