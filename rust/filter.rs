@@ -62,7 +62,7 @@ pub fn top_k_candidates<F: Real>(
     if let Some(y32) = simd::avx512_f32(y) {
         if let (Some(c), Some(s)) = (simd::pairs_f32(cand), simd::vec_f32(sel)) {
             // SAFETY: avx512_f32 returned Some, so the CPU has AVX-512.
-            return unsafe { simd::top_k_candidates(y32, k, c, s) };
+            return unsafe { simd::top_k_candidates(y32, k, c, s, None) };
         }
     }
     cand.clear();

@@ -7,16 +7,17 @@ use crate::draw::{draw_dense, draw_dense_by, draw_sparse};
 use crate::elem::{Elem, Real};
 use crate::error::SamplingError;
 use crate::filter::{
-    apply_cut, by_prob, cut_block_sums, kth_largest, region_block_sums, top_k_candidates,
-    top_p_cut, Cut, Nucleus, HEAD,
+    apply_cut, by_prob, cut_block_sums, kth_largest, mass_select, region_block_sums,
+    top_k_candidates, top_p_cut, Cut, Nucleus, HEAD,
 };
 use crate::penalty::{apply, count_history, Penalties};
 use crate::rng::uniform;
 #[cfg(target_arch = "x86_64")]
 use crate::simd::{simd_level, Simd};
 use crate::softmax::{
-    exp_weights, exp_weights_elem, first_index_of, first_index_of_by, indicator_weights, max_nan,
-    max_nan_by, raw_log_softmax_at, top_logprobs,
+    approx_exp, exp_weight, exp_weights, exp_weights_elem, first_index_of, first_index_of_by,
+    indicator_weights, max_nan, max_nan_by, raw_log_softmax_at, top_logprobs, MassEstimate, BLOCK,
+    EST_REL, EST_SCALE,
 };
 use num_traits::{Float, One, Zero};
 use rayon::prelude::*;
@@ -201,6 +202,8 @@ struct Scratch<F> {
     hist: Vec<u32>,
     counts: Vec<(u32, u32)>,
     keys: Vec<u64>,
+    /// The row's mass estimated in its first read (top-p rows).
+    est: MassEstimate,
     /// A bfloat16 row widened after its first scan (the dense path).
     wide: Vec<F>,
 }
@@ -297,6 +300,8 @@ fn modify_row<T: Elem>(
 }
 
 /// The streaming top-k of a row: on the raw bfloat16 bits when given (AVX-512), else on `y`.
+/// Returns (NaN seen, `est` filled): `est` (the inverse temperature and where to put the
+/// row's [`MassEstimate`]) is only filled by the AVX-512 scans, in the same read.
 #[inline(always)]
 fn first_scan<F: Real>(
     y: &[F],
@@ -304,18 +309,92 @@ fn first_scan<F: Real>(
     k: usize,
     cand: &mut Vec<(F, u32)>,
     sel: &mut Vec<F>,
-) -> bool {
+    est: Option<(f32, &mut MassEstimate)>,
+) -> (bool, bool) {
     #[cfg(target_arch = "x86_64")]
-    if let (Some(raw), Some(c), Some(s)) = (
-        raw_bf16,
-        crate::simd::pairs_f32(cand),
-        crate::simd::vec_f32(sel),
-    ) {
-        // SAFETY: raw_bf16 is only Some when avx512_bf16 found AVX-512.
-        return unsafe { crate::simd::top_k_candidates_bf16(raw, k, c, s) };
+    if let (Some(c), Some(s)) = (crate::simd::pairs_f32(cand), crate::simd::vec_f32(sel)) {
+        let filled = est.is_some();
+        if let Some(raw) = raw_bf16 {
+            // SAFETY: raw_bf16 is only Some when avx512_bf16 found AVX-512.
+            return (
+                unsafe { crate::simd::top_k_candidates_bf16(raw, k, c, s, est) },
+                filled,
+            );
+        }
+        if let Some(y32) = crate::simd::avx512_f32(y) {
+            // SAFETY: avx512_f32 returned Some, so the CPU has AVX-512.
+            return (
+                unsafe { crate::simd::top_k_candidates(y32, k, c, s, est) },
+                filled,
+            );
+        }
     }
-    let _ = raw_bf16;
-    top_k_candidates(y, k, cand, sel)
+    let _ = (raw_bf16, est);
+    (top_k_candidates(y, k, cand, sel), false)
+}
+
+/// The nucleus of a peaked row (top-p without top-k) decided without the exact exp pass.
+///
+/// `cand` holds on entry the ids of the head, every token whose logit is at least the
+/// [`HEAD`]-th largest; `est` the row's [`MassEstimate`] from the same first read. The head's
+/// exact weights (the exp pass's, bit for bit) and the estimate bound the row's total mass:
+/// each estimated term is within `EST_REL` of its weight, the lane sums within 1e-5. When the
+/// head holds `top_p` of even the largest possible total and the cut among the head is the
+/// same at both ends of the bound, that is the cut the exact total gives (the cut only moves
+/// with the target). Then `cand` is left holding the kept pairs in id order and their mass is
+/// returned: what the exact path's sparse draw gets. `None` (a flat row, or a bound too loose
+/// to decide) leaves the exact path to run; `cand` still holds the head's ids.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn peaked_nucleus<Y: Copy, F: Real, const FMA: bool>(
+    x: &[Y],
+    load: impl Fn(Y) -> F,
+    m: F,
+    inv_t: F,
+    p: &RowParams,
+    cand: &mut Vec<(F, u32)>,
+    est: &MassEstimate,
+) -> Option<f64> {
+    let n = x.len();
+    if cand.len() >= n {
+        return None;
+    }
+    let (mw, tw) = (m.wide(), inv_t.wide());
+    let c2 = tw as f32 * EST_SCALE;
+    // Each block's estimate is against its reference r: rescale to the row's maximum.
+    let scale = |r: f32| ((r as f64 - mw) * tw).exp();
+    let all: f64 = est.blocks.iter().map(|&(r, s)| s * scale(r)).sum();
+    let (mut head, mut head_est, mut head_min) = (0.0, 0.0, F::infinity());
+    for c in cand.iter_mut() {
+        let v = load(x[c.1 as usize]);
+        c.0 = exp_weight::<F, FMA>(v, m, inv_t);
+        head += c.0.wide();
+        head_min = head_min.min(c.0);
+        let r = est.blocks.get(c.1 as usize / BLOCK)?.0;
+        head_est += approx_exp(v.wide() as f32, r, c2) as f64 * scale(r);
+    }
+    // Terms under 2^-126 of their reference count as 0 in the estimate.
+    let slack = 1e-5 * all + n as f64 * 1e-36;
+    let rest = all - head_est;
+    let lo = head + (rest - slack).max(0.0) / (1.0 + EST_REL);
+    let hi = head + (rest + slack) / (1.0 - EST_REL);
+    let target = p.top_p * hi;
+    if head < target || target.is_nan() {
+        return None;
+    }
+    let cut = mass_select(cand, p.top_p * hi);
+    // As in `top_p_cut`: a cut on the head's smallest weight may tie with a token outside it.
+    if mass_select(cand, p.top_p * lo) != cut || cut.0 <= head_min {
+        return None;
+    }
+    let cut = Cut {
+        tau: cut.0,
+        tie_max: cut.1,
+    };
+    let floor = F::of(p.min_p);
+    cand.retain(|c| cut.keeps(c.0, c.1, floor));
+    cand.sort_unstable_by_key(|c| c.1);
+    Some(cand.iter().map(|c| c.0.wide()).sum())
 }
 
 #[inline(always)]
@@ -361,7 +440,7 @@ fn process_row<T: Elem, const FMA: bool>(
 
     let (id, logprob, top) = if sparse_k {
         // Streaming top-k: everything after the selection touches only the candidates.
-        if first_scan(y, raw_bf16, p.top_k, &mut s.pairs, &mut s.sel) {
+        if first_scan(y, raw_bf16, p.top_k, &mut s.pairs, &mut s.sel, None).0 {
             return Err(SamplingError::NanInRow { row: i });
         }
         let m = s
@@ -421,8 +500,15 @@ fn process_row<T: Elem, const FMA: bool>(
     } else {
         // With top-p on, the first read of the row also finds its heaviest tokens (the memory
         // read costs the same), so the nucleus cut need not scan the weights for them.
+        let mut estimated = false;
         let (m, nan) = if head_ready {
-            let nan = first_scan(y, raw_bf16, HEAD.min(v), &mut s.pairs, &mut s.sel);
+            // The mass estimate only pays where a decided nucleus saves the exp pass: top-p
+            // without a (dense) top-k, whose floor the estimate would not see.
+            let no_k = p.top_k == 0 || p.top_k >= v;
+            let est = (no_k && probs.is_none() && req.top_n == 0 && inv_t.is_finite())
+                .then(|| (inv_t.wide() as f32, &mut s.est));
+            let (nan, filled) = first_scan(y, raw_bf16, HEAD.min(v), &mut s.pairs, &mut s.sel, est);
+            estimated = filled;
             let m = s
                 .pairs
                 .iter()
@@ -448,7 +534,26 @@ fn process_row<T: Elem, const FMA: bool>(
         if m == F::<T>::neg_infinity() {
             return Err(SamplingError::AllMasked { row: i });
         }
-        if p.temperature == 0.0 {
+        // Most top-p rows are peaked: their nucleus is decided from the head and the mass
+        // estimate of the first read, and the exact exp pass over the row is skipped.
+        let peaked = if estimated && !indicator && !dense_k {
+            if raw_bf16.is_some() && !widen {
+                peaked_nucleus::<_, _, FMA>(x, T::load, m, inv_t, p, &mut s.pairs, &s.est)
+            } else {
+                peaked_nucleus::<_, _, FMA>(y, |v| v, m, inv_t, p, &mut s.pairs, &s.est)
+            }
+        } else {
+            None
+        };
+        if let Some(total) = peaked {
+            let id = draw_sparse(&s.pairs, total, u());
+            let w_id = s
+                .pairs
+                .iter()
+                .find(|c| c.1 == id)
+                .map_or(0.0, |c| c.0.wide());
+            (id as usize, (w_id / total).ln(), Vec::new())
+        } else if p.temperature == 0.0 {
             let id = if greedy_raw {
                 first_index_of_by(x, T::load, m)
             } else {
@@ -797,6 +902,158 @@ mod tests {
 
     fn params(t: f64, k: f64, p: f64, m: f64) -> RowParams {
         RowParams::from_values(&[t, k, p, m, 1.0, 0.0, 0.0, 1.0, 1.0], 0).unwrap()
+    }
+
+    /// Top-p rows without top-k: the nucleus decided from the first read's mass estimate
+    /// (top_n = 0) gives the ids and log-probabilities of the exact path (top_n = 1 forces
+    /// it), for f32 and bf16 rows, peaked and flat, with plateaus, -inf and min-p; lengths
+    /// off every block and vector boundary.
+    #[test]
+    fn estimated_nucleus_equals_the_exact_one() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for case in 0..96 {
+            let n = [130_003, 50_257, 4_099][case % 3];
+            let kind = case / 3 % 6;
+            let row: Vec<f32> = (0..n)
+                .map(|_| {
+                    let g = ((0..4).map(|_| rnd()).sum::<f64>() - 2.0) * 3.0;
+                    let v = match kind {
+                        0 => {
+                            g + if rnd() < 2e-4 {
+                                14.0 + 10.0 * rnd()
+                            } else {
+                                0.0
+                            }
+                        }
+                        1 => g,
+                        2 => (g + if rnd() < 1e-3 { 12.0 } else { 0.0 }).round(),
+                        // Heads holding about p of the mass: the cut is sensitive to the
+                        // rest of the row, which only the estimate sees.
+                        3 => g + if rnd() < 1e-3 { 9.0 + 5.0 * rnd() } else { 0.0 },
+                        4 => 0.5 * g + if rnd() < 3e-4 { 9.0 + 3.0 * rnd() } else { 0.0 },
+                        _ => {
+                            if rnd() < 0.2 {
+                                f64::NEG_INFINITY
+                            } else {
+                                g + if rnd() < 1e-4 { 20.0 } else { 0.0 }
+                            }
+                        }
+                    };
+                    v as f32
+                })
+                .collect();
+            let bf: Vec<half::bf16> = row.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            let t = [0.3, 1.0, 2.5][case % 3];
+            let top_p = [0.5, 0.9, 0.99][case / 2 % 3];
+            let min_p = if case % 5 == 0 { 0.05 } else { 0.0 };
+            // Now and then a dense top-k, whose floor the estimate must not be used with.
+            let k = if case % 7 == 0 { (n / 2) as f64 } else { 0.0 };
+            let ps = [params(t, k, top_p, min_p)];
+            for step in 0..4 {
+                let (rows32, rows16) = ([&row[..]], [&bf[..]]);
+                let mut fast32 = req(&rows32, &ps);
+                let mut fast16 = req(&rows16, &ps);
+                fast32.step = step;
+                fast16.step = step;
+                let (mut exact32, mut exact16) = (fast32, fast16);
+                exact32.top_n = 1;
+                exact16.top_n = 1;
+                for (a, b) in [
+                    (run_batch(&fast32, None), run_batch(&exact32, None)),
+                    (run_batch(&fast16, None), run_batch(&exact16, None)),
+                ] {
+                    let (a, b) = (&a.unwrap()[0], &b.unwrap()[0]);
+                    assert_eq!(a.id, b.id, "case {case} kind {kind} step {step}");
+                    let d = (a.logprob - b.logprob).abs();
+                    assert!(
+                        d <= 1e-9,
+                        "case {case} kind {kind}: {} {}",
+                        a.logprob,
+                        b.logprob
+                    );
+                }
+            }
+        }
+    }
+
+    /// The estimate's bound where it matters: a head of 1 + 40 x 0.1 and a rest of equal small
+    /// weights whose total sweeps the target across the head's cut boundaries in steps finer
+    /// than the estimate's error. The estimated path must keep what the exact path keeps
+    /// (the log-probability shows the kept mass) or decline.
+    #[test]
+    fn estimated_nucleus_near_cut_boundaries() {
+        let n = 20_011usize;
+        for s in 0..3000 {
+            let rest = 0.05 + 0.45 * s as f64 / 3000.0; // total weight of the n - 41 others
+            let eps = rest / (n - 41) as f64;
+            let row: Vec<f32> = (0..n)
+                .map(|j| match j {
+                    0 => 10.0,
+                    1..=40 => (10.0 + 0.1f64.ln()) as f32,
+                    // Distinct, or the head would take in every tie of the rest.
+                    _ => (10.0 + eps.ln() + 0.02 * ((j % 97) as f64 / 97.0 - 0.5)) as f32,
+                })
+                .collect();
+            let ps = [params(1.0, 0.0, 0.9, 0.0)];
+            let rows = [&row[..]];
+            let fast = req(&rows, &ps);
+            let mut exact = fast;
+            exact.top_n = 1;
+            let (a, b) = (
+                run_batch(&fast, None).unwrap(),
+                run_batch(&exact, None).unwrap(),
+            );
+            assert_eq!(a[0].id, b[0].id, "rest {rest}");
+            assert!((a[0].logprob - b[0].logprob).abs() <= 1e-9, "rest {rest}");
+        }
+    }
+
+    /// The AVX-512 first scan's mass estimate is, block by block, the sum of `approx_exp`
+    /// against the reference it records, including blocks redone after a jump of the maximum
+    /// and a leading run of -inf.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn first_scan_estimate_sums_approx_exp_per_block() {
+        let n = 5 * BLOCK + 37;
+        let row: Vec<f32> = (0..n)
+            .map(|j| match j {
+                0..=20 => f32::NEG_INFINITY,
+                _ if j == 3 * BLOCK + 5 => 200.0, // far above everything before
+                _ => ((j * 7919 % 1000) as f32 / 100.0) - 5.0,
+            })
+            .collect();
+        for inv_t in [0.5f32, 1.0, 3.0] {
+            let (mut cand, mut sel, mut est) = (Vec::new(), Vec::new(), MassEstimate::default());
+            let (_, filled) = first_scan(
+                &row,
+                None,
+                HEAD,
+                &mut cand,
+                &mut sel,
+                Some((inv_t, &mut est)),
+            );
+            if !filled {
+                return; // no AVX-512 here: nothing to check
+            }
+            assert_eq!(est.blocks.len(), n.div_ceil(BLOCK));
+            let c2 = inv_t * EST_SCALE;
+            for (b, &(r, got)) in est.blocks.iter().enumerate() {
+                let want: f64 = row[b * BLOCK..((b + 1) * BLOCK).min(n)]
+                    .iter()
+                    .map(|&x| approx_exp(x, r, c2) as f64)
+                    .sum();
+                assert!(
+                    (got - want).abs() <= 1e-5 * want,
+                    "inv_t {inv_t} block {b}: {got} {want}"
+                );
+            }
+        }
     }
 
     #[test]

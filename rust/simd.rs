@@ -82,7 +82,9 @@ pub(crate) fn vec_f32<F: 'static>(v: &mut Vec<F>) -> Option<&mut Vec<f32>> {
 mod x86 {
     use super::compact;
     use crate::elem::{exp_f32_fma, EXP_POLY, LN2_HI, LN2_LO, LOG2E, ROUND};
-    use crate::softmax::BLOCK;
+    use crate::softmax::{
+        approx_exp, MassEstimate, BLOCK, EST_BIAS, EST_MAX_EXP2, EST_POLY, EST_SCALE,
+    };
     use std::arch::x86_64::*;
 
     /// AVX-512 twin of `softmax::exp_weights_by` (FMA variant) for an `f32` row: the same
@@ -278,16 +280,16 @@ mod x86 {
         k: usize,
         cand: &mut Vec<(f32, u32)>,
         sel: &mut Vec<f32>,
+        est: Option<(f32, &mut MassEstimate)>,
     ) -> bool {
         let p = y.as_ptr();
-        top_k_scan(
-            y.len(),
-            |j| _mm512_loadu_ps(p.add(j)),
-            |j| y[j],
-            k,
-            cand,
-            sel,
-        )
+        let load = |j: usize| _mm512_loadu_ps(p.add(j));
+        match est {
+            None => top_k_scan::<false>(y.len(), load, |j| y[j], k, cand, sel, 0.0, None),
+            Some((inv_t, e)) => {
+                top_k_scan::<true>(y.len(), load, |j| y[j], k, cand, sel, inv_t, Some(e))
+            }
+        }
     }
 
     /// `filter::top_k_candidates` on a bfloat16 row (raw bits), widened in registers: the row
@@ -302,6 +304,7 @@ mod x86 {
         k: usize,
         cand: &mut Vec<(f32, u32)>,
         sel: &mut Vec<f32>,
+        est: Option<(f32, &mut MassEstimate)>,
     ) -> bool {
         let p = y.as_ptr();
         let load = |j: usize| {
@@ -309,18 +312,148 @@ mod x86 {
             _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw)))
         };
         let tail = |j: usize| f32::from_bits((y[j] as u32) << 16);
-        top_k_scan(y.len(), load, tail, k, cand, sel)
+        match est {
+            None => top_k_scan::<false>(y.len(), load, tail, k, cand, sel, 0.0, None),
+            Some((inv_t, e)) => {
+                top_k_scan::<true>(y.len(), load, tail, k, cand, sel, inv_t, Some(e))
+            }
+        }
+    }
+
+    /// `softmax::approx_exp` of 16 logits against `r`, lane by lane the same operations.
+    #[inline(always)]
+    unsafe fn approx16(v: __m512, r: __m512, c2: __m512) -> __m512 {
+        let y = _mm512_fmadd_ps(_mm512_sub_ps(v, r), c2, _mm512_set1_ps(EST_BIAS));
+        // `max` returns its second operand when the first is NaN, as `f32::max` gives 0.
+        let i = _mm512_cvttps_epi32(_mm512_max_ps(y, _mm512_setzero_ps()));
+        let one = _mm512_set1_epi32(0x3F80_0000);
+        // (i & mantissa) | one: 1 + frac(y); i & exponent: 2^floor(y).
+        let mf = _mm512_castsi512_ps(_mm512_ternarylogic_epi32::<0xEA>(
+            i,
+            _mm512_set1_epi32(0x007F_FFFF),
+            one,
+        ));
+        let two_floor = _mm512_castsi512_ps(_mm512_and_si512(
+            i,
+            _mm512_set1_epi32(0xFF80_0000u32 as i32),
+        ));
+        let c = EST_POLY.map(|v| _mm512_set1_ps(v));
+        let q = _mm512_fmadd_ps(_mm512_fmadd_ps(c[0], mf, c[1]), mf, c[2]);
+        _mm512_mul_ps(q, two_floor)
+    }
+
+    /// The block sum of the estimate over `start..end` against `r` (a block's redo).
+    #[inline(always)]
+    unsafe fn approx_block(
+        load: &impl Fn(usize) -> __m512,
+        tail: &impl Fn(usize) -> f32,
+        start: usize,
+        end: usize,
+        r: f32,
+        c2: f32,
+    ) -> f64 {
+        let (vr, vc) = (_mm512_set1_ps(r), _mm512_set1_ps(c2));
+        let mut acc = _mm512_setzero_ps();
+        let mut j = start;
+        while j + 16 <= end {
+            acc = _mm512_add_ps(acc, approx16(load(j), vr, vc));
+            j += 16;
+        }
+        widen_sum(acc)
+            + (j..end)
+                .map(|k| approx_exp(tail(k), r, c2) as f64)
+                .sum::<f64>()
+    }
+
+    /// The running state of a first scan's `MassEstimate`: the current block's reference
+    /// (the largest value of the blocks before), start, running maximum and sum.
+    struct EstState {
+        r: f32,
+        inv_t: f32,
+        c2: f32,
+        vr: __m512,
+        vc2: __m512,
+        block_start: usize,
+        vmax: __m512,
+        acc: __m512,
+    }
+
+    impl EstState {
+        #[inline(always)]
+        unsafe fn new<const EST: bool>(
+            n: usize,
+            load: &impl Fn(usize) -> __m512,
+            inv_t: f32,
+        ) -> Self {
+            let r = if EST && n >= 16 {
+                _mm512_reduce_max_ps(load(0))
+            } else {
+                f32::NEG_INFINITY
+            };
+            let c2 = inv_t * EST_SCALE;
+            EstState {
+                r,
+                inv_t,
+                c2,
+                vr: _mm512_set1_ps(r),
+                vc2: _mm512_set1_ps(c2),
+                block_start: 0,
+                vmax: _mm512_set1_ps(f32::NEG_INFINITY),
+                acc: _mm512_setzero_ps(),
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn add(&mut self, v: __m512) {
+            self.vmax = _mm512_max_ps(self.vmax, v);
+            self.acc = _mm512_add_ps(self.acc, approx16(v, self.vr, self.vc2));
+        }
+
+        /// Closes the block ending at `end` (`tail_*`: its scalar tail): redone against its
+        /// own maximum when the terms may have left f32's range (or the reference was -inf);
+        /// then the next block's reference.
+        #[inline(always)]
+        unsafe fn flush(
+            &mut self,
+            end: usize,
+            load: &impl Fn(usize) -> __m512,
+            tail: &impl Fn(usize) -> f32,
+            tail_max: f32,
+            tail_sum: f64,
+            est: &mut MassEstimate,
+        ) {
+            let bmax = _mm512_reduce_max_ps(self.vmax).max(tail_max);
+            let fits = (bmax - self.r) * self.inv_t * std::f32::consts::LOG2_E <= EST_MAX_EXP2;
+            let s = if fits {
+                widen_sum(self.acc) + tail_sum
+            } else {
+                self.r = bmax;
+                approx_block(load, tail, self.block_start, end, self.r, self.c2)
+            };
+            est.blocks.push((self.r, s));
+            self.r = self.r.max(bmax);
+            self.vr = _mm512_set1_ps(self.r);
+            self.block_start = end;
+            self.vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+            self.acc = _mm512_setzero_ps();
+        }
     }
 
     /// The scan behind both: `load(j)` gives the 16 values from `j`, `tail(j)` one value.
+    /// With `EST`, it also fills the `MassEstimate` of the row for `inv_t` (see there): per
+    /// block, the estimate's sum against the largest value of the blocks before (redone
+    /// against the block's own maximum when that is far above), in the same read.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn top_k_scan(
+    unsafe fn top_k_scan<const EST: bool>(
         n: usize,
         load: impl Fn(usize) -> __m512,
         tail: impl Fn(usize) -> f32,
         k: usize,
         cand: &mut Vec<(f32, u32)>,
         sel: &mut Vec<f32>,
+        inv_t: f32,
+        mut est: Option<&mut MassEstimate>,
     ) -> bool {
         cand.clear();
         let mut cap = (4 * k).max(256);
@@ -329,6 +462,10 @@ mod x86 {
         let full = n / 16 * 16;
         let quad = n / 64 * 64;
         let mut j = 0;
+        let mut st = EstState::new::<EST>(n, &load, inv_t);
+        if let Some(e) = est.as_deref_mut() {
+            e.blocks.clear();
+        }
         // Four vectors per step and one branch for all of them: early in the row, when the
         // threshold is still low, hits are frequent and a branch per vector mispredicts.
         while j < quad {
@@ -339,6 +476,9 @@ mod x86 {
                 nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v[q], v[q]);
                 ms[q] = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v[q], thr);
                 any |= ms[q];
+                if EST {
+                    st.add(v[q]);
+                }
             }
             if any != 0 {
                 for q in 0..4 {
@@ -354,10 +494,18 @@ mod x86 {
                 }
             }
             j += 64;
+            if EST && j % BLOCK == 0 {
+                if let Some(e) = est.as_deref_mut() {
+                    st.flush(j, &load, &tail, f32::NEG_INFINITY, 0.0, e);
+                }
+            }
         }
         while j < full {
             let v = load(j);
             nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            if EST {
+                st.add(v);
+            }
             let m = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, thr);
             if m != 0 {
                 push_lanes(cand, m, v, j as u32);
@@ -372,11 +520,21 @@ mod x86 {
         }
         let t = _mm512_cvtss_f32(thr);
         let mut bad = nan != 0;
+        let (mut tail_max, mut tail_sum) = (f32::NEG_INFINITY, 0.0f64);
         for j in full..n {
             let v = tail(j);
             bad |= v.is_nan();
             if v >= t {
                 cand.push((v, j as u32));
+            }
+            if EST {
+                tail_max = tail_max.max(v);
+                tail_sum += approx_exp(v, st.r, st.c2) as f64;
+            }
+        }
+        if EST && st.block_start < n {
+            if let Some(e) = est {
+                st.flush(n, &load, &tail, tail_max, tail_sum, e);
             }
         }
         if cand.len() > k {
