@@ -259,11 +259,12 @@ def test_gil_is_released_during_kernels() -> None:
 
 
 def test_python_runs_while_a_kernel_runs() -> None:
-    """While one thread is inside a ~30 ms kernel, a pure-Python thread keeps running: the
+    """While one thread is inside a ~60 ms kernel, a pure-Python thread keeps running: the
     longest pause of its loop is a small part of the kernel's time. A kernel holding the GIL
     would pause it for the whole call. Load-independent: even on one busy core the OS shares
-    time slices (a few ms) between the two threads."""
-    x = np.random.default_rng(5).standard_normal(1 << 22).astype(np.float32)
+    time slices (up to ~10 ms on a loaded VM, hence a call many slices long) between the two
+    threads."""
+    x = np.random.default_rng(5).standard_normal(1 << 24).astype(np.float32)
     ts.sample(x, seed=0, top_p=0.9)  # warm up
     ticks: list[float] = []
     stop = threading.Event()
