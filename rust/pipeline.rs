@@ -505,8 +505,11 @@ fn process_row<T: Elem, const FMA: bool>(
             // The mass estimate only pays where a decided nucleus saves the exp pass: top-p
             // without a (dense) top-k, whose floor the estimate would not see.
             let no_k = p.top_k == 0 || p.top_k >= v;
-            let est = (no_k && probs.is_none() && req.top_n == 0 && inv_t.is_finite())
-                .then(|| (inv_t.wide() as f32, &mut s.est));
+            // (A temperature so small that the estimate's scale leaves f32 gets no estimate.)
+            let it = inv_t.wide() as f32;
+            let scaled = (it * EST_SCALE).is_finite();
+            let est =
+                (no_k && scaled && probs.is_none() && req.top_n == 0).then_some((it, &mut s.est));
             let (nan, filled) = first_scan(y, raw_bf16, HEAD.min(v), &mut s.pairs, &mut s.sel, est);
             estimated = filled;
             let m = s
@@ -949,7 +952,7 @@ mod tests {
                 })
                 .collect();
             let bf: Vec<half::bf16> = row.iter().map(|&v| half::bf16::from_f32(v)).collect();
-            let t = [0.3, 1.0, 2.5][case % 3];
+            let t = [0.3, 1.0, 2.5, 1e-3][case / 6 % 4];
             let top_p = [0.5, 0.9, 0.99][case / 2 % 3];
             let min_p = if case % 5 == 0 { 0.05 } else { 0.0 };
             // Now and then a dense top-k, whose floor the estimate must not be used with.
