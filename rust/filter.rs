@@ -659,18 +659,9 @@ pub fn apply_cut<F: Real>(w: &mut [F], cut: Cut<F>, floor: F, blocks: &mut Vec<f
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::uniforms;
 
     /// A xorshift stream of uniforms in [0, 1): test data without a dependency.
-    fn uniforms(seed: u64) -> impl FnMut() -> f64 {
-        let mut state = seed;
-        move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        }
-    }
-
     fn dense_top_p(w: &[f64], p: f64) -> Vec<f64> {
         let mut w = w.to_vec();
         let total: f64 = w.iter().sum();

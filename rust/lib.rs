@@ -19,3 +19,19 @@ mod py;
 
 pub use error::SamplingError;
 pub use pipeline::{run_batch, BatchRequest, RowParams, RowResult};
+
+/// What the modules' unit tests share.
+#[cfg(test)]
+pub(crate) mod test_util {
+    /// A seeded xorshift stream of uniforms in [0, 1): reproducible rows without a
+    /// dependency.
+    pub(crate) fn uniforms(seed: u64) -> impl FnMut() -> f64 {
+        let mut state = seed;
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+}

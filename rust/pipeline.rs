@@ -913,13 +913,7 @@ mod tests {
     /// off every block and vector boundary.
     #[test]
     fn estimated_nucleus_equals_the_exact_one() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rnd = crate::test_util::uniforms(0x9e37_79b9_7f4a_7c15u64);
         for case in 0..96 {
             let n = [130_003, 50_257, 4_099][case % 3];
             let kind = case / 3 % 6;

@@ -87,6 +87,17 @@ mod x86 {
     };
     use std::arch::x86_64::*;
 
+    /// The 16 bfloat16 values of `y` from `j`, widened to f32 (a shift: bf16 is f32's top
+    /// half).
+    ///
+    /// # Safety
+    /// `j + 16 <= y.len()`.
+    #[inline(always)]
+    unsafe fn load_bf16(y: &[u16], j: usize) -> __m512 {
+        let raw = _mm256_loadu_si256(y.as_ptr().add(j).cast::<__m256i>());
+        _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw)))
+    }
+
     /// AVX-512 twin of `softmax::exp_weights_by` (FMA variant) for an `f32` row: the same
     /// operations as `exp_f32_fma` lane by lane, so the same weights bit for bit, and the
     /// same block sums (the 32 lanes of `sum_wide`, fused into the loop).
@@ -120,11 +131,7 @@ mod x86 {
         w: &mut Vec<f32>,
         blocks: &mut Vec<f64>,
     ) -> f64 {
-        let p = y.as_ptr();
-        let load = |j: usize| {
-            let raw = _mm256_loadu_si256(p.add(j).cast::<__m256i>());
-            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw)))
-        };
+        let load = |j: usize| load_bf16(y, j);
         let tail = |j: usize| f32::from_bits((y[j] as u32) << 16);
         exp_weights_scan(y.len(), load, tail, m, inv_t, floor, w, blocks)
     }
@@ -284,12 +291,7 @@ mod x86 {
     ) -> bool {
         let p = y.as_ptr();
         let load = |j: usize| _mm512_loadu_ps(p.add(j));
-        match est {
-            None => top_k_scan::<false>(y.len(), load, |j| y[j], k, cand, sel, 0.0, None),
-            Some((inv_t, e)) => {
-                top_k_scan::<true>(y.len(), load, |j| y[j], k, cand, sel, inv_t, Some(e))
-            }
-        }
+        top_k_scan_with(y.len(), load, |j| y[j], k, cand, sel, est)
     }
 
     /// `filter::top_k_candidates` on a bfloat16 row (raw bits), widened in registers: the row
@@ -306,17 +308,25 @@ mod x86 {
         sel: &mut Vec<f32>,
         est: Option<(f32, &mut MassEstimate)>,
     ) -> bool {
-        let p = y.as_ptr();
-        let load = |j: usize| {
-            let raw = _mm256_loadu_si256(p.add(j).cast::<__m256i>());
-            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(raw)))
-        };
+        let load = |j: usize| load_bf16(y, j);
         let tail = |j: usize| f32::from_bits((y[j] as u32) << 16);
+        top_k_scan_with(y.len(), load, tail, k, cand, sel, est)
+    }
+
+    /// [`top_k_scan`], compiled with the mass estimate only when one is asked for.
+    #[inline(always)]
+    unsafe fn top_k_scan_with(
+        n: usize,
+        load: impl Fn(usize) -> __m512,
+        tail: impl Fn(usize) -> f32,
+        k: usize,
+        cand: &mut Vec<(f32, u32)>,
+        sel: &mut Vec<f32>,
+        est: Option<(f32, &mut MassEstimate)>,
+    ) -> bool {
         match est {
-            None => top_k_scan::<false>(y.len(), load, tail, k, cand, sel, 0.0, None),
-            Some((inv_t, e)) => {
-                top_k_scan::<true>(y.len(), load, tail, k, cand, sel, inv_t, Some(e))
-            }
+            None => top_k_scan::<false>(n, load, tail, k, cand, sel, 0.0, None),
+            Some((inv_t, e)) => top_k_scan::<true>(n, load, tail, k, cand, sel, inv_t, Some(e)),
         }
     }
 

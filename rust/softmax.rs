@@ -122,9 +122,10 @@ pub fn sum_wide<F: Real>(w: &[F]) -> f64 {
 /// `blocks` with the sum of each [`BLOCK`] of `w` and returns the total.
 ///
 /// `m` is the finite row maximum, so every exponent is `<= 0` and the largest weight is
-/// exactly 1. Subtracting `m` before scaling keeps a tiny temperature from overflowing. The
-/// exp loop and the `f64` sum are separate loops over one L1-resident block, because mixing
-/// `f32` and `f64` lanes in one loop halves the vector width.
+/// exactly 1. Subtracting `m` before scaling keeps a tiny temperature from overflowing. In the
+/// portable loop the exp and the `f64` sum are separate loops over one L1-resident block,
+/// because mixing `f32` and `f64` lanes in one auto-vectorised loop halves the vector width;
+/// the AVX-512 kernel (FMA variant, f32 rows) fuses them by hand, with the same results.
 #[inline(always)]
 pub fn exp_weights<F: Real, const FMA: bool>(
     y: &[F],
@@ -368,13 +369,7 @@ mod tests {
     /// bf16 rows: every length class of the tail, floors, -inf and underflowing logits.
     #[test]
     fn simd_exp_pass_equals_the_portable_loop() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rnd = crate::test_util::uniforms(0x2545_f491_4f6c_dd1du64);
         for n in [1, 15, 16, 33, 1023, 1024, 1057, 5000, 40_000] {
             let y: Vec<f32> = (0..n)
                 .map(|_| match (rnd() * 10.0) as u32 {
