@@ -159,6 +159,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="weights and activations (default: float32 on cpu, bfloat16 on cuda)",
     )
+    d.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the decode step with torch.compile: later tokens come ~25%% faster on "
+        "the CPU, but the first decode step takes seconds (longer the first time on a "
+        "machine); pays off for long generations. Needs a C++ compiler on the CPU",
+    )
     return p
 
 
@@ -209,6 +216,11 @@ def _generate(args: argparse.Namespace) -> int:
         model, tokenizer = load(args.model, device=device, dtype=args.dtype)
     except (ModelLoadError, OSError) as e:
         return _fail(str(e))
+    if args.compile:
+        try:
+            model.compile_decode()
+        except RuntimeError as e:
+            return _fail(f"--compile: {e}")
     chat = bool(tokenizer.chat_template) if args.chat is None else args.chat
     try:
         events = stream(

@@ -12,13 +12,12 @@ from torch import nn
 
 from .common import DecoderLM, _embedding
 from .config import GPT2Config
-from .kv_cache import KVCache, attention_mask, positions
+from .kv_cache import KVCache, attention_mask, cache_insert, positions
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
+    def __init__(self, config: GPT2Config) -> None:
         super().__init__()
-        self.layer_idx = layer_idx
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q | k | v
@@ -29,7 +28,8 @@ class CausalSelfAttention(nn.Module):
         x: torch.Tensor,
         mask: torch.Tensor | None,
         is_causal: bool,
-        kv_cache: KVCache | None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+        pos: int,
     ) -> torch.Tensor:
         B, T, C = x.size()
         nh, hs = self.n_head, C // self.n_head
@@ -37,8 +37,8 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
-        if kv_cache is not None:
-            k, v = kv_cache.insert(self.layer_idx, k, v)  # (B, nh, S, hs)
+        if cache is not None:
+            k, v = cache_insert(cache, pos, k, v)  # (B, nh, S, hs)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.c_proj(y)
@@ -55,10 +55,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPT2Config, layer_idx: int) -> None:
+    def __init__(self, config: GPT2Config) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
-        self.attn = CausalSelfAttention(config, layer_idx)
+        self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
@@ -67,9 +67,10 @@ class Block(nn.Module):
         x: torch.Tensor,
         mask: torch.Tensor | None,
         is_causal: bool,
-        kv_cache: KVCache | None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+        pos: int,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask, is_causal, kv_cache)
+        x = x + self.attn(self.ln_1(x), mask, is_causal, cache, pos)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -91,7 +92,7 @@ class GPT2(DecoderLM):
             {
                 "wte": _embedding(config.vocab_size, config.n_embd),
                 "wpe": _embedding(config.max_seq_len, config.n_embd),
-                "h": nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
+                "h": nn.ModuleList(Block(config) for _ in range(config.n_layer)),
                 "ln_f": nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
             }
         )
@@ -126,10 +127,7 @@ class GPT2(DecoderLM):
         pos = positions(pad, start, T, B, idx.device)  # (B, T)
         mask, is_causal = attention_mask(pad, start, T)
         x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
-        for block in self.transformer.h:
-            x = block(x, mask, is_causal, kv_cache)
-        if kv_cache is not None:
-            kv_cache.advance(T)
+        x = self._blocks(x, kv_cache, mask, is_causal)
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
         return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)

@@ -50,6 +50,8 @@ class KVCache:
         shape = (n_layer, batch_size, n_kv_head, max_seq_len, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nkv, T, hs)
         self.v = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nkv, T, hs)
+        # Per-layer views, made once: a decode step would otherwise index 2 x n_layer times.
+        self._layers = [(self.k[i], self.v[i]) for i in range(n_layer)]
         self.pos = 0  # slots filled so far (the same for every row: rows are left-padded)
         self.pad = torch.zeros(batch_size, dtype=torch.long, device=device)  # (B,)
         # A Python flag, so that checking "is there any padding" never syncs with the device.
@@ -80,17 +82,24 @@ class KVCache:
         self.pad.copy_(pad)
         self.has_pad = bool(pad.any())
 
+    def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of one layer's keys and values, (B, nkv, max_seq_len, hs) each.
+
+        The model hands each block its own views plus `pos`, not the cache and a layer
+        number, so every block runs the same code on different tensors: a compiled decode
+        step (`DecoderLM.compile_decode`) then compiles one block, not one per layer."""
+        return self._layers[layer]
+
     def insert(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's keys/values (B, nkv, T, hs) of one layer at `pos`; return views
         of everything cached so far for that layer, (B, nkv, pos + T, hs)."""
-        t0, t1 = self.pos, self.pos + k.size(2)
-        if t1 > self.max_seq_len:
-            raise ValueError(f"KV cache overflow: {t1} > max_seq_len {self.max_seq_len}")
-        self.k[layer, :, :, t0:t1] = k
-        self.v[layer, :, :, t0:t1] = v
-        return self.k[layer, :, :, :t1], self.v[layer, :, :, :t1]
+        if self.pos + k.size(2) > self.max_seq_len:
+            raise ValueError(
+                f"KV cache overflow: {self.pos + k.size(2)} > max_seq_len {self.max_seq_len}"
+            )
+        return cache_insert(self.layer(layer), self.pos, k, v)
 
     def advance(self, n: int) -> None:
         """Move past the `n` slots the last forward pass wrote."""
@@ -113,6 +122,18 @@ class KVCache:
         self.pad.copy_(other.pad.expand(self.batch_size))
         self.has_pad = other.has_pad
         self.pos = n
+
+
+def cache_insert(
+    cache: tuple[torch.Tensor, torch.Tensor], pos: int, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Write keys/values (B, nkv, T, hs) into one layer's cache views at slot `pos` (the caller
+    has checked that they fit); return the views of slots 0..pos + T."""
+    ck, cv = cache
+    t1 = pos + k.size(2)
+    ck[:, :, pos:t1] = k
+    cv[:, :, pos:t1] = v
+    return ck[:, :, :t1], cv[:, :, :t1]
 
 
 def positions(

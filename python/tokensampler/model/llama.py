@@ -18,7 +18,7 @@ from torch import nn
 
 from .common import DecoderLM, _embedding
 from .config import LlamaConfig
-from .kv_cache import KVCache, attention_mask, positions
+from .kv_cache import KVCache, attention_mask, cache_insert, positions
 
 
 def rope_inv_freq(config: LlamaConfig) -> torch.Tensor:
@@ -78,9 +78,8 @@ class RMSNorm(nn.Module):
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
+    def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
-        self.layer_idx = layer_idx
         self.n_head = config.n_head
         self.n_kv_head = config.n_kv_head
         self.head_dim = config.head_dim
@@ -97,7 +96,8 @@ class CausalSelfAttention(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         is_causal: bool,
-        kv_cache: KVCache | None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+        pos: int,
     ) -> torch.Tensor:
         B, T, _ = x.size()
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
@@ -107,8 +107,8 @@ class CausalSelfAttention(nn.Module):
         q = qk[:, :, :nh].transpose(1, 2)  # (B, nh, T, hs)
         k = qk[:, :, nh:].transpose(1, 2)  # (B, nkv, T, hs)
         v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
-        if kv_cache is not None:
-            k, v = kv_cache.insert(self.layer_idx, k, v)  # (B, nkv, S, hs)
+        if cache is not None:
+            k, v = cache_insert(cache, pos, k, v)  # (B, nkv, S, hs)
         if nkv != nh and T == 1:
             # One query per row: fold the query heads of a group into its "sequence" axis so
             # every kv head is used as is, instead of repeating the cache n_head/n_kv times.
@@ -138,10 +138,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
+    def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
         self.ln_1 = RMSNorm(config.n_embd, config.rms_norm_eps)
-        self.attn = CausalSelfAttention(config, layer_idx)
+        self.attn = CausalSelfAttention(config)
         self.ln_2 = RMSNorm(config.n_embd, config.rms_norm_eps)
         self.mlp = MLP(config)
 
@@ -152,9 +152,10 @@ class Block(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None,
         is_causal: bool,
-        kv_cache: KVCache | None,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+        pos: int,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cos, sin, mask, is_causal, kv_cache)
+        x = x + self.attn(self.ln_1(x), cos, sin, mask, is_causal, cache, pos)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -175,7 +176,7 @@ class Llama(DecoderLM):
         self.transformer = nn.ModuleDict(
             {
                 "wte": _embedding(config.vocab_size, config.n_embd),
-                "h": nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
+                "h": nn.ModuleList(Block(config) for _ in range(config.n_layer)),
                 "ln_f": RMSNorm(config.n_embd, config.rms_norm_eps),
             }
         )
@@ -239,10 +240,7 @@ class Llama(DecoderLM):
             sin = self.rope_sin[pos].unsqueeze(2).to(dtype)  # (B, T, 1, hs)
         mask, is_causal = attention_mask(pad, start, T)
         x = self.transformer.wte(idx)  # (B, T, C)
-        for block in self.transformer.h:
-            x = block(x, cos, sin, mask, is_causal, kv_cache)
-        if kv_cache is not None:
-            kv_cache.advance(T)
+        x = self._blocks(x, kv_cache, cos, sin, mask, is_causal)
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
         return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)

@@ -1,0 +1,114 @@
+"""`DecoderLM.compile_decode`: decode steps through torch.compile give the eager logits.
+
+The oracle is the same model run eagerly: inductor fuses the norms, RoPE and residuals into
+C++ kernels that sum in another order, so the logits agree to float32 rounding, not bit for
+bit. Tolerance: ATOL = 1e-4 on logits of magnitude ~1 to ~20, as in the other model tests.
+Each compiled model must really have been compiled as one graph per block, with no graph
+break (a silent fallback to eager would make the comparison vacuous).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from model_helpers import ATOL, left_pad, random_model, tiny_gpt2_config, tiny_llama_config
+
+torch = pytest.importorskip("torch")
+dynamo_utils = pytest.importorskip("torch._dynamo.utils")
+
+CONFIGS = {
+    "llama-gqa": tiny_llama_config(attention_bias=True, tie_word_embeddings=False),
+    "llama-mha": tiny_llama_config(n_kv_head=4),
+    "gpt2": tiny_gpt2_config(),
+}
+PROMPTS = {"one-row": [[5, 6, 7]], "padded-batch": [[5, 6, 7, 8, 9], [11, 12], [13, 14, 15]]}
+
+
+def _decode(model, rows: list[list[int]], steps: list[list[int]]) -> torch.Tensor:
+    """Logits (steps, B, V) of the decode steps after a prefill of the left-padded rows."""
+    idx, pad = left_pad(rows)
+    cache = model.new_kv_cache(len(rows), idx.size(1) + len(steps))
+    out = []
+    with torch.inference_mode():
+        model(idx, kv_cache=cache, pad=pad)
+        for ids in steps:
+            out.append(model(torch.tensor(ids).view(-1, 1), kv_cache=cache)[:, -1])
+    return torch.stack(out)
+
+
+# Each case compiles (a few seconds each): the mask and no-mask paths of both Llama attention
+# forms, and GPT-2 with a mask.
+CASES = [("llama-gqa", "padded-batch"), ("llama-mha", "one-row"), ("gpt2", "padded-batch")]
+
+
+@pytest.mark.parametrize(("name", "prompts"), CASES)
+def test_compiled_decode_equals_eager(name: str, prompts: str) -> None:
+    rows = PROMPTS[prompts]
+    g = torch.Generator().manual_seed(3)
+    steps = torch.randint(0, 300, (6, len(rows)), generator=g).tolist()
+    model = random_model(CONFIGS[name], seed=1, scale=20)
+    eager = _decode(model, rows, steps)
+
+    dynamo_utils.counters.clear()
+    model.compile_decode()
+    compiled = _decode(model, rows, steps)
+    assert dynamo_utils.counters["stats"]["unique_graphs"] >= 1, "nothing was compiled"
+    assert not dynamo_utils.counters["graph_break"], dict(dynamo_utils.counters["graph_break"])
+    torch.testing.assert_close(compiled, eager, atol=ATOL, rtol=0)
+    # A second generation reuses the graphs (same shapes), and still agrees.
+    torch.testing.assert_close(_decode(model, rows, steps), eager, atol=ATOL, rtol=0)
+
+    model.compile_decode(False)
+    assert torch.equal(_decode(model, rows, steps), eager)  # eager again, bit for bit
+
+
+def test_models_compiled_in_one_process_keep_their_own_graphs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Dynamo allows a few graphs per code object (8 by default; 2 here, so that two models
+    show it). Each model compiles its own copy of the block runner, so the second model is
+    compiled too instead of silently running eager."""
+    dynamo_config = pytest.importorskip("torch._dynamo.config")
+    limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    monkeypatch.setattr(dynamo_config, limit, 2)  # each model needs 2: first step, then any
+    rows, steps = PROMPTS["one-row"], [[1], [2], [3]]
+    for seed in range(2):
+        model = random_model(tiny_llama_config(n_embd=32 + 8 * seed, n_layer=1), seed=seed)
+        eager = _decode(model, rows, steps)
+        dynamo_utils.counters.clear()
+        model.compile_decode()
+        torch.testing.assert_close(_decode(model, rows, steps), eager, atol=ATOL, rtol=0)
+        assert dynamo_utils.counters["stats"]["unique_graphs"] == 2, f"model {seed} ran eager"
+
+
+def test_no_cpp_compiler_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    inductor_config = pytest.importorskip("torch._inductor.config")
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/g++"))
+    model = random_model(CONFIGS["llama-mha"])
+    with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler"):
+        model.compile_decode()
+    fresh = random_model(CONFIGS["llama-mha"])  # never compiled
+    assert torch.equal(_decode(model, [[5, 6]], [[1]]), _decode(fresh, [[5, 6]], [[1]]))
+
+
+def test_cli_compile_option() -> None:
+    """`--compile` runs the default model, and a missing compiler is one error line, exit 2."""
+    cmd = [sys.executable, "-m", "tokensampler", "generate", "Hi", "--no-chat", "--compile"]
+    ok = subprocess.run(
+        [*cmd, "--max-new-tokens", "3", "--ignore-eos", "--seed", "1"], check=False,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("Hi")
+    assert "[3 tokens," in ok.stderr.strip().splitlines()[-1]
+
+    bad = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "CXX": "/nonexistent/g++"},
+    )  # fmt: skip
+    assert bad.returncode == 2
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tokensampler: error: --compile:"), lines
