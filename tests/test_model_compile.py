@@ -94,6 +94,17 @@ def test_no_cpp_compiler_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
     assert torch.equal(_decode(model, [[5, 6]], [[1]]), _decode(fresh, [[5, 6]], [[1]]))
 
 
+def test_unsupported_dynamo_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    eval_frame = pytest.importorskip("torch._dynamo.eval_frame")
+
+    def unsupported() -> None:
+        raise RuntimeError("Python 9.9 not yet supported for torch.compile")
+
+    monkeypatch.setattr(eval_frame, "check_if_dynamo_supported", unsupported)
+    with pytest.raises(RuntimeError, match="torch.compile does not run here: Python 9.9"):
+        random_model(CONFIGS["llama-mha"]).compile_decode()
+
+
 def test_cli_compile_option() -> None:
     """`--compile` runs the default model, and a missing compiler is one error line, exit 2."""
     cmd = [sys.executable, "-m", "tokensampler", "generate", "Hi", "--no-chat", "--compile"]

@@ -49,11 +49,23 @@ def _embedding(num: int, dim: int) -> nn.Embedding:
     return nn.Embedding(num, dim, _weight=torch.empty(num, dim))
 
 
-def _check_cpp_compiler() -> None:
-    """Fail now, with one clear line, rather than inside the first compiled step."""
+def _check_compile_support(device: torch.device) -> None:
+    """Fail now, with one clear line, rather than inside the first compiled step. The
+    helpers are torch internals: where one is missing, torch.compile reports it itself."""
+    try:
+        from torch._dynamo.eval_frame import check_if_dynamo_supported
+    except ImportError:
+        pass
+    else:
+        try:
+            check_if_dynamo_supported()  # e.g. a Python newer than this torch supports
+        except RuntimeError as e:
+            raise RuntimeError(f"torch.compile does not run here: {e}") from None
+    if device.type != "cpu":
+        return
     try:
         from torch._inductor.cpp_builder import get_cpp_compiler
-    except ImportError:  # a torch without this helper: inductor will say it itself
+    except ImportError:
         return
     try:
         get_cpp_compiler()
@@ -86,18 +98,17 @@ class DecoderLM(nn.Module):
     def compile_decode(self, enabled: bool = True) -> None:
         """Run the blocks of one-token decode steps through `torch.compile` (inductor).
 
-        On the CPU a decode step at batch 1 is bound by per-op overhead, not by the matmuls:
-        inductor fuses each block's norms, RoPE, SiLU and residual adds into a few C++
-        kernels. Only the block is compiled, once for all layers (each gets its own cache
-        views), so the first step takes seconds, not the minutes of a whole-model graph;
-        prefill and the lm_head stay eager. Needs a C++ compiler at run time. The logits
+        On the CPU a batch-1 decode step is the matmuls' weight reads plus per-op overhead;
+        inductor cuts the overhead by fusing each block's norms, RoPE, cache writes, SiLU
+        and residual adds into a few C++ kernels. Only the block is compiled, once for all
+        layers (each gets its own cache views), so the first steps take seconds, not the
+        ~30 s of a whole-model graph; prefill and the lm_head stay eager. Needs a C++ compiler at run time. The logits
         match the eager ones to float32 rounding (fused kernels sum in another order), not
         bit for bit. `enabled=False` goes back to eager."""
         if not enabled:
             self._decode_block = _call_block
             return
-        if self.device.type == "cpu":
-            _check_cpp_compiler()
+        _check_compile_support(self.device)
         # Automatic dynamic shapes: the first graph is specialised to the first step; the
         # second step's new cache length marks just that size dynamic, and the graph
         # compiled then serves every later step. `dynamic=True` instead would make every
