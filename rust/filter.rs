@@ -661,7 +661,7 @@ mod tests {
     use super::*;
     use crate::test_util::uniforms;
 
-    /// A xorshift stream of uniforms in [0, 1): test data without a dependency.
+    /// `top_p_cut` then `apply_cut` on a whole row of weights: the kept weights, the rest 0.
     fn dense_top_p(w: &[f64], p: f64) -> Vec<f64> {
         let mut w = w.to_vec();
         let total: f64 = w.iter().sum();
