@@ -31,6 +31,7 @@ import torch
 
 PROMPT = "Every effort moves you"
 Row = tuple[float, float, float]  # tokens/s, time to first token, sampling share
+HF = "HF `model.generate` (sample)"  # the baseline row every ratio is against
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     runners: dict[str, Callable[[], Row]] = {
         "tokensampler.generate": ours(model),
         "tokensampler.generate, `model.compile_decode()`": ours(compiled),
-        "HF `model.generate` (sample)": theirs(hf),
+        HF: theirs(hf),
     }
     if args.hf_compile:
         # HF's own recipe for a compiled decode: a static cache and a compiled forward.
@@ -132,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     def med(name: str, i: int) -> float:
         return statistics.median(r[i] for r in rows[name])
 
-    hf_name = "HF `model.generate` (sample)"
-    tps_h = med(hf_name, 0)
+    tps_h = med(HF, 0)
     lines = [
         (
             f"SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to float32), CPU "

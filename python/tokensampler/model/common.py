@@ -173,10 +173,8 @@ class DecoderLM(nn.Module):
             elif pad is not None:
                 raise ValueError("pad is only given on the first (prefill) call of a cache")
             pad = kv_cache.pad if kv_cache.has_pad else None
-        if kv_cache is not None and start + idx.size(1) > kv_cache.max_seq_len:
-            raise ValueError(
-                f"KV cache overflow: {start + idx.size(1)} > max_seq_len {kv_cache.max_seq_len}"
-            )
+        if kv_cache is not None:
+            kv_cache.check_room(idx.size(1))
         if start + idx.size(1) > self.max_seq_len:
             raise ValueError(
                 f"sequence of {start + idx.size(1)} tokens exceeds the model's context "

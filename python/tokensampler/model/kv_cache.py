@@ -27,9 +27,11 @@ class KVCache:
     (B, nh, T, hs) layout `scaled_dot_product_attention` takes, so a decode step never copies
     the cache (nanochat stores (L, B, T, H, D) for flash-attention; SDPA wants heads first).
 
-    The model writes each layer with `insert` and moves `pos` with `advance` once all layers
-    are done; `reset` rewinds for a new batch; `prefill` copies another cache (for example a
-    prompt prefilled once with B = 1, then broadcast to B samples).
+    The model checks the step fits (`check_room`), hands each block its layer's views
+    (`layer`) and the slot `pos` (the block writes with `cache_insert`), and moves `pos` with
+    `advance` once all layers are done; `insert` is that write in one call, for code that
+    holds the cache. `reset` rewinds for a new batch; `prefill` copies another cache (for
+    example a prompt prefilled once with B = 1, then broadcast to B samples).
 
     >>> c = KVCache(n_layer=2, batch_size=1, n_kv_head=1, max_seq_len=4, head_dim=2)
     >>> k, v = c.insert(0, torch.ones(1, 1, 3, 2), torch.ones(1, 1, 3, 2)); c.advance(3); c.pos
@@ -90,15 +92,17 @@ class KVCache:
         step (`DecoderLM.compile_decode`) then compiles one block, not one per layer."""
         return self._layers[layer]
 
+    def check_room(self, n: int) -> None:
+        """Raise ValueError unless `n` more slots fit after `pos`."""
+        if self.pos + n > self.max_seq_len:
+            raise ValueError(f"KV cache overflow: {self.pos + n} > max_seq_len {self.max_seq_len}")
+
     def insert(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's keys/values (B, nkv, T, hs) of one layer at `pos`; return views
         of everything cached so far for that layer, (B, nkv, pos + T, hs)."""
-        if self.pos + k.size(2) > self.max_seq_len:
-            raise ValueError(
-                f"KV cache overflow: {self.pos + k.size(2)} > max_seq_len {self.max_seq_len}"
-            )
+        self.check_room(k.size(2))
         return cache_insert(self.layer(layer), self.pos, k, v)
 
     def advance(self, n: int) -> None:
