@@ -1,10 +1,11 @@
 """`DecoderLM.compile_decode`: decode steps through torch.compile give the eager logits.
 
-The oracle is the same model run eagerly: inductor fuses the norms, RoPE and residuals into
-C++ kernels that sum in another order, so the logits agree to float32 rounding, not bit for
-bit. Tolerance: ATOL = 1e-4 on logits of magnitude ~1 to ~20, as in the other model tests.
-Each compiled model must really have been compiled as one graph per block, with no graph
-break (a silent fallback to eager would make the comparison vacuous).
+The oracle is the same model run eagerly (attention through SDPA): compiled, inductor fuses
+the norms, RoPE, attention (written as products and sums) and residuals into C++ kernels
+that sum in another order, so the logits agree to float32 rounding, not bit for bit.
+Tolerance: ATOL = 1e-4 on logits of magnitude ~1 to ~20, as in the other model tests. Each
+compiled model must really have been compiled, with no graph break (a silent fallback to
+eager would make the comparison vacuous).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def test_models_compiled_in_one_process_keep_their_own_graphs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Dynamo allows a few graphs per code object (8 by default; 2 here, so that two models
-    show it). Each model compiles its own copy of the block runner, so the second model is
+    show it). Each model compiles its own copy of the step function, so the second model is
     compiled too instead of silently running eager."""
     dynamo_config = pytest.importorskip("torch._dynamo.config")
     limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
@@ -92,6 +93,16 @@ def test_no_cpp_compiler_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> 
         model.compile_decode()
     fresh = random_model(CONFIGS["llama-mha"])  # never compiled
     assert torch.equal(_decode(model, [[5, 6]], [[1]]), _decode(fresh, [[5, 6]], [[1]]))
+
+
+def test_torch_without_nested_compile_regions_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torch < 2.8 has no `torch.compiler.nested_compile_region`, which keeps the compile
+    time of the one-graph step to that of one block."""
+    monkeypatch.delattr(torch.compiler, "nested_compile_region")
+    with pytest.raises(RuntimeError, match="needs torch 2.8 or newer"):
+        random_model(CONFIGS["llama-mha"]).compile_decode()
 
 
 def test_unsupported_dynamo_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

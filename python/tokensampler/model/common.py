@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .kv_cache import KVCache
@@ -52,6 +53,11 @@ def _embedding(num: int, dim: int) -> nn.Embedding:
 def _check_compile_support(device: torch.device) -> None:
     """Fail now, with one clear line, rather than inside the first compiled step. The
     helpers are torch internals: where one is missing, torch.compile reports it itself."""
+    if not hasattr(torch.compiler, "nested_compile_region"):
+        raise RuntimeError(
+            "compiling the decode step needs torch 2.8 or newer "
+            f"(torch.compiler.nested_compile_region); this is torch {torch.__version__}"
+        )
     try:
         from torch._dynamo.eval_frame import check_if_dynamo_supported
     except ImportError:
@@ -85,46 +91,91 @@ def _own_copy(fn: Callable[..., Any]) -> Callable[..., Any]:
     recompile budget (8), per code object: without a copy, every model compiled in one
     process would share them, and a third or fourth model would silently run eager."""
     code = fn.__code__.replace()
-    return types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__)
+    return types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+def _decode_step() -> Callable[..., torch.Tensor]:
+    """A fresh function running x (B, 1, C) through every block of a one-token step, for
+    `torch.compile` to turn into one graph. The block is a nested compile region: dynamo
+    traces it once and reuses it for every layer (each layer's weights and cache views are
+    that region's inputs), so a 30-layer model compiles in about the time of one block."""
+    block_region = torch.compiler.nested_compile_region(_own_copy(_call_block))
+
+    def step(
+        blocks: nn.ModuleList, layers: list[Any], x: torch.Tensor, pos: int, *args: Any
+    ) -> torch.Tensor:
+        for block, cache in zip(blocks, layers, strict=True):
+            x = block_region(block, x, *args, cache, pos)
+        return x
+
+    return _own_copy(step)
+
+
+def decode_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Attention of one query position: q (B, H, G, hs) against keys/values (B, H, S, hs),
+    the G query heads of a group sharing kv head H (G = 1 without GQA); mask None or a
+    boolean (B, 1, 1, S), True = may attend. Returns (B, H, G, hs).
+
+    Eagerly this is SDPA. Under `torch.compile` it is written as broadcast products and
+    sums instead: inductor fuses those with RoPE and the cache write into one C++ kernel,
+    where SDPA would stay a separate call costing more than its arithmetic (~70 us a layer
+    on this CPU for a few hundred keys)."""
+    if not torch.compiler.is_compiling():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = (q.unsqueeze(3) * k.unsqueeze(2)).sum(-1) * (q.size(-1) ** -0.5)  # (B, H, G, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(scores, dim=-1)  # (B, H, G, S)
+    return (p.unsqueeze(-1) * v.unsqueeze(2)).sum(-2)  # (B, H, G, hs)
 
 
 class DecoderLM(nn.Module):
     """Base class: a causal LM whose forward is `(idx, *, kv_cache, pad, last_only) -> logits`."""
 
     config: object
-    # The block runner of one-token steps: eager, or compiled by `compile_decode`.
-    _decode_block: Callable[..., torch.Tensor] = staticmethod(_call_block)
+    transformer: nn.ModuleDict
+    # All blocks of a one-token step with a cache, compiled by `compile_decode`; None: eager.
+    _compiled_step: Callable[..., torch.Tensor] | None = None
 
     def compile_decode(self, enabled: bool = True) -> None:
         """Run the blocks of one-token decode steps through `torch.compile` (inductor).
 
         On the CPU a batch-1 decode step is the matmuls' weight reads plus per-op overhead;
-        inductor cuts the overhead by fusing each block's norms, RoPE, cache writes, SiLU
-        and residual adds into a few C++ kernels. Only the block is compiled, once for all
-        layers (each gets its own cache views), so the first steps take seconds, not the
-        ~30 s of a whole-model graph; prefill and the lm_head stay eager. Needs a C++ compiler at run time. The logits
-        match the eager ones to float32 rounding (fused kernels sum in another order), not
-        bit for bit. `enabled=False` goes back to eager."""
+        compiled, the norms, RoPE, cache writes, attention, SiLU and residual adds of a block
+        are a few fused C++ kernels between the matmuls, and the whole step is one graph
+        call. The block is a nested compile region, traced once for all layers, so the first
+        steps take seconds (~3 s with inductor's on-disk cache warm, ~30 s the first time on a
+        machine); prefill and the lm_head stay eager. Needs torch >= 2.8 and, on the CPU, a
+        C++ compiler at run time. The logits match the eager ones to float32 rounding (fused
+        kernels sum in another order), not bit for bit. `enabled=False` goes back to eager."""
         if not enabled:
-            self._decode_block = _call_block
+            self._compiled_step = None
             return
         _check_compile_support(self.device)
         # Automatic dynamic shapes: the first graph is specialised to the first step; the
         # second step's new cache length marks just that size dynamic, and the graph
         # compiled then serves every later step. `dynamic=True` instead would make every
         # size symbolic (the hidden size too) and its kernels slower (~6% of a step here).
-        self._decode_block = torch.compile(_own_copy(_call_block))
+        self._compiled_step = torch.compile(_decode_step())
 
     def _blocks(self, x: torch.Tensor, kv_cache: KVCache | None, *args: Any) -> torch.Tensor:
         """Run x (B, T, C) through every block, each with its own cache views, then move the
         cache past the T slots written."""
         T = x.size(1)
-        run = self._decode_block if T == 1 else _call_block
-        pos = 0 if kv_cache is None else kv_cache.pos
-        for i, block in enumerate(self.transformer.h):  # type: ignore[arg-type]
-            x = run(block, x, *args, None if kv_cache is None else kv_cache.layer(i), pos)
-        if kv_cache is not None:
-            kv_cache.advance(T)
+        blocks = self.transformer.h
+        if kv_cache is None:
+            for block in blocks:
+                x = block(x, *args, None, 0)
+            return x
+        pos = kv_cache.pos
+        if T == 1 and self._compiled_step is not None:
+            x = self._compiled_step(blocks, kv_cache.layers, x, pos, *args)
+        else:
+            for block, cache in zip(blocks, kv_cache.layers, strict=True):
+                x = block(x, *args, cache, pos)
+        kv_cache.advance(T)
         return x
 
     @property

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import DecoderLM, _embedding
+from .common import DecoderLM, _embedding, decode_attention
 from .config import GPT2Config
 from .kv_cache import KVCache, attention_mask, cache_insert, positions
 
@@ -39,7 +39,10 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         if cache is not None:
             k, v = cache_insert(cache, pos, k, v)  # (B, nh, S, hs)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+        if T == 1:
+            y = decode_attention(q, k, v, mask)  # (B, nh, 1, hs)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         return self.c_proj(y)
 

@@ -84,6 +84,11 @@ class KVCache:
         self.pad.copy_(pad)
         self.has_pad = bool(pad.any())
 
+    @property
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every layer's views, as `layer(i)` gives them (do not modify the list)."""
+        return self._layers
+
     def layer(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Views of one layer's keys and values, (B, nkv, max_seq_len, hs) each.
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import DecoderLM, _embedding
+from .common import DecoderLM, _embedding, decode_attention
 from .config import LlamaConfig
 from .kv_cache import KVCache, attention_mask, cache_insert, positions
 
@@ -109,14 +109,12 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         if cache is not None:
             k, v = cache_insert(cache, pos, k, v)  # (B, nkv, S, hs)
-        if nkv != nh and T == 1:
+        if T == 1:
             # One query per row: fold the query heads of a group into its "sequence" axis so
             # every kv head is used as is, instead of repeating the cache n_head/n_kv times.
             # A padding mask (B, 1, 1, S) broadcasts over that axis unchanged.
-            g = nh // nkv
-            q = q.reshape(B, nkv, g, hs)  # (B, nkv, g, hs)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nkv, g, hs)
-            y = y.reshape(B, 1, nh * hs)  # (B, T, nh * hs)
+            q = q.reshape(B, nkv, nh // nkv, hs)  # (B, nkv, g, hs)
+            y = decode_attention(q, k, v, mask).reshape(B, 1, nh * hs)  # (B, T, nh * hs)
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=nkv != nh
