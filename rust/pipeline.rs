@@ -172,9 +172,13 @@ pub struct BatchRequest<'a, T> {
     pub step: u64,
     /// Compute the log-probability of the chosen token under the raw softmax.
     pub want_raw_logprob: bool,
-    /// How many top log-probabilities to report per row.
+    /// How many top log-probabilities to report per row (at most `max(V, TOP_N_SLACK)`).
     pub top_n: usize,
 }
+
+/// `top_n` may exceed the vocabulary (the extra slots are padding) up to this many; beyond
+/// both, a request would only reach the allocator (B × top_n slots) and abort the process.
+pub const TOP_N_SLACK: usize = 1024;
 
 /// What one row produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -761,6 +765,12 @@ fn check_shapes<T>(
             )));
         }
     }
+    if req.top_n > v.max(TOP_N_SLACK) {
+        return Err(SamplingError::Shape(format!(
+            "top_logprobs = {} exceeds both the vocabulary size {v} and {TOP_N_SLACK}",
+            req.top_n
+        )));
+    }
     if let Seeds::PerRow(s) = req.seeds {
         if s.len() != b {
             return Err(SamplingError::Shape(format!(
@@ -1082,6 +1092,25 @@ mod tests {
         let out = run_batch(&req(&rows, &p), Some(&mut probs)).unwrap();
         assert_eq!(out[0].id, 1);
         assert_eq!(probs, vec![0.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn top_n_beyond_vocabulary_and_slack_is_an_error_not_an_allocation() {
+        let x = [1.0f32, 2.0, 3.0];
+        let rows = [&x[..]];
+        let p = [params(1.0, 0.0, 1.0, 0.0)];
+        let mut r = req(&rows, &p);
+        r.top_n = TOP_N_SLACK; // past V = 3, within the slack: padded, fine
+        let out = run_batch(&r, None).unwrap();
+        assert_eq!(out[0].top.len(), TOP_N_SLACK);
+        assert_eq!(out[0].top[3], (-1, f64::NEG_INFINITY));
+        for n in [TOP_N_SLACK + 1, 1 << 62, usize::MAX] {
+            r.top_n = n;
+            assert!(
+                matches!(run_batch(&r, None), Err(SamplingError::Shape(_))),
+                "{n}"
+            );
+        }
     }
 
     #[test]

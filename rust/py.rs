@@ -308,6 +308,7 @@ fn _debug_panic(py: Python<'_>, on_worker: bool) -> PyResult<()> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SamplingError", m.py().get_type::<SamplingError>())?;
     m.add("PARAM_NAMES", pipeline::PARAM_NAMES.to_vec())?;
+    m.add("TOP_N_SLACK", pipeline::TOP_N_SLACK)?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;

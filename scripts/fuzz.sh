@@ -4,7 +4,6 @@
 # compiler flag (-Zsanitizer); RUSTC_BOOTSTRAP=1 lets the stable toolchain accept it.
 #
 #   scripts/fuzz.sh [seconds] [extra libFuzzer flags...]     default: 300 seconds
-#   TS_FUZZ_STRICT=1 scripts/fuzz.sh 60                       also fail on the known bugs
 #
 # The corpus and crash artifacts go to fuzz/corpus/pipeline and fuzz/artifacts/pipeline
 # (ignored by git). A crash found here becomes a file in fuzz/regressions/ plus a Python test

@@ -11,20 +11,17 @@
 //! (finite-or-+inf logit, not banned, positive probability), `probs` rows finite, in [0, 1]
 //! and summing to 1, greedy rows one-hot, top log-probabilities sorted and padded.
 //!
-//! Known bugs (reported to the lead, with Python regressions in tests/test_fuzz.py) are only
-//! generated with `TS_FUZZ_STRICT=1`, so a default run looks for new ones: today that is a
-//! `top_n` so large that its allocation overflows (panic) or fails (abort). Drop the strict
-//! switch once it is fixed.
+//! A `top_n` beyond both V and `TOP_N_SLACK` must be refused (it once reached the allocator
+//! and panicked or aborted: fuzz/regressions/top-n-huge).
 
 #![no_main]
 
 use half::{bf16, f16};
 use libfuzzer_sys::fuzz_target;
 use num_traits::Float;
-use std::sync::OnceLock;
 use tokensampler::elem::{Elem, Real};
 use tokensampler::pipeline::{
-    run_batch, BatchRequest, IdRows, RowParams, RowResult, Seeds, N_PARAMS,
+    run_batch, BatchRequest, IdRows, RowParams, RowResult, Seeds, N_PARAMS, TOP_N_SLACK,
 };
 
 // ==== decoding ===============================================================================
@@ -276,8 +273,7 @@ impl Case {
             4..=6 => b.u8() as usize % (v + 3),
             _ => v + (b.u8() as usize),
         };
-        // A huge top_n (a known bug: allocated up front, so it panics or aborts) is decoded in
-        // every mode, so a replay sees the same case; `run` skips it unless strict.
+        // A huge top_n, which must be refused before anything is allocated for it.
         let top_n = if top_sel == 0xff { 1usize << 62 } else { top_n };
         let probs_len = (flags & 64 != 0).then(|| {
             if b.u8().is_multiple_of(16) {
@@ -301,14 +297,6 @@ impl Case {
             probs_len,
         }
     }
-}
-
-/// Above this, `top_n` hits the known allocation bug (see the module doc).
-const HUGE_TOP_N: usize = 1 << 40;
-
-fn strict() -> bool {
-    static STRICT: OnceLock<bool> = OnceLock::new();
-    *STRICT.get_or_init(|| std::env::var("TS_FUZZ_STRICT").is_ok_and(|v| v == "1"))
 }
 
 // ==== running and checking ===================================================================
@@ -339,9 +327,6 @@ impl FromF64 for bf16 {
 }
 
 fn run<T: FromF64>(case: &Case) {
-    if case.top_n > HUGE_TOP_N && !strict() {
-        return;
-    }
     let data: Vec<T> = case.logits.iter().map(|&x| T::from_f64(x)).collect();
     let rows: Vec<&[T]> = if case.v == 0 {
         vec![&[][..]; case.b]
@@ -381,7 +366,17 @@ fn run<T: FromF64>(case: &Case) {
         top_n: case.top_n,
     };
     let mut probs = case.probs_len.map(|n| vec![T::C::of(-7.0); n]);
-    let Ok(results) = run_batch(&req, probs.as_deref_mut()) else {
+    let out = run_batch(&req, probs.as_deref_mut());
+    if case.top_n > case.v.max(TOP_N_SLACK) {
+        assert!(
+            out.is_err(),
+            "top_n = {} accepted for V = {}",
+            case.top_n,
+            case.v
+        );
+        return;
+    }
+    let Ok(results) = out else {
         return;
     };
     if let Err(msg) = check(case, &req, &results, probs.as_deref()) {

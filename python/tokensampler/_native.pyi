@@ -5,6 +5,7 @@ import numpy.typing as npt
 
 __all__ = [
     "PARAM_NAMES",
+    "TOP_N_SLACK",
     "SamplingError",
     "_debug_panic",
     "get_num_threads",
@@ -13,6 +14,7 @@ __all__ = [
 ]
 
 PARAM_NAMES: list[str]
+TOP_N_SLACK: int
 
 class SamplingError(ValueError):
     """Invalid input to a sampling kernel (a subclass of ValueError)."""

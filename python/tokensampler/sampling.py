@@ -13,6 +13,7 @@ returned on the tensor's device.
 from __future__ import annotations
 
 import functools
+import numbers
 import secrets
 import sys
 import threading
@@ -25,7 +26,7 @@ from . import _native
 
 _U64 = (1 << 64) - 1
 # top_logprobs may exceed V (the extra slots are padding) up to this many.
-_TOP_N_SLACK = 1024
+_TOP_N_SLACK: int = _native.TOP_N_SLACK
 
 # Column order of the parameter matrix handed to the kernels (see rust/pipeline.rs).
 PARAM_NAMES: tuple[str, ...] = tuple(_native.PARAM_NAMES)
@@ -126,8 +127,26 @@ class _Logits:
 def _as_numpy(x: Any) -> np.ndarray:
     torch = _torch()
     if torch is not None and isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        # numpy has no bfloat16; float32 holds every bfloat16 value exactly.
+        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
     return np.asarray(x)
+
+
+def _real_array(x: Any, what: str) -> np.ndarray:
+    """x as a float64 array, refusing what numpy would quietly convert: strings ("0.5" would
+    parse), complex numbers (the imaginary part would be dropped), and ints beyond float
+    range (an OverflowError otherwise)."""
+    a = _as_numpy(x)
+    if a.dtype.kind == "O":  # e.g. Python ints too big for int64
+        if not all(isinstance(e, numbers.Real) for e in a.reshape(-1).tolist()):
+            raise TypeError(f"{what} must be real numbers")
+    elif a.dtype.kind not in "biuf":
+        raise TypeError(f"{what} must be real numbers, got dtype {a.dtype}")
+    try:
+        return a.astype(np.float64, copy=False)
+    except OverflowError:
+        raise ValueError(f"{what} holds an integer beyond the float range") from None
 
 
 # ==== argument normalisation ==================================================================
@@ -144,7 +163,8 @@ def _scalar_matrix(values: tuple[float | None, ...]) -> np.ndarray:
 
 def _param_matrix(values: tuple[Any, ...], b: int) -> np.ndarray:
     """(1, 9) for scalar parameters, (B, 9) when any parameter is per row."""
-    if all(v is None or type(v) in (int, float, bool) for v in values):
+    if all(v is None or type(v) in (float, bool) or type(v) is int and abs(v) < 2**1000
+           for v in values):  # fmt: skip
         return _scalar_matrix(values)
     out = np.empty((b, len(values)), dtype=np.float64)
     for col, (name, v, off) in enumerate(zip(PARAM_NAMES, values, _OFF)):
@@ -154,9 +174,9 @@ def _param_matrix(values: tuple[Any, ...], b: int) -> np.ndarray:
         if isinstance(v, (list, tuple)):
             v = [off if e is None else e for e in v]
         try:
-            a = _as_numpy(v).astype(np.float64, copy=False)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{name} must be a number or a sequence of numbers: {e}") from None
+            a = _real_array(v, name)
+        except TypeError:
+            raise TypeError(f"{name} must be a real number or a sequence of them") from None
         if a.ndim == 0 or a.ndim == 1 and a.shape[0] == b:
             out[:, col] = a
         else:
@@ -177,6 +197,10 @@ def _pad_rows(rows: list[np.ndarray], fill: float, dtype: Any) -> np.ndarray:
 def _int_ids(a: np.ndarray, what: str) -> np.ndarray:
     if a.size and a.dtype.kind not in "iu":
         raise TypeError(f"{what} must hold integer token ids, got dtype {a.dtype}")
+    if a.size and a.dtype.kind == "u" and a.max() > np.iinfo(np.int64).max:
+        # Cast to int64 it would wrap negative, which reads as padding: refuse it instead,
+        # like any other id >= V.
+        raise ValueError(f"{what} holds token id {int(a.max())}, beyond any vocabulary")
     return np.ascontiguousarray(a, dtype=np.int64)
 
 
@@ -202,14 +226,21 @@ def _history(history: Any, b: int) -> np.ndarray | None:
     return h
 
 
-def _bias_from_dicts(dicts: Sequence[Mapping[int, float]]) -> tuple[np.ndarray, np.ndarray]:
-    ids = _pad_rows(
-        [np.fromiter(d.keys(), dtype=np.int64, count=len(d)) for d in dicts], -1, np.int64
-    )
-    vals = _pad_rows(
-        [np.fromiter(d.values(), dtype=np.float64, count=len(d)) for d in dicts], 0.0, np.float64
-    )
-    return ids, vals
+def _bias_from_dicts(dicts: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    id_rows, val_rows = [], []
+    for d in dicts:
+        if not isinstance(d, Mapping):
+            raise TypeError(f"logit_bias as a list must hold one dict per row, got {d!r:.60}")
+        keys = list(d.keys())
+        if not all(isinstance(k, numbers.Integral) for k in keys):
+            raise TypeError("logit_bias keys must be integer token ids")
+        bad = [int(k) for k in keys if not 0 <= int(k) < 2**63]
+        if bad:
+            # Negative ids would read as the kernels' row padding and be ignored silently.
+            raise ValueError(f"logit_bias token ids must be >= 0 and < V, got {bad[0]:.60}")
+        id_rows.append(np.array(keys, dtype=np.int64))
+        val_rows.append(_real_array(list(d.values()), "logit_bias values").reshape(-1))
+    return _pad_rows(id_rows, -1, np.int64), _pad_rows(val_rows, 0.0, np.float64)
 
 
 def _logit_bias(bias: Any, b: int, v: int) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -222,7 +253,7 @@ def _logit_bias(bias: Any, b: int, v: int) -> tuple[np.ndarray | None, np.ndarra
             raise ValueError(f"logit_bias has {len(bias)} dicts for a batch of {b}")
         ids, vals = _bias_from_dicts(bias)
     else:
-        dense = _as_numpy(bias).astype(np.float64, copy=False)
+        dense = _real_array(bias, "a dense logit_bias")
         if dense.ndim == 1:
             dense = dense[None, :]
         if dense.ndim != 2 or dense.shape[1] != v or dense.shape[0] not in (1, b):
@@ -243,7 +274,12 @@ def _seeds(seed: Any, b: int) -> tuple[np.ndarray, bool]:
         return np.array([secrets.randbits(64)], dtype=np.uint64), False
     if isinstance(seed, (int, np.integer)):
         return np.array([int(seed) & _U64], dtype=np.uint64), False
-    seeds = [int(s) & _U64 for s in _as_numpy(seed).reshape(-1).tolist()]
+    # Integers only (taken mod 2**64, like numpy's SeedSequence takes any int): a float seed
+    # would be truncated, and inf or a string has no integer value at all.
+    values = _as_numpy(seed).reshape(-1).tolist()
+    if not all(isinstance(s, numbers.Integral) for s in values):
+        raise TypeError(f"seed must be an int or a sequence of ints, one per row, got {seed!r:.60}")
+    seeds = [int(s) & _U64 for s in values]
     if len(seeds) != b:
         raise ValueError(f"seed has {len(seeds)} values for a batch of {b}")
     return np.array(seeds, dtype=np.uint64), True
@@ -333,7 +369,7 @@ def sample(
         frequency_scale, presence_scale: k-scaling per-token temperature (1 is off).
         logit_bias: {id: bias}, a list of B dicts, or a dense (V,)/(B, V) array; -inf bans.
         history: token ids seen per row ((L,), (B, L) with negative padding, or a list).
-        seed: None (OS entropy), an int, or B per-row seeds.
+        seed: None (OS entropy), an int, or B per-row ints (any int, taken mod 2**64).
         logprobs: also return log-probabilities (returns a `SampleOutput`).
         top_logprobs: also return the n most probable ids per row (returns a `SampleOutput`).
 
