@@ -163,9 +163,8 @@ def _parser() -> argparse.ArgumentParser:
         "--compile",
         action="store_true",
         help="compile the decode step with torch.compile: ~1.5x the tokens/s on the CPU once "
-        "compiled, but the first decode steps take seconds (~30 s the first time on a "
-        "machine), so it pays off for long generations. Needs torch >= 2.8 and, on the CPU, "
-        "a C++ compiler",
+        "compiled, but compiling takes ~5 s (30-60 s the first time on a machine), so it "
+        "pays off for long generations. Needs torch >= 2.8 and, on the CPU, a C++ compiler",
     )
     return p
 

@@ -37,6 +37,7 @@ from .model.tokenizer import IncrementalDecoder, Tokenizer
 from .sampling import Sampler
 
 Prompt = str | Sequence[int]
+CACHE_ROUND = 256  # KV caches hold a multiple of this many slots (capped at the context)
 Prompts = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
 
 
@@ -320,7 +321,9 @@ def _loop(
         box.append(finished())
         return
 
-    cache = model.new_kv_cache(B, P + max_new_tokens)
+    # Rounded up: a compiled decode step (`compile_decode`) is specialised to the cache
+    # length, so nearby lengths share a graph. Eager steps only read the filled slots.
+    cache = model.new_kv_cache(B, -(-(P + max_new_tokens) // CACHE_ROUND) * CACHE_ROUND)
     logits = model(idx.to(device), kv_cache=cache, pad=pad.to(device), last_only=True)
     for step in range(max_new_tokens):
         ts = time.perf_counter()

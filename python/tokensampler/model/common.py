@@ -94,6 +94,9 @@ def _own_copy(fn: Callable[..., Any]) -> Callable[..., Any]:
     return types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
 
 
+_SLOT_SOURCE = "L['_ts_slot']"  # dynamo's name of the step's slot argument
+
+
 def _decode_step() -> Callable[..., torch.Tensor]:
     """A fresh function running x (B, 1, C) through every block of a one-token step, for
     `torch.compile` to turn into one graph. The block is a nested compile region: dynamo
@@ -102,10 +105,10 @@ def _decode_step() -> Callable[..., torch.Tensor]:
     block_region = torch.compiler.nested_compile_region(_own_copy(_call_block))
 
     def step(
-        blocks: nn.ModuleList, layers: list[Any], x: torch.Tensor, pos: int, *args: Any
+        blocks: nn.ModuleList, layers: list[Any], x: torch.Tensor, _ts_slot: int, *args: Any
     ) -> torch.Tensor:
         for block, cache in zip(blocks, layers, strict=True):
-            x = block_region(block, x, *args, cache, pos)
+            x = block_region(block, x, *args, cache, _ts_slot)
         return x
 
     return _own_copy(step)
@@ -145,19 +148,25 @@ class DecoderLM(nn.Module):
         On the CPU a batch-1 decode step is the matmuls' weight reads plus per-op overhead;
         compiled, the norms, RoPE, cache writes, attention, SiLU and residual adds of a block
         are a few fused C++ kernels between the matmuls, and the whole step is one graph
-        call. The block is a nested compile region, traced once for all layers, so the first
-        steps take seconds (~3 s with inductor's on-disk cache warm, ~30 s the first time on a
-        machine); prefill and the lm_head stay eager. Needs torch >= 2.8 and, on the CPU, a
+        call. The block is a nested compile region, traced once for all layers, and the slot
+        is dynamic from the start, so the first step takes seconds (~4 s with inductor's
+        on-disk cache warm, 30-60 s the first time on a machine) and later prompts of any
+        length reuse the graph; prefill and the lm_head stay eager. Needs torch >= 2.8 and, on the CPU, a
         C++ compiler at run time. The logits match the eager ones to float32 rounding (fused
         kernels sum in another order), not bit for bit. `enabled=False` goes back to eager."""
         if not enabled:
             self._compiled_step = None
             return
         _check_compile_support(self.device)
-        # Automatic dynamic shapes: the first graph is specialised to the first step; the
-        # second step's new cache length marks just that size dynamic, and the graph
-        # compiled then serves every later step. `dynamic=True` instead would make every
-        # size symbolic (the hidden size too) and its kernels slower (~6% of a step here).
+        # Only the slot is dynamic from the start; other sizes follow automatic dynamic shapes
+        # (a second value makes them dynamic). `dynamic=True` would make every size
+        # symbolic, the hidden size too, and its kernels slower (~6% of a step here).
+        # The slot is dynamic from the first compile (by its source name, unique to this
+        # function): otherwise the first graph is specialised to the prompt length, and every
+        # new prompt length would cost a compile instead of a hit in inductor's cache.
+        sources = torch.compiler.config.dynamic_sources
+        if _SLOT_SOURCE not in sources.split(","):
+            torch.compiler.config.dynamic_sources = f"{sources},{_SLOT_SOURCE}".lstrip(",")
         self._compiled_step = torch.compile(_decode_step())
 
     def _blocks(self, x: torch.Tensor, kv_cache: KVCache | None, *args: Any) -> torch.Tensor:
