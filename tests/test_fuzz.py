@@ -937,9 +937,11 @@ def test_bug_bias_list_with_non_dict() -> None:
         ts.probs(np.zeros((2, 3)), logit_bias=[{1: 1.0}, 5])
 
 
-def test_bug_bias_key_beyond_int64() -> None:
-    with pytest.raises(ValueError):
-        ts.probs(np.zeros(3), logit_bias={2**70: 1.0})
+@pytest.mark.parametrize("key", [2**70, -1])
+def test_bug_bias_key_beyond_int64_or_negative(key: int) -> None:
+    # A negative key would read as the kernels' padding and be ignored silently.
+    with pytest.raises(ValueError, match=f"logit_bias token ids must be >= 0 and < V, got {key}"):
+        ts.probs(np.zeros(3), logit_bias={key: 1.0})
 
 
 @pytest.mark.parametrize("form", ["uint64", "list"])

@@ -237,7 +237,7 @@ def _bias_from_dicts(dicts: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         bad = [int(k) for k in keys if not 0 <= int(k) < 2**63]
         if bad:
             # Negative ids would read as the kernels' row padding and be ignored silently.
-            raise ValueError(f"logit_bias token ids must be >= 0 and < V, got {bad[0]:.60}")
+            raise ValueError(f"logit_bias token ids must be >= 0 and < V, got {bad[0]}")
         id_rows.append(np.array(keys, dtype=np.int64))
         val_rows.append(_real_array(list(d.values()), "logit_bias values").reshape(-1))
     return _pad_rows(id_rows, -1, np.int64), _pad_rows(val_rows, 0.0, np.float64)
