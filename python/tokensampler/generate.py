@@ -37,8 +37,8 @@ from .model.tokenizer import IncrementalDecoder, Tokenizer
 from .sampling import Sampler
 
 Prompt = str | Sequence[int]
-CACHE_ROUND = 256  # KV caches hold a multiple of this many slots (capped at the context)
 Prompts = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
+CACHE_ROUND = 256  # KV caches hold a multiple of this many slots (capped at the context)
 
 
 @dataclass

@@ -151,9 +151,11 @@ class DecoderLM(nn.Module):
         call. The block is a nested compile region, traced once for all layers, and the slot
         is dynamic from the start, so the first step takes seconds (~4 s with inductor's
         on-disk cache warm, 30-60 s the first time on a machine) and later prompts of any
-        length reuse the graph; prefill and the lm_head stay eager. Needs torch >= 2.8 and, on the CPU, a
-        C++ compiler at run time. The logits match the eager ones to float32 rounding (fused
-        kernels sum in another order), not bit for bit. `enabled=False` goes back to eager."""
+        length reuse the graph (`generate` rounds its cache length up, so that the cache
+        size rarely changes either); prefill and the lm_head stay eager. Needs torch >= 2.8
+        and, on the CPU, a C++ compiler at run time. The logits match the eager ones to
+        float32 rounding (fused kernels sum in another order), not bit for bit.
+        `enabled=False` goes back to eager."""
         if not enabled:
             self._compiled_step = None
             return
