@@ -25,6 +25,9 @@ import numpy as np
 from . import _native
 
 _U64 = (1 << 64) - 1
+# Python ints below this convert to float64 without OverflowError (floats reach ~2**1024);
+# a module constant, since CPython does not fold 2**1000 and sample() checks it every call.
+_FLOAT_SAFE_INT = 2**1000
 # top_logprobs may exceed V (the extra slots are padding) up to this many.
 _TOP_N_SLACK: int = _native.TOP_N_SLACK
 
@@ -163,7 +166,7 @@ def _scalar_matrix(values: tuple[float | None, ...]) -> np.ndarray:
 
 def _param_matrix(values: tuple[Any, ...], b: int) -> np.ndarray:
     """(1, 9) for scalar parameters, (B, 9) when any parameter is per row."""
-    if all(v is None or type(v) in (float, bool) or type(v) is int and abs(v) < 2**1000
+    if all(v is None or type(v) in (float, bool) or type(v) is int and abs(v) < _FLOAT_SAFE_INT
            for v in values):  # fmt: skip
         return _scalar_matrix(values)
     out = np.empty((b, len(values)), dtype=np.float64)
