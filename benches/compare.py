@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Comparison benchmarks of tokensampler against its peers (DESIGN.md section 7, issue #3).
+"""Comparison benchmarks of tokensampler against its peers (docs/design.md section 7, issue #3).
 
 One process, one run, the same logits for everybody. For each vocabulary size V, batch size
 B, dtype and pipeline it times, as medians of adaptive repeat counts:

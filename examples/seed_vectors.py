@@ -1,4 +1,4 @@
-"""Prints DESIGN.md's seed vectors through tokensampler (numpy only, no torch needed)."""
+"""Prints the seed vectors of docs/design.md section 2 through tokensampler (numpy only)."""
 
 import numpy as np
 import tokensampler as ts

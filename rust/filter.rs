@@ -871,7 +871,7 @@ mod tests {
     }
 
     #[test]
-    #[allow(clippy::approx_constant)] // 6.28 is DESIGN.md's seed vector, not tau
+    #[allow(clippy::approx_constant)] // 6.28 is a docs/design.md seed vector, not tau
     fn top_k_seed_vector_threshold() {
         let y = [4.51f64, 0.89, -1.90, 6.75, 1.63, -1.62, -1.89, 6.28, 1.79];
         let mut cand = Vec::new();

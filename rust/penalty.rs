@@ -81,9 +81,9 @@ impl Penalties {
     }
 }
 
-/// Applies the penalties to the row `y` in place, in DESIGN.md order: repetition, then
-/// frequency/presence, then k-scaling. After this, `y[j]` holds `x[j] / k[j]`, so dividing by
-/// the temperature gives the scaled logit.
+/// Applies the penalties to the row `y` in place, in the order of docs/design.md section 2:
+/// repetition, then frequency/presence, then k-scaling. After this, `y[j]` holds
+/// `x[j] / k[j]`, so dividing by the temperature gives the scaled logit.
 pub fn apply<F: Real>(y: &mut [F], counts: &[(u32, u32)], pen: &Penalties) {
     if counts.is_empty() || pen.is_off() {
         return;
@@ -161,7 +161,8 @@ mod tests {
 
     #[test]
     fn k_scaling_worked_example_factors() {
-        // DESIGN.md: history a,b,a,c,a,a with s_f = 1.1, s_p = 1.2 gives k = [1.6, 1.3, 1.3, 1].
+        // docs/design.md section 2: history a,b,a,c,a,a with s_f = 1.1, s_p = 1.2 gives
+        // k = [1.6, 1.3, 1.3, 1].
         let pen = Penalties {
             repetition: 1.0,
             frequency: 0.0,

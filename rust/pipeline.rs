@@ -1,4 +1,4 @@
-//! The per-row pipeline of DESIGN.md section 2 and the batched driver.
+//! The per-row pipeline of docs/design.md section 2 and the batched driver.
 //!
 //! Order: bias and bans → penalties → temperature (T = 0 is greedy) → top-k → softmax →
 //! top-p → min-p → renormalise and draw. Rows are independent; large batches run on rayon.
@@ -1065,7 +1065,7 @@ mod tests {
 
     #[test]
     fn k_scaling_worked_example() {
-        // DESIGN.md section 2: probabilities [0.2651, 0.3213, 0.1737, 0.2399].
+        // docs/design.md section 2: probabilities [0.2651, 0.3213, 0.1737, 0.2399].
         let x = [0.8f64, 0.9, 0.1, 0.4];
         let rows = [&x[..]];
         let p =

@@ -1,7 +1,7 @@
 //! Counter-based random stream: Philox4x32-10 (Salmon et al., SC'11), keyed by the row's seed.
 //!
 //! A draw is a pure function of (seed, lane, step), so results do not depend on thread count,
-//! batch size or scheduling: the property DESIGN.md section 4 asks for.
+//! batch size or scheduling: the property docs/design.md section 4 asks for.
 
 const M0: u64 = 0xD251_1F53;
 const M1: u64 = 0xCD9E_8D57;

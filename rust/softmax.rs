@@ -435,7 +435,7 @@ mod tests {
 
     #[test]
     fn temperature_seed_vectors() {
-        // DESIGN.md section 2, step 3.
+        // docs/design.md section 2, step 3.
         let x = [6.0, 2.0, 7.0, 0.1, -8.0, 9.0];
         assert_rel(
             &softmax(&x, 1.0),

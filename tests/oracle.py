@@ -1,6 +1,6 @@
-"""Independent float64 numpy oracle of the sampling pipeline (DESIGN.md section 2).
+"""Independent float64 numpy oracle of the sampling pipeline (docs/design.md section 2).
 
-Written from the DESIGN text only, never from the Rust or Python code under test, and kept
+Written from docs/design.md only, never from the Rust or Python code under test, and kept
 deliberately simple: one row at a time, full sorts, float64 throughout.
 
     probs = oracle_probs(logits, temperature=..., top_k=..., ...)   # same keywords as ts.probs
@@ -134,7 +134,7 @@ class RowTrace:
 
 
 def penalised_logits(x, *, hist=None, bias=None, r=1.0, af=0.0, ap=0.0, sf=1.0, sp=1.0):
-    """Steps 1-2 of DESIGN section 2 for one row.
+    """Steps 1-2 of docs/design.md section 2 for one row.
 
     Returns (x_pen, k, mag) in float64: the penalised logits (shifted by -min when k-scaling
     is on and a finite logit is negative), the k-scaling divisors and the per-token magnitude

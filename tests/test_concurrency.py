@@ -152,7 +152,7 @@ def test_threads_match_serial_while_others_fail(shared: np.ndarray) -> None:
 
 def test_threads_match_serial_while_pool_resizes(shared: np.ndarray) -> None:
     """set_num_threads from one thread while others run batched (rayon) calls: results do
-    not depend on the pool (DESIGN section 4) and nothing breaks."""
+    not depend on the pool (docs/design.md section 4) and nothing breaks."""
     x = np.random.default_rng(3).standard_normal((16, 8192)).astype(np.float32)
     want = ts.sample(x, seed=11, **KW)
     stop = threading.Event()

@@ -1,11 +1,12 @@
-"""The draw is exact: chi-square goodness of fit of >= 200,000 draws (DESIGN section 2.8).
+"""The draw is exact: chi-square goodness of fit of >= 200,000 draws.
 
-Draws come from three kinds of independent streams (DESIGN section 4): one int seed over a
-batch of identical rows (row i uses lane i), a length-B array of per-row seeds, and the steps
-of a ``Sampler`` (B rows x S calls, and a single row over many calls). Expected counts come
-from the float64 oracle. Cells with expected count < 5 are merged (adjacent in descending
-probability); the 1e-4 token is its own cell (20 expected at 200k draws). Seeds are fixed,
-so each test is deterministic; a correct sampler fails a given one with probability 1e-3.
+The exact draw is step 8 of docs/design.md section 2. Draws come from three kinds of
+independent streams (docs/design.md section 4): one int seed over a batch of identical rows
+(row i uses lane i), a length-B array of per-row seeds, and the steps of a ``Sampler``
+(B rows x S calls, and a single row over many calls). Expected counts come from the float64
+oracle. Cells with expected count < 5 are merged (adjacent in descending probability); the
+1e-4 token is its own cell (20 expected at 200k draws). Seeds are fixed, so each test is
+deterministic; a correct sampler fails a given one with probability 1e-3.
 ``test_chisquare_has_power`` shows that these statistics do reject a wrong distribution and a
 sampler with a float32 noise floor (one that never draws the 1e-4 token).
 """

@@ -1,8 +1,9 @@
-"""The worked examples of DESIGN.md section 2, for the oracle and for ``ts.probs``.
+"""The worked examples of docs/design.md section 2, for the oracle and for ``ts.probs``.
 
 Each example is run through both the float64 oracle (tests/oracle.py) and the implementation
-(float64 in -> float64 out). The DESIGN vectors are printed to 4 significant digits, so they
-are compared at that precision; the implementation is also compared with the oracle tightly.
+(float64 in -> float64 out). The vectors of docs/design.md are printed to 4 significant
+digits, so they are compared at that precision; the implementation is also compared with the
+oracle tightly.
 """
 
 from __future__ import annotations

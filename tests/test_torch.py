@@ -1,4 +1,4 @@
-"""torch tensors in -> torch tensors out (DESIGN sections 3 and 5).
+"""torch tensors in -> torch tensors out (docs/design.md sections 3 and 5).
 
 - result types: ids int64 of shape () / (B,), probs float32 (float64 for float64 input), on
   the input's device;

@@ -6,8 +6,8 @@
 //! every parameter), a token history, a logit bias, seeds, the step and the outputs asked for.
 //! Running out of bytes reads zeros, so every input decodes to some case.
 //!
-//! The contract checked (DESIGN.md sections 2 and 6): `run_batch` never panics, and when it
-//! returns `Ok` the output is valid: one result per row, ids in `0..V` and in the support
+//! The contract checked (docs/design.md sections 2 and 6): `run_batch` never panics, and when
+//! it returns `Ok` the output is valid: one result per row, ids in `0..V` and in the support
 //! (finite-or-+inf logit, not banned, positive probability), `probs` rows finite, in [0, 1]
 //! and summing to 1, greedy rows one-hot, top log-probabilities sorted and padded.
 //!
