@@ -3,24 +3,26 @@
 A small GPT in the style of nanoGPT's `model.py` (random weights, char-sized vocabulary) runs
 two generate loops, each as published and with its sampling lines replaced by one call:
 
-nanoGPT (karpathy/nanoGPT `model.py`, `GPT.generate`)::
+- nanoGPT (karpathy/nanoGPT `model.py` at 3adf61e, 2025-11-12): `GPT.generate` below is its
+  `GPT.generate` verbatim; `GPT.generate_ts` is the same method after the diff of
+  docs/dropin.md (and of the README's "Use it in your loop"), plus one thing the diff leaves
+  to the reader, a ``seed`` argument handed to the Sampler. The diff replaces the lines from
+  ``logits = logits[:, -1, :] / temperature`` to ``torch.multinomial`` with ::
 
-    -            logits = logits[:, -1, :] / temperature
-    -            if top_k is not None:
-    -                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-    -                logits[logits < v[:, [-1]]] = -float('Inf')
-    -            probs = F.softmax(logits, dim=-1)
-    -            idx_next = torch.multinomial(probs, num_samples=1)
-    +            idx_next = sampler(logits[:, -1, :], history=idx, keepdim=True)
-                 idx = torch.cat((idx, idx_next), dim=1)
+      idx_next = sampler(logits[:, -1, :], history=idx, keepdim=True)
 
-with ``sampler = ts.Sampler(temperature=temperature, top_k=top_k, seed=seed)`` made once
-before the loop. ``keepdim=True`` returns (B, 1) int64 on the logits' device, exactly what
-``torch.multinomial(probs, 1)`` returned, so the ``torch.cat`` line stays as it is.
+  where ``sampler = tokensampler.Sampler(temperature=temperature, top_k=top_k)`` is made
+  once before the loop. ``keepdim=True`` returns (B, 1) int64 on the logits' device, exactly
+  what ``torch.multinomial(probs, 1)`` returned, so the ``torch.cat`` line stays as it is.
+- "Build a Large Language Model (From Scratch)" (rasbt/LLMs-from-scratch at 28c65cd,
+  ``ch05/01_main-chapter-code/gpt_generate.py``): `generate_llm_from_scratch` is its
+  `generate` verbatim, and `generate_llm_from_scratch_ts` the same after the diff of
+  docs/dropin.md (plus ``seed``): the top-k / temperature / multinomial / argmax block becomes
+  the same single call (``temperature=0`` is greedy in tokensampler, so the argmax branch goes
+  too). The book's model returns the logits only: `logits_only` adapts our GPT to it.
 
-"Build a Large Language Model (From Scratch)" (rasbt/LLMs-from-scratch, ch05 `generate`):
-the top-k / temperature / multinomial / argmax block becomes the same single call
-(``temperature=0`` is greedy in tokensampler, so the argmax branch goes too).
+tests/test_dropin_nanogpt.py checks that the documented diffs turn the verbatim functions into
+the ``_ts`` ones, and that the tokens follow the replaced lines' distribution.
 
 Run: ``python examples/nanogpt_loop.py`` (CPU, random weights, no download, ~1 s).
 """
@@ -28,10 +30,11 @@ Run: ``python examples/nanogpt_loop.py`` (CPU, random weights, no download, ~1 s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import tokensampler as ts
+import tokensampler
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -103,105 +106,130 @@ class GPT(nn.Module):
             x = block(x)
         return self.lm_head(self.ln_f(x)), None  # (B, T, V) logits, no loss
 
-    # ---- nanoGPT's generate, verbatim (except the type hints) ----
+    # ---- nanoGPT's generate, verbatim (karpathy/nanoGPT model.py at 3adf61e) ----
+    # fmt: off
     @torch.no_grad()
-    def generate(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-    ) -> torch.Tensor:
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
+        """
+        Take a conditioning sequence of indices idx (LongTensor of shape (b,t)) and complete
+        the sequence max_new_tokens times, feeding the predictions back into the model each time.
+        Most likely you'll want to make sure to be in model.eval() mode of operation for this.
+        """
         for _ in range(max_new_tokens):
-            bs = self.config.block_size
-            idx_cond = idx if idx.size(1) <= bs else idx[:, -bs:]
+            # if the sequence context is growing too long we must crop it at block_size
+            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
+            # forward the model to get the logits for the index in the sequence
             logits, _ = self(idx_cond)
+            # pluck the logits at the final step and scale by desired temperature
             logits = logits[:, -1, :] / temperature
+            # optionally crop the logits to only the top k options
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("Inf")
+                logits[logits < v[:, [-1]]] = -float('Inf')
+            # apply softmax to convert logits to (normalized) probabilities
             probs = F.softmax(logits, dim=-1)
+            # sample from the distribution
             idx_next = torch.multinomial(probs, num_samples=1)
+            # append sampled index to the running sequence and continue
             idx = torch.cat((idx, idx_next), dim=1)
+
         return idx
 
-    # ---- the same loop with tokensampler: six lines became one ----
+    # ---- the same method after the documented diff (plus seed): six lines became one ----
     @torch.no_grad()
-    def generate_ts(
-        self,
-        idx: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        seed: int | None = None,
-    ) -> torch.Tensor:
-        sampler = ts.Sampler(temperature=temperature, top_k=top_k, seed=seed)
+    def generate_ts(self, idx, max_new_tokens, temperature=1.0, top_k=None, seed=None):
+        """
+        Take a conditioning sequence of indices idx (LongTensor of shape (b,t)) and complete
+        the sequence max_new_tokens times, feeding the predictions back into the model each time.
+        Most likely you'll want to make sure to be in model.eval() mode of operation for this.
+        """
+        sampler = tokensampler.Sampler(temperature=temperature, top_k=top_k, seed=seed)
         for _ in range(max_new_tokens):
-            bs = self.config.block_size
-            idx_cond = idx if idx.size(1) <= bs else idx[:, -bs:]
+            # if the sequence context is growing too long we must crop it at block_size
+            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
+            # forward the model to get the logits for the index in the sequence
             logits, _ = self(idx_cond)
+            # sample from the distribution
             idx_next = sampler(logits[:, -1, :], history=idx, keepdim=True)
+            # append sampled index to the running sequence and continue
             idx = torch.cat((idx, idx_next), dim=1)
+
         return idx
+    # fmt: on
 
 
 # ==== "Build a Large Language Model (From Scratch)", chapter 5 ===============================
 
 
-def generate_llm_from_scratch(
-    model: nn.Module,
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    context_size: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    eos_id: int | None = None,
-) -> torch.Tensor:
-    """The book's `generate`, verbatim except that our GPT's forward returns (logits, loss)."""
+def logits_only(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Our GPT as the book's model: its forward returns the logits only."""
+    return lambda idx: model(idx)[0]
+
+
+# The book's generate, verbatim (rasbt/LLMs-from-scratch at 28c65cd,
+# ch05/01_main-chapter-code/gpt_generate.py), then the same after the documented diff (+ seed).
+# fmt: off
+def generate_llm_from_scratch(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None):
+
+    # For-loop is the same as before: Get logits, and only focus on last time step
     for _ in range(max_new_tokens):
         idx_cond = idx[:, -context_size:]
         with torch.no_grad():
-            logits, _ = model(idx_cond)
+            logits = model(idx_cond)
         logits = logits[:, -1, :]
+
+        # New: Filter logits with top_k sampling
         if top_k is not None:
+            # Keep only top_k values
             top_logits, _ = torch.topk(logits, top_k)
             min_val = top_logits[:, -1]
-            logits = torch.where(
-                logits < min_val, torch.tensor(float("-inf")).to(logits.device), logits
-            )
+            logits = torch.where(logits < min_val, torch.tensor(float("-inf")).to(logits.device), logits)
+
+        # New: Apply temperature scaling
         if temperature > 0.0:
             logits = logits / temperature
-            probs = torch.softmax(logits, dim=-1)
-            idx_next = torch.multinomial(probs, num_samples=1)
+
+            # New (not in book): numerical stability tip to get equivalent results on mps device
+            # subtract rowwise max before softmax
+            logits = logits - logits.max(dim=-1, keepdim=True).values
+
+            # Apply softmax to get probabilities
+            probs = torch.softmax(logits, dim=-1)  # (batch_size, context_len)
+
+            # Sample from the distribution
+            idx_next = torch.multinomial(probs, num_samples=1)  # (batch_size, 1)
+
+        # Otherwise same as before: get idx of the vocab entry with the highest logits value
         else:
-            idx_next = torch.argmax(logits, dim=-1, keepdim=True)
-        if idx_next == eos_id:
+            idx_next = torch.argmax(logits, dim=-1, keepdim=True)  # (batch_size, 1)
+
+        if idx_next == eos_id:  # Stop generating early if end-of-sequence token is encountered and eos_id is specified
             break
-        idx = torch.cat((idx, idx_next), dim=1)
+
+        # Same as before: append sampled index to the running sequence
+        idx = torch.cat((idx, idx_next), dim=1)  # (batch_size, num_tokens+1)
+
     return idx
 
 
-def generate_llm_from_scratch_ts(
-    model: nn.Module,
-    idx: torch.Tensor,
-    max_new_tokens: int,
-    context_size: int,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    eos_id: int | None = None,
-    seed: int | None = None,
-) -> torch.Tensor:
-    """The same function with tokensampler: the whole sampling block is one call."""
-    sampler = ts.Sampler(temperature=temperature, top_k=top_k, seed=seed)
+def generate_llm_from_scratch_ts(model, idx, max_new_tokens, context_size, temperature=0.0, top_k=None, eos_id=None, seed=None):
+
+    sampler = tokensampler.Sampler(temperature=temperature, top_k=top_k, seed=seed)
+    # For-loop is the same as before: Get logits, and only focus on last time step
     for _ in range(max_new_tokens):
         idx_cond = idx[:, -context_size:]
         with torch.no_grad():
-            logits, _ = model(idx_cond)
-        idx_next = sampler(logits[:, -1, :], history=idx, keepdim=True)
-        if idx_next == eos_id:
+            logits = model(idx_cond)
+        idx_next = sampler(logits[:, -1, :], history=idx, keepdim=True)  # (batch_size, 1)
+
+        if idx_next == eos_id:  # Stop generating early if end-of-sequence token is encountered and eos_id is specified
             break
-        idx = torch.cat((idx, idx_next), dim=1)
+
+        # Same as before: append sampled index to the running sequence
+        idx = torch.cat((idx, idx_next), dim=1)  # (batch_size, num_tokens+1)
+
     return idx
+# fmt: on
 
 
 # ==== demo ===================================================================================
@@ -239,12 +267,13 @@ def main() -> None:
     last = logits[:, -1, :]
     v, _ = torch.topk(last / 0.8, 10)
     ref = F.softmax(torch.where(last / 0.8 < v[:, [-1]], -float("inf"), last / 0.8), dim=-1)
-    ours = ts.probs(last, temperature=0.8, top_k=10)
+    ours = tokensampler.probs(last, temperature=0.8, top_k=10)
     print(f"  first-step distributions differ by at most {(ours - ref).abs().max().item():.1e}")
 
     print("'Build an LLM from scratch' generate, greedy (temperature=0)")
-    before = generate_llm_from_scratch(model, idx, 30, context_size=64)
-    after = generate_llm_from_scratch_ts(model, idx, 30, context_size=64)
+    book = logits_only(model)
+    before = generate_llm_from_scratch(book, idx, 30, context_size=64)
+    after = generate_llm_from_scratch_ts(book, idx, 30, context_size=64)
     print("  original lines  :", repr(decode(before[0])))
     print("  tokensampler    :", repr(decode(after[0])))
     assert torch.equal(before, after), "greedy decoding must give the same tokens"

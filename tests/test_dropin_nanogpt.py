@@ -9,11 +9,17 @@ the example so that the test and the documentation show the same loop). Two clai
 2. Tokens drawn through the drop-in line, ``sampler(logits[:, -1, :], history=idx,
    keepdim=True)``, follow that distribution: a chi-square test on >= 50,000 draws (fixed
    seeds, p > 1e-3), both from a repeated batch in one call and from repeated calls.
+
+And the documented diffs (README.md, docs/dropin-readme-section.md, docs/dropin.md) are the
+ones the example shows: applied to the example's verbatim copies of nanoGPT's ``generate`` and
+the book's ``generate``, they give the example's ``_ts`` versions (which add only a ``seed``).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -26,7 +32,8 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 stats = pytest.importorskip("scipy.stats")
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nanogpt_loop.py"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "nanogpt_loop.py"
 P_MIN = 1e-3
 
 
@@ -188,8 +195,9 @@ def test_generate_loop_end_to_end(ex: ModuleType, model: torch.nn.Module) -> Non
     assert torch.equal(a[:, : prompt.shape[1]], prompt)
     # Rows draw from independent lanes of the seed's stream.
     assert len({tuple(r) for r in a[:, prompt.shape[1] :].tolist()}) > 1
-    greedy_ref = ex.generate_llm_from_scratch(model, prompt[:1], 16, context_size=64)
-    greedy_ts = ex.generate_llm_from_scratch_ts(model, prompt[:1], 16, context_size=64)
+    book = ex.logits_only(model)
+    greedy_ref = ex.generate_llm_from_scratch(book, prompt[:1], 16, context_size=64)
+    greedy_ts = ex.generate_llm_from_scratch_ts(book, prompt[:1], 16, context_size=64)
     assert torch.equal(greedy_ref, greedy_ts)
 
 
@@ -210,14 +218,107 @@ def test_first_generated_token_follows_original_distribution(
 
 
 def test_keepdim_shapes() -> None:
-    """keepdim=True gives (B, 1) for torch and numpy; without it (B,); 1-D logits give (1,).
-
-    1-D torch logits are left out: they hit the known shape bug that tests/test_torch.py
-    pins with an xfail (ids of shape (1,) instead of ()).
-    """
+    """keepdim=True gives (B, 1) for torch and numpy; without it (B,); 1-D logits give () and,
+    with keepdim, (1,)."""
     s = ts.Sampler(temperature=0.0)
     x = torch.tensor([[0.0, 3.0, 1.0], [2.0, 0.0, 1.0]])
     assert s(x, keepdim=True).tolist() == [[1], [0]]
     assert s(x).shape == (2,)
     assert s(x.numpy(), keepdim=True).shape == (2, 1)
     assert s(x.numpy()[0], keepdim=True).shape == (1,)
+    assert s(x.numpy()[0]).shape == ()
+    assert s(x[0], keepdim=True).shape == (1,) and s(x[0], keepdim=True).tolist() == [1]
+    assert s(x[0]).shape == ()
+
+
+# ---- the documented diffs -------------------------------------------------------------------
+
+DIFF_DOCS = ["README.md", "docs/dropin-readme-section.md", "docs/dropin.md"]
+NANOGPT = "model.py"
+BOOK = "ch05/01_main-chapter-code/gpt_generate.py"
+# karpathy/nanoGPT model.py at 3adf61e, the lines around its imports (the example has its own).
+NANOGPT_IMPORTS = [
+    "import torch",
+    "import torch.nn as nn",
+    "from torch.nn import functional as F",
+    "",
+    "class LayerNorm(nn.Module):",
+    '    """ LayerNorm but with an optional bias. PyTorch doesn\'t support simply bias=False """',
+]
+Hunk = list[tuple[str, str]]  # (" " | "-" | "+", line)
+
+
+def _diffs(doc: str) -> dict[str, list[Hunk]]:
+    """The unified diffs in `doc`'s ```diff blocks that have file headers: hunks by path."""
+    out: dict[str, list[Hunk]] = {}
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    for block in re.findall(r"^```diff\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE):
+        lines = block.split("\n")[:-1]
+        if not lines[0].startswith("--- a/"):
+            continue
+        path = lines[0][len("--- a/") :]
+        assert lines[1] == f"+++ b/{path}", doc
+        assert path not in out, f"{doc}: two diffs of {path}"
+        headers: list[list[int]] = []
+        hunks: list[Hunk] = []
+        for line in lines[2:]:
+            if m := re.fullmatch(r"@@ -(\d+),(\d+) \+(\d+),(\d+) @@", line):
+                headers.append([int(g) for g in m.groups()])
+                hunks.append([])
+            else:  # an empty line is an empty context line (editors strip the space)
+                assert line[:1] in ("", " ", "-", "+"), f"{doc}: {line!r}"
+                hunks[-1].append((line[:1] or " ", line[1:]))
+        offset = 0
+        for (old_start, old_n, new_start, new_n), h in zip(headers, hunks):
+            # The header's counts and offsets must be right, or git apply refuses the diff.
+            where = f"{doc}: {path} hunk at -{old_start}"
+            assert old_n == sum(tag != "+" for tag, _ in h), where
+            assert new_n == sum(tag != "-" for tag, _ in h), where
+            assert new_start == old_start + offset, where
+            offset += new_n - old_n
+        out[path] = hunks
+    return out
+
+
+def _apply(lines: list[str], hunk: Hunk) -> list[str]:
+    """`lines` with `hunk` applied; its old side must occur exactly once."""
+    old = [t for tag, t in hunk if tag != "+"]
+    new = [t for tag, t in hunk if tag != "-"]
+    at = [i for i in range(len(lines) - len(old) + 1) if lines[i : i + len(old)] == old]
+    assert len(at) == 1, f"the diff's old side is found {len(at)} times"
+    return lines[: at[0]] + new + lines[at[0] + len(old) :]
+
+
+def _without_seed(src: str, name: str, upstream_name: str) -> list[str]:
+    """The example's `_ts` function as the diff makes it: upstream's name, no `seed`."""
+    src = src.replace(f"def {name}(", f"def {upstream_name}(", 1)
+    src = src.replace(", seed=None):", "):", 1).replace("top_k=top_k, seed=seed)", "top_k=top_k)")
+    return src.split("\n")
+
+
+def _check_imports(hunks: list[Hunk]) -> None:
+    added = [t for h in hunks for tag, t in h if tag == "+"]
+    assert "import tokensampler" in added, "the diff uses tokensampler without importing it"
+    assert all("seed=seed" not in t for t in added), "the upstream function has no seed"
+
+
+@pytest.mark.parametrize("doc", DIFF_DOCS)
+def test_nanogpt_diff_turns_upstream_generate_into_the_example(ex: ModuleType, doc: str) -> None:
+    imports, gen = _diffs(doc)[NANOGPT]
+    _check_imports([imports, gen])
+    want_imports = [*NANOGPT_IMPORTS[:3], "import tokensampler", *NANOGPT_IMPORTS[3:]]
+    assert _apply(NANOGPT_IMPORTS, imports) == want_imports
+    upstream = inspect.getsource(ex.GPT.generate).split("\n")
+    want = _without_seed(inspect.getsource(ex.GPT.generate_ts), "generate_ts", "generate")
+    assert _apply(upstream, gen) == want
+
+
+def test_book_diff_turns_upstream_generate_into_the_example(ex: ModuleType) -> None:
+    hunks = _diffs("docs/dropin.md")[BOOK]
+    _check_imports(hunks)
+    # The function hunk starts at the blank line above `def generate`.
+    src = inspect.getsource(ex.generate_llm_from_scratch)
+    upstream = ["", *src.replace("def generate_llm_from_scratch(", "def generate(").split("\n")]
+    src_ts = inspect.getsource(ex.generate_llm_from_scratch_ts)
+    want = ["", *_without_seed(src_ts, "generate_llm_from_scratch_ts", "generate")]
+    assert _apply(upstream, hunks[-1]) == want

@@ -1,4 +1,4 @@
-"""DESIGN.md section 6, row by row: bad input gets a clear error, never a crash.
+"""docs/design.md section 6, row by row: bad input gets a clear error, never a crash.
 
 After every error a normal call must still succeed (``still_works``). Every raised error must
 be a ValueError / TypeError (``ts.SamplingError`` subclasses ValueError); a Rust panic would
@@ -191,6 +191,116 @@ def test_bad_parameter_names_the_parameter(name, value, form):
             good = 0.0
         value = [good, value]
     raises_everywhere(ValueError, name, GOOD, **{name: value})
+
+
+# -- a Sampler validates at construction (docs/design.md section 6) ------------------------------
+
+# Issue #13's list; every BAD_PARAMS entry is checked too.
+BAD_AT_CONSTRUCTION = [
+    ("temperature", -1),
+    ("top_p", 0),
+    ("top_p", 1.5),
+    ("min_p", 1),
+    ("top_k", -1),
+    ("repetition_penalty", NAN),
+    ("frequency_scale", 0.5),
+] + BAD_PARAMS
+GOOD_AT_CONSTRUCTION = [
+    ("temperature", 0),
+    ("temperature", 1e30),
+    ("top_k", 0),
+    ("top_k", 2**62),
+    ("top_p", 1),
+    ("top_p", 1e-300),
+    ("min_p", 0),
+    ("min_p", 0.999),
+    ("repetition_penalty", 1e-30),
+    ("frequency_penalty", -2.0),
+    ("presence_penalty", 2.0),
+    ("frequency_scale", 1.0),
+    ("presence_scale", 1e300),
+]
+
+
+def per_row(name, value):
+    """`value` in row 1 of a per-row list for GOOD's two rows (row 0 holds a valid value)."""
+    good = {"top_k": 2, "top_p": 0.9, "min_p": 0.1, "temperature": 1.0}.get(name, 1.0)
+    return [0.0 if name in ("frequency_penalty", "presence_penalty") else good, value]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), BAD_AT_CONSTRUCTION, ids=[f"{n}={v}" for n, v in BAD_AT_CONSTRUCTION]
+)
+@pytest.mark.parametrize("form", ["scalar", "per_row"])
+def test_sampler_rejects_bad_parameter_at_construction(name, value, form):
+    if form == "per_row":
+        value = per_row(name, value)
+    with pytest.raises(ValueError, match=rf"\b{name}\b") as err:
+        ts.Sampler(**{name: value})
+    if form == "per_row":  # the dummy batch has the caller's rows: the message names row 1
+        assert "row 1" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), GOOD_AT_CONSTRUCTION, ids=[f"{n}={v}" for n, v in GOOD_AT_CONSTRUCTION]
+)
+@pytest.mark.parametrize("form", ["scalar", "per_row"])
+def test_sampler_accepts_good_parameter(name, value, form):
+    if form == "per_row":
+        value = per_row(name, value)
+    s = ts.Sampler(seed=0, **{name: value})
+    assert s(GOOD).shape == (2,)
+
+
+def test_sampler_rejects_per_row_lengths_that_fit_no_batch():
+    with pytest.raises(ValueError, match=r"temperature has 2, top_p has 3"):
+        ts.Sampler(temperature=[1.0, 0.5], top_p=[0.5, 0.5, 0.5])
+    # One length is fine, and so is a scalar beside it.
+    ts.Sampler(temperature=[1.0, 0.5], top_p=[0.5, 0.9], min_p=0.1)
+
+
+@pytest.mark.parametrize(
+    ("bias", "exc", "match"),
+    [
+        ({-1: 1.0}, ValueError, "-1"),
+        ({0: NAN}, ValueError, "NaN"),
+        ({"a": 1.0}, TypeError, "keys"),
+        ([{0: 1.0}, 5], TypeError, "one dict per row"),
+        (np.zeros((2, 2, 3)), ValueError, "dense logit_bias"),
+        (np.array(["x", "y", "z"]), TypeError, "dense logit_bias"),
+    ],
+    ids=["negative-id", "nan", "str-key", "list-not-dicts", "dense-3d", "dense-str"],
+)
+def test_sampler_rejects_bad_logit_bias_at_construction(bias, exc, match):
+    with pytest.raises(exc, match=match):
+        ts.Sampler(logit_bias=bias)
+
+
+def test_sampler_defers_what_needs_the_logits():
+    """Ids >= V, the batch size of per-row values and of a list of dicts: checked per call."""
+    for kw in (
+        {"logit_bias": {3: 1.0}},  # GOOD has V = 3
+        {"logit_bias": np.zeros(4)},
+        {"logit_bias": [{0: 1.0}]},
+        {"temperature": [1.0, 1.0, 1.0]},
+    ):
+        s = ts.Sampler(seed=0, **kw)
+        with pytest.raises(ValueError):
+            s(GOOD)
+    assert ts.Sampler(seed=0, logit_bias={2: 1.0}, temperature=[0.5, 1.0])(GOOD).shape == (2,)
+
+
+def test_sampler_rejects_bad_seed_and_top_logprobs_at_construction():
+    with pytest.raises(TypeError, match="seed"):
+        ts.Sampler(seed="abc")
+    with pytest.raises(TypeError, match="seed"):
+        ts.Sampler(seed=[1, 2.5])
+    with pytest.raises(ValueError, match="top_logprobs"):
+        ts.Sampler(top_logprobs=-1)
+    s = ts.Sampler(seed=[1, 2])
+    with pytest.raises(TypeError, match="seed"):
+        s.reset(seed=1.5)
+    assert s.seed == [1, 2]
 
 
 @pytest.mark.parametrize(

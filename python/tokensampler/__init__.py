@@ -5,14 +5,14 @@
 1
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib import metadata as _metadata
 
 from ._native import SamplingError, get_num_threads
 from .sampling import SampleOutput, Sampler, probs, sample, set_num_threads
 
 try:
-    __version__ = version("tokensampler")
-except PackageNotFoundError:  # running from a source tree without an install
+    __version__ = _metadata.version("tokensampler")
+except _metadata.PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0.0.0"
 
 __all__ = [

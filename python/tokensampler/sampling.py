@@ -246,23 +246,30 @@ def _bias_from_dicts(dicts: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     return _pad_rows(id_rows, -1, np.int64), _pad_rows(val_rows, 0.0, np.float64)
 
 
-def _logit_bias(bias: Any, b: int, v: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+def _logit_bias(
+    bias: Any, b: int | None, v: int | None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(ids, values) rows of a logit_bias. b and v are the batch and vocabulary sizes; None
+    (before any logits exist, see `_check_params`) skips the checks that need them."""
     if bias is None:
         return None, None
     if isinstance(bias, Mapping):
         ids, vals = _bias_from_dicts([bias])
     elif isinstance(bias, (list, tuple)) and bias and isinstance(bias[0], Mapping):
-        if len(bias) != b:
+        if b is not None and len(bias) != b:
             raise ValueError(f"logit_bias has {len(bias)} dicts for a batch of {b}")
         ids, vals = _bias_from_dicts(bias)
     else:
         dense = _real_array(bias, "a dense logit_bias")
         if dense.ndim == 1:
             dense = dense[None, :]
-        if dense.ndim != 2 or dense.shape[1] != v or dense.shape[0] not in (1, b):
-            raise ValueError(
-                f"a dense logit_bias must have shape ({v},) or ({b}, {v}), got {dense.shape}"
-            )
+        if (
+            dense.ndim != 2
+            or (v is not None and dense.shape[1] != v)
+            or (b is not None and dense.shape[0] not in (1, b))
+        ):
+            want = "(V,) or (B, V)" if v is None or b is None else f"({v},) or ({b}, {v})"
+            raise ValueError(f"a dense logit_bias must have shape {want}, got {dense.shape}")
         rows = [np.flatnonzero(r) for r in dense]
         ids = _pad_rows(rows, -1, np.int64)
         vals = _pad_rows([r[nz] for r, nz in zip(dense, rows)], 0.0, np.float64)
@@ -271,8 +278,53 @@ def _logit_bias(bias: Any, b: int, v: int) -> tuple[np.ndarray | None, np.ndarra
     return ids, vals
 
 
-def _seeds(seed: Any, b: int) -> tuple[np.ndarray, bool]:
-    """(seeds, per_row): one shared seed, or one per row."""
+def _per_row_length(v: Any) -> int | None:
+    """How many rows a per-row parameter value (a sequence) is for; None for a scalar."""
+    if v is None or isinstance(v, (numbers.Number, str, bytes)):
+        return None
+    try:
+        return len(v)
+    except TypeError:  # 0-d numpy arrays and torch tensors are scalars
+        return None
+
+
+def _check_params(params: Mapping[str, Any], logit_bias: Any = None) -> None:
+    """Validates sampling parameters and a logit_bias before any logits exist.
+
+    `Sampler` and `tokensampler.hf.TokenSamplerLogitsProcessor` call it at construction, so
+    that a bad value raises there (ValueError / TypeError naming the parameter), not at the
+    first call. The checks are the ones a call makes: the parameters go through the kernels
+    on dummy logits, scalars on one row, per-row values (sequences) on a batch of their
+    length, so row i of the dummy batch is row i of the caller's. Per-row values of different
+    lengths fit no batch and raise. Left to the call, because they need the logits: the batch
+    size, and logit_bias ids >= V.
+
+    Args:
+        params: values by name (`PARAM_NAMES`); a missing name or None is off.
+        logit_bias: as in `sample`.
+    """
+    values = tuple(params.get(name) for name in PARAM_NAMES)
+    rows = {n: k for n, v in zip(PARAM_NAMES, values) if (k := _per_row_length(v)) is not None}
+    if len(set(rows.values())) > 1:
+        given = ", ".join(f"{n} has {k}" for n, k in rows.items())
+        raise ValueError(f"per-row parameters must all have one value per row: {given}")
+    b = next(iter(rows.values()), 1)
+    if b == 0:
+        # Empty sequences fit only an empty batch, which would check no value at all: check
+        # the scalars on one row instead.
+        values = tuple(None if n in rows else v for n, v in zip(PARAM_NAMES, values))
+        b = 1
+    probs(np.zeros((b, 2), dtype=np.float32), **dict(zip(PARAM_NAMES, values)))
+    _logit_bias(logit_bias, None, None)
+
+
+def _check_top_n(top_n: Any) -> None:
+    if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 0:
+        raise ValueError(f"top_logprobs must be a whole number >= 0, got {top_n!r}")
+
+
+def _seeds(seed: Any, b: int | None) -> tuple[np.ndarray, bool]:
+    """(seeds, per_row): one shared seed, or one per row (b None: any number of rows)."""
     if seed is None:
         return np.array([secrets.randbits(64)], dtype=np.uint64), False
     if isinstance(seed, (int, np.integer)):
@@ -283,7 +335,7 @@ def _seeds(seed: Any, b: int) -> tuple[np.ndarray, bool]:
     if not all(isinstance(s, numbers.Integral) for s in values):
         raise TypeError(f"seed must be an int or a sequence of ints, one per row, got {seed!r:.60}")
     seeds = [int(s) & _U64 for s in values]
-    if len(seeds) != b:
+    if b is not None and len(seeds) != b:
         raise ValueError(f"seed has {len(seeds)} values for a batch of {b}")
     return np.array(seeds, dtype=np.uint64), True
 
@@ -307,8 +359,7 @@ def _run(
 ) -> tuple[_Logits, tuple[Any, ...]]:
     lg = _Logits(logits)
     b, v = lg.array.shape
-    if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 0:
-        raise ValueError(f"top_logprobs must be a whole number >= 0, got {top_n!r}")
+    _check_top_n(top_n)
     if top_n > max(v, _TOP_N_SLACK):
         # Slots past the vocabulary are padding; a huge request would only reach the
         # allocator (and abort the process), so it is refused here.
@@ -476,6 +527,10 @@ class Sampler:
     first call draws exactly what `sample(..., seed=seed)` draws. A Sampler may be shared by
     threads: the step is taken under a lock, so concurrent calls get distinct steps.
 
+    The parameters take the values `sample` takes and are validated at construction: a bad
+    value raises here (ValueError / TypeError naming it), not at the first call. What needs
+    the logits (the batch size of per-row values, logit_bias ids >= V) is checked per call.
+
     >>> import numpy as np
     >>> s = Sampler(temperature=0.0)
     >>> int(s(np.array([0.5, 2.0, 1.0])))
@@ -510,6 +565,10 @@ class Sampler:
             frequency_scale,
             presence_scale,
         )
+        # Bad values raise here rather than at the first call.
+        _check_params(dict(zip(PARAM_NAMES, self.params)), logit_bias)
+        _check_top_n(top_logprobs)
+        _seeds(seed, None)
         self.logit_bias = logit_bias
         self.logprobs = bool(logprobs)
         self.top_logprobs = top_logprobs
@@ -521,6 +580,8 @@ class Sampler:
 
     def reset(self, seed: Any = None) -> None:
         """Restarts the streams at step 0 (with a new seed when one is given)."""
+        if seed is not None:
+            _seeds(seed, None)
         with self._lock:
             if seed is not None:
                 self.seed = seed
