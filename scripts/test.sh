@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Sets everything up, then runs every test: cargo test (pure Rust) and pytest.
+# Sets everything up, then runs every test: cargo test (pure Rust), pytest, and the tests that
+# use Hugging Face transformers once more against the oldest transformers we support.
+# Arguments go to the main pytest run (e.g. `scripts/test.sh -k hf -x`).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 bash "$TS_ROOT/scripts/setup.sh"
@@ -12,3 +14,19 @@ echo "== pytest"
 export TOKENSAMPLER_HYPOTHESIS_PROFILE="${TOKENSAMPLER_HYPOTHESIS_PROFILE:-ci}"
 # pytest exits 5 when it collects no test: that is a failure for us, and set -e catches it.
 "$PY" -m pytest -q -p no:cacheprovider "$@"
+"$PY" -c "import transformers; print('(transformers', transformers.__version__ + ')')"
+
+# The oldest end of the supported transformers range (requirements-oldest.lock). Only the
+# packages whose locked version differs from the main lock are installed, into a folder that
+# goes first on PYTHONPATH, so torch and the rest are shared with the main venv.
+oldest="$TS_CACHE/transformers-oldest"
+stamp="$(sha256sum requirements-dev.lock requirements-oldest.lock | sha256sum | cut -c1-16)"
+if [[ "$(cat "$oldest/.stamp" 2>/dev/null)" != "$stamp" ]]; then
+  rm -rf "$oldest"
+  grep -vxFf requirements-dev.lock requirements-oldest.lock | grep -v '^ *#' > "$TS_CACHE/oldest-overlay.txt"
+  "$PY" -m pip install -q --no-deps --target "$oldest" -r "$TS_CACHE/oldest-overlay.txt"
+  echo "$stamp" > "$oldest/.stamp"
+fi
+version="$(PYTHONPATH="$oldest" "$PY" -c "import transformers; print(transformers.__version__)")"
+echo "== pytest, transformers $version (the oldest supported)"
+PYTHONPATH="$oldest" "$PY" -m pytest -q -p no:cacheprovider -m transformers

@@ -26,6 +26,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 tshf = pytest.importorskip("tokensampler.hf")
 lp = pytest.importorskip("transformers.generation.logits_process")
+pytestmark = pytest.mark.transformers
 
 VOCAB = 97
 PAD, BOS, EOS = 0, 1, 2
@@ -69,16 +70,48 @@ SETTINGS = [
 ]
 
 
+def _hf_ignores_padding() -> bool:
+    """Whether `model.generate` leaves left padding out of its repetition penalty.
+
+    transformers >= 5.23 does (a per-row ``prompt_ignore_length`` from the attention mask);
+    releases before 5.23 only take one int for the whole batch (5.0 to 5.22), and their
+    `model.generate` counts the padding as history.
+    """
+    try:
+        lp.RepetitionPenaltyLogitsProcessor(1.5, prompt_ignore_length=torch.tensor([1]))
+    except ValueError:
+        return False
+    return True
+
+
+HF_IGNORES_PADDING = _hf_ignores_padding()
+# Our processor reproduces model.generate's own penalty: padding left out where HF leaves it out.
+GENERATE_PAD = PAD if HF_IGNORES_PADDING else None
+
+
+class _RowwiseRepetitionPenalty:
+    """HF's repetition penalty with each row's own number of leading ids ignored, from one
+    int-only processor per row (for releases without a per-row ``prompt_ignore_length``)."""
+
+    def __init__(self, penalty: float, ignore: torch.Tensor) -> None:
+        self.rows = [lp.RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=int(n))
+                     for n in ignore]  # fmt: skip
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p(input_ids[i : i + 1], scores[i : i + 1])
+                          for i, p in enumerate(self.rows)])  # fmt: skip
+
+
 def _hf_chain(settings: dict[str, Any]) -> list[Any]:
     """HF's processors for `settings`, in `model.generate`'s order, padding ignored."""
     procs: list[Any] = []
     if settings.get("repetition_penalty", 1.0) != 1.0:
         pad_len = (MASK != 0).int().argmax(dim=1)  # what generate passes
-        procs.append(
-            lp.RepetitionPenaltyLogitsProcessor(
-                settings["repetition_penalty"], prompt_ignore_length=pad_len
-            )
-        )
+        penalty = settings["repetition_penalty"]
+        if HF_IGNORES_PADDING:
+            procs.append(lp.RepetitionPenaltyLogitsProcessor(penalty, prompt_ignore_length=pad_len))
+        else:
+            procs.append(_RowwiseRepetitionPenalty(penalty, pad_len))
     if settings.get("temperature", 1.0) != 1.0:
         procs.append(lp.TemperatureLogitsWarper(settings["temperature"]))
     if settings.get("top_k"):
@@ -104,7 +137,7 @@ def test_processor_equals_hf_warpers_on_hf_steps(model: Any, settings: dict[str,
         output_scores=True, output_logits=True, return_dict_in_generate=True,
         **{**tshf.hf_warpers_off(), **settings},  # HF's default top_k=50 off unless set
     )  # fmt: skip
-    proc = tshf.TokenSamplerLogitsProcessor(pad_token_id=PAD, **settings)
+    proc = tshf.TokenSamplerLogitsProcessor(pad_token_id=GENERATE_PAD, **settings)
     assert len(out.scores) == 6
     for t, (raw, hf_scores) in enumerate(zip(out.logits, out.scores)):
         ours = proc(out.sequences[:, : L + t], raw.clone())
@@ -220,11 +253,43 @@ def test_penalize_prompt_false_counts_generated_tokens_only() -> None:
     torch.testing.assert_close(torch.exp(proc(torch.tensor([[4, 4, 4, 4, 5]]), scores)), ref)
 
 
-def test_bad_parameters_fail_at_construction() -> None:
-    with pytest.raises(ValueError, match="top_p"):
-        tshf.TokenSamplerLogitsProcessor(top_p=1.5)
+BAD_AT_CONSTRUCTION: list[tuple[str, Any]] = [
+    ("temperature", -1.0),
+    ("top_p", 0.0),
+    ("top_p", 1.5),
+    ("min_p", 1.0),
+    ("top_k", -1),
+    ("repetition_penalty", float("nan")),
+    ("frequency_scale", 0.5),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), BAD_AT_CONSTRUCTION)
+@pytest.mark.parametrize("cls", ["processor", "Sampler"])
+def test_bad_parameters_fail_at_construction(name: str, value: Any, cls: str) -> None:
+    """The processor and ts.Sampler share one validation: scalars, per-row values (the bad
+    one in row 1 of the generate batch) and logit_bias, all before the first call."""
+    make = tshf.TokenSamplerLogitsProcessor if cls == "processor" else ts.Sampler
+    with pytest.raises(ValueError, match=rf"\b{name}\b"):
+        make(**{name: value})
+    good = {"top_k": 2, "top_p": 0.9, "min_p": 0.1}.get(name, 1.0)
+    with pytest.raises(ValueError, match=rf"\b{name}\b.*row 1"):
+        make(**{name: [good, value]})
+    make(**{name: [good, good]})
+
+
+def test_processor_validates_logit_bias_and_row_counts_at_construction() -> None:
+    with pytest.raises(ValueError, match="logit_bias"):
+        tshf.TokenSamplerLogitsProcessor(logit_bias={-1: 1.0})
+    with pytest.raises(ValueError, match="NaN"):
+        tshf.TokenSamplerLogitsProcessor(logit_bias={0: float("nan")}, draw=True)
+    with pytest.raises(ValueError, match="temperature has 2, top_k has 3"):
+        tshf.TokenSamplerLogitsProcessor(temperature=[1.0, 0.5], top_k=[1, 2, 3])
+    # Per-row values for the generate batch: fine at construction, checked against it per call.
+    proc = tshf.TokenSamplerLogitsProcessor(temperature=[1.0, 0.5], top_k=[1, 2])
+    assert proc(torch.tensor([[0], [1]]), torch.zeros(2, 5)).shape == (2, 5)
     with pytest.raises(ValueError, match="temperature"):
-        tshf.TokenSamplerLogitsProcessor(temperature=-1.0)
+        proc(torch.tensor([[0]]), torch.zeros(1, 5))
 
 
 # ---- our generate loop ----------------------------------------------------------------------

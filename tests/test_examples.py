@@ -27,7 +27,13 @@ def test_examples_are_all_collected() -> None:
     assert {"seed_vectors.py", "nanogpt_loop.py", "hf_generate.py", "numpy_only.py"} <= names
 
 
-@pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "script",
+    # hf_generate.py also runs in the transformers job (scripts/test.sh, oldest release).
+    [pytest.param(p, marks=pytest.mark.transformers) if "transformers" in NEEDS.get(p.name, ())
+     else p for p in EXAMPLES],
+    ids=lambda p: p.name,
+)
 def test_example_runs(script: Path) -> None:
     for module in NEEDS.get(script.name, ()):
         pytest.importorskip(module)

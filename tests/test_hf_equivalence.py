@@ -2,7 +2,7 @@
 
 1. Hugging Face transformers: ``RepetitionPenaltyLogitsProcessor`` -> ``TemperatureLogitsWarper``
    -> ``TopKLogitsWarper`` -> ``TopPLogitsWarper`` -> ``MinPLogitsWarper`` -> softmax, on float32
-   torch tensors (HF's default warper order, DESIGN section 2).
+   torch tensors (HF's default warper order, docs/design.md section 2).
 2. vLLM's additive penalties (``apply_penalties``: repetition over the seen tokens, then
    ``logits -= frequency * counts``, then ``logits -= presence * (counts > 0)``), reimplemented
    in a few lines of torch below, followed by temperature and softmax.
@@ -28,6 +28,7 @@ from oracle import EPS32, oracle_rows, row_bounds
 
 torch = pytest.importorskip("torch")
 lp = pytest.importorskip("transformers.generation.logits_process")
+pytestmark = pytest.mark.transformers
 
 
 def hf_chain(logits, history, *, repetition_penalty, temperature, top_k, top_p, min_p):

@@ -35,6 +35,7 @@ def test_kv_cache_decode_equals_full_forward() -> None:
                 torch.testing.assert_close(logits[b, 0], ref[b][n + t], atol=ATOL, rtol=0)
 
 
+@pytest.mark.transformers
 def test_matches_transformers_gpt2(tmp_path) -> None:
     transformers = pytest.importorskip("transformers")
     from tokensampler.model import GPT2, load

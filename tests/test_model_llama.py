@@ -130,6 +130,7 @@ HF_CONFIGS = {
 }
 
 
+@pytest.mark.transformers
 @pytest.mark.parametrize("name", list(HF_CONFIGS))
 def test_matches_transformers_llama(tmp_path, name: str) -> None:
     transformers = pytest.importorskip("transformers")
@@ -177,6 +178,7 @@ def test_matches_transformers_llama(tmp_path, name: str) -> None:
             torch.testing.assert_close(batch[b, idx.size(1) - len(s) :], ref, atol=ATOL, rtol=0)
 
 
+@pytest.mark.transformers
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision_close_to_float32(tmp_path, dtype: str) -> None:
     transformers = pytest.importorskip("transformers")

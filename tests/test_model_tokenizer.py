@@ -46,6 +46,7 @@ CHAT_IDS = [
 ]  # fmt: skip
 
 
+@pytest.mark.transformers
 @pytest.mark.parametrize("text", list(EXPECTED))
 def test_gguf_tokenizer_matches_transformers(text: str) -> None:
     tok = default_tokenizer()
@@ -95,6 +96,7 @@ def test_incremental_decoder_pieces_join_to_the_full_text() -> None:
     assert "" in pieces
 
 
+@pytest.mark.transformers
 def test_sentencepiece_gguf_vocabulary_matches_transformers() -> None:
     """A `tokenizer.ggml.model = llama` vocabulary (Llama 2 / TinyLlama / Mistral GGUFs):
     merges recovered from the scores, byte fallback, Metaspace; compared with transformers'

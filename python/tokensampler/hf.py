@@ -12,19 +12,21 @@ Three routes, from least to most change to an existing transformers program:
    returns scores that are ``0`` at the drawn id and ``-inf`` elsewhere, so ``model.generate``
    with ``do_sample=False`` (argmax) emits exactly our token. Generation is then reproducible
    from the processor's seed, independent of torch's global RNG.
-3. `generate`: no `LogitsProcessor` at all. Our loop calls the model's forward with its
-   ``past_key_values`` cache (a ``DynamicCache``), left padding, an attention mask and
-   position ids, and draws with a `tokensampler.Sampler`.
+3. `generate`: no `LogitsProcessor` at all. Our loop calls the model's forward with its KV
+   cache (a ``DynamicCache``, passed as ``cache`` on transformers >= 5.24 and as
+   ``past_key_values`` before), left padding, an attention mask and position ids, and draws
+   with a `tokensampler.Sampler`.
 
 History and padding: the history handed to the penalties is the row's ``input_ids``: the
 prompt plus what has been generated, as in Hugging Face's ``RepetitionPenaltyLogitsProcessor``.
-`model.generate` (transformers 5) leaves left padding out of its own repetition penalty using
-the attention mask, but a custom processor never sees that mask, so left padding counts as
-history unless ``pad_token_id`` is given: then the leading run of that id in each row is masked
-to ``-1``. Only the leading run, because GPT-2 style models reuse eos as pad and an eos inside
-the text is real history; the price is that a prompt which itself starts with the pad id (a
-GPT-2 ``<|endoftext|>`` used as bos) loses those first ids from its history. `generate` knows
-the attention mask and always excludes exactly the padding. ``penalize_prompt=False``
+`model.generate` (transformers >= 5.23) leaves left padding out of its own repetition penalty
+using the attention mask, but a custom processor never sees that mask, so left padding counts
+as history unless ``pad_token_id`` is given: then the leading run of that id in each row is
+masked to ``-1`` (transformers 5.0 to 5.22 count the padding in their own penalty: leave
+``pad_token_id`` out to reproduce them). Only the leading run, because GPT-2 style models reuse
+eos as pad and an eos inside the text is real history; the price is that a prompt which
+itself starts with the pad id (a GPT-2 ``<|endoftext|>`` used as bos) loses those first ids
+from its history. `generate` knows the attention mask and always excludes exactly the padding. ``penalize_prompt=False``
 restricts the history to generated tokens (vLLM's convention for the frequency and presence
 penalties); the name and the default match `tokensampler.generate`.
 
@@ -52,7 +54,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "tokensampler.hf needs Hugging Face transformers: pip install transformers"
     ) from e
 
-from .sampling import Sampler, probs
+from .sampling import Sampler, _check_params, probs
 
 __all__ = [
     "HFGeneration",
@@ -153,7 +155,9 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
     Args:
         temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
         presence_penalty, frequency_scale, presence_scale, logit_bias: as in `ts.sample`
-            (scalars or one value per row of the generate batch).
+            (scalars or one value per row of the generate batch). Validated here, as a
+            `ts.Sampler` validates them: a bad value raises ValueError / TypeError at
+            construction.
         pad_token_id: when given, each row's leading run of this id (left padding) is left out
             of the history. None: every input id counts, as in Hugging Face's processors.
         penalize_prompt: False to count only the tokens generated so far.
@@ -190,7 +194,7 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
             "frequency_scale": frequency_scale,
             "presence_scale": presence_scale,
         }
-        _check_scalar_params(self.params)
+        _check_params(self.params, logit_bias)
         self.logit_bias = logit_bias
         self.pad_token_id = pad_token_id
         self.penalize_prompt = bool(penalize_prompt)
@@ -294,12 +298,6 @@ def _needs_history(params: Mapping[str, Any]) -> bool:
         else:
             return True  # per-row values: let the kernel decide row by row
     return False
-
-
-def _check_scalar_params(params: Mapping[str, Any]) -> None:
-    """Validates scalar parameters now (per-row ones are checked at the first call)."""
-    if all(v is None or isinstance(v, (int, float)) for v in params.values()):
-        probs(np.zeros(2, dtype=np.float32), **params)
 
 
 # ==== route 3: our own loop on the model's forward ============================================
@@ -449,8 +447,11 @@ def generate(
 
     The loop is the one `model.generate` runs for sampling, written against the model's
     public forward only: a prefill of the left-padded prompts (attention mask, position ids
-    ``cumsum(mask) - 1``), then one token per step through the model's ``past_key_values``
-    (the ``DynamicCache`` it returns), with ``logits_to_keep=1`` when the model supports it.
+    ``cumsum(mask) - 1``), then one token per step through the model's KV cache (the
+    ``DynamicCache`` it returns), with ``logits_to_keep=1`` when the model supports it. The
+    cache goes in and comes out under the name the model's ``forward`` declares: ``cache``
+    on transformers >= 5.24 (which deprecates ``past_key_values``), ``past_key_values``
+    before.
     Rows that emit an eos id get the pad id afterwards; the loop stops when all have.
 
     Args:
@@ -510,8 +511,10 @@ def generate(
     # An all-ones mask carries no information; Hugging Face drops it too, and without it the
     # attention takes the plain causal path.
     full_mask: torch.Tensor | None = None if bool(mask.all()) else mask
+    forward_args = _forward_parameters(model)
+    cache_name = _cache_argument(forward_args)
     extra: dict[str, Any] = {}
-    if _accepts(model, "logits_to_keep"):
+    if "logits_to_keep" in forward_args:
         extra["logits_to_keep"] = 1
 
     eos_t = torch.tensor(eos, dtype=torch.long, device=device)
@@ -523,11 +526,11 @@ def generate(
             input_ids=cur,
             attention_mask=full_mask,
             position_ids=position_ids,
-            past_key_values=past,
             use_cache=True,
+            **{cache_name: past},
             **extra,
         )
-        past = out.past_key_values
+        past = getattr(out, cache_name)
         logits = out.logits[:, -1, :]
         h = hist[:, : prompt_len + step] if needs_history else None
         nxt = sampler(logits, history=h).to(device)
@@ -566,8 +569,19 @@ def generate(
     )
 
 
-def _accepts(model: Any, name: str) -> bool:
+def _forward_parameters(model: Any) -> frozenset[str]:
+    """The keyword names the model's ``forward`` declares (empty when it cannot be read)."""
     try:
-        return name in inspect.signature(model.forward).parameters
+        return frozenset(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):
-        return False
+        return frozenset()
+
+
+def _cache_argument(forward_args: frozenset[str]) -> str:
+    """The name under which the model's forward takes and returns its KV cache.
+
+    transformers 5.24 renamed ``past_key_values`` to ``cache`` (the old keyword warns, and is
+    announced to go in 5.40); the model outputs carry the cache under the same name. A forward
+    that declares neither (``**kwargs`` only) gets the name every release before 5.24 used.
+    """
+    return "cache" if "cache" in forward_args else "past_key_values"
