@@ -12,9 +12,9 @@ scalars, None, per-row sequences of the wrong length). Every call must either
   ``ts.probs`` with the same arguments, logit not -inf, not banned); probabilities of the
   logits' shape, float64 for float64 input else float32, in [0, 1], rows summing to 1; the
   same bits as the same call on a contiguous copy; or
-- raise ``ValueError`` / ``TypeError`` (DESIGN.md section 6), and must raise for inputs the
-  contract rejects (NaN logits, invalid dtypes, V = 0, out-of-range parameters, history ids
-  >= V, ...).
+- raise ``ValueError`` / ``TypeError`` (docs/design.md section 6), and must raise for inputs
+  the contract rejects (NaN logits, invalid dtypes, V = 0, out-of-range parameters, history
+  ids >= V, ...).
 
 Never a ``pyo3_runtime.PanicException``, a ``RuntimeError`` (a caught kernel panic), another
 exception type, an abort, a wrong shape, or a modified input.
@@ -285,7 +285,7 @@ VALID = {
 
 
 def param_ok(name: str, value: float) -> bool:
-    """The accepted range of each parameter (DESIGN.md section 6, docs/semantics.md)."""
+    """The accepted range of each parameter (docs/design.md section 6, docs/semantics.md)."""
     if value is None:
         return True
     x = float(value)
