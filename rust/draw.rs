@@ -112,4 +112,80 @@ mod tests {
         }
         assert_eq!(counts, [100, 300_000, 699_900]);
     }
+
+    /// A uniform whose target `u * total` lies strictly inside the share of the token
+    /// whose running sum goes from `before` to `before + w`: checked, so the tests below
+    /// cannot pass by a uniform that misses the interval they mean.
+    fn u_inside(before: f64, w: f64, total: f64) -> f64 {
+        let u = (before + 0.5 * w) / total;
+        let target = u * total;
+        assert!(before < target && target < before + w, "{u} {target}");
+        assert!((0.0..1.0).contains(&u));
+        u
+    }
+
+    /// Weights [1, 1e-9, 1e-9] (at `at`, `at + 1`, `at + 2` of an otherwise empty row of
+    /// `n`): each tiny token owns an interval of its exact length. A running sum in `f32`
+    /// would stay at 1 past the first token (1e-9 is far below its half ulp) and end in the
+    /// fallback, the last token: id `at + 2` instead of `at + 1`.
+    fn tiny_masses_dense<F: Real>(n: usize, at: usize) {
+        let mut w = vec![F::zero(); n];
+        w[at] = F::one();
+        w[at + 1] = F::of(1e-9);
+        w[at + 2] = F::of(1e-9);
+        let tiny = w[at + 1].wide();
+        let mut b = Vec::new();
+        let t = block_sums(&w, &mut b);
+        assert_eq!(draw_dense(&w, &b, t, u_inside(0.0, 1.0, t)), at);
+        assert_eq!(draw_dense(&w, &b, t, u_inside(1.0, tiny, t)), at + 1);
+        assert_eq!(draw_dense(&w, &b, t, u_inside(1.0 + tiny, tiny, t)), at + 2);
+        // The cut path's draw (`draw_dense_by`): a heavy token after them that the cut
+        // drops is not counted (the block sums are those of the kept tokens).
+        if at + 3 < n {
+            let mut cut = w.clone();
+            cut[at + 3] = F::of(5.0);
+            let keep = |_: F, j: u32| j as usize != at + 3;
+            let u = u_inside(1.0, tiny, t);
+            assert_eq!(draw_dense_by(&cut, &b, t, u, keep), at + 1);
+        }
+    }
+
+    #[test]
+    fn tiny_masses_dense_path() {
+        tiny_masses_dense::<f64>(3, 0);
+        tiny_masses_dense::<f32>(3, 0);
+        tiny_masses_dense::<f64>(4, 0);
+        tiny_masses_dense::<f32>(4, 0);
+        // Across a block boundary: the first block is skipped by its sum, the tiny tokens
+        // are found by the scan of the next one.
+        tiny_masses_dense::<f64>(3 * BLOCK, BLOCK - 1);
+        tiny_masses_dense::<f32>(3 * BLOCK, BLOCK - 1);
+        // A block whose whole sum is a tiny mass: the block step itself must be exact.
+        tiny_masses_dense::<f64>(3 * BLOCK, BLOCK - 2);
+        tiny_masses_dense::<f32>(3 * BLOCK, BLOCK - 2);
+    }
+
+    fn tiny_masses_sparse<F: Real>() {
+        for ids in [[0u32, 1, 2], [7, 1000, 70_000]] {
+            let pairs = [
+                (F::one(), ids[0]),
+                (F::of(1e-9), ids[1]),
+                (F::of(1e-9), ids[2]),
+            ];
+            let tiny = pairs[1].0.wide();
+            let t: f64 = pairs.iter().map(|p| p.0.wide()).sum();
+            assert_eq!(draw_sparse(&pairs, t, u_inside(0.0, 1.0, t)), ids[0]);
+            assert_eq!(draw_sparse(&pairs, t, u_inside(1.0, tiny, t)), ids[1]);
+            assert_eq!(
+                draw_sparse(&pairs, t, u_inside(1.0 + tiny, tiny, t)),
+                ids[2]
+            );
+        }
+    }
+
+    #[test]
+    fn tiny_masses_sparse_path() {
+        tiny_masses_sparse::<f64>();
+        tiny_masses_sparse::<f32>();
+    }
 }
