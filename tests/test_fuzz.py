@@ -977,6 +977,16 @@ def test_integer_seeds_of_any_form_agree(seed: Any) -> None:
     assert int(ts.sample(x, seed=seed)) == int(ts.sample(x, seed=7))
 
 
+def test_per_row_seed_lists_mix_small_and_huge_ints() -> None:
+    """A list of per-row seeds may mix ints below and above 2**63 (numpy alone would read
+    such a list as float64): each row gets its own seed mod 2**64, as with a uint64 array."""
+    x = np.tile(np.linspace(0.0, 1.0, 50), (3, 1))
+    want = ts.sample(x, seed=np.array([0, 2**64 - 1, 5], dtype=np.uint64))
+    np.testing.assert_array_equal(ts.sample(x, seed=[0, 2**64 - 1, 5]), want)
+    np.testing.assert_array_equal(ts.sample(x, seed=(2**64, -1, 2**64 + 5)), want)
+    assert ts.Sampler(seed=[5, 2**63])(x[:2]).shape == (2,)
+
+
 def test_number_like_parameters_still_accepted() -> None:
     """The stricter checks refuse strings and complex numbers, not numpy scalars, bools,
     0-d arrays or big-but-finite ints."""

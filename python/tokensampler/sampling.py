@@ -331,7 +331,8 @@ def _seeds(seed: Any, b: int | None) -> tuple[np.ndarray, bool]:
         return np.array([int(seed) & _U64], dtype=np.uint64), False
     # Integers only (taken mod 2**64, like numpy's SeedSequence takes any int): a float seed
     # would be truncated, and inf or a string has no integer value at all.
-    values = _as_numpy(seed).reshape(-1).tolist()
+    # A list is read as is: numpy would turn [0, 2**64 - 1] into float64.
+    values = list(seed) if isinstance(seed, (list, tuple)) else _as_numpy(seed).reshape(-1).tolist()
     if not all(isinstance(s, numbers.Integral) for s in values):
         raise TypeError(f"seed must be an int or a sequence of ints, one per row, got {seed!r:.60}")
     seeds = [int(s) & _U64 for s in values]
