@@ -2,7 +2,8 @@
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use tokensampler::pipeline::{run_batch, BatchRequest, RowParams, Seeds};
+use tokensampler::params::RowParams;
+use tokensampler::pipeline::{run_batch, BatchRequest, Seeds};
 
 fn logits(b: usize, v: usize) -> Vec<Vec<f32>> {
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
@@ -24,12 +25,30 @@ fn bench(c: &mut Criterion) {
     let v = 128_256;
     let data = logits(8, v);
     let rows: Vec<&[f32]> = data.iter().map(|r| &r[..]).collect();
-    for (name, vals) in [
-        ("topk50", [1.0, 50.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0]),
-        ("topp0.9", [1.0, 0.0, 0.9, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0]),
-        ("greedy", [0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0]),
+    for (name, row) in [
+        (
+            "topk50",
+            RowParams {
+                top_k: 50,
+                ..Default::default()
+            },
+        ),
+        (
+            "topp0.9",
+            RowParams {
+                top_p: 0.9,
+                ..Default::default()
+            },
+        ),
+        (
+            "greedy",
+            RowParams {
+                temperature: 0.0,
+                ..Default::default()
+            },
+        ),
     ] {
-        let params = [RowParams::from_values(&vals, 0).expect("valid")];
+        let params = [row];
         let req = BatchRequest {
             rows: &rows,
             params: &params,

@@ -40,6 +40,8 @@ pub enum SamplingError {
     },
     /// Shapes of the inputs do not agree.
     Shape(String),
+    /// The worker thread pool could not be started (`set_num_threads`).
+    ThreadPool(String),
 }
 
 impl fmt::Display for SamplingError {
@@ -65,7 +67,7 @@ impl fmt::Display for SamplingError {
                 f,
                 "{what} token id {id} in row {row} is out of range for a vocabulary of {vocab}"
             ),
-            Self::Shape(msg) => f.write_str(msg),
+            Self::Shape(msg) | Self::ThreadPool(msg) => f.write_str(msg),
         }
     }
 }

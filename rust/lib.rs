@@ -2,12 +2,13 @@
 //!
 //! The crate is pure Rust; the Python bindings live in `py.rs` behind the `python` feature so
 //! `cargo test` and `cargo bench` need no Python. The per-row pipeline is defined in
-//! [`pipeline`]; each step lives in the module named after it.
+//! [`pipeline`], its parameters in [`params`]; each step lives in the module named after it.
 
 pub mod draw;
 pub mod elem;
 pub mod error;
 pub mod filter;
+pub mod params;
 pub mod penalty;
 pub mod pipeline;
 pub mod rng;
@@ -18,7 +19,8 @@ pub mod softmax;
 mod py;
 
 pub use error::SamplingError;
-pub use pipeline::{run_batch, BatchRequest, RowParams, RowResult};
+pub use params::RowParams;
+pub use pipeline::{run_batch, BatchRequest, RowResult};
 
 /// What the modules' unit tests share.
 #[cfg(test)]

@@ -10,7 +10,8 @@ use crate::filter::{
     apply_cut, by_prob, cut_block_sums, kth_largest, mass_select, region_block_sums,
     top_k_candidates, top_p_cut, Cut, Nucleus, HEAD,
 };
-use crate::penalty::{apply, count_history, Penalties};
+use crate::params::RowParams;
+use crate::penalty::{apply, count_history};
 use crate::rng::uniform;
 #[cfg(target_arch = "x86_64")]
 use crate::simd::{simd_level, Simd};
@@ -22,99 +23,6 @@ use crate::softmax::{
 use num_traits::{Float, One, Zero};
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};
-
-/// Number of per-row parameters, in the column order of [`PARAM_NAMES`].
-pub const N_PARAMS: usize = 9;
-
-/// Parameter names as the Python API spells them, in the column order of a parameter row.
-pub const PARAM_NAMES: [&str; N_PARAMS] = [
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "repetition_penalty",
-    "frequency_penalty",
-    "presence_penalty",
-    "frequency_scale",
-    "presence_scale",
-];
-
-/// Sampling parameters of one row, validated.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RowParams {
-    /// Temperature `T >= 0`; 0 is greedy.
-    pub temperature: f64,
-    /// Top-k; 0 is off.
-    pub top_k: usize,
-    /// Top-p in `(0, 1]`; 1 is off.
-    pub top_p: f64,
-    /// Min-p in `[0, 1)`; 0 is off.
-    pub min_p: f64,
-    /// The penalties.
-    pub penalties: Penalties,
-}
-
-impl Default for RowParams {
-    fn default() -> Self {
-        Self::from_values(&[1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0], 0)
-            .unwrap_or_else(|_| unreachable!("defaults are valid"))
-    }
-}
-
-impl RowParams {
-    /// Validates one parameter row laid out as [`PARAM_NAMES`]; `row` names the row in errors.
-    pub fn from_values(v: &[f64], row: usize) -> Result<Self, SamplingError> {
-        if v.len() != N_PARAMS {
-            return Err(SamplingError::Shape(format!(
-                "a parameter row has {} values, expected {N_PARAMS}",
-                v.len()
-            )));
-        }
-        let bad = |i: usize, expected: &'static str| SamplingError::InvalidParameter {
-            name: PARAM_NAMES[i],
-            row,
-            value: v[i],
-            expected,
-        };
-        let check = |i: usize, ok: bool, expected: &'static str| {
-            if ok && !v[i].is_nan() {
-                Ok(v[i])
-            } else {
-                Err(bad(i, expected))
-            }
-        };
-        let temperature = check(0, v[0].is_finite() && v[0] >= 0.0, "a finite number >= 0")?;
-        let k = check(
-            1,
-            v[1].is_finite() && v[1] >= 0.0 && v[1].fract() == 0.0,
-            "a whole number >= 0 (0 or None is off)",
-        )?;
-        let top_p = check(2, v[2] > 0.0 && v[2] <= 1.0, "a number in (0, 1]")?;
-        let min_p = check(3, v[3] >= 0.0 && v[3] < 1.0, "a number in [0, 1)")?;
-        let repetition = check(4, v[4].is_finite() && v[4] > 0.0, "a finite number > 0")?;
-        let frequency = check(5, v[5].is_finite(), "a finite number")?;
-        let presence = check(6, v[6].is_finite(), "a finite number")?;
-        let frequency_scale = check(7, v[7].is_finite() && v[7] >= 1.0, "a finite number >= 1")?;
-        let presence_scale = check(8, v[8].is_finite() && v[8] >= 1.0, "a finite number >= 1")?;
-        Ok(Self {
-            temperature,
-            top_k: if k >= usize::MAX as f64 {
-                usize::MAX
-            } else {
-                k as usize
-            },
-            top_p,
-            min_p,
-            penalties: Penalties {
-                repetition,
-                frequency,
-                presence,
-                frequency_scale,
-                presence_scale,
-            },
-        })
-    }
-}
 
 /// How rows get their random streams.
 #[derive(Debug, Clone, Copy)]
@@ -243,7 +151,7 @@ const SPARSE_TOP_K_DIVISOR: usize = 8;
 fn modifies_row<T>(req: &BatchRequest<'_, T>, i: usize, p: &RowParams) -> bool {
     req.bias_ids
         .is_some_and(|b| b.row(i).iter().any(|&id| id >= 0))
-        || (req.history.is_some() && !p.penalties.is_off())
+        || (req.history.is_some() && !p.penalties().is_off())
 }
 
 /// Applies bias, bans and penalties to the loaded row `s.y` (of length `v`); when
@@ -286,9 +194,10 @@ fn modify_row<T: Elem>(
         }
     }
     if let Some(h) = req.history {
-        if !p.penalties.is_off() {
+        let penalties = p.penalties();
+        if !penalties.is_off() {
             count_history(h.row(i), v, i, &mut s.hist, &mut s.counts)?;
-            apply(&mut s.y, &s.counts, &p.penalties);
+            apply(&mut s.y, &s.counts, &penalties);
         } else if let Some(&id) = h.row(i).iter().find(|&&id| id >= v as i64) {
             // Bad ids are an error even when no penalty reads them, so a bug in the caller's
             // bookkeeping surfaces on the first call, not when a penalty is switched on.
@@ -822,7 +731,7 @@ pub fn set_num_threads(n: usize) -> Result<(), SamplingError> {
                 .num_threads(n)
                 .thread_name(|i| format!("tokensampler-{i}"))
                 .build()
-                .map_err(|e| SamplingError::Shape(format!("cannot start {n} threads: {e}")))?,
+                .map_err(|e| SamplingError::ThreadPool(format!("cannot start {n} threads: {e}")))?,
         ))
     };
     match POOL.write() {
@@ -898,6 +807,7 @@ pub fn run_batch<T: Elem>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::params::{PARAMS, PARAM_NAMES};
 
     fn req<'a, T>(rows: &'a [&'a [T]], params: &'a [RowParams]) -> BatchRequest<'a, T> {
         BatchRequest {
@@ -913,8 +823,14 @@ mod tests {
         }
     }
 
-    fn params(t: f64, k: f64, p: f64, m: f64) -> RowParams {
-        RowParams::from_values(&[t, k, p, m, 1.0, 0.0, 0.0, 1.0, 1.0], 0).unwrap()
+    fn params(temperature: f64, top_k: usize, top_p: f64, min_p: f64) -> RowParams {
+        RowParams {
+            temperature,
+            top_k,
+            top_p,
+            min_p,
+            ..Default::default()
+        }
     }
 
     /// Top-p rows without top-k: the nucleus decided from the first read's mass estimate
@@ -960,7 +876,7 @@ mod tests {
             let top_p = [0.5, 0.9, 0.99][case / 2 % 3];
             let min_p = if case % 5 == 0 { 0.05 } else { 0.0 };
             // Now and then a dense top-k, whose floor the estimate must not be used with.
-            let k = if case % 7 == 0 { (n / 2) as f64 } else { 0.0 };
+            let k = if case % 7 == 0 { n / 2 } else { 0 };
             let ps = [params(t, k, top_p, min_p)];
             for step in 0..4 {
                 let (rows32, rows16) = ([&row[..]], [&bf[..]]);
@@ -1007,7 +923,7 @@ mod tests {
                     _ => (10.0 + eps.ln() + 0.02 * ((j % 97) as f64 / 97.0 - 0.5)) as f32,
                 })
                 .collect();
-            let ps = [params(1.0, 0.0, 0.9, 0.0)];
+            let ps = [params(1.0, 0, 0.9, 0.0)];
             let rows = [&row[..]];
             let fast = req(&rows, &ps);
             let mut exact = fast;
@@ -1068,8 +984,11 @@ mod tests {
         // docs/design.md section 2: probabilities [0.2651, 0.3213, 0.1737, 0.2399].
         let x = [0.8f64, 0.9, 0.1, 0.4];
         let rows = [&x[..]];
-        let p =
-            [RowParams::from_values(&[1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.1, 1.2], 0).unwrap()];
+        let p = [RowParams {
+            frequency_scale: 1.1,
+            presence_scale: 1.2,
+            ..Default::default()
+        }];
         let hist = [0i64, 1, 0, 2, 0, 0];
         let mut r = req(&rows, &p);
         r.history = Some(IdRows {
@@ -1087,7 +1006,7 @@ mod tests {
     fn greedy_is_argmax_of_penalised_logits() {
         let x = [1.0f32, 5.0, 5.0, 2.0];
         let rows = [&x[..]];
-        let p = [params(0.0, 0.0, 1.0, 0.0)];
+        let p = [params(0.0, 0, 1.0, 0.0)];
         let mut probs = vec![0.0f32; 4];
         let out = run_batch(&req(&rows, &p), Some(&mut probs)).unwrap();
         assert_eq!(out[0].id, 1);
@@ -1098,7 +1017,7 @@ mod tests {
     fn top_n_beyond_vocabulary_and_slack_is_an_error_not_an_allocation() {
         let x = [1.0f32, 2.0, 3.0];
         let rows = [&x[..]];
-        let p = [params(1.0, 0.0, 1.0, 0.0)];
+        let p = [params(1.0, 0, 1.0, 0.0)];
         let mut r = req(&rows, &p);
         r.top_n = TOP_N_SLACK; // past V = 3, within the slack: padded, fine
         let out = run_batch(&r, None).unwrap();
@@ -1118,7 +1037,7 @@ mod tests {
         let a = [1.0f32, 2.0];
         let b = [f32::NAN, 2.0];
         let c = [f32::NEG_INFINITY, f32::NEG_INFINITY];
-        let p = [params(1.0, 0.0, 1.0, 0.0)];
+        let p = [params(1.0, 0, 1.0, 0.0)];
         let rows = [&a[..], &b[..]];
         assert_eq!(
             run_batch(&req(&rows, &p), None).unwrap_err(),
@@ -1129,27 +1048,17 @@ mod tests {
             run_batch(&req(&rows, &p), None).unwrap_err(),
             SamplingError::AllMasked { row: 2 }
         );
-        for (vals, name) in [
-            (
-                [-1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0],
-                "temperature",
-            ),
-            ([1.0, 0.5, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0], "top_k"),
-            ([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0], "top_p"),
-            ([1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 1.0], "min_p"),
-            (
-                [1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0],
-                "repetition_penalty",
-            ),
-            (
-                [1.0, 0.0, 1.0, 0.0, 1.0, f64::NAN, 0.0, 1.0, 1.0],
-                "frequency_penalty",
-            ),
-            (
-                [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.9, 1.0],
-                "frequency_scale",
-            ),
+        for (name, bad) in [
+            ("temperature", -1.0),
+            ("top_k", 0.5),
+            ("top_p", 0.0),
+            ("min_p", 1.0),
+            ("repetition_penalty", 0.0),
+            ("frequency_penalty", f64::NAN),
+            ("frequency_scale", 0.9),
         ] {
+            let mut vals = PARAMS.map(|p| p.default);
+            vals[PARAM_NAMES.iter().position(|&n| n == name).unwrap()] = bad;
             match RowParams::from_values(&vals, 3) {
                 Err(SamplingError::InvalidParameter {
                     name: n, row: 3, ..
@@ -1163,7 +1072,7 @@ mod tests {
     fn bans_and_bias() {
         let x = [3.0f64, 1.0, 0.0];
         let rows = [&x[..]];
-        let p = [params(0.0, 0.0, 1.0, 0.0)];
+        let p = [params(0.0, 0, 1.0, 0.0)];
         let ids = [0i64, 2];
         let vals = [f64::NEG_INFINITY, 10.0];
         let mut r = req(&rows, &p);
@@ -1186,7 +1095,7 @@ mod tests {
             })
             .collect();
         let rows: Vec<&[f32]> = rows_data.iter().map(|r| &r[..]).collect();
-        let p = [params(1.0, 0.0, 1.0, 0.0)];
+        let p = [params(1.0, 0, 1.0, 0.0)];
         let seeds: Vec<u64> = (0..16).map(|i| 1000 + i).collect();
         let mut r = req(&rows, &p);
         r.seeds = Seeds::PerRow(&seeds);

@@ -3,7 +3,8 @@
 
 use crate::elem::Elem;
 use crate::error::SamplingError as CoreError;
-use crate::pipeline::{self, BatchRequest, IdRows, RowParams, RowResult, Seeds, N_PARAMS};
+use crate::params::{RowParams, N_PARAMS, PARAMS, PARAM_NAMES};
+use crate::pipeline::{self, BatchRequest, IdRows, RowResult, Seeds};
 use numpy::ndarray::ArrayView2;
 use numpy::{
     Element, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
@@ -75,43 +76,58 @@ fn id_rows<'a>(a: &'a Option<PyReadonlyArray2<'_, i64>>) -> PyResult<Option<IdRo
     }
 }
 
+/// The outputs a call asks for besides the ids and their log-probabilities.
+#[derive(Debug, Clone, Copy)]
+struct Want {
+    /// The final distribution of each row (B × V).
+    probs: bool,
+    /// The log-probability of each chosen id under the raw softmax.
+    raw_logprob: bool,
+    /// How many top log-probabilities per row.
+    top_n: usize,
+}
+
+/// What a call takes besides the logit rows (which carry the element type).
+#[derive(Debug, Clone, Copy)]
+struct Inputs<'a> {
+    params: &'a [RowParams],
+    history: Option<IdRows<'a>>,
+    bias_ids: Option<IdRows<'a>>,
+    bias_values: &'a [f64],
+    seeds: Seeds<'a>,
+    step: u64,
+}
+
 /// The outputs of a batch, as owned buffers that cross to Python without a copy.
 struct Outputs<F> {
     results: Vec<RowResult>,
     probs: Option<Vec<F>>,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn run_rows<T: Elem>(
     py: Python<'_>,
     rows: &[&[T]],
-    params: &[RowParams],
-    history: Option<IdRows<'_>>,
-    bias_ids: Option<IdRows<'_>>,
-    bias_values: &[f64],
-    seeds: Seeds<'_>,
-    step: u64,
-    want_probs: bool,
-    want_raw_logprob: bool,
-    top_n: usize,
+    inputs: &Inputs<'_>,
+    want: Want,
 ) -> PyResult<Outputs<T::C>> {
     let req = BatchRequest {
         rows,
-        params,
-        history,
-        bias_ids,
-        bias_values,
-        seeds,
-        step,
-        want_raw_logprob,
-        top_n,
+        params: inputs.params,
+        history: inputs.history,
+        bias_ids: inputs.bias_ids,
+        bias_values: inputs.bias_values,
+        seeds: inputs.seeds,
+        step: inputs.step,
+        want_raw_logprob: want.raw_logprob,
+        top_n: want.top_n,
     };
     let v = rows.first().map_or(0, |r| r.len());
     // Callers must not mutate the inputs while the GIL is released (documented in sampling.py).
     py.detach(|| {
         guarded(|| {
-            let mut probs =
-                want_probs.then(|| vec![<T::C as num_traits::Zero>::zero(); rows.len() * v]);
+            let mut probs = want
+                .probs
+                .then(|| vec![<T::C as num_traits::Zero>::zero(); rows.len() * v]);
             let results = pipeline::run_batch(&req, probs.as_deref_mut())?;
             Ok(Outputs { results, probs })
         })
@@ -123,15 +139,76 @@ fn vec2<'py, E: Element>(
     data: Vec<E>,
     b: usize,
     n: usize,
-) -> PyResult<Bound<'py, PyAny>> {
-    Ok(PyArray1::from_vec(py, data).reshape([b, n])?.into_any())
+) -> PyResult<Bound<'py, PyArray2<E>>> {
+    PyArray1::from_vec(py, data).reshape([b, n])
+}
+
+/// Validates a (rows, N_PARAMS) parameter matrix row by row; errors name the row.
+fn param_rows(view: ArrayView2<'_, f64>) -> PyResult<Vec<RowParams>> {
+    if view.ncols() != N_PARAMS {
+        return Err(PyValueError::new_err(format!(
+            "params must have {N_PARAMS} columns, got {}",
+            view.ncols()
+        )));
+    }
+    (0..view.nrows())
+        .map(|i| {
+            let row: Vec<f64> = view.row(i).iter().copied().collect();
+            RowParams::from_values(&row, i)
+        })
+        .collect::<Result<_, _>>()
+        .map_err(to_py)
 }
 
 // ==== entry points ===========================================================================
 
+/// What `run` returns: numpy arrays, `None` where not asked for.
+#[pyclass(frozen, get_all, module = "tokensampler._native")]
+struct RunResult {
+    /// The chosen ids, (B,) int64.
+    ids: Py<PyArray1<i64>>,
+    /// Their log-probabilities under the final distribution, (B,) float64.
+    logprobs: Py<PyArray1<f64>>,
+    /// Their log-probabilities under the raw softmax, (B,) float64, or None.
+    raw_logprobs: Option<Py<PyArray1<f64>>>,
+    /// The top ids of each row, (B, top_n) int64, -1 past the kept set.
+    top_ids: Py<PyArray2<i64>>,
+    /// Their log-probabilities, (B, top_n) float64, -inf past the kept set.
+    top_logprobs: Py<PyArray2<f64>>,
+    /// The final distributions, (B, V) float32 (float64 for float64 logits), or None.
+    probs: Option<Py<PyAny>>,
+}
+
+#[pymethods]
+impl RunResult {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let b = self.ids.bind(py).len();
+        let n = self.top_ids.bind(py).shape()[1];
+        format!(
+            "RunResult(rows={b}, raw_logprobs={}, top_n={n}, probs={})",
+            self.raw_logprobs.is_some(),
+            self.probs.is_some()
+        )
+    }
+}
+
 /// Runs the sampling pipeline on a (B, V) logits array. See `_native.pyi` for the contract.
 #[pyfunction]
-#[pyo3(signature = (logits, is_bf16, params, history, bias_ids, bias_values, seeds, per_row_seeds, step, want_probs, want_raw_logprob, top_n))]
+#[pyo3(signature = (
+    logits,
+    *,
+    is_bf16 = false,
+    params,
+    history = None,
+    bias_ids = None,
+    bias_values = None,
+    seeds,
+    per_row_seeds = false,
+    step = 0,
+    want_probs = false,
+    want_raw_logprob = false,
+    top_n = 0,
+))]
 #[allow(clippy::too_many_arguments)]
 fn run<'py>(
     py: Python<'py>,
@@ -147,23 +224,8 @@ fn run<'py>(
     want_probs: bool,
     want_raw_logprob: bool,
     top_n: usize,
-) -> PyResult<Bound<'py, PyTuple>> {
-    let pview = params.as_array();
-    if pview.ncols() != N_PARAMS {
-        return Err(PyValueError::new_err(format!(
-            "params must have {N_PARAMS} columns, got {}",
-            pview.ncols()
-        )));
-    }
-    let params: Vec<RowParams> = (0..pview.nrows())
-        .map(|i| {
-            let row: Vec<f64> = pview.row(i).iter().copied().collect();
-            RowParams::from_values(&row, i)
-        })
-        .collect::<Result<_, _>>()
-        .map_err(to_py)?;
-    let hist = id_rows(&history)?;
-    let bias = id_rows(&bias_ids)?;
+) -> PyResult<RunResult> {
+    let params = param_rows(params.as_array())?;
     let bias_values = match &bias_values {
         Some(a) => a
             .as_slice()
@@ -182,6 +244,19 @@ fn run<'py>(
                 .ok_or_else(|| PyValueError::new_err("no seed given"))?,
         )
     };
+    let inputs = Inputs {
+        params: &params,
+        history: id_rows(&history)?,
+        bias_ids: id_rows(&bias_ids)?,
+        bias_values,
+        seeds,
+        step,
+    };
+    let want = Want {
+        probs: want_probs,
+        raw_logprob: want_raw_logprob,
+        top_n,
+    };
 
     macro_rules! go {
         ($t:ty, $arr:expr, $cast:expr) => {{
@@ -189,26 +264,13 @@ fn run<'py>(
             let view = ro.as_array();
             let raw = rows_of(&view)?;
             let rows: Vec<&[$t]> = raw.into_iter().map($cast).collect();
-            let b = rows.len();
-            let out = run_rows(
-                py,
-                &rows,
-                &params,
-                hist,
-                bias,
-                bias_values,
-                seeds,
-                step,
-                want_probs,
-                want_raw_logprob,
-                top_n,
-            )?;
+            let out = run_rows(py, &rows, &inputs, want)?;
             let v = rows.first().map_or(0, |r| r.len());
             let probs = match out.probs {
-                Some(p) => vec2(py, p, b, v)?,
-                None => py.None().into_bound(py),
+                Some(p) => Some(vec2(py, p, rows.len(), v)?.into_any().unbind()),
+                None => None,
             };
-            finish(py, out.results, b, top_n, want_raw_logprob, probs)
+            finish(py, out.results, want, probs)
         }};
     }
 
@@ -236,14 +298,13 @@ fn run<'py>(
     ))
 }
 
-fn finish<'py>(
-    py: Python<'py>,
+fn finish(
+    py: Python<'_>,
     results: Vec<RowResult>,
-    b: usize,
-    top_n: usize,
-    want_raw_logprob: bool,
-    probs: Bound<'py, PyAny>,
-) -> PyResult<Bound<'py, PyTuple>> {
+    want: Want,
+    probs: Option<Py<PyAny>>,
+) -> PyResult<RunResult> {
+    let (b, top_n) = (results.len(), want.top_n);
     let mut ids = Vec::with_capacity(b);
     let mut logprobs = Vec::with_capacity(b);
     let mut raw = Vec::with_capacity(b);
@@ -258,22 +319,41 @@ fn finish<'py>(
             top_lps.push(lp);
         }
     }
-    let raw = if want_raw_logprob {
-        PyArray1::from_vec(py, raw).into_any()
-    } else {
-        py.None().into_bound(py)
-    };
-    PyTuple::new(
-        py,
-        [
-            PyArray1::from_vec(py, ids).into_any(),
-            PyArray1::from_vec(py, logprobs).into_any(),
-            raw,
-            vec2(py, top_ids, b, top_n)?,
-            vec2(py, top_lps, b, top_n)?,
-            probs,
-        ],
-    )
+    Ok(RunResult {
+        ids: PyArray1::from_vec(py, ids).unbind(),
+        logprobs: PyArray1::from_vec(py, logprobs).unbind(),
+        raw_logprobs: want
+            .raw_logprob
+            .then(|| PyArray1::from_vec(py, raw).unbind()),
+        top_ids: vec2(py, top_ids, b, top_n)?.unbind(),
+        top_logprobs: vec2(py, top_lps, b, top_n)?.unbind(),
+        probs,
+    })
+}
+
+/// Validates a (rows, N_PARAMS) float64 parameter matrix (or a sequence of rows) as `run`
+/// does, with the same errors naming the row; returns None.
+#[pyfunction]
+fn check_params(params: &Bound<'_, PyAny>) -> PyResult<()> {
+    if let Ok(a) = params.cast::<PyArray2<f64>>() {
+        param_rows(a.readonly().as_array())?;
+        return Ok(());
+    }
+    let rows: Vec<Vec<f64>> = params.extract().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "params must be a 2-D float64 array or a sequence of rows of {N_PARAMS} numbers"
+        ))
+    })?;
+    if let Some(r) = rows.iter().find(|r| r.len() != N_PARAMS) {
+        return Err(PyValueError::new_err(format!(
+            "params must have {N_PARAMS} columns, got {}",
+            r.len()
+        )));
+    }
+    for (i, row) in rows.iter().enumerate() {
+        RowParams::from_values(row, i).map_err(to_py)?;
+    }
+    Ok(())
 }
 
 /// Sets the number of worker threads for batched calls (0 = one per core).
@@ -307,9 +387,13 @@ fn _debug_panic(py: Python<'_>, on_worker: bool) -> PyResult<()> {
 #[pymodule(gil_used = false)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("SamplingError", m.py().get_type::<SamplingError>())?;
-    m.add("PARAM_NAMES", pipeline::PARAM_NAMES.to_vec())?;
+    m.add("PARAM_NAMES", PARAM_NAMES.to_vec())?;
+    let params = PARAMS.map(|p| (p.name, p.default, p.integer, p.help));
+    m.add("PARAMS", PyTuple::new(m.py(), params)?)?;
     m.add("TOP_N_SLACK", pipeline::TOP_N_SLACK)?;
+    m.add_class::<RunResult>()?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
+    m.add_function(wrap_pyfunction!(check_params, m)?)?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(_debug_panic, m)?)?;

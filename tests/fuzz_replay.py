@@ -264,7 +264,7 @@ def _bf16_bits(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def native_args(case: Case) -> tuple[Any, ...]:
+def native_args(case: Case) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The arguments of `tokensampler._native.run` for this case."""
     x = np.array(case.logits, dtype=np.float64).reshape(case.b, case.v)
     with np.errstate(all="ignore"):
@@ -293,25 +293,26 @@ def native_args(case: Case) -> tuple[Any, ...]:
         seeds, per_row = np.array(case.seeds, dtype=np.uint64), True
     else:
         seeds, per_row = np.array([case.seeds], dtype=np.uint64), False
-    return (
-        logits,
-        case.dtype == "bf16",
-        params,
-        hist,
-        bias_ids,
-        bias_vals,
-        seeds,
-        per_row,
-        case.step,
-        case.probs_len is not None,
-        case.want_raw,
-        case.top_n,
+    return (logits,), dict(
+        is_bf16=case.dtype == "bf16",
+        params=params,
+        history=hist,
+        bias_ids=bias_ids,
+        bias_values=bias_vals,
+        seeds=seeds,
+        per_row_seeds=per_row,
+        step=case.step,
+        want_probs=case.probs_len is not None,
+        want_raw_logprob=case.want_raw,
+        top_n=case.top_n,
     )
 
 
-def check_outcome(case: Case, out: tuple[Any, ...]) -> None:
+def check_outcome(case: Case, out: Any) -> None:
     """The output contract the Rust target asserts, on the binding's outputs."""
-    ids, lps, raw, top_ids, top_lps, probs = out
+    ids, lps, raw, top_ids, top_lps, probs = (
+        out.ids, out.logprobs, out.raw_logprobs, out.top_ids, out.top_logprobs, out.probs
+    )
     assert np.asarray(top_lps).shape == (case.b, case.top_n)
     ids = np.asarray(ids)
     assert ids.shape == (case.b,), f"ids shape {ids.shape}"
@@ -335,7 +336,8 @@ def replay(data: bytes) -> str:
 
     case = decode(data)
     try:
-        out = _native.run(*native_args(case))
+        args, kwargs = native_args(case)
+        out = _native.run(*args, **kwargs)
     except (ValueError, TypeError) as e:
         return f"error: {type(e).__name__}: {e}"
     check_outcome(case, out)

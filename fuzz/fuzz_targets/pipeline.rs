@@ -20,9 +20,8 @@ use half::{bf16, f16};
 use libfuzzer_sys::fuzz_target;
 use num_traits::Float;
 use tokensampler::elem::{Elem, Real};
-use tokensampler::pipeline::{
-    run_batch, BatchRequest, IdRows, RowParams, RowResult, Seeds, N_PARAMS, TOP_N_SLACK,
-};
+use tokensampler::params::{RowParams, N_PARAMS, PARAMS};
+use tokensampler::pipeline::{run_batch, BatchRequest, IdRows, RowResult, Seeds, TOP_N_SLACK};
 
 // ==== decoding ===============================================================================
 
@@ -87,7 +86,7 @@ fn param_value(b: &mut Bytes<'_>, col: usize) -> f64 {
     let sel = b.u8();
     match sel % 8 {
         // The "off" value, so that most rows run with few features on.
-        0..=2 => [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0][col],
+        0..=2 => PARAMS[col].default,
         3 | 4 => EDGES[b.u8() as usize % EDGES.len()],
         5 => match col {
             1 => (b.u8() % 70) as f64,

@@ -1,50 +1,78 @@
 """Hand-written stub of the compiled module (checked by `python -m mypy.stubtest`)."""
 
+from collections.abc import Sequence
+from typing import final
+
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "PARAMS",
     "PARAM_NAMES",
     "TOP_N_SLACK",
+    "RunResult",
     "SamplingError",
     "_debug_panic",
+    "check_params",
     "get_num_threads",
     "run",
     "set_num_threads",
 ]
 
 PARAM_NAMES: list[str]
+# (name, off default, whole number only, one line of help) per parameter, in column order.
+PARAMS: tuple[tuple[str, float, bool, str], ...]
 TOP_N_SLACK: int
 
 class SamplingError(ValueError):
     """Invalid input to a sampling kernel (a subclass of ValueError)."""
 
+@final
+class RunResult:
+    """What `run` returns: numpy arrays, `None` where not asked for."""
+
+    @property
+    def ids(self) -> npt.NDArray[np.int64]:
+        """The chosen ids, (B,) int64."""
+    @property
+    def logprobs(self) -> npt.NDArray[np.float64]:
+        """Their log-probabilities under the final distribution, (B,) float64."""
+    @property
+    def raw_logprobs(self) -> npt.NDArray[np.float64] | None:
+        """Their log-probabilities under the raw softmax, (B,) float64, or None."""
+    @property
+    def top_ids(self) -> npt.NDArray[np.int64]:
+        """The top ids of each row, (B, top_n) int64, -1 past the kept set."""
+    @property
+    def top_logprobs(self) -> npt.NDArray[np.float64]:
+        """Their log-probabilities, (B, top_n) float64, -inf past the kept set."""
+    @property
+    def probs(self) -> npt.NDArray[np.floating] | None:
+        """The final distributions, (B, V) float32 (float64 for float64 logits), or None."""
+
 def run(
     logits: npt.NDArray[np.floating] | npt.NDArray[np.uint16],
-    is_bf16: bool,
+    *,
+    is_bf16: bool = False,
     params: npt.NDArray[np.float64],
-    history: npt.NDArray[np.int64] | None,
-    bias_ids: npt.NDArray[np.int64] | None,
-    bias_values: npt.NDArray[np.float64] | None,
+    history: npt.NDArray[np.int64] | None = None,
+    bias_ids: npt.NDArray[np.int64] | None = None,
+    bias_values: npt.NDArray[np.float64] | None = None,
     seeds: npt.NDArray[np.uint64],
-    per_row_seeds: bool,
-    step: int,
-    want_probs: bool,
-    want_raw_logprob: bool,
-    top_n: int,
-) -> tuple[
-    npt.NDArray[np.int64],
-    npt.NDArray[np.float64],
-    npt.NDArray[np.float64] | None,
-    npt.NDArray[np.int64],
-    npt.NDArray[np.float64],
-    npt.NDArray[np.floating] | None,
-]:
+    per_row_seeds: bool = False,
+    step: int = 0,
+    want_probs: bool = False,
+    want_raw_logprob: bool = False,
+    top_n: int = 0,
+) -> RunResult:
     """Runs the pipeline on (B, V) logits (a bfloat16 batch crosses as a uint16 view with
-    `is_bf16`). `params` is (1 or B, 9) in PARAM_NAMES order; `history`/`bias_ids` are
-    (rows, width) int64 with negative padding; `seeds` is (1,) shared or (B,) per row.
-    Returns (ids, logprobs, raw_logprobs | None, top_ids (B, n), top_logprobs (B, n),
-    probs (B, V) | None)."""
+    `is_bf16`). `params` is (1 or B, len(PARAMS)) in PARAM_NAMES order; `history`/`bias_ids`
+    are (rows, width) int64 with negative padding; `seeds` is (1,) shared or (B,) per row.
+    `raw_logprobs` and `probs` of the result are None unless asked for."""
+
+def check_params(params: npt.NDArray[np.float64] | Sequence[Sequence[float]]) -> None:
+    """Validates a (rows, len(PARAMS)) parameter matrix as `run` does: raises SamplingError
+    naming the row and parameter (ValueError for a wrong column count)."""
 
 def set_num_threads(n: int) -> None:
     """Sets the number of worker threads for batched calls (0 = one per core)."""

@@ -357,7 +357,7 @@ def _run(
     want_raw: bool = False,
     top_n: int = 0,
     param_matrix: np.ndarray | None = None,
-) -> tuple[_Logits, tuple[Any, ...]]:
+) -> tuple[_Logits, _native.RunResult]:
     lg = _Logits(logits)
     b, v = lg.array.shape
     _check_top_n(top_n)
@@ -377,17 +377,17 @@ def _run(
         raise ValueError(f"seed has {s.shape[0]} values for a batch of {b}")
     out = _native.run(
         lg.array,
-        lg.is_bf16,
-        pm,
-        hist,
-        bias_ids,
-        bias_vals,
-        s,
-        per_row,
-        step,
-        want_probs,
-        want_raw,
-        int(top_n),
+        is_bf16=lg.is_bf16,
+        params=pm,
+        history=hist,
+        bias_ids=bias_ids,
+        bias_values=bias_vals,
+        seeds=s,
+        per_row_seeds=per_row,
+        step=step,
+        want_probs=want_probs,
+        want_raw_logprob=want_raw,
+        top_n=int(top_n),
     )
     return lg, out
 
@@ -462,12 +462,15 @@ def sample(
     return _result(lg, out, bool(logprobs), top_logprobs)
 
 
-def _result(lg: _Logits, out: tuple[Any, ...], logprobs: bool, top_n: int) -> Any:
-    ids, lps, raw, top_ids, top_lps, _ = out
+def _result(lg: _Logits, out: _native.RunResult, logprobs: bool, top_n: int) -> Any:
     if not logprobs and not top_n:
-        return lg.wrap(ids)
+        return lg.wrap(out.ids)
     return SampleOutput(
-        lg.wrap(ids), lg.wrap(lps), lg.wrap(raw), lg.wrap(top_ids), lg.wrap(top_lps)
+        lg.wrap(out.ids),
+        lg.wrap(out.logprobs),
+        lg.wrap(out.raw_logprobs),
+        lg.wrap(out.top_ids),
+        lg.wrap(out.top_logprobs),
     )
 
 
@@ -514,7 +517,7 @@ def probs(
         seeds=(np.zeros(1, dtype=np.uint64), False),
         want_probs=True,
     )
-    p = out[5]
+    p = out.probs
     if lg.array.shape[0] == 0:  # no rows: keep the vocabulary axis
         f64 = lg.array.dtype == np.float64
         p = np.zeros(lg.array.shape, dtype=np.float64 if f64 else np.float32)
