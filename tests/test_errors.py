@@ -300,7 +300,7 @@ def test_sampler_rejects_bad_seed_and_top_logprobs_at_construction():
     s = ts.Sampler(seed=[1, 2])
     with pytest.raises(TypeError, match="seed"):
         s.reset(seed=1.5)
-    assert s.seed == [1, 2]
+    assert s.seed == (1, 2)  # per-row seeds are stored as a tuple (SamplingParams)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@
 from importlib import metadata as _metadata
 
 from ._native import SamplingError, get_num_threads
+from .params import SamplingParams
 from .sampling import SampleOutput, Sampler, probs, sample, set_num_threads
 
 try:
@@ -19,6 +20,7 @@ __all__ = [
     "SampleOutput",
     "Sampler",
     "SamplingError",
+    "SamplingParams",
     "__version__",
     "get_num_threads",
     "probs",

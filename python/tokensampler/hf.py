@@ -54,7 +54,8 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "tokensampler.hf needs Hugging Face transformers: pip install transformers"
     ) from e
 
-from .sampling import Sampler, _check_params, probs
+from .params import SamplingParams
+from .sampling import Sampler, _params, probs
 
 __all__ = [
     "HFGeneration",
@@ -153,57 +154,39 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
     `reset` restarts it by hand.
 
     Args:
-        temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
-        presence_penalty, frequency_scale, presence_scale, logit_bias: as in `ts.sample`
-            (scalars or one value per row of the generate batch). Validated here, as a
-            `ts.Sampler` validates them: a bad value raises ValueError / TypeError at
-            construction.
+        params: a `ts.SamplingParams` (None: built from the keywords).
         pad_token_id: when given, each row's leading run of this id (left padding) is left out
             of the history. None: every input id counts, as in Hugging Face's processors.
         penalize_prompt: False to count only the tokens generated so far.
         draw: draw with tokensampler instead of returning log-probabilities.
-        seed: seed of the draw stream (``draw=True`` only): None, an int or one per row.
+        **overrides: `SamplingParams` fields (temperature, top_k, top_p, min_p, the
+            penalties, logit_bias: scalars or one value per row of the generate batch;
+            seed: the draw stream's seed, ``draw=True`` only: None, an int or one per row),
+            validated here: a bad value raises at construction.
     """
 
     def __init__(
         self,
+        params: SamplingParams | None = None,
+        /,
         *,
-        temperature: Any = 1.0,
-        top_k: Any = None,
-        top_p: Any = None,
-        min_p: Any = None,
-        repetition_penalty: Any = 1.0,
-        frequency_penalty: Any = 0.0,
-        presence_penalty: Any = 0.0,
-        frequency_scale: Any = 1.0,
-        presence_scale: Any = 1.0,
-        logit_bias: Any = None,
         pad_token_id: int | None = None,
         penalize_prompt: bool = True,
         draw: bool = False,
-        seed: Any = None,
+        **overrides: Any,
     ) -> None:
-        self.params: dict[str, Any] = {
-            "temperature": temperature,
-            "top_k": top_k,
-            "top_p": top_p,
-            "min_p": min_p,
-            "repetition_penalty": repetition_penalty,
-            "frequency_penalty": frequency_penalty,
-            "presence_penalty": presence_penalty,
-            "frequency_scale": frequency_scale,
-            "presence_scale": presence_scale,
-        }
-        _check_params(self.params, logit_bias)
-        self.logit_bias = logit_bias
+        self.params = _params(params, overrides)
         self.pad_token_id = pad_token_id
         self.penalize_prompt = bool(penalize_prompt)
         self.draw = bool(draw)
-        self.seed = seed
-        self.needs_history = _needs_history(self.params)
+        self.seed = self.params.seed
         self._sampler: Sampler | None = None
         self._prompt_len = 0
         self._last_shape: tuple[int, int] | None = None
+
+    @property
+    def needs_history(self) -> bool:
+        return self.params.needs_history
 
     def generate_kwargs(self) -> dict[str, Any]:
         """Keywords for `model.generate` that make this processor the only sampling stage.
@@ -266,38 +249,14 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
         self._last_shape = shape
         hist = self._history(input_ids)
         if not self.draw:
-            p = probs(scores, history=hist, logit_bias=self.logit_bias, **self.params)
+            p = probs(scores, self.params, history=hist)
             return torch.log(p).to(scores.dtype)
         if self._sampler is None:
             seed = secrets.randbits(64) if self.seed is None else self.seed
-            self._sampler = Sampler(seed=seed, logit_bias=self.logit_bias, **self.params)
+            self._sampler = Sampler(self.params, seed=seed)
         ids = self._sampler(scores, history=hist, keepdim=True)
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, ids, 0.0)
-
-
-# The parameters that read the history, with their "off" values.
-_PENALTIES: dict[str, float] = {
-    "repetition_penalty": 1.0,
-    "frequency_penalty": 0.0,
-    "presence_penalty": 0.0,
-    "frequency_scale": 1.0,
-    "presence_scale": 1.0,
-}
-
-
-def _needs_history(params: Mapping[str, Any]) -> bool:
-    """Whether any penalty can be on (history is only read by the penalties)."""
-    for name, off in _PENALTIES.items():
-        v = params[name]
-        if v is None:
-            continue
-        if isinstance(v, (int, float)):
-            if v != off:
-                return True
-        else:
-            return True  # per-row values: let the kernel decide row by row
-    return False
 
 
 # ==== route 3: our own loop on the model's forward ============================================
@@ -427,21 +386,12 @@ def generate(
     *,
     attention_mask: Any = None,
     max_new_tokens: int = 32,
-    temperature: Any = 1.0,
-    top_k: Any = None,
-    top_p: Any = None,
-    min_p: Any = None,
-    repetition_penalty: Any = 1.0,
-    frequency_penalty: Any = 0.0,
-    presence_penalty: Any = 0.0,
-    frequency_scale: Any = 1.0,
-    presence_scale: Any = 1.0,
-    logit_bias: Any = None,
-    seed: Any = None,
+    params: SamplingParams | None = None,
     sampler: Sampler | None = None,
     eos_token_id: Any = "model",
     pad_token_id: int | None = None,
     penalize_prompt: bool = True,
+    **overrides: Any,
 ) -> HFGeneration:
     """Generates with a Hugging Face causal LM, drawing every token with tokensampler.
 
@@ -463,15 +413,15 @@ def generate(
             BatchEncoding.
         attention_mask: (B, L) 1 for tokens, 0 for left padding (tensor inputs only).
         max_new_tokens: the number of tokens to generate at most.
-        temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
-        presence_penalty, frequency_scale, presence_scale, logit_bias, seed: as in
-            `ts.Sampler` (``temperature=0`` is greedy).
-        sampler: a ready `ts.Sampler` to use instead of the parameters above.
+        params: a `ts.SamplingParams`; None builds one from the keywords.
+        sampler: a ready `ts.Sampler` to use instead of `params` and the keywords.
         eos_token_id: an id or ids that end a row; "model" (default) reads the model's
             generation config; None generates ``max_new_tokens`` for every row.
         pad_token_id: the id written into padding; defaults to the tokenizer's, the model's,
             then the first eos id.
         penalize_prompt: False counts only generated tokens in the penalties' history.
+        **overrides: `SamplingParams` fields (temperature, top_k, ..., seed), as in
+            `ts.Sampler` (``temperature=0`` is greedy).
 
     Returns:
         An `HFGeneration` (``sequences`` laid out like ``model.generate``'s output).
@@ -486,22 +436,11 @@ def generate(
     device = model.device
     ids, mask = ids.to(device), mask.to(device)
     if sampler is None:
-        sampler = Sampler(
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            repetition_penalty=repetition_penalty,
-            frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty,
-            frequency_scale=frequency_scale,
-            presence_scale=presence_scale,
-            logit_bias=logit_bias,
-            seed=seed,
-        )
+        sampler = Sampler(params, **overrides)
+    elif params is not None or overrides:
+        raise TypeError("give either a sampler or sampling parameters, not both")
     b, prompt_len = ids.shape
-    # Sampler.params is (temperature, top_k, top_p, min_p, *penalties in _PENALTIES order).
-    needs_history = _needs_history(dict(zip(_PENALTIES, sampler.params[4:])))
+    needs_history = sampler.params.needs_history
     # One buffer for the penalties' history: -1 (ignored by the kernels) for padding.
     hist = torch.full((b, prompt_len + max_new_tokens), -1, dtype=torch.long, device=device)
     if penalize_prompt:

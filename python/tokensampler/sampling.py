@@ -18,23 +18,27 @@ import secrets
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
 
 import numpy as np
 
 from . import _native
+from .params import _OFF, PARAM_NAMES, SamplingParams, _scalar
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import torch
+    from typing_extensions import Unpack
+
+    from .params import KernelKwargs, SamplingKwargs
+
+    # What the calls read: a numpy array or a torch tensor (a list is read as numpy reads it).
+    LogitsIn: TypeAlias = "np.ndarray | torch.Tensor"
 
 _U64 = (1 << 64) - 1
-# Python ints below this convert to float64 without OverflowError (floats reach ~2**1024);
-# a module constant, since CPython does not fold 2**1000 and sample() checks it every call.
-_FLOAT_SAFE_INT = 2**1000
 # top_logprobs may exceed V (the extra slots are padding) up to this many.
 _TOP_N_SLACK: int = _native.TOP_N_SLACK
-
-# Column order of the parameter matrix handed to the kernels (see rust/pipeline.rs).
-PARAM_NAMES: tuple[str, ...] = tuple(_native.PARAM_NAMES)
-# What None means for each parameter: "off".
-_OFF = (1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0)
 
 
 class SampleOutput(NamedTuple):
@@ -112,8 +116,10 @@ class _Logits:
             t = host
         if t.dtype == torch.bfloat16:
             self.is_bf16 = True
-            return t.view(torch.int16).numpy().view(np.uint16)
-        return t.numpy()
+            bits: np.ndarray = t.view(torch.int16).numpy().view(np.uint16)
+            return bits
+        arr: np.ndarray = t.numpy()
+        return arr
 
     def wrap(self, a: np.ndarray | None) -> Any:
         """Returns a kernel output in the caller's array type, squeezed for 1-D logits."""
@@ -132,7 +138,8 @@ def _as_numpy(x: Any) -> np.ndarray:
     if torch is not None and isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         # numpy has no bfloat16; float32 holds every bfloat16 value exactly.
-        return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
+        host: np.ndarray = (x.float() if x.dtype == torch.bfloat16 else x).numpy()
+        return host
     return np.asarray(x)
 
 
@@ -166,8 +173,7 @@ def _scalar_matrix(values: tuple[float | None, ...]) -> np.ndarray:
 
 def _param_matrix(values: tuple[Any, ...], b: int) -> np.ndarray:
     """(1, 9) for scalar parameters, (B, 9) when any parameter is per row."""
-    if all(v is None or type(v) in (float, bool) or type(v) is int and abs(v) < _FLOAT_SAFE_INT
-           for v in values):  # fmt: skip
+    if all(_scalar(v) for v in values):
         return _scalar_matrix(values)
     out = np.empty((b, len(values)), dtype=np.float64)
     for col, (name, v, off) in enumerate(zip(PARAM_NAMES, values, _OFF)):
@@ -250,7 +256,7 @@ def _logit_bias(
     bias: Any, b: int | None, v: int | None
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """(ids, values) rows of a logit_bias. b and v are the batch and vocabulary sizes; None
-    (before any logits exist, see `_check_params`) skips the checks that need them."""
+    (before any logits exist, see `SamplingParams`) skips the checks that need them."""
     if bias is None:
         return None, None
     if isinstance(bias, Mapping):
@@ -276,46 +282,6 @@ def _logit_bias(
     if np.isnan(vals).any():
         raise ValueError("logit_bias contains NaN")
     return ids, vals
-
-
-def _per_row_length(v: Any) -> int | None:
-    """How many rows a per-row parameter value (a sequence) is for; None for a scalar."""
-    if v is None or isinstance(v, (numbers.Number, str, bytes)):
-        return None
-    try:
-        return len(v)
-    except TypeError:  # 0-d numpy arrays and torch tensors are scalars
-        return None
-
-
-def _check_params(params: Mapping[str, Any], logit_bias: Any = None) -> None:
-    """Validates sampling parameters and a logit_bias before any logits exist.
-
-    `Sampler` and `tokensampler.hf.TokenSamplerLogitsProcessor` call it at construction, so
-    that a bad value raises there (ValueError / TypeError naming the parameter), not at the
-    first call. The checks are the ones a call makes: the parameters go through the kernels
-    on dummy logits, scalars on one row, per-row values (sequences) on a batch of their
-    length, so row i of the dummy batch is row i of the caller's. Per-row values of different
-    lengths fit no batch and raise. Left to the call, because they need the logits: the batch
-    size, and logit_bias ids >= V.
-
-    Args:
-        params: values by name (`PARAM_NAMES`); a missing name or None is off.
-        logit_bias: as in `sample`.
-    """
-    values = tuple(params.get(name) for name in PARAM_NAMES)
-    rows = {n: k for n, v in zip(PARAM_NAMES, values) if (k := _per_row_length(v)) is not None}
-    if len(set(rows.values())) > 1:
-        given = ", ".join(f"{n} has {k}" for n, k in rows.items())
-        raise ValueError(f"per-row parameters must all have one value per row: {given}")
-    b = next(iter(rows.values()), 1)
-    if b == 0:
-        # Empty sequences fit only an empty batch, which would check no value at all: check
-        # the scalars on one row instead.
-        values = tuple(None if n in rows else v for n, v in zip(PARAM_NAMES, values))
-        b = 1
-    probs(np.zeros((b, 2), dtype=np.float32), **dict(zip(PARAM_NAMES, values)))
-    _logit_bias(logit_bias, None, None)
 
 
 def _check_top_n(top_n: Any) -> None:
@@ -344,35 +310,59 @@ def _seeds(seed: Any, b: int | None) -> tuple[np.ndarray, bool]:
 # ==== the calls ===============================================================================
 
 
+@functools.lru_cache(maxsize=256)
+def _cached_params(items: tuple[tuple[str, Any], ...]) -> SamplingParams:
+    return SamplingParams(**dict(items))
+
+
+def _params(params: SamplingParams | None, overrides: dict[str, Any]) -> SamplingParams:
+    """`params` with the keyword `overrides` applied; keywords alone build one.
+
+    A generate loop passes the same scalar keywords every step: those `SamplingParams` come
+    from a cache, since building and validating one costs more than a small kernel call.
+    """
+    if params is None:
+        try:
+            return _cached_params(tuple(sorted(overrides.items())))
+        except TypeError as e:  # an unhashable value (a list, an array, a dict of biases)
+            if "unhashable" not in str(e):
+                raise
+            return SamplingParams(**overrides)
+    if not isinstance(params, SamplingParams):
+        raise TypeError(
+            f"params must be a tokensampler.SamplingParams, got {type(params).__name__} "
+            "(keyword arguments build one)"
+        )
+    return params.replace(**overrides)
+
+
 def _run(
     logits: Any,
-    params: tuple[Any, ...],
+    p: SamplingParams,
     *,
     history: Any,
-    logit_bias: Any,
-    seeds: tuple[np.ndarray, bool] | None,
-    seed: Any = None,
+    seeds: tuple[np.ndarray, bool] | None = None,
     step: int = 0,
     want_probs: bool = False,
     want_raw: bool = False,
     top_n: int = 0,
     param_matrix: np.ndarray | None = None,
+    logit_bias: Any = None,
 ) -> tuple[_Logits, _native.RunResult]:
     lg = _Logits(logits)
     b, v = lg.array.shape
-    _check_top_n(top_n)
     if top_n > max(v, _TOP_N_SLACK):
         # Slots past the vocabulary are padding; a huge request would only reach the
         # allocator (and abort the process), so it is refused here.
         raise ValueError(
             f"top_logprobs = {top_n} exceeds both the vocabulary size {v} and {_TOP_N_SLACK}"
         )
-    pm = param_matrix if param_matrix is not None else _param_matrix(params, b)
+    pm = param_matrix if param_matrix is not None else p.matrix(b)
     if pm.shape[0] not in (1, b):
         raise ValueError(f"per-row parameters have {pm.shape[0]} rows for a batch of {b}")
     hist = _history(history, b)
-    bias_ids, bias_vals = _logit_bias(logit_bias, b, v)
-    s, per_row = seeds if seeds is not None else _seeds(seed, b)
+    bias_ids, bias_vals = _logit_bias(p.logit_bias if logit_bias is None else logit_bias, b, v)
+    s, per_row = seeds if seeds is not None else _seeds(p.seed, b)
     if per_row and s.shape[0] != b:
         raise ValueError(f"seed has {s.shape[0]} values for a batch of {b}")
     out = _native.run(
@@ -392,43 +382,73 @@ def _run(
     return lg, out
 
 
+@overload
 def sample(
-    logits: Any,
+    logits: np.ndarray,
+    params: SamplingParams | None = None,
+    /,
     *,
-    temperature: Any = 1.0,
-    top_k: Any = None,
-    top_p: Any = None,
-    min_p: Any = None,
-    repetition_penalty: Any = 1.0,
-    frequency_penalty: Any = 0.0,
-    presence_penalty: Any = 0.0,
-    frequency_scale: Any = 1.0,
-    presence_scale: Any = 1.0,
-    logit_bias: Any = None,
     history: Any = None,
-    seed: Any = None,
+    logprobs: Literal[False] = False,
+    top_logprobs: Literal[0] = 0,
+    **overrides: Unpack[KernelKwargs],
+) -> np.ndarray: ...
+@overload
+def sample(
+    logits: torch.Tensor,
+    params: SamplingParams | None = None,
+    /,
+    *,
+    history: Any = None,
+    logprobs: Literal[False] = False,
+    top_logprobs: Literal[0] = 0,
+    **overrides: Unpack[KernelKwargs],
+) -> torch.Tensor: ...
+@overload
+def sample(
+    logits: LogitsIn,
+    params: SamplingParams | None = None,
+    /,
+    *,
+    history: Any = None,
+    logprobs: Literal[True],
+    top_logprobs: int = 0,
+    **overrides: Unpack[KernelKwargs],
+) -> SampleOutput: ...
+@overload
+def sample(
+    logits: LogitsIn,
+    params: SamplingParams | None = None,
+    /,
+    *,
+    history: Any = None,
     logprobs: bool = False,
     top_logprobs: int = 0,
+    **overrides: Unpack[KernelKwargs],
+) -> SampleOutput | Any: ...
+def sample(
+    logits: LogitsIn,
+    params: SamplingParams | None = None,
+    /,
+    *,
+    history: Any = None,
+    **overrides: Any,
 ) -> Any:
     """Samples one token id per row of `logits`.
 
     Args:
         logits: numpy array or torch tensor, (V,) or (B, V), float32/float64/float16/bfloat16.
             Read in place, never modified.
-        temperature: T >= 0; 0 is greedy (argmax of the penalised logits).
-        top_k: keep the k largest scaled logits (ties at the boundary kept); None/0 is off.
-        top_p: nucleus mass in (0, 1]; None/1 is off.
-        min_p: keep tokens with prob >= min_p * max prob; None/0 is off.
-        repetition_penalty: multiplicative CTRL penalty on seen tokens (1 is off).
-        frequency_penalty, presence_penalty: OpenAI additive penalties (0 is off).
-        frequency_scale, presence_scale: k-scaling per-token temperature (1 is off).
-        logit_bias: {id: bias}, a list of B dicts, or a dense (V,)/(B, V) array; -inf bans.
+        params: a `SamplingParams`; None builds one from the keywords.
         history: token ids seen per row ((L,), (B, L) with negative padding, or a list).
-        seed: None (OS entropy), an int, or B per-row ints (any int, taken mod 2**64).
-        logprobs: also return log-probabilities (returns a `SampleOutput`).
-        top_logprobs: also return the n most probable ids per row (returns a `SampleOutput`).
-
-    Every numeric parameter is a scalar or one value per row.
+        **overrides: any `SamplingParams` field, applied on top of `params`:
+            temperature (T >= 0; 0 is greedy), top_k (None/0 off), top_p (None/1 off),
+            min_p (None/0 off), repetition_penalty, frequency_penalty, presence_penalty,
+            frequency_scale, presence_scale (penalties; off at 1, 0, 0, 1, 1), logit_bias
+            ({id: bias}, a list of B dicts, or a dense (V,)/(B, V) array; -inf bans), seed
+            (None: OS entropy; an int; or B per-row ints, any int taken mod 2**64), logprobs
+            and top_logprobs (then a `SampleOutput` is returned). Every numeric parameter is
+            a scalar or one value per row.
 
     Returns:
         int64 ids, shape () or (B,), in the input's array type and on its device; or a
@@ -438,28 +458,9 @@ def sample(
     >>> int(sample(np.array([1.0, 3.0, 2.0]), temperature=0))
     1
     """
-    params = (
-        temperature,
-        top_k,
-        top_p,
-        min_p,
-        repetition_penalty,
-        frequency_penalty,
-        presence_penalty,
-        frequency_scale,
-        presence_scale,
-    )
-    lg, out = _run(
-        logits,
-        params,
-        history=history,
-        logit_bias=logit_bias,
-        seeds=None,
-        seed=seed,
-        want_raw=bool(logprobs),
-        top_n=top_logprobs,
-    )
-    return _result(lg, out, bool(logprobs), top_logprobs)
+    p = _params(params, overrides)
+    lg, out = _run(logits, p, history=history, want_raw=p.logprobs, top_n=p.top_logprobs)
+    return _result(lg, out, p.logprobs, p.top_logprobs)
 
 
 def _result(lg: _Logits, out: _native.RunResult, logprobs: bool, top_n: int) -> Any:
@@ -474,66 +475,63 @@ def _result(lg: _Logits, out: _native.RunResult, logprobs: bool, top_n: int) -> 
     )
 
 
+@overload
 def probs(
-    logits: Any,
+    logits: np.ndarray,
+    params: SamplingParams | None = None,
+    /,
     *,
-    temperature: Any = 1.0,
-    top_k: Any = None,
-    top_p: Any = None,
-    min_p: Any = None,
-    repetition_penalty: Any = 1.0,
-    frequency_penalty: Any = 0.0,
-    presence_penalty: Any = 0.0,
-    frequency_scale: Any = 1.0,
-    presence_scale: Any = 1.0,
-    logit_bias: Any = None,
     history: Any = None,
+    **overrides: Unpack[KernelKwargs],
+) -> np.ndarray: ...
+@overload
+def probs(
+    logits: torch.Tensor,
+    params: SamplingParams | None = None,
+    /,
+    *,
+    history: Any = None,
+    **overrides: Unpack[KernelKwargs],
+) -> torch.Tensor: ...
+def probs(
+    logits: LogitsIn,
+    params: SamplingParams | None = None,
+    /,
+    *,
+    history: Any = None,
+    **overrides: Any,
 ) -> Any:
     """The final sampling distribution of each row (zeros outside the kept set).
 
-    Takes the same arguments as `sample` (without the seed). Returns an array shaped like
-    `logits`: float64 for float64 input, float32 otherwise, in the input's array type.
+    Takes the arguments of `sample` (its seed and log-probability fields play no part).
+    Returns an array shaped like `logits`: float64 for float64 input, float32 otherwise, in
+    the input's array type.
 
     >>> import numpy as np
     >>> probs(np.array([0.0, 0.0]), temperature=1.0).tolist()
     [0.5, 0.5]
     """
-    params = (
-        temperature,
-        top_k,
-        top_p,
-        min_p,
-        repetition_penalty,
-        frequency_penalty,
-        presence_penalty,
-        frequency_scale,
-        presence_scale,
-    )
+    p = _params(params, overrides)
     lg, out = _run(
-        logits,
-        params,
-        history=history,
-        logit_bias=logit_bias,
-        seeds=(np.zeros(1, dtype=np.uint64), False),
-        want_probs=True,
+        logits, p, history=history, seeds=(np.zeros(1, dtype=np.uint64), False), want_probs=True
     )
-    p = out.probs
+    pr = out.probs
     if lg.array.shape[0] == 0:  # no rows: keep the vocabulary axis
         f64 = lg.array.dtype == np.float64
-        p = np.zeros(lg.array.shape, dtype=np.float64 if f64 else np.float32)
-    return lg.wrap(p)
+        pr = np.zeros(lg.array.shape, dtype=np.float64 if f64 else np.float32)
+    return lg.wrap(pr)
 
 
 class Sampler:
     """Sampling parameters plus random streams, for a generate loop.
 
     Each call advances the step of the streams, so a loop never reuses a random number; the
-    first call draws exactly what `sample(..., seed=seed)` draws. A Sampler may be shared by
-    threads: the step is taken under a lock, so concurrent calls get distinct steps.
+    first call draws exactly what `sample(params, seed=seed)` draws. A Sampler may be shared
+    by threads: the step is taken under a lock, so concurrent calls get distinct steps.
 
-    The parameters take the values `sample` takes and are validated at construction: a bad
-    value raises here (ValueError / TypeError naming it), not at the first call. What needs
-    the logits (the batch size of per-row values, logit_bias ids >= V) is checked per call.
+    Takes a `SamplingParams` and/or its fields as keywords, validated at construction (a bad
+    value raises here, naming it). What needs the logits (the batch size of per-row values,
+    logit_bias ids >= V) is checked per call. Without a seed, one is drawn from the OS.
 
     >>> import numpy as np
     >>> s = Sampler(temperature=0.0)
@@ -542,45 +540,27 @@ class Sampler:
     """
 
     def __init__(
-        self,
-        *,
-        temperature: Any = 1.0,
-        top_k: Any = None,
-        top_p: Any = None,
-        min_p: Any = None,
-        repetition_penalty: Any = 1.0,
-        frequency_penalty: Any = 0.0,
-        presence_penalty: Any = 0.0,
-        frequency_scale: Any = 1.0,
-        presence_scale: Any = 1.0,
-        logit_bias: Any = None,
-        seed: Any = None,
-        logprobs: bool = False,
-        top_logprobs: int = 0,
+        self, params: SamplingParams | None = None, /, **overrides: Unpack[SamplingKwargs]
     ) -> None:
-        self.params = (
-            temperature,
-            top_k,
-            top_p,
-            min_p,
-            repetition_penalty,
-            frequency_penalty,
-            presence_penalty,
-            frequency_scale,
-            presence_scale,
-        )
-        # Bad values raise here rather than at the first call.
-        _check_params(dict(zip(PARAM_NAMES, self.params)), logit_bias)
-        _check_top_n(top_logprobs)
-        _seeds(seed, None)
-        self.logit_bias = logit_bias
-        self.logprobs = bool(logprobs)
-        self.top_logprobs = top_logprobs
-        self.seed = secrets.randbits(64) if seed is None else seed
+        self.params: SamplingParams = _params(params, dict(overrides))
+        seed = self.params.seed
+        self.seed: Any = secrets.randbits(64) if seed is None else seed
         self.step = 0
         self._lock = threading.Lock()
         self._matrix: dict[int, np.ndarray] = {}
         self._seeds: dict[int, tuple[np.ndarray, bool]] = {}
+
+    @property
+    def logprobs(self) -> bool:
+        return self.params.logprobs
+
+    @property
+    def top_logprobs(self) -> int:
+        return self.params.top_logprobs
+
+    @property
+    def logit_bias(self) -> Any:
+        return self.params.logit_bias
 
     def reset(self, seed: Any = None) -> None:
         """Restarts the streams at step 0 (with a new seed when one is given)."""
@@ -617,22 +597,23 @@ class Sampler:
         b = shape[0] if len(shape) == 2 else 1
         pm = self._matrix.get(b)
         if pm is None:
-            pm = self._matrix.setdefault(b, _param_matrix(self.params, b))
+            pm = self._matrix.setdefault(b, self.params.matrix(b))
         seeds = self._seeds.get(b)
         if seeds is None:
             seeds = self._seeds.setdefault(b, _seeds(self.seed, b))
+        p = self.params
         lg, out = _run(
             logits,
-            self.params,
+            p,
             history=history,
-            logit_bias=self.logit_bias if logit_bias is None else logit_bias,
+            logit_bias=logit_bias,
             seeds=seeds,
             step=step,
-            want_raw=self.logprobs,
-            top_n=self.top_logprobs,
+            want_raw=p.logprobs,
+            top_n=p.top_logprobs,
             param_matrix=pm,
         )
-        res = _result(lg, out, self.logprobs, self.top_logprobs)
+        res = _result(lg, out, p.logprobs, p.top_logprobs)
         if keepdim:
             if isinstance(res, SampleOutput):
                 return res._replace(ids=res.ids[..., None])
