@@ -1,5 +1,8 @@
 //! Element types the kernels read natively, and the arithmetic type each one computes in.
 
+use crate::filter::{mass_above_and_collect_portable, masses_above_portable, top_k_portable};
+use crate::simd::{simd_level, Simd};
+use crate::softmax::{exp_weights_by, MassEstimate};
 use half::slice::HalfFloatSliceExt;
 use num_traits::Float;
 
@@ -20,6 +23,59 @@ pub trait Real: Float + Default + Send + Sync + std::fmt::Debug + 'static {
     fn key(self) -> u64;
     /// Inverse of [`Real::key`].
     fn from_key(k: u64) -> Self;
+
+    // The SIMD-able scans. Each default is the portable loop; a type with hand-written
+    // kernels (`f32`: AVX-512, in `simd.rs`) overrides it, checks the CPU's level (detected
+    // once, cached) and falls back to the default. Every kernel gives the portable result.
+
+    /// [`crate::filter::top_k_candidates`] of `y`, returning (NaN seen, `est` filled). `est`
+    /// (the inverse temperature and where to put the row's [`MassEstimate`]) is filled only
+    /// by kernels that can do it in the same read; the default leaves it.
+    #[inline(always)]
+    fn top_k_scan(
+        y: &[Self],
+        k: usize,
+        cand: &mut Vec<(Self, u32)>,
+        sel: &mut Vec<Self>,
+        est: Option<(f32, &mut MassEstimate)>,
+    ) -> (bool, bool) {
+        let _ = est;
+        (top_k_portable(y, |v| v, k, cand, sel), false)
+    }
+    /// [`crate::softmax::exp_weights`]: the weights of `y` under `floor` and their block sums.
+    #[inline(always)]
+    fn exp_weights<const FMA: bool>(
+        y: &[Self],
+        m: Self,
+        inv_t: Self,
+        floor: Self,
+        w: &mut Vec<Self>,
+        blocks: &mut Vec<f64>,
+    ) -> f64 {
+        exp_weights_by::<Self, Self, FMA>(y, |v| v, m, inv_t, floor, w, blocks)
+    }
+    /// [`crate::filter::masses_above`].
+    #[inline(always)]
+    fn masses_above(w: &[Self], th: &[Self; 4]) -> [f64; 4] {
+        masses_above_portable(w, th)
+    }
+    /// [`crate::filter::mass_above_and_collect`] (`blocks` already cleared).
+    #[inline(always)]
+    fn mass_above_and_collect(
+        w: &[Self],
+        lo: Self,
+        hi: Self,
+        buf: &mut Vec<(Self, u32)>,
+        blocks: &mut Vec<f64>,
+    ) -> (f64, f64) {
+        mass_above_and_collect_portable(w, lo, hi, buf, blocks)
+    }
+}
+
+/// Whether the AVX-512 kernels may run (the level is detected once and cached).
+#[inline(always)]
+fn avx512() -> bool {
+    simd_level() == Simd::Avx512
 }
 
 impl Real for f32 {
@@ -46,6 +102,67 @@ impl Real for f32 {
     #[inline(always)]
     fn from_key(k: u64) -> f32 {
         f32::from_bits(k as u32)
+    }
+    #[inline(always)]
+    fn top_k_scan(
+        y: &[f32],
+        k: usize,
+        cand: &mut Vec<(f32, u32)>,
+        sel: &mut Vec<f32>,
+        est: Option<(f32, &mut MassEstimate)>,
+    ) -> (bool, bool) {
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            let filled = est.is_some();
+            // SAFETY: the CPU has AVX-512 (avx512()).
+            return (
+                unsafe { crate::simd::top_k_candidates(y, k, cand, sel, est) },
+                filled,
+            );
+        }
+        let _ = est;
+        (top_k_portable(y, |v| v, k, cand, sel), false)
+    }
+    #[inline(always)]
+    fn exp_weights<const FMA: bool>(
+        y: &[f32],
+        m: f32,
+        inv_t: f32,
+        floor: f32,
+        w: &mut Vec<f32>,
+        blocks: &mut Vec<f64>,
+    ) -> f64 {
+        // The kernel is the FMA variant: only for code compiled with FMA.
+        #[cfg(target_arch = "x86_64")]
+        if FMA && avx512() {
+            // SAFETY: the CPU has AVX-512 (avx512()).
+            return unsafe { crate::simd::exp_weights_f32(y, m, inv_t, floor, w, blocks) };
+        }
+        exp_weights_by::<f32, f32, FMA>(y, |v| v, m, inv_t, floor, w, blocks)
+    }
+    #[inline(always)]
+    fn masses_above(w: &[f32], th: &[f32; 4]) -> [f64; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            // SAFETY: the CPU has AVX-512 (avx512()).
+            return unsafe { crate::simd::masses_above(w, th) };
+        }
+        masses_above_portable(w, th)
+    }
+    #[inline(always)]
+    fn mass_above_and_collect(
+        w: &[f32],
+        lo: f32,
+        hi: f32,
+        buf: &mut Vec<(f32, u32)>,
+        blocks: &mut Vec<f64>,
+    ) -> (f64, f64) {
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            // SAFETY: the CPU has AVX-512 (avx512()).
+            return unsafe { crate::simd::mass_above_and_collect(w, lo, hi, buf, blocks) };
+        }
+        mass_above_and_collect_portable(w, lo, hi, buf, blocks)
     }
 }
 
@@ -160,6 +277,40 @@ pub trait Elem: Copy + Send + Sync + 'static {
     /// Whether [`Elem::load`] is cheap enough (a shift) for a pass to widen as it reads,
     /// instead of converting the row first.
     const WIDENS_IN_PLACE: bool = false;
+
+    /// Whether this CPU has kernels that scan a row of this type as stored
+    /// ([`Elem::top_k_scan_stored`], [`Elem::exp_weights_stored`] at their fastest), so an
+    /// unmodified row needs no conversion pass before its first scan (bfloat16: AVX-512).
+    #[inline(always)]
+    fn scans_as_stored() -> bool {
+        false
+    }
+    /// [`Real::top_k_scan`] on the row as stored, widened as it is read: the candidates equal
+    /// those of the scan of [`Elem::load_row`]'s row.
+    #[inline(always)]
+    fn top_k_scan_stored(
+        x: &[Self],
+        k: usize,
+        cand: &mut Vec<(Self::C, u32)>,
+        sel: &mut Vec<Self::C>,
+        est: Option<(f32, &mut MassEstimate)>,
+    ) -> (bool, bool) {
+        let _ = est;
+        (top_k_portable(x, Self::load, k, cand, sel), false)
+    }
+    /// [`Real::exp_weights`] on the row as stored, widened as it is read (no conversion
+    /// pass).
+    #[inline(always)]
+    fn exp_weights_stored<const FMA: bool>(
+        x: &[Self],
+        m: Self::C,
+        inv_t: Self::C,
+        floor: Self::C,
+        w: &mut Vec<Self::C>,
+        blocks: &mut Vec<f64>,
+    ) -> f64 {
+        exp_weights_by::<Self, Self::C, FMA>(x, Self::load, m, inv_t, floor, w, blocks)
+    }
 }
 
 impl Elem for f32 {
@@ -227,6 +378,50 @@ impl Elem for half::bf16 {
                 .map(|b| f32::from_bits((b.to_bits() as u32) << 16)),
         );
     }
+    #[inline(always)]
+    fn scans_as_stored() -> bool {
+        cfg!(target_arch = "x86_64") && avx512()
+    }
+    #[inline(always)]
+    fn top_k_scan_stored(
+        x: &[half::bf16],
+        k: usize,
+        cand: &mut Vec<(f32, u32)>,
+        sel: &mut Vec<f32>,
+        est: Option<(f32, &mut MassEstimate)>,
+    ) -> (bool, bool) {
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            let filled = est.is_some();
+            // SAFETY: the CPU has AVX-512 (avx512()).
+            return (
+                unsafe {
+                    crate::simd::top_k_candidates_bf16(x.reinterpret_cast(), k, cand, sel, est)
+                },
+                filled,
+            );
+        }
+        let _ = est;
+        (top_k_portable(x, Self::load, k, cand, sel), false)
+    }
+    #[inline(always)]
+    fn exp_weights_stored<const FMA: bool>(
+        x: &[half::bf16],
+        m: f32,
+        inv_t: f32,
+        floor: f32,
+        w: &mut Vec<f32>,
+        blocks: &mut Vec<f64>,
+    ) -> f64 {
+        // The kernel is the FMA variant: only for code compiled with FMA.
+        #[cfg(target_arch = "x86_64")]
+        if FMA && avx512() {
+            // SAFETY: the CPU has AVX-512 (avx512()).
+            let raw = x.reinterpret_cast();
+            return unsafe { crate::simd::exp_weights_bf16(raw, m, inv_t, floor, w, blocks) };
+        }
+        exp_weights_by::<_, f32, FMA>(x, Self::load, m, inv_t, floor, w, blocks)
+    }
 }
 
 #[cfg(test)]
@@ -251,6 +446,62 @@ mod tests {
             }
             // 2 ulp of f32 is 2.4e-7 relative.
             assert!(worst < 2.4e-7, "{name}: worst relative error {worst}");
+        }
+    }
+
+    /// The trait methods (the AVX-512 kernels on a CPU that has them, under the level
+    /// detected once) give the portable loops' results: the top-k scan of f32 rows and of
+    /// bfloat16 rows read as stored, the masses above thresholds, the collect pass.
+    #[test]
+    fn simd_methods_equal_the_portable_loops() {
+        let mut rnd = crate::test_util::uniforms(0x51_7cc1_b727_220au64);
+        for n in [1usize, 15, 16, 63, 64, 1000, 1024, 4097, 40_000] {
+            let y: Vec<f32> = (0..n)
+                .map(|_| match (rnd() * 20.0) as u32 {
+                    0 => f32::NEG_INFINITY,
+                    1 => 3.0, // plateaus
+                    _ => 10.0 * (rnd() as f32 - 0.5),
+                })
+                .collect();
+            let bf: Vec<half::bf16> = y.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            let mut wide = Vec::new();
+            half::bf16::load_row(&bf, &mut wide);
+            let sorted = |mut c: Vec<(f32, u32)>| {
+                c.sort_unstable_by_key(|p| p.1);
+                c
+            };
+            for k in [1usize, 5, 64, n] {
+                let (mut c0, mut c1, mut sel) = (Vec::new(), Vec::new(), Vec::new());
+                let nan0 = top_k_portable(&y, |v| v, k, &mut c0, &mut sel);
+                let (nan1, _) = f32::top_k_scan(&y, k, &mut c1, &mut sel, None);
+                assert_eq!((nan0, sorted(c0)), (nan1, sorted(c1)), "f32 n {n} k {k}");
+                let (mut c0, mut c1) = (Vec::new(), Vec::new());
+                let nan0 = top_k_portable(&wide, |v| v, k, &mut c0, &mut sel);
+                let (nan1, _) = half::bf16::top_k_scan_stored(&bf, k, &mut c1, &mut sel, None);
+                assert_eq!((nan0, sorted(c0)), (nan1, sorted(c1)), "bf16 n {n} k {k}");
+            }
+            let w: Vec<f32> = y.iter().map(|&v| exp_f32(v - 5.0)).collect();
+            let th = [0.0f32, 1e-3, 0.05, 0.5];
+            let (a, b) = (masses_above_portable(&w, &th), f32::masses_above(&w, &th));
+            for (x, z) in a.iter().zip(&b) {
+                assert!(
+                    (x - z).abs() <= 1e-9 * x.abs().max(1e-30),
+                    "n {n}: {a:?} {b:?}"
+                );
+            }
+            let (mut b0, mut b1, mut k0, mut k1) = (vec![], vec![], vec![], vec![]);
+            let r0 = mass_above_and_collect_portable(&w, 1e-3, 0.05, &mut b0, &mut k0);
+            let r1 = f32::mass_above_and_collect(&w, 1e-3, 0.05, &mut b1, &mut k1);
+            assert_eq!(b0, b1, "n {n}");
+            assert!(
+                (r0.0 - r1.0).abs() <= 1e-9 * r0.0.max(1e-30),
+                "n {n}: {r0:?} {r1:?}"
+            );
+            assert!(
+                (r0.1 - r1.1).abs() <= 1e-9 * r0.1.max(1e-30),
+                "n {n}: {r0:?} {r1:?}"
+            );
+            assert_eq!(k0.len(), k1.len());
         }
     }
 

@@ -10,7 +10,6 @@
 //! wants the filtered row.
 
 use crate::elem::Real;
-use crate::simd;
 use crate::softmax::{sum_wide, BLOCK, LANES};
 use std::cmp::Ordering;
 
@@ -58,13 +57,19 @@ pub fn top_k_candidates<F: Real>(
     cand: &mut Vec<(F, u32)>,
     sel: &mut Vec<F>,
 ) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(y32) = simd::avx512_f32(y) {
-        if let (Some(c), Some(s)) = (simd::pairs_f32(cand), simd::vec_f32(sel)) {
-            // SAFETY: avx512_f32 returned Some, so the CPU has AVX-512.
-            return unsafe { simd::top_k_candidates(y32, k, c, s, None) };
-        }
-    }
+    F::top_k_scan(y, k, cand, sel, None).0
+}
+
+/// The portable loop of [`top_k_candidates`] on a row stored as `Y`, widened by `load` as it
+/// is read (`Real::top_k_scan`'s default and fallback).
+#[inline(always)]
+pub(crate) fn top_k_portable<Y: Copy, F: Real>(
+    y: &[Y],
+    load: impl Fn(Y) -> F,
+    k: usize,
+    cand: &mut Vec<(F, u32)>,
+    sel: &mut Vec<F>,
+) -> bool {
     cand.clear();
     let mut cap = (4 * k).max(256);
     let mut thr = F::neg_infinity();
@@ -74,11 +79,13 @@ pub fn top_k_candidates<F: Real>(
     for c in &mut chunks {
         let mut hit = 0u32;
         for &v in c {
+            let v = load(v);
             hit |= (v >= thr) as u32;
             bad |= v.is_nan() as u32;
         }
         if hit != 0 {
             for (l, &v) in c.iter().enumerate() {
+                let v = load(v);
                 if v >= thr {
                     cand.push((v, base + l as u32));
                 }
@@ -93,6 +100,7 @@ pub fn top_k_candidates<F: Real>(
         base += LANES as u32;
     }
     for (l, &v) in chunks.remainder().iter().enumerate() {
+        let v = load(v);
         bad |= v.is_nan() as u32;
         if v >= thr {
             cand.push((v, base + l as u32));
@@ -462,12 +470,12 @@ impl SampleHistogram {
 /// The exact mass of the weights above each threshold, in one pass.
 #[inline(always)]
 pub fn masses_above<F: Real>(w: &[F], th: &[F; 4]) -> [f64; 4] {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(w32) = simd::avx512_f32(w) {
-        let t = th.map(|v| v.wide() as f32);
-        // SAFETY: avx512_f32 returned Some, so the CPU has AVX-512 (and F is f32).
-        return unsafe { simd::masses_above(w32, &t) };
-    }
+    F::masses_above(w, th)
+}
+
+/// The portable loop of [`masses_above`] (`Real::masses_above`'s default and fallback).
+#[inline(always)]
+pub(crate) fn masses_above_portable<F: Real>(w: &[F], th: &[F; 4]) -> [f64; 4] {
     let mut out = [0.0f64; 4];
     for block in w.chunks(BLOCK) {
         for (o, &t) in out.iter_mut().zip(th) {
@@ -502,14 +510,19 @@ pub fn mass_above_and_collect<F: Real>(
     blocks: &mut Vec<f64>,
 ) -> (f64, f64) {
     blocks.clear();
-    #[cfg(target_arch = "x86_64")]
-    if let Some(w32) = simd::avx512_f32(w) {
-        if let Some(b) = simd::pairs_f32(buf) {
-            // SAFETY: avx512_f32 returned Some, so the CPU has AVX-512 (and F is f32).
-            let (lo, hi) = (lo.wide() as f32, hi.wide() as f32);
-            return unsafe { simd::mass_above_and_collect(w32, lo, hi, b, blocks) };
-        }
-    }
+    F::mass_above_and_collect(w, lo, hi, buf, blocks)
+}
+
+/// The portable loop of [`mass_above_and_collect`] (`Real::mass_above_and_collect`'s default
+/// and fallback); `blocks` is already cleared.
+#[inline(always)]
+pub(crate) fn mass_above_and_collect_portable<F: Real>(
+    w: &[F],
+    lo: F,
+    hi: F,
+    buf: &mut Vec<(F, u32)>,
+    blocks: &mut Vec<f64>,
+) -> (f64, f64) {
     buf.clear();
     buf.reserve(w.len());
     let out = buf.spare_capacity_mut();

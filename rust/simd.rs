@@ -1,10 +1,11 @@
 //! Runtime SIMD detection, and hand-written AVX-512 kernels for the `f32` scans whose
 //! auto-vectorised form is poor: they need a comparison mask per 16 values and compress-stores
 //! of the few values that pass, which LLVM does not emit from the portable loops. Each kernel
-//! has a portable twin in `filter.rs` with the same result; these are only faster.
+//! has a portable twin in `filter.rs` with the same result; these are only faster. They are
+//! reached only through the element traits (`Real` for `f32` rows, `Elem` for bfloat16 rows
+//! read as stored, in `elem.rs`), which check the level detected here.
 
 use crate::filter::compact;
-use std::any::TypeId;
 
 /// The widest SIMD the CPU offers, detected once.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -43,39 +44,6 @@ pub(crate) fn simd_level() -> Simd {
         }
         Simd::Baseline
     })
-}
-
-/// The row as `f32` when `F` is `f32` and the AVX-512 kernels may run.
-#[inline(always)]
-pub(crate) fn avx512_f32<F: 'static>(x: &[F]) -> Option<&[f32]> {
-    if TypeId::of::<F>() == TypeId::of::<f32>() && simd_level() == Simd::Avx512 {
-        // SAFETY: F is f32 (same TypeId), so the slice is the same memory with the same type.
-        Some(unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<f32>(), x.len()) })
-    } else {
-        None
-    }
-}
-
-/// `v` as a `Vec<(f32, u32)>` when `F` is `f32`.
-#[inline(always)]
-pub(crate) fn pairs_f32<F: 'static>(v: &mut Vec<(F, u32)>) -> Option<&mut Vec<(f32, u32)>> {
-    if TypeId::of::<F>() == TypeId::of::<f32>() {
-        // SAFETY: F is f32 (same TypeId), so this is the same type.
-        Some(unsafe { &mut *(v as *mut Vec<(F, u32)>).cast::<Vec<(f32, u32)>>() })
-    } else {
-        None
-    }
-}
-
-/// `v` as a `Vec<f32>` when `F` is `f32`.
-#[inline(always)]
-pub(crate) fn vec_f32<F: 'static>(v: &mut Vec<F>) -> Option<&mut Vec<f32>> {
-    if TypeId::of::<F>() == TypeId::of::<f32>() {
-        // SAFETY: F is f32 (same TypeId), so this is the same type.
-        Some(unsafe { &mut *(v as *mut Vec<F>).cast::<Vec<f32>>() })
-    } else {
-        None
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -669,14 +637,3 @@ pub(crate) use x86::{
     exp_weights_bf16, exp_weights_f32, mass_above_and_collect, masses_above, top_k_candidates,
     top_k_candidates_bf16,
 };
-
-/// The raw bits of a bfloat16 row when `T` is bfloat16 and the AVX-512 kernels may run.
-#[inline(always)]
-pub(crate) fn avx512_bf16<T: 'static>(x: &[T]) -> Option<&[u16]> {
-    if TypeId::of::<T>() == TypeId::of::<half::bf16>() && simd_level() == Simd::Avx512 {
-        // SAFETY: T is half::bf16 (same TypeId), a transparent wrapper of u16.
-        Some(unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u16>(), x.len()) })
-    } else {
-        None
-    }
-}

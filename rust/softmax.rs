@@ -135,15 +135,7 @@ pub fn exp_weights<F: Real, const FMA: bool>(
     w: &mut Vec<F>,
     blocks: &mut Vec<f64>,
 ) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if FMA {
-        if let (Some(y32), Some(w32)) = (crate::simd::avx512_f32(y), crate::simd::vec_f32(w)) {
-            let (m, inv_t, floor) = (m.wide() as f32, inv_t.wide() as f32, floor.wide() as f32);
-            // SAFETY: avx512_f32 returned Some, so the CPU has AVX-512.
-            return unsafe { crate::simd::exp_weights_f32(y32, m, inv_t, floor, w32, blocks) };
-        }
-    }
-    exp_weights_by::<F, F, FMA>(y, |v| v, m, inv_t, floor, w, blocks)
+    F::exp_weights::<FMA>(y, m, inv_t, floor, w, blocks)
 }
 
 /// [`exp_weights`] on a row as stored (`T::load` widens each element inside the loop, so a
@@ -157,15 +149,7 @@ pub fn exp_weights_elem<T: Elem, const FMA: bool>(
     w: &mut Vec<T::C>,
     blocks: &mut Vec<f64>,
 ) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if FMA {
-        if let (Some(raw), Some(w32)) = (crate::simd::avx512_bf16(x), crate::simd::vec_f32(w)) {
-            let (m, inv_t, floor) = (m.wide() as f32, inv_t.wide() as f32, floor.wide() as f32);
-            // SAFETY: avx512_bf16 returned Some, so the CPU has AVX-512.
-            return unsafe { crate::simd::exp_weights_bf16(raw, m, inv_t, floor, w32, blocks) };
-        }
-    }
-    exp_weights_by::<T, T::C, FMA>(x, T::load, m, inv_t, floor, w, blocks)
+    T::exp_weights_stored::<FMA>(x, m, inv_t, floor, w, blocks)
 }
 
 /// [`exp_weights`] on a row stored as `Y` (e.g. bfloat16), widened by `load` inside the same

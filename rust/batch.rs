@@ -1,0 +1,351 @@
+//! The batched driver: the request and result types, the shape checks, and the thread pool
+//! that runs rows in parallel (each row through `plan.rs`).
+
+use crate::elem::Elem;
+use crate::error::SamplingError;
+use crate::params::RowParams;
+use crate::plan::process_row_dispatch;
+use crate::scratch::with_scratch;
+use rayon::prelude::*;
+use std::sync::{Arc, RwLock};
+
+/// How rows get their random streams.
+#[derive(Debug, Clone, Copy)]
+pub enum Seeds<'a> {
+    /// One seed for the batch: row `i` uses lane `i` of that seed's stream.
+    Shared(u64),
+    /// One seed per row (lane 0), so a row draws the same wherever it sits in the batch.
+    PerRow(&'a [u64]),
+}
+
+/// A rectangular block of `rows` rows of `width` ids, row-major; negative ids are padding.
+#[derive(Debug, Clone, Copy)]
+pub struct IdRows<'a> {
+    /// The ids, `rows * width` of them.
+    pub ids: &'a [i64],
+    /// Ids per row.
+    pub width: usize,
+}
+
+impl<'a> IdRows<'a> {
+    /// Offset of row `i`'s first id: one row broadcasts to the whole batch.
+    pub(crate) fn start(&self, i: usize) -> usize {
+        if self.ids.len() == self.width {
+            0
+        } else {
+            i * self.width
+        }
+    }
+
+    pub(crate) fn row(&self, i: usize) -> &'a [i64] {
+        if self.width == 0 {
+            return &[];
+        }
+        let start = self.start(i);
+        &self.ids[start..start + self.width]
+    }
+}
+
+/// Everything one batched call needs besides the output buffer.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchRequest<'a, T> {
+    /// The logit rows, all of one length V.
+    pub rows: &'a [&'a [T]],
+    /// Parameters: one row for the whole batch, or one per row.
+    pub params: &'a [RowParams],
+    /// Token history per row (one row for a single-row batch), or `None`.
+    pub history: Option<IdRows<'a>>,
+    /// Logit-bias ids per row (one row broadcasts); `-inf` values ban.
+    pub bias_ids: Option<IdRows<'a>>,
+    /// Logit-bias values, laid out like `bias_ids`.
+    pub bias_values: &'a [f64],
+    /// Random streams.
+    pub seeds: Seeds<'a>,
+    /// Step of the stream (a `Sampler` advances it each call).
+    pub step: u64,
+    /// Compute the log-probability of the chosen token under the raw softmax.
+    pub want_raw_logprob: bool,
+    /// How many top log-probabilities to report per row (at most `max(V, TOP_N_SLACK)`).
+    pub top_n: usize,
+}
+
+/// `top_n` may exceed the vocabulary (the extra slots are padding) up to this many; beyond
+/// both, a request would only reach the allocator (B × top_n slots) and abort the process.
+pub const TOP_N_SLACK: usize = 1024;
+
+/// What one row produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowResult {
+    /// The chosen token id.
+    pub id: i64,
+    /// Its log-probability under the final distribution.
+    pub logprob: f64,
+    /// Its log-probability under the raw softmax (NaN unless asked for).
+    pub raw_logprob: f64,
+    /// The `top_n` most probable tokens of the final distribution with their log-probabilities.
+    pub top: Vec<(i64, f64)>,
+}
+
+fn check_shapes<T>(
+    req: &BatchRequest<'_, T>,
+    probs_len: Option<usize>,
+) -> Result<usize, SamplingError> {
+    let b = req.rows.len();
+    let v = req.rows.first().map_or(0, |r| r.len());
+    if b > 0 && v == 0 {
+        return Err(SamplingError::Shape(
+            "logits have a vocabulary of size 0".into(),
+        ));
+    }
+    if req.rows.iter().any(|r| r.len() != v) {
+        return Err(SamplingError::Shape("logit rows differ in length".into()));
+    }
+    if req.params.len() != 1 && req.params.len() != b {
+        return Err(SamplingError::Shape(format!(
+            "{} parameter rows for a batch of {b}",
+            req.params.len()
+        )));
+    }
+    let rows_of = |r: &IdRows<'_>| r.ids.len().checked_div(r.width).unwrap_or(0);
+    if let Some(h) = &req.history {
+        if h.width > 0
+            && (h.ids.len() % h.width != 0 || (rows_of(h) != b && !(rows_of(h) == 1 && b == 1)))
+        {
+            return Err(SamplingError::Shape(format!(
+                "history has {} rows for a batch of {b}",
+                rows_of(h)
+            )));
+        }
+    }
+    if let Some(bi) = &req.bias_ids {
+        if bi.width > 0
+            && (bi.ids.len() % bi.width != 0
+                || (rows_of(bi) != b && rows_of(bi) != 1)
+                || req.bias_values.len() != bi.ids.len())
+        {
+            return Err(SamplingError::Shape(format!(
+                "logit_bias has {} rows for a batch of {b}",
+                rows_of(bi)
+            )));
+        }
+    }
+    if req.top_n > v.max(TOP_N_SLACK) {
+        return Err(SamplingError::Shape(format!(
+            "top_logprobs = {} exceeds both the vocabulary size {v} and {TOP_N_SLACK}",
+            req.top_n
+        )));
+    }
+    if let Seeds::PerRow(s) = req.seeds {
+        if s.len() != b {
+            return Err(SamplingError::Shape(format!(
+                "{} seeds for a batch of {b}",
+                s.len()
+            )));
+        }
+    }
+    if let Some(n) = probs_len {
+        if n != b * v {
+            return Err(SamplingError::Shape(format!(
+                "probs buffer has {n} elements, expected {}",
+                b * v
+            )));
+        }
+    }
+    Ok(v)
+}
+
+/// Below this many logits in a batch, threads cost more than they save. Measured with
+/// `benches/parallel_threshold.py` on the 2-core VM: handing rows to the pool and waking its
+/// workers costs ~50-150 µs per call, so 2 threads only win from about a million logits
+/// (e.g. B = 8 at V = 128k); at 65,536 they were 2-5x slower than one.
+pub const PARALLEL_MIN_ELEMENTS: usize = 1 << 20;
+
+/// [`PARALLEL_MIN_ELEMENTS`], or `TOKENSAMPLER_PARALLEL_MIN` when set (read once): the knob
+/// `benches/parallel_threshold.py` turns to measure where the threshold belongs.
+fn parallel_min_elements() -> usize {
+    use std::sync::OnceLock;
+    static MIN: OnceLock<usize> = OnceLock::new();
+    *MIN.get_or_init(|| {
+        std::env::var("TOKENSAMPLER_PARALLEL_MIN")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(PARALLEL_MIN_ELEMENTS)
+    })
+}
+
+static POOL: RwLock<Option<Arc<rayon::ThreadPool>>> = RwLock::new(None);
+
+/// Sets the number of worker threads for batched calls (0 restores rayon's default, one per
+/// core).
+pub fn set_num_threads(n: usize) -> Result<(), SamplingError> {
+    let pool = if n == 0 {
+        None
+    } else {
+        Some(Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .thread_name(|i| format!("tokensampler-{i}"))
+                .build()
+                .map_err(|e| SamplingError::ThreadPool(format!("cannot start {n} threads: {e}")))?,
+        ))
+    };
+    match POOL.write() {
+        Ok(mut g) => *g = pool,
+        Err(poisoned) => *poisoned.into_inner() = pool,
+    }
+    Ok(())
+}
+
+/// The number of worker threads batched calls use.
+pub fn num_threads() -> usize {
+    current_pool().map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
+}
+
+fn current_pool() -> Option<Arc<rayon::ThreadPool>> {
+    match POOL.read() {
+        Ok(g) => g.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
+/// Panics on a worker of the sampling pool: lets the bindings test that a worker's panic
+/// reaches the caller as an error, not an abort.
+pub fn debug_panic_on_worker() {
+    let work = || {
+        (0..2).into_par_iter().for_each(|i| {
+            if i == 1 {
+                panic!("deliberate panic on a worker thread");
+            }
+        })
+    };
+    match current_pool() {
+        Some(pool) => pool.install(work),
+        None => work(),
+    }
+}
+
+/// Runs the pipeline on every row. `probs`, when given, receives the final distribution of
+/// each row (B × V, row-major). Errors name the lowest failing row.
+pub fn run_batch<T: Elem>(
+    req: &BatchRequest<'_, T>,
+    probs: Option<&mut [T::C]>,
+) -> Result<Vec<RowResult>, SamplingError> {
+    let v = check_shapes(req, probs.as_ref().map(|p| p.len()))?;
+    let b = req.rows.len();
+    let outs: Vec<Option<&mut [T::C]>> = match probs {
+        Some(p) if v > 0 => p.chunks_mut(v).map(Some).collect(),
+        _ => (0..b).map(|_| None).collect(),
+    };
+    let results: Vec<Result<RowResult, SamplingError>> =
+        if b >= 2 && b * v >= parallel_min_elements() {
+            let work = || {
+                outs.into_par_iter()
+                    .enumerate()
+                    .map(|(i, out)| with_scratch(|s| process_row_dispatch(req, i, s, out)))
+                    .collect()
+            };
+            match current_pool() {
+                Some(pool) => pool.install(work),
+                None => work(),
+            }
+        } else {
+            with_scratch(|s| {
+                outs.into_iter()
+                    .enumerate()
+                    .map(|(i, out)| process_row_dispatch(req, i, s, out))
+                    .collect()
+            })
+        };
+    results.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::{PARAMS, PARAM_NAMES};
+    use crate::test_util::{params, req};
+
+    #[test]
+    fn top_n_beyond_vocabulary_and_slack_is_an_error_not_an_allocation() {
+        let x = [1.0f32, 2.0, 3.0];
+        let rows = [&x[..]];
+        let p = [params(1.0, 0, 1.0, 0.0)];
+        let mut r = req(&rows, &p);
+        r.top_n = TOP_N_SLACK; // past V = 3, within the slack: padded, fine
+        let out = run_batch(&r, None).unwrap();
+        assert_eq!(out[0].top.len(), TOP_N_SLACK);
+        assert_eq!(out[0].top[3], (-1, f64::NEG_INFINITY));
+        for n in [TOP_N_SLACK + 1, 1 << 62, usize::MAX] {
+            r.top_n = n;
+            assert!(
+                matches!(run_batch(&r, None), Err(SamplingError::Shape(_))),
+                "{n}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_name_the_row() {
+        let a = [1.0f32, 2.0];
+        let b = [f32::NAN, 2.0];
+        let c = [f32::NEG_INFINITY, f32::NEG_INFINITY];
+        let p = [params(1.0, 0, 1.0, 0.0)];
+        let rows = [&a[..], &b[..]];
+        assert_eq!(
+            run_batch(&req(&rows, &p), None).unwrap_err(),
+            SamplingError::NanInRow { row: 1 }
+        );
+        let rows = [&a[..], &a[..], &c[..]];
+        assert_eq!(
+            run_batch(&req(&rows, &p), None).unwrap_err(),
+            SamplingError::AllMasked { row: 2 }
+        );
+        for (name, bad) in [
+            ("temperature", -1.0),
+            ("top_k", 0.5),
+            ("top_p", 0.0),
+            ("min_p", 1.0),
+            ("repetition_penalty", 0.0),
+            ("frequency_penalty", f64::NAN),
+            ("frequency_scale", 0.9),
+        ] {
+            let mut vals = PARAMS.map(|p| p.default);
+            vals[PARAM_NAMES.iter().position(|&n| n == name).unwrap()] = bad;
+            match RowParams::from_values(&vals, 3) {
+                Err(SamplingError::InvalidParameter {
+                    name: n, row: 3, ..
+                }) => assert_eq!(n, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn same_seed_same_ids_any_thread_count_and_position() {
+        let v = 5000;
+        let rows_data: Vec<Vec<f32>> = (0..16)
+            .map(|r| {
+                (0..v)
+                    .map(|j| ((j * 7919 + r * 104_729) % 1000) as f32 / 300.0)
+                    .collect()
+            })
+            .collect();
+        let rows: Vec<&[f32]> = rows_data.iter().map(|r| &r[..]).collect();
+        let p = [params(1.0, 0, 1.0, 0.0)];
+        let seeds: Vec<u64> = (0..16).map(|i| 1000 + i).collect();
+        let mut r = req(&rows, &p);
+        r.seeds = Seeds::PerRow(&seeds);
+        set_num_threads(1).unwrap();
+        let one = run_batch(&r, None).unwrap();
+        set_num_threads(2).unwrap();
+        let two = run_batch(&r, None).unwrap();
+        set_num_threads(0).unwrap();
+        let ids = |r: &[RowResult]| r.iter().map(|x| (x.id, x.logprob)).collect::<Vec<_>>();
+        assert_eq!(ids(&one), ids(&two));
+        let single_rows = [rows[5]];
+        let single_seed = [seeds[5]];
+        let mut r1 = req(&single_rows, &p);
+        r1.seeds = Seeds::PerRow(&single_seed);
+        assert_eq!(ids(&run_batch(&r1, None).unwrap()), ids(&one[5..6]));
+    }
+}

@@ -1,0 +1,939 @@
+//! The per-row pipeline of docs/design.md section 2.
+//!
+//! Order: bias and bans → penalties → temperature (T = 0 is greedy) → top-k → softmax →
+//! top-p → min-p → renormalise and draw.
+
+use crate::batch::{BatchRequest, RowResult, Seeds};
+use crate::draw::{draw_dense, draw_dense_by, draw_sparse};
+use crate::elem::{Elem, Real};
+use crate::error::SamplingError;
+use crate::filter::{
+    apply_cut, by_prob, cut_block_sums, kth_largest, mass_select, region_block_sums,
+    top_k_candidates, top_p_cut, Cut, Nucleus, HEAD,
+};
+use crate::params::RowParams;
+use crate::penalty::{apply, count_history};
+use crate::rng::uniform;
+use crate::scratch::Scratch;
+#[cfg(target_arch = "x86_64")]
+use crate::simd::{simd_level, Simd};
+use crate::softmax::{
+    approx_exp, exp_weight, exp_weights, exp_weights_elem, first_index_of, first_index_of_by,
+    indicator_weights, max_nan, max_nan_by, raw_log_softmax_at, top_logprobs, MassEstimate, BLOCK,
+    EST_REL, EST_SCALE,
+};
+use num_traits::{Float, One, Zero};
+
+/// Top-k runs on the streaming path (candidates only) while `k` is at most this share of V;
+/// above it, a selection on a copy and the dense path are cheaper.
+const SPARSE_TOP_K_DIVISOR: usize = 8;
+
+/// Whether bias, bans or penalties change row `i` (otherwise it can be read in place).
+fn modifies_row<T>(req: &BatchRequest<'_, T>, i: usize, p: &RowParams) -> bool {
+    req.bias_ids
+        .is_some_and(|b| b.row(i).iter().any(|&id| id >= 0))
+        || (req.history.is_some() && !p.penalties().is_off())
+}
+
+/// Applies bias, bans and penalties to the loaded row `s.y` (of length `v`); when
+/// [`modifies_row`] is false it only validates the history ids.
+#[inline(always)]
+fn modify_row<T: Elem>(
+    req: &BatchRequest<'_, T>,
+    i: usize,
+    p: &RowParams,
+    v: usize,
+    s: &mut Scratch<T::C>,
+) -> Result<(), SamplingError> {
+    type F<T> = <T as Elem>::C;
+    if let Some(bias) = req.bias_ids {
+        let start = bias.start(i);
+        for (n, &id) in bias.row(i).iter().enumerate() {
+            if id < 0 {
+                continue;
+            }
+            if id as u64 >= v as u64 {
+                return Err(SamplingError::TokenOutOfRange {
+                    what: "logit_bias",
+                    row: i,
+                    id,
+                    vocab: v,
+                });
+            }
+            let b = req.bias_values[start + n];
+            let e = &mut s.y[id as usize];
+            // A ban wins over everything, and a masked token stays masked.
+            let biased = *e + F::<T>::of(b);
+            *e = if e.is_nan() {
+                // Keep a NaN visible to the row check: a ban must not hide bad input.
+                *e
+            } else if b == f64::NEG_INFINITY || biased.is_nan() {
+                F::<T>::neg_infinity()
+            } else {
+                biased
+            };
+        }
+    }
+    if let Some(h) = req.history {
+        let penalties = p.penalties();
+        if !penalties.is_off() {
+            count_history(h.row(i), v, i, &mut s.hist, &mut s.counts)?;
+            apply(&mut s.y, &s.counts, &penalties);
+        } else if let Some(&id) = h.row(i).iter().find(|&&id| id >= v as i64) {
+            // Bad ids are an error even when no penalty reads them, so a bug in the caller's
+            // bookkeeping surfaces on the first call, not when a penalty is switched on.
+            return Err(SamplingError::TokenOutOfRange {
+                what: "history",
+                row: i,
+                id,
+                vocab: v,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The streaming top-k of a row: on the row as stored (`x`) when `stored`, else on `y`.
+/// Returns (NaN seen, `est` filled): `est` (the inverse temperature and where to put the
+/// row's [`MassEstimate`]) is only filled by the AVX-512 scans, in the same read.
+#[inline(always)]
+fn first_scan<T: Elem>(
+    y: &[T::C],
+    x: &[T],
+    stored: bool,
+    k: usize,
+    cand: &mut Vec<(T::C, u32)>,
+    sel: &mut Vec<T::C>,
+    est: Option<(f32, &mut MassEstimate)>,
+) -> (bool, bool) {
+    if stored {
+        T::top_k_scan_stored(x, k, cand, sel, est)
+    } else {
+        T::C::top_k_scan(y, k, cand, sel, est)
+    }
+}
+
+/// The nucleus of a peaked row (top-p without top-k) decided without the exact exp pass.
+///
+/// `cand` holds on entry the ids of the head, every token whose logit is at least the
+/// [`HEAD`]-th largest; `est` the row's [`MassEstimate`] from the same first read. The head's
+/// exact weights (the exp pass's, bit for bit) and the estimate bound the row's total mass:
+/// each estimated term is within `EST_REL` of its weight, the lane sums within 1e-5. When the
+/// head holds `top_p` of even the largest possible total and the cut among the head is the
+/// same at both ends of the bound, that is the cut the exact total gives (the cut only moves
+/// with the target). Then `cand` is left holding the kept pairs in id order and their mass is
+/// returned: what the exact path's sparse draw gets. `None` (a flat row, or a bound too loose
+/// to decide) leaves the exact path to run; `cand` still holds the head's ids.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn peaked_nucleus<Y: Copy, F: Real, const FMA: bool>(
+    x: &[Y],
+    load: impl Fn(Y) -> F,
+    m: F,
+    inv_t: F,
+    p: &RowParams,
+    cand: &mut Vec<(F, u32)>,
+    est: &MassEstimate,
+) -> Option<f64> {
+    let n = x.len();
+    if cand.len() >= n {
+        return None;
+    }
+    let (mw, tw) = (m.wide(), inv_t.wide());
+    let c2 = tw as f32 * EST_SCALE;
+    // Each block's estimate is against its reference r: rescale to the row's maximum.
+    let scale = |r: f32| ((r as f64 - mw) * tw).exp();
+    let all: f64 = est.blocks.iter().map(|&(r, s)| s * scale(r)).sum();
+    let (mut head, mut head_est, mut head_min) = (0.0, 0.0, F::infinity());
+    for c in cand.iter_mut() {
+        let v = load(x[c.1 as usize]);
+        c.0 = exp_weight::<F, FMA>(v, m, inv_t);
+        head += c.0.wide();
+        head_min = head_min.min(c.0);
+        let r = est.blocks.get(c.1 as usize / BLOCK)?.0;
+        head_est += approx_exp(v.wide() as f32, r, c2) as f64 * scale(r);
+    }
+    // Terms under 2^-126 of their reference count as 0 in the estimate.
+    let slack = 1e-5 * all + n as f64 * 1e-36;
+    let rest = all - head_est;
+    let lo = head + (rest - slack).max(0.0) / (1.0 + EST_REL);
+    let hi = head + (rest + slack) / (1.0 - EST_REL);
+    let target = p.top_p * hi;
+    if head < target || target.is_nan() {
+        return None;
+    }
+    let cut = mass_select(cand, p.top_p * hi);
+    // As in `top_p_cut`: a cut on the head's smallest weight may tie with a token outside it.
+    if mass_select(cand, p.top_p * lo) != cut || cut.0 <= head_min {
+        return None;
+    }
+    let cut = Cut {
+        tau: cut.0,
+        tie_max: cut.1,
+    };
+    let floor = F::of(p.min_p);
+    cand.retain(|c| cut.keeps(c.0, c.1, floor));
+    cand.sort_unstable_by_key(|c| c.1);
+    Some(cand.iter().map(|c| c.0.wide()).sum())
+}
+
+/// How a row is computed: chosen once per row from its parameters, before the row is read.
+/// Each plan has one function below; all of them share the stage functions after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// `temperature = 0`: the first index of the largest logit, in one read of the row.
+    Greedy,
+    /// `0 < top_k <= V / 8`: a streaming top-k scan keeps the candidates, and every later
+    /// stage (softmax, top-p, min-p, draw) runs on them alone.
+    SparseTopK,
+    /// Top-p without a sparse top-k: the first read of the row also finds its [`HEAD`]
+    /// heaviest tokens, where the nucleus cut looks first. With `estimate`, that read also
+    /// estimates the row's mass, so a peaked row's nucleus is decided from the head without
+    /// the exp pass ([`peaked_nucleus`]); when the bound cannot decide (or the CPU has no
+    /// AVX-512, which the estimate needs), the dense stages run.
+    Nucleus {
+        /// No dense top-k and no distribution asked for: the estimate may decide the cut.
+        estimate: bool,
+    },
+    /// Everything else: a max pass, the exp pass (under a dense top-k's floor), min-p, draw.
+    Dense,
+}
+
+impl Plan {
+    /// Whether the first read is a top-k scan, which can read an unmodified row as stored
+    /// ([`Elem::scans_as_stored`]).
+    #[inline(always)]
+    fn scans_first(self) -> bool {
+        matches!(self, Plan::SparseTopK | Plan::Nucleus { .. })
+    }
+}
+
+/// The plan of a row of `v` logits computed in `F`. `wants_dist`: the caller asked for the
+/// final distribution (`probs` or top log-probabilities), which the estimate cannot give.
+#[inline(always)]
+pub(crate) fn plan<F: Real>(p: &RowParams, v: usize, wants_dist: bool) -> Plan {
+    if p.temperature == 0.0 {
+        return Plan::Greedy;
+    }
+    if p.temperature > 0.0 {
+        if p.top_k > 0 && p.top_k <= v / SPARSE_TOP_K_DIVISOR {
+            return Plan::SparseTopK;
+        }
+        if p.top_p < 1.0 {
+            // The estimate only pays where a decided nucleus saves the exp pass: top-p
+            // without a (dense) top-k, whose floor the estimate would not see.
+            let no_k = p.top_k == 0 || p.top_k >= v;
+            // A temperature so small that the estimate's scale leaves f32 gets no estimate.
+            let it = (F::one() / F::of(p.temperature)).wide() as f32;
+            let scaled = (it * EST_SCALE).is_finite();
+            return Plan::Nucleus {
+                estimate: no_k && scaled && !wants_dist,
+            };
+        }
+    }
+    Plan::Dense
+}
+
+/// What a plan returns: the id, its log-probability, the top log-probabilities.
+type Drawn = (usize, f64, Vec<(i64, f64)>);
+
+/// One row as the plans see it.
+struct Row<'r, T> {
+    /// Its index in the batch.
+    i: usize,
+    p: &'r RowParams,
+    /// The row as given.
+    x: &'r [T],
+    /// An unmodified row read as stored by its first scan and exp pass (bfloat16 with
+    /// AVX-512: half the bytes, no conversion pass).
+    stored: bool,
+    /// An unmodified bfloat16 row read in place by the greedy plan (widened as it is read).
+    greedy_raw: bool,
+    /// How many top log-probabilities to report.
+    top_n: usize,
+}
+
+#[inline(always)]
+fn process_row<T: Elem, const FMA: bool>(
+    req: &BatchRequest<'_, T>,
+    i: usize,
+    s: &mut Scratch<T::C>,
+    probs: Option<&mut [T::C]>,
+) -> Result<RowResult, SamplingError> {
+    let x = req.rows[i];
+    let v = x.len();
+    let p = &req.params[if req.params.len() == 1 { 0 } else { i }];
+    let plan = plan::<T::C>(p, v, probs.is_some() || req.top_n > 0);
+    // An unmodified f32/f64 row is read where it lies: a copy would be one more pass through
+    // memory for nothing. An unmodified bf16 row whose first pass is a top-k scan is scanned
+    // as bf16 (half the bytes); the dense path widens it afterwards, from cache.
+    let modifies = modifies_row(req, i, p);
+    let direct = if modifies { None } else { T::as_compute(x) };
+    let stored = plan.scans_first() && !modifies && T::scans_as_stored();
+    // Greedy on an unmodified bf16 row reads the raw row too (widened as it is read).
+    let greedy_raw = plan == Plan::Greedy && !modifies && direct.is_none() && T::WIDENS_IN_PLACE;
+    if direct.is_none() && !stored && !greedy_raw {
+        T::load_row(x, &mut s.y);
+    }
+    // NaN in the input stays NaN through bias and penalties, so one check after them suffices.
+    modify_row(req, i, p, v, s)?;
+
+    let u = || match req.seeds {
+        Seeds::Shared(seed) => uniform(seed, i as u64, req.step),
+        Seeds::PerRow(seeds) => uniform(seeds[i], 0, req.step),
+    };
+    let row = Row {
+        i,
+        p,
+        x,
+        stored,
+        greedy_raw,
+        top_n: req.top_n,
+    };
+    // The loaded row leaves the scratch while the plan borrows the rest (a move, no copy).
+    let loaded = std::mem::take(&mut s.y);
+    let y = direct.unwrap_or(&loaded);
+    let drawn = match plan {
+        Plan::Greedy => greedy(&row, y, probs),
+        Plan::SparseTopK => sparse_top_k(&row, y, s, probs, u),
+        Plan::Nucleus { .. } | Plan::Dense => dense::<T, FMA>(&row, y, plan, s, probs, u),
+    };
+    s.y = loaded;
+    let (id, logprob, top) = drawn?;
+
+    let raw_logprob = if req.want_raw_logprob {
+        raw_log_softmax_at::<_, FMA>(x, id, &mut s.sel)
+    } else {
+        f64::NAN
+    };
+    Ok(RowResult {
+        id: id as i64,
+        logprob,
+        raw_logprob,
+        top,
+    })
+}
+
+// ==== the plans ==============================================================================
+
+/// [`Plan::Greedy`].
+#[inline(always)]
+fn greedy<T: Elem>(
+    row: &Row<'_, T>,
+    y: &[T::C],
+    probs: Option<&mut [T::C]>,
+) -> Result<Drawn, SamplingError> {
+    let (m, nan) = if row.greedy_raw {
+        max_nan_by(row.x, T::load)
+    } else {
+        max_nan(y)
+    };
+    check_max(row.i, nan, m)?;
+    let id = if row.greedy_raw {
+        first_index_of_by(row.x, T::load, m)
+    } else {
+        first_index_of(y, m)
+    };
+    if let Some(out) = probs {
+        out.fill(T::C::zero());
+        out[id] = T::C::one();
+    }
+    let mut top = Vec::new();
+    if row.top_n > 0 {
+        top.push((id as i64, 0.0));
+        top.resize(row.top_n, (-1, f64::NEG_INFINITY));
+    }
+    Ok((id, 0.0, top))
+}
+
+/// [`Plan::SparseTopK`]: everything after the selection touches only the candidates.
+#[inline(always)]
+fn sparse_top_k<T: Elem>(
+    row: &Row<'_, T>,
+    y: &[T::C],
+    s: &mut Scratch<T::C>,
+    probs: Option<&mut [T::C]>,
+    u: impl Fn() -> f64,
+) -> Result<Drawn, SamplingError> {
+    let p = row.p;
+    let nan = first_scan(
+        y,
+        row.x,
+        row.stored,
+        p.top_k,
+        &mut s.pairs,
+        &mut s.sel,
+        None,
+    )
+    .0;
+    let m = s.pairs.iter().fold(T::C::neg_infinity(), |a, c| a.max(c.0));
+    check_max(row.i, nan, m)?;
+    let inv_t = inverse_temperature::<T::C>(p);
+    candidate_weights(&mut s.pairs, m, inv_t);
+    s.pairs.sort_unstable_by(by_prob);
+    if p.top_p < 1.0 {
+        sorted_nucleus(&mut s.pairs, p.top_p);
+    }
+    if p.min_p > 0.0 {
+        sorted_min_p(&mut s.pairs, p.min_p);
+    }
+    let total: f64 = s.pairs.iter().map(|c| c.0.wide()).sum();
+    Ok(draw_from_pairs(&mut s.pairs, total, u(), probs, row.top_n))
+}
+
+/// [`Plan::Nucleus`] and [`Plan::Dense`]: the weights of the whole row, cut by top-p and
+/// min-p, and drawn from; a peaked nucleus decided from the first read's estimate skips all
+/// of that.
+#[inline(always)]
+fn dense<T: Elem, const FMA: bool>(
+    row: &Row<'_, T>,
+    y: &[T::C],
+    plan: Plan,
+    s: &mut Scratch<T::C>,
+    probs: Option<&mut [T::C]>,
+    u: impl Fn() -> f64,
+) -> Result<Drawn, SamplingError> {
+    type F<T> = <T as Elem>::C;
+    let (p, x, v) = (row.p, row.x, row.x.len());
+    let inv_t = inverse_temperature::<F<T>>(p);
+    // With top-p on, the first read of the row also finds its heaviest tokens (the memory
+    // read costs the same), so the nucleus cut need not scan the weights for them.
+    let estimate = match plan {
+        Plan::Nucleus { estimate } => Some(estimate),
+        _ => None,
+    };
+    let head_ready = estimate.is_some();
+    let mut estimated = false;
+    let (m, nan) = if let Some(estimate) = estimate {
+        let est = estimate.then_some((inv_t.wide() as f32, &mut s.est));
+        let (nan, filled) = first_scan(
+            y,
+            row.x,
+            row.stored,
+            HEAD.min(v),
+            &mut s.pairs,
+            &mut s.sel,
+            est,
+        );
+        estimated = filled;
+        let m = s
+            .pairs
+            .iter()
+            .fold(F::<T>::neg_infinity(), |a, c| a.max(c.0));
+        (m, nan)
+    } else {
+        max_nan(y)
+    };
+    let dense_k = p.top_k > 0 && p.top_k < v;
+    let indicator = m == F::<T>::infinity() || !inv_t.is_finite();
+    // A row scanned as stored is widened inside the exp pass; only the rare paths below
+    // that read the row otherwise get a widened copy.
+    let widen = row.stored && (dense_k || indicator);
+    if widen {
+        T::load_row(x, &mut s.wide);
+    }
+    let y: &[F<T>] = if widen { &s.wide } else { y };
+    let raw = row.stored && !widen;
+    check_max(row.i, nan, m)?;
+    // Most top-p rows are peaked: their nucleus is decided from the head and the mass
+    // estimate of the first read, and the exact exp pass over the row is skipped.
+    if estimated && !indicator && !dense_k {
+        let total = if raw {
+            peaked_nucleus::<_, _, FMA>(x, T::load, m, inv_t, p, &mut s.pairs, &s.est)
+        } else {
+            peaked_nucleus::<_, _, FMA>(y, |v| v, m, inv_t, p, &mut s.pairs, &s.est)
+        };
+        if let Some(total) = total {
+            return Ok(draw_from_pairs(&mut s.pairs, total, u(), None, 0));
+        }
+    }
+    let mut total = if indicator {
+        // +inf logits share the mass; a temperature too small for the compute type
+        // leaves the argmax set, the limit of the softmax as T -> 0.
+        indicator_weights(y, m, &mut s.w, &mut s.blocks)
+    } else if raw {
+        let floor = F::<T>::neg_infinity();
+        exp_weights_elem::<T, FMA>(x, m, inv_t, floor, &mut s.w, &mut s.blocks)
+    } else {
+        let floor = if dense_k {
+            kth_largest(y, p.top_k, &mut s.sel)
+        } else {
+            F::<T>::neg_infinity()
+        };
+        exp_weights::<_, FMA>(y, m, inv_t, floor, &mut s.w, &mut s.blocks)
+    };
+    let wants_dist = probs.is_some() || row.top_n > 0;
+    let kept = if p.top_p < 1.0 || p.min_p > 0.0 {
+        let (kept, t) = dense_cut(p, head_ready, wants_dist, total, s);
+        total = t;
+        kept
+    } else {
+        Kept::Row
+    };
+    let id = match kept {
+        Kept::Row => draw_dense(&s.w, &s.blocks, total, u()),
+        Kept::Pairs => draw_sparse(&s.pairs, total, u()) as usize,
+        Kept::Cut(cut, floor) => {
+            draw_dense_by(&s.w, &s.blocks, total, u(), |x, j| cut.keeps(x, j, floor))
+        }
+    };
+    if let Some(out) = probs {
+        let inv = 1.0 / total;
+        for (o, &wj) in out.iter_mut().zip(&s.w) {
+            *o = F::<T>::of(wj.wide() * inv);
+        }
+    }
+    let top = if row.top_n > 0 {
+        top_k_candidates(&s.w, row.top_n.min(v), &mut s.pairs, &mut s.sel);
+        top_logprobs(&mut s.pairs, total, row.top_n)
+    } else {
+        Vec::new()
+    };
+    Ok((id, (s.w[id].wide() / total).ln(), top))
+}
+
+// ==== the stages the plans share =============================================================
+
+/// `1 / T` in the compute type (infinite for T = 0).
+#[inline(always)]
+fn inverse_temperature<F: Real>(p: &RowParams) -> F {
+    F::one() / F::of(p.temperature)
+}
+
+/// The row checks after its first read: NaN anywhere, or nothing left to draw.
+#[inline(always)]
+fn check_max<F: Real>(i: usize, nan: bool, m: F) -> Result<(), SamplingError> {
+    if nan {
+        return Err(SamplingError::NanInRow { row: i });
+    }
+    if m == F::neg_infinity() {
+        return Err(SamplingError::AllMasked { row: i });
+    }
+    Ok(())
+}
+
+/// Softmax weights of candidate logits against their maximum `m`: `+inf` logits (or a
+/// temperature too small for the compute type) share the mass.
+#[inline(always)]
+fn candidate_weights<F: Real>(pairs: &mut [(F, u32)], m: F, inv_t: F) {
+    let indicator = m == F::infinity() || !inv_t.is_finite();
+    for c in pairs.iter_mut() {
+        c.0 = if indicator {
+            if c.0 == m {
+                F::one()
+            } else {
+                F::zero()
+            }
+        } else {
+            ((c.0 - m) * inv_t).exp_nonpos()
+        };
+    }
+}
+
+/// Top-p on candidates sorted by probability: the shortest prefix reaching `top_p` of their
+/// mass.
+#[inline(always)]
+fn sorted_nucleus<F: Real>(pairs: &mut Vec<(F, u32)>, top_p: f64) {
+    let target = top_p * pairs.iter().map(|c| c.0.wide()).sum::<f64>();
+    let mut acc = 0.0;
+    let mut cut = pairs.len();
+    for (n, c) in pairs.iter().enumerate() {
+        acc += c.0.wide();
+        if acc >= target {
+            cut = n + 1;
+            break;
+        }
+    }
+    pairs.truncate(cut);
+}
+
+/// Min-p on candidates sorted by probability: keeps those at least `min_p` times the first.
+#[inline(always)]
+fn sorted_min_p<F: Real>(pairs: &mut Vec<(F, u32)>, min_p: f64) {
+    // The first pair is the most probable (weight 1, or the shared +inf weight).
+    let floor = min_p * pairs[0].0.wide();
+    pairs.retain(|c| c.0.wide() >= floor);
+}
+
+/// The draw from `(weight, id)` pairs in id order whose weights sum to `total`, with the
+/// distribution (when asked for) and the top log-probabilities.
+#[inline(always)]
+fn draw_from_pairs<F: Real>(
+    pairs: &mut [(F, u32)],
+    total: f64,
+    u: f64,
+    probs: Option<&mut [F]>,
+    top_n: usize,
+) -> Drawn {
+    let id = draw_sparse(pairs, total, u) as usize;
+    if let Some(out) = probs {
+        out.fill(F::zero());
+        let inv = 1.0 / total;
+        for c in pairs.iter() {
+            out[c.1 as usize] = F::of(c.0.wide() * inv);
+        }
+    }
+    let w_id = pairs
+        .iter()
+        .find(|c| c.1 as usize == id)
+        .map_or(0.0, |c| c.0.wide());
+    let top = top_logprobs(pairs, total, top_n);
+    (id, (w_id / total).ln(), top)
+}
+
+/// What a dense row's draw keeps after top-p and min-p.
+enum Kept<F> {
+    /// The whole weight row `w` (no cut, or `w` rewritten to the kept set).
+    Row,
+    /// The scratch's pairs: the nucleus found among the head, in id order.
+    Pairs,
+    /// The tokens the cut keeps above the min-p floor; the row was not rewritten, the block
+    /// sums are those of the kept tokens.
+    Cut(Cut<F>, F),
+}
+
+/// Top-p and min-p on a dense weight row (`s.w`, summing to `total`, its largest weight
+/// exactly 1): what the draw keeps, and its mass.
+#[inline(always)]
+fn dense_cut<F: Real>(
+    p: &RowParams,
+    head_ready: bool,
+    wants_dist: bool,
+    total: f64,
+    s: &mut Scratch<F>,
+) -> (Kept<F>, f64) {
+    // The largest weight is exactly 1 (the maximum's own exp(0)).
+    let floor = F::of(p.min_p);
+    let (cut, nucleus) = if p.top_p < 1.0 {
+        let (cut, nucleus) = top_p_cut(
+            &s.w,
+            total,
+            p.top_p,
+            head_ready,
+            &mut s.pairs,
+            &mut s.sel,
+            &mut s.keys,
+            &mut s.blocks,
+        );
+        (cut, Some(nucleus))
+    } else {
+        let all = Cut {
+            tau: F::zero(),
+            tie_max: u32::MAX,
+        };
+        (all, None)
+    };
+    // Unless the filtered row itself is wanted (probs, top log-probs).
+    if nucleus == Some(Nucleus::Head) && !wants_dist {
+        // A peaked row: the nucleus is among the few heaviest tokens, so the draw runs on
+        // them (in id order, as the dense draw would) and the row is not touched again.
+        s.pairs.retain(|c| cut.keeps(c.0, c.1, floor));
+        s.pairs.sort_unstable_by_key(|c| c.1);
+        let total = s.pairs.iter().map(|c| c.0.wide()).sum();
+        (Kept::Pairs, total)
+    } else if wants_dist {
+        (Kept::Row, apply_cut(&mut s.w, cut, floor, &mut s.blocks))
+    } else {
+        // The cut's region already gave the block sums, unless a min-p floor removes more.
+        let total = if nucleus == Some(Nucleus::Region) && p.min_p == 0.0 {
+            region_block_sums(&mut s.blocks, &s.pairs, cut)
+        } else {
+            cut_block_sums(&s.w, cut, floor, &mut s.blocks)
+        };
+        (Kept::Cut(cut, floor), total)
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL, AVX2 and FMA (checked by `simd_level`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
+unsafe fn process_row_avx512<T: Elem>(
+    req: &BatchRequest<'_, T>,
+    i: usize,
+    s: &mut Scratch<T::C>,
+    probs: Option<&mut [T::C]>,
+) -> Result<RowResult, SamplingError> {
+    process_row::<T, true>(req, i, s, probs)
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA (checked by `simd_level`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn process_row_avx2<T: Elem>(
+    req: &BatchRequest<'_, T>,
+    i: usize,
+    s: &mut Scratch<T::C>,
+    probs: Option<&mut [T::C]>,
+) -> Result<RowResult, SamplingError> {
+    process_row::<T, true>(req, i, s, probs)
+}
+
+/// One row, compiled for the widest SIMD the CPU has: the same generic code, specialised
+/// three times, picked at run time so one wheel serves every x86-64 machine.
+pub(crate) fn process_row_dispatch<T: Elem>(
+    req: &BatchRequest<'_, T>,
+    i: usize,
+    s: &mut Scratch<T::C>,
+    probs: Option<&mut [T::C]>,
+) -> Result<RowResult, SamplingError> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: each variant is called only when simd_level() found its features.
+        match simd_level() {
+            Simd::Avx512 => return unsafe { process_row_avx512(req, i, s, probs) },
+            Simd::Avx2 => return unsafe { process_row_avx2(req, i, s, probs) },
+            Simd::Baseline => {}
+        }
+    }
+    process_row::<T, false>(req, i, s, probs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{run_batch, IdRows};
+    use crate::test_util::{params, req};
+
+    /// Which plan for which parameters: the rules of `plan()`, one case each.
+    #[test]
+    fn plan_rules() {
+        let v = 1000;
+        let pl = |t: f64, k: usize, top_p: f64, min_p: f64, dist: bool| {
+            plan::<f32>(&params(t, k, top_p, min_p), v, dist)
+        };
+        // Temperature 0 is greedy whatever else is on.
+        assert_eq!(pl(0.0, 0, 1.0, 0.0, false), Plan::Greedy);
+        assert_eq!(pl(0.0, 5, 0.5, 0.1, true), Plan::Greedy);
+        // A top-k of at most V / 8 streams, with or without top-p / min-p / probs.
+        assert_eq!(pl(1.0, 1, 1.0, 0.0, false), Plan::SparseTopK);
+        assert_eq!(pl(1.0, 125, 0.9, 0.1, true), Plan::SparseTopK);
+        // Top-p otherwise: the head in the first read; the estimate only without a dense
+        // top-k, without a distribution asked for, and at a temperature it can scale.
+        let est = |estimate| Plan::Nucleus { estimate };
+        assert_eq!(pl(1.0, 0, 0.9, 0.0, false), est(true));
+        assert_eq!(pl(0.7, 0, 0.9, 0.05, false), est(true));
+        assert_eq!(pl(1.0, v, 0.9, 0.0, false), est(true)); // top_k = V is no top-k
+        assert_eq!(pl(1.0, 126, 0.9, 0.0, false), est(false)); // a dense top-k
+        assert_eq!(pl(1.0, 0, 0.9, 0.0, true), est(false));
+        assert_eq!(pl(1e-40, 0, 0.9, 0.0, false), est(false));
+        assert_eq!(
+            plan::<f64>(&params(1e-40, 0, 0.9, 0.0), v, false),
+            est(false)
+        );
+        // The rest is dense: no filter, min-p alone, a dense top-k alone.
+        assert_eq!(pl(1.0, 0, 1.0, 0.0, false), Plan::Dense);
+        assert_eq!(pl(1.0, 0, 1.0, 0.1, false), Plan::Dense);
+        assert_eq!(pl(1.0, 126, 1.0, 0.0, true), Plan::Dense);
+        // The top-k threshold is V / 8, rounded down.
+        assert_eq!(
+            plan::<f32>(&params(1.0, 1, 1.0, 0.0), 7, false),
+            Plan::Dense
+        );
+        assert_eq!(
+            plan::<f32>(&params(1.0, 1, 1.0, 0.0), 8, false),
+            Plan::SparseTopK
+        );
+        // A temperature that is neither 0 nor positive (refused by the parameter checks)
+        // takes the dense plan, as the row driver always did.
+        assert_eq!(pl(f64::NAN, 5, 0.9, 0.0, false), Plan::Dense);
+    }
+
+    /// Top-p rows without top-k: the nucleus decided from the first read's mass estimate
+    /// (top_n = 0) gives the ids and log-probabilities of the exact path (top_n = 1 forces
+    /// it), for f32 and bf16 rows, peaked and flat, with plateaus, -inf and min-p; lengths
+    /// off every block and vector boundary.
+    #[test]
+    fn estimated_nucleus_equals_the_exact_one() {
+        let mut rnd = crate::test_util::uniforms(0x9e37_79b9_7f4a_7c15u64);
+        for case in 0..96 {
+            let n = [130_003, 50_257, 4_099][case % 3];
+            let kind = case / 3 % 6;
+            let row: Vec<f32> = (0..n)
+                .map(|_| {
+                    let g = ((0..4).map(|_| rnd()).sum::<f64>() - 2.0) * 3.0;
+                    let v = match kind {
+                        0 => {
+                            g + if rnd() < 2e-4 {
+                                14.0 + 10.0 * rnd()
+                            } else {
+                                0.0
+                            }
+                        }
+                        1 => g,
+                        2 => (g + if rnd() < 1e-3 { 12.0 } else { 0.0 }).round(),
+                        // Heads holding about p of the mass: the cut is sensitive to the
+                        // rest of the row, which only the estimate sees.
+                        3 => g + if rnd() < 1e-3 { 9.0 + 5.0 * rnd() } else { 0.0 },
+                        4 => 0.5 * g + if rnd() < 3e-4 { 9.0 + 3.0 * rnd() } else { 0.0 },
+                        _ => {
+                            if rnd() < 0.2 {
+                                f64::NEG_INFINITY
+                            } else {
+                                g + if rnd() < 1e-4 { 20.0 } else { 0.0 }
+                            }
+                        }
+                    };
+                    v as f32
+                })
+                .collect();
+            let bf: Vec<half::bf16> = row.iter().map(|&v| half::bf16::from_f32(v)).collect();
+            let t = [0.3, 1.0, 2.5, 1e-3][case / 6 % 4];
+            let top_p = [0.5, 0.9, 0.99][case / 2 % 3];
+            let min_p = if case % 5 == 0 { 0.05 } else { 0.0 };
+            // Now and then a dense top-k, whose floor the estimate must not be used with.
+            let k = if case % 7 == 0 { n / 2 } else { 0 };
+            let ps = [params(t, k, top_p, min_p)];
+            for step in 0..4 {
+                let (rows32, rows16) = ([&row[..]], [&bf[..]]);
+                let mut fast32 = req(&rows32, &ps);
+                let mut fast16 = req(&rows16, &ps);
+                fast32.step = step;
+                fast16.step = step;
+                let (mut exact32, mut exact16) = (fast32, fast16);
+                exact32.top_n = 1;
+                exact16.top_n = 1;
+                for (a, b) in [
+                    (run_batch(&fast32, None), run_batch(&exact32, None)),
+                    (run_batch(&fast16, None), run_batch(&exact16, None)),
+                ] {
+                    let (a, b) = (&a.unwrap()[0], &b.unwrap()[0]);
+                    assert_eq!(a.id, b.id, "case {case} kind {kind} step {step}");
+                    let d = (a.logprob - b.logprob).abs();
+                    assert!(
+                        d <= 1e-9,
+                        "case {case} kind {kind}: {} {}",
+                        a.logprob,
+                        b.logprob
+                    );
+                }
+            }
+        }
+    }
+
+    /// The estimate's bound where it matters: a head of 1 + 40 x 0.1 and a rest of equal small
+    /// weights whose total sweeps the target across the head's cut boundaries in steps finer
+    /// than the estimate's error. The estimated path must keep what the exact path keeps
+    /// (the log-probability shows the kept mass) or decline.
+    #[test]
+    fn estimated_nucleus_near_cut_boundaries() {
+        let n = 20_011usize;
+        for s in 0..3000 {
+            let rest = 0.05 + 0.45 * s as f64 / 3000.0; // total weight of the n - 41 others
+            let eps = rest / (n - 41) as f64;
+            let row: Vec<f32> = (0..n)
+                .map(|j| match j {
+                    0 => 10.0,
+                    1..=40 => (10.0 + 0.1f64.ln()) as f32,
+                    // Distinct, or the head would take in every tie of the rest.
+                    _ => (10.0 + eps.ln() + 0.02 * ((j % 97) as f64 / 97.0 - 0.5)) as f32,
+                })
+                .collect();
+            let ps = [params(1.0, 0, 0.9, 0.0)];
+            let rows = [&row[..]];
+            let fast = req(&rows, &ps);
+            let mut exact = fast;
+            exact.top_n = 1;
+            let (a, b) = (
+                run_batch(&fast, None).unwrap(),
+                run_batch(&exact, None).unwrap(),
+            );
+            assert_eq!(a[0].id, b[0].id, "rest {rest}");
+            assert!((a[0].logprob - b[0].logprob).abs() <= 1e-9, "rest {rest}");
+        }
+    }
+
+    /// The AVX-512 first scan's mass estimate is, block by block, the sum of `approx_exp`
+    /// against the reference it records, including blocks redone after a jump of the maximum
+    /// and a leading run of -inf.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn first_scan_estimate_sums_approx_exp_per_block() {
+        let n = 5 * BLOCK + 37;
+        let row: Vec<f32> = (0..n)
+            .map(|j| match j {
+                0..=20 => f32::NEG_INFINITY,
+                _ if j == 3 * BLOCK + 5 => 200.0, // far above everything before
+                _ => ((j * 7919 % 1000) as f32 / 100.0) - 5.0,
+            })
+            .collect();
+        for inv_t in [0.5f32, 1.0, 3.0] {
+            let (mut cand, mut sel, mut est) = (Vec::new(), Vec::new(), MassEstimate::default());
+            let (_, filled) = first_scan::<f32>(
+                &row,
+                &row,
+                false,
+                HEAD,
+                &mut cand,
+                &mut sel,
+                Some((inv_t, &mut est)),
+            );
+            if !filled {
+                return; // no AVX-512 here: nothing to check
+            }
+            assert_eq!(est.blocks.len(), n.div_ceil(BLOCK));
+            let c2 = inv_t * EST_SCALE;
+            for (b, &(r, got)) in est.blocks.iter().enumerate() {
+                let want: f64 = row[b * BLOCK..((b + 1) * BLOCK).min(n)]
+                    .iter()
+                    .map(|&x| approx_exp(x, r, c2) as f64)
+                    .sum();
+                assert!(
+                    (got - want).abs() <= 1e-5 * want,
+                    "inv_t {inv_t} block {b}: {got} {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn k_scaling_worked_example() {
+        // docs/design.md section 2: probabilities [0.2651, 0.3213, 0.1737, 0.2399].
+        let x = [0.8f64, 0.9, 0.1, 0.4];
+        let rows = [&x[..]];
+        let p = [RowParams {
+            frequency_scale: 1.1,
+            presence_scale: 1.2,
+            ..Default::default()
+        }];
+        let hist = [0i64, 1, 0, 2, 0, 0];
+        let mut r = req(&rows, &p);
+        r.history = Some(IdRows {
+            ids: &hist,
+            width: 6,
+        });
+        let mut probs = vec![0.0f64; 4];
+        run_batch(&r, Some(&mut probs)).unwrap();
+        for (g, w) in probs.iter().zip([0.2651, 0.3213, 0.1737, 0.2399]) {
+            assert!((g - w).abs() < 1e-4, "{probs:?}");
+        }
+    }
+
+    #[test]
+    fn greedy_is_argmax_of_penalised_logits() {
+        let x = [1.0f32, 5.0, 5.0, 2.0];
+        let rows = [&x[..]];
+        let p = [params(0.0, 0, 1.0, 0.0)];
+        let mut probs = vec![0.0f32; 4];
+        let out = run_batch(&req(&rows, &p), Some(&mut probs)).unwrap();
+        assert_eq!(out[0].id, 1);
+        assert_eq!(probs, vec![0.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn bans_and_bias() {
+        let x = [3.0f64, 1.0, 0.0];
+        let rows = [&x[..]];
+        let p = [params(0.0, 0, 1.0, 0.0)];
+        let ids = [0i64, 2];
+        let vals = [f64::NEG_INFINITY, 10.0];
+        let mut r = req(&rows, &p);
+        r.bias_ids = Some(IdRows {
+            ids: &ids,
+            width: 2,
+        });
+        r.bias_values = &vals;
+        assert_eq!(run_batch(&r, None).unwrap()[0].id, 2);
+    }
+}
