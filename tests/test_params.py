@@ -31,6 +31,15 @@ def test_fields_cover_the_rust_table_with_its_off_values() -> None:
     assert PARAM_NAMES == tuple(n for n, *_ in _native.PARAMS)
 
 
+def test_keyword_types_list_every_field() -> None:
+    """The TypedDicts mypy checks keywords against name exactly the dataclass fields."""
+    from tokensampler.params import KernelKwargs, SamplingKwargs
+
+    fields = {f.name for f in dataclasses.fields(SamplingParams)}
+    assert set(SamplingKwargs.__annotations__) | set(KernelKwargs.__annotations__) == fields
+    assert fields - set(KernelKwargs.__annotations__) == {"logprobs", "top_logprobs"}
+
+
 def test_frozen_and_replace() -> None:
     p = SamplingParams(temperature=0.7, top_p=0.9)
     with pytest.raises(dataclasses.FrozenInstanceError):
