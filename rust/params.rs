@@ -199,7 +199,18 @@ impl RowParams {
 mod tests {
     use super::*;
 
-    const OFF: [f64; N_PARAMS] = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0];
+    /// A parameter row with every parameter off, from the table.
+    fn off() -> [f64; N_PARAMS] {
+        PARAMS.map(|p| p.default)
+    }
+
+    /// The column of parameter `name`.
+    fn col(name: &str) -> usize {
+        PARAM_NAMES
+            .iter()
+            .position(|&n| n == name)
+            .unwrap_or_else(|| panic!("no parameter {name}"))
+    }
 
     #[test]
     fn column_order_and_defaults() {
@@ -218,20 +229,22 @@ mod tests {
             ]
         );
         assert_eq!(PARAMS.map(|p| p.name), PARAM_NAMES);
-        assert_eq!(PARAMS.map(|p| p.default), OFF);
         assert_eq!(PARAMS.map(|p| p.integer).iter().filter(|&&b| b).count(), 1);
-        assert!(PARAMS[1].integer);
+        assert!(PARAMS[col("top_k")].integer);
         let d = RowParams::default();
-        assert_eq!(RowParams::from_values(&OFF, 0), Ok(d));
+        assert_eq!(RowParams::from_values(&off(), 0), Ok(d));
         assert!(d.penalties().is_off());
+        assert_eq!(d.temperature, 1.0);
         assert_eq!(d.top_k, 0);
+        assert_eq!(d.top_p, 1.0);
+        assert_eq!(d.min_p, 0.0);
     }
 
     #[test]
     fn top_k_saturates_and_rejects_fractions() {
         let row = |k: f64| {
-            let mut v = OFF;
-            v[1] = k;
+            let mut v = off();
+            v[col("top_k")] = k;
             RowParams::from_values(&v, 2)
         };
         assert_eq!(row(50.0).unwrap().top_k, 50);
@@ -252,16 +265,16 @@ mod tests {
 
     #[test]
     fn errors_name_the_first_invalid_column_and_keep_their_text() {
-        let mut v = OFF;
-        v[2] = 0.0; // top_p
-        v[8] = 0.5; // presence_scale
+        let mut v = off();
+        v[col("top_p")] = 0.0;
+        v[col("presence_scale")] = 0.5;
         let e = RowParams::from_values(&v, 4).unwrap_err();
         assert_eq!(
             e.to_string(),
             "top_p = 0 (row 4) is invalid: expected a number in (0, 1]"
         );
         assert_eq!(
-            RowParams::from_values(&OFF[..8], 0).unwrap_err(),
+            RowParams::from_values(&off()[..8], 0).unwrap_err(),
             SamplingError::Shape("a parameter row has 8 values, expected 9".into())
         );
     }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets everything up, then runs every test: cargo test (pure Rust), pytest, and the tests that
-# use Hugging Face transformers once more against the oldest transformers we support.
+# Sets everything up, then runs every test: cargo test (pure Rust) and pytest; both again on
+# the portable kernels (TOKENSAMPLER_NO_SIMD=1); and the tests that use Hugging Face
+# transformers once more against the oldest transformers we support.
 # Arguments go to the main pytest run (e.g. `scripts/test.sh -k hf -x`).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
@@ -15,6 +16,17 @@ export TOKENSAMPLER_HYPOTHESIS_PROFILE="${TOKENSAMPLER_HYPOTHESIS_PROFILE:-ci}"
 # pytest exits 5 when it collects no test: that is a failure for us, and set -e catches it.
 "$PY" -m pytest -q -p no:cacheprovider "$@"
 "$PY" -c "import transformers; print('(transformers', transformers.__version__ + ')')"
+
+# The portable kernels (no AVX2 / AVX-512), as a CPU without them runs: the same tests must
+# hold bit for bit where the contract says so (tests/test_golden.py keeps both sets). The
+# model, CLI, wheel, typing and bench tests are left out: they add no kernel path.
+echo "== cargo test, TOKENSAMPLER_NO_SIMD=1"
+TOKENSAMPLER_NO_SIMD=1 cargo test --quiet
+echo "== pytest, TOKENSAMPLER_NO_SIMD=1"
+TOKENSAMPLER_NO_SIMD=1 "$PY" -m pytest -q -p no:cacheprovider \
+  --ignore-glob='tests/test_model_*.py' --ignore=tests/test_cli.py \
+  --ignore=tests/test_generate.py --ignore=tests/test_examples.py \
+  --ignore=tests/test_bench_smoke.py --ignore=tests/test_wheel.py --ignore=tests/test_typing.py
 
 # The oldest end of the supported transformers range (requirements-oldest.lock). Only the
 # packages whose locked version differs from the main lock are installed, into a folder that

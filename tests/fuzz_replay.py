@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tokensampler import _native
 
-N_PARAMS = 9
-OFF = (1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0)
+# The Rust target reads "off" from the parameter table too (PARAMS[col].default).
+OFF = tuple(off for _, off, _, _ in _native.PARAMS)
+N_PARAMS = len(OFF)
 EDGES = (
     0.0,
     1.0,

@@ -11,18 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from hypothesis import strategies as st
+from tokensampler.params import PARAM_NAMES
 
-PER_ROW_KEYS = (
-    "temperature",
-    "top_k",
-    "top_p",
-    "min_p",
-    "repetition_penalty",
-    "frequency_penalty",
-    "presence_penalty",
-    "frequency_scale",
-    "presence_scale",
-)
+PER_ROW_KEYS = PARAM_NAMES
 
 
 @dataclass
