@@ -157,6 +157,7 @@ def test_help_explains_every_option(capsys) -> None:
     assert main([]) == 2  # no command: usage on stderr
 
 
+@pytest.mark.transformers
 def test_hf_gpt2_folder_without_chat_template(tmp_path, capsys, monkeypatch) -> None:
     """A HF folder model: no chat template, so the prompt is continued as raw text; --stop
     cuts the text; '-' reads the prompt from stdin."""
@@ -187,3 +188,180 @@ def test_hf_gpt2_folder_without_chat_template(tmp_path, capsys, monkeypatch) -> 
     cut = capsys.readouterr()
     assert cut.out == "abc" + generated[: generated.find(stop)] + "\n"
     assert "finish: stop" in cut.err
+
+
+# ---- --version, empty prompts, --system with --no-chat, the help's order -------------------
+
+
+def test_version(capsys) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"tokensampler {version('tokensampler')}\n"
+
+
+@pytest.mark.parametrize(("prompt", "stdin"), [("", None), (" \n\t ", None), ("-", "  \n")])
+def test_empty_prompt_is_an_error(capsys, monkeypatch, prompt: str, stdin: str | None) -> None:
+    import io
+
+    if stdin is not None:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    assert main(["generate", prompt]) == 2  # before any model is loaded
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert_one_line_error(out.err, "empty prompt")
+
+
+def test_system_with_no_chat_is_an_error(capsys) -> None:
+    assert main(["generate", "hi", "--no-chat", "--system", "Be brief."]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert_one_line_error(out.err, "--system", "--no-chat")
+
+
+def _generate_help() -> str:
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    return buf.getvalue()
+
+
+def test_help_lists_sampling_options_in_pipeline_order() -> None:
+    """The sampling group lists penalties, temperature, top-k, top-p, min-p, then the seed
+    of the draw: the order rust/pipeline.rs applies them, which the group title states."""
+    import re
+
+    text = _generate_help()
+    title = "sampling (applied in this order: penalties, temperature, top-k, top-p, min-p, draw):"
+    assert title in text
+    group = text.split(title, 1)[1].split("\n\n", 1)[0]
+    listed = re.findall(r"^  (--[a-z-]+)", group, flags=re.MULTILINE)
+    assert listed == [
+        "--repetition-penalty", "--frequency-penalty", "--presence-penalty",
+        "--frequency-scale", "--presence-scale",
+        "--temperature", "--top-k", "--top-p", "--min-p", "--seed",
+    ]  # fmt: skip
+
+
+def test_help_quotes_the_embedded_models_recommended_settings() -> None:
+    """The help and epilog quote SmolLM2's recommended values without importing the model
+    layer; they must be the ones the loader applies."""
+    from tokensampler.model.loading import DEFAULT_MODEL_FILE, EMBEDDED_GENERATION_DEFAULTS
+
+    rec = EMBEDDED_GENERATION_DEFAULTS[DEFAULT_MODEL_FILE]
+    assert set(rec) == {"temperature", "top_p"}
+    text = " ".join(_generate_help().split())  # argparse wraps lines
+    assert f"model's recommended value (SmolLM2: {rec['temperature']}), else 1.0" in text
+    assert f"model's recommended value (SmolLM2: {rec['top_p']}), else off" in text
+    assert f"SmolLM2: temperature {rec['temperature']}, top-p {rec['top_p']})" in text
+    assert "else temperature 1.0 with every filter and penalty off" in text
+
+
+# ---- recommended sampling defaults; flags win ----------------------------------------------
+
+
+@pytest.fixture
+def tiny_cli(monkeypatch):
+    """`tokensampler generate` on a tiny random Llama (SmolLM2's vocabulary and tokenizer):
+    `load` is replaced, and every Sampler the generate loop builds is recorded."""
+    require_default_model()
+    import tokensampler.generate as gen
+    from model_helpers import default_tokenizer, random_model, tiny_llama_config
+
+    model = random_model(tiny_llama_config(vocab_size=49152, max_seq_len=256), seed=5, scale=30)
+    monkeypatch.setattr("tokensampler.model.load", lambda *a, **k: (model, default_tokenizer()))
+    seen: list[dict] = []
+
+    class Recording(gen.Sampler):
+        def __init__(self, **kw) -> None:
+            seen.append(kw)
+            super().__init__(**kw)
+
+    monkeypatch.setattr(gen, "Sampler", Recording)
+    return model, seen
+
+
+SAMPLED = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
+
+
+@pytest.mark.parametrize(
+    ("recommended", "flags", "expected"),
+    [
+        # the model's recommendations fill what is not given
+        ({"temperature": 0.3, "top_p": 0.8}, [], {"temperature": 0.3, "top_p": 0.8}),
+        (
+            {"top_k": 7, "min_p": 0.1, "repetition_penalty": 1.3},
+            [],
+            {"temperature": 1.0, "top_k": 7, "min_p": 0.1, "repetition_penalty": 1.3},
+        ),
+        # explicit flags win, also when they are the fallback values
+        (
+            {"temperature": 0.3, "top_p": 0.8},
+            ["--temperature", "1.0"],
+            {"temperature": 1.0, "top_p": 0.8},
+        ),
+        (
+            {"temperature": 0.3, "top_p": 0.8},
+            ["--top-p", "1", "--top-k", "0"],
+            {"temperature": 0.3, "top_p": 1.0, "top_k": 0},
+        ),
+        ({"repetition_penalty": 1.3}, ["--repetition-penalty", "1"], {"repetition_penalty": 1.0}),
+        # no recommendations: temperature 1.0, everything else off
+        ({}, [], {"temperature": 1.0}),
+    ],
+)
+def test_recommended_defaults_and_flags_win(tiny_cli, capsys, recommended, flags, expected):
+    model, seen = tiny_cli
+    model.generation_defaults = recommended
+    args = ["generate", "Hi", "--max-new-tokens", "2", "--seed", "0", *flags]
+    assert main(args) == 0, capsys.readouterr().err
+    want = {"temperature": 1.0, "top_k": None, "top_p": None, "min_p": None,
+            "repetition_penalty": 1.0, **expected}  # fmt: skip
+    assert len(seen) == 1
+    assert {k: seen[0][k] for k in SAMPLED} == want
+
+
+def test_compile_time_is_reported_apart_from_tokens_per_second(tiny_cli, capsys, monkeypatch):
+    """--compile: the step compiles before generation (a warm-up on a dummy sequence) and the
+    summary reports that time apart; tokens/s and time to first token are generation alone.
+    The compiled step here is the eager blocks behind a 1 s "compilation" on the first call,
+    so the test takes a second, not the minutes of a real first compile."""
+    import re
+    import time
+
+    from tokensampler.model.common import DecoderLM
+
+    compiled_calls = []
+
+    def fake_compile(self, enabled=True):
+        def step(blocks, layers, x, slot, *args):
+            if not compiled_calls:
+                time.sleep(1.0)
+            compiled_calls.append(slot)
+            for block, cache in zip(blocks, layers, strict=True):
+                x = block(x, *args, cache, slot)
+            return x
+
+        self._compiled_step = step if enabled else None
+
+    monkeypatch.setattr(DecoderLM, "compile_decode", fake_compile)
+    n = 12
+    args = ["generate", "Once upon a time", "--no-chat", "--max-new-tokens", str(n),
+            "--ignore-eos", "--seed", "0", "--compile"]  # fmt: skip
+    assert main(args) == 0
+    summary = capsys.readouterr().err.strip().splitlines()[-1]
+    m = re.fullmatch(
+        rf"\[{n} tokens, ([\d.]+) tokens/s, compile ([\d.]+) s, time to first token (\d+) ms, "
+        r"finish: length; .*\]",
+        summary,
+    )
+    assert m, summary
+    rate, compile_s, ttft_ms = float(m[1]), float(m[2]), int(m[3])
+    assert compile_s >= 1.0
+    assert n / rate < 1.0 and ttft_ms < 1000  # the 1 s is not in the generation's time
+    assert len(compiled_calls) == 1 + (n - 1)  # warm-up step, then every decode step

@@ -213,3 +213,82 @@ def test_bfloat16_model_generates(tiny) -> None:
                    ignore_eos=True)  # fmt: skip
     assert [len(r) for r in out.token_ids] == [6, 6, 6]
     assert all(lp <= 0 for row in out.logprobs for lp in row)
+
+
+# ---- recommended sampling defaults ---------------------------------------------------------
+
+
+def test_resolve_sampling_prefers_given_then_recommended_then_fallback(tiny) -> None:
+    from tokensampler.generate import FALLBACK_SAMPLING, MODEL_DEFAULT, resolve_sampling
+
+    model, _ = tiny
+    names = dict.fromkeys(FALLBACK_SAMPLING, MODEL_DEFAULT)
+    assert model.generation_defaults == {}  # a model built in code recommends nothing
+    assert resolve_sampling(model, **names) == {
+        "temperature": 1.0, "top_k": None, "top_p": None, "min_p": None,
+        "repetition_penalty": 1.0,
+    }  # fmt: skip
+    rec = {"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1}
+    try:
+        model.generation_defaults = rec
+        got = resolve_sampling(model, **names)
+        assert got == {**FALLBACK_SAMPLING, **rec}
+        # Explicit values win, None ("off") included.
+        got = resolve_sampling(model, **{**names, "temperature": 1.0, "top_p": None})
+        assert got["temperature"] == 1.0 and got["top_p"] is None
+        assert got["repetition_penalty"] == 1.1
+        with pytest.raises(TypeError, match="seed"):
+            resolve_sampling(model, seed=1)
+    finally:
+        model.generation_defaults = {}
+    assert repr(MODEL_DEFAULT) == "MODEL_DEFAULT"
+
+
+def test_generate_uses_the_models_recommendations_unless_given(tiny) -> None:
+    model, tok = tiny
+    kw = {"max_new_tokens": 10, "ignore_eos": True, "seed": 3}
+    greedy = generate(model, tok, PROMPTS, temperature=0, **kw)
+    sampled = generate(model, tok, PROMPTS, **kw)  # no recommendation: temperature 1.0
+    assert sampled.token_ids == generate(model, tok, PROMPTS, temperature=1.0, **kw).token_ids
+    assert sampled.token_ids != greedy.token_ids
+    try:
+        model.generation_defaults = {"temperature": 0.0}
+        assert generate(model, tok, PROMPTS, **kw).token_ids == greedy.token_ids
+        assert [ev.token_id for ev in stream(model, tok, PROMPTS[0], **kw)] == greedy.token_ids[0]
+        # An explicit argument wins over the recommendation.
+        assert generate(model, tok, PROMPTS, temperature=1.0, **kw).token_ids == sampled.token_ids
+        # The penalties' history follows the resolved value too.
+        model.generation_defaults = {"temperature": 0.0, "repetition_penalty": 50.0}
+        penalised = generate(model, tok, PROMPTS, **kw)
+        assert penalised.token_ids == generate(model, tok, PROMPTS, temperature=0,
+                                               repetition_penalty=50.0, **kw).token_ids  # fmt: skip
+        assert penalised.token_ids != greedy.token_ids
+    finally:
+        model.generation_defaults = {}
+
+
+def test_embedded_model_recommends_smollm2s_settings() -> None:
+    model, _ = default_model()
+    assert model.generation_defaults == {"temperature": 0.2, "top_p": 0.9}
+
+
+def test_warm_up_compiles_the_step_generate_then_uses() -> None:
+    """After `warm_up` (sized like the generation that follows), generate compiles nothing:
+    what `tokensampler generate --compile` reports as compile time is all of it."""
+    dynamo_utils = pytest.importorskip("torch._dynamo.utils")
+    from tokensampler.generate import prompt_token_ids, warm_up
+
+    model = random_model(tiny_llama_config(vocab_size=V, max_seq_len=512), seed=5, scale=30)
+    tok = default_tokenizer()
+    kw = {"max_new_tokens": 300, "temperature": 0, "ignore_eos": True}  # a 512-slot cache
+    eager = generate(model, tok, PROMPTS[2], **kw).token_ids
+    model.compile_decode()
+    dynamo_utils.counters.clear()
+    n = len(prompt_token_ids(tok, PROMPTS[2])[0])
+    assert warm_up(model, n, kw["max_new_tokens"]) > 0
+    graphs = dynamo_utils.counters["stats"]["unique_graphs"]
+    assert graphs == 1, dict(dynamo_utils.counters)
+    out = generate(model, tok, PROMPTS[2], **kw)
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == graphs  # nothing new compiled
+    # Same tokens as eager (a prefix: a float32 near-tie far into the text could differ).
+    assert out.token_ids[0][:50] == eager[0][:50]

