@@ -258,6 +258,9 @@ def test_help_quotes_the_embedded_models_recommended_settings() -> None:
     text = " ".join(_generate_help().split())  # argparse wraps lines
     assert f"model's recommended value (SmolLM2: {rec['temperature']}), else 1.0" in text
     assert f"model's recommended value (SmolLM2: {rec['top_p']}), else off" in text
+    from tokensampler.cli import _EMBEDDED_RECOMMENDED
+
+    assert rec == _EMBEDDED_RECOMMENDED
     assert f"SmolLM2: temperature {rec['temperature']}, top-p {rec['top_p']})" in text
     assert "else temperature 1.0 with every filter and penalty off" in text
 
@@ -278,9 +281,9 @@ def tiny_cli(monkeypatch):
     seen: list[dict] = []
 
     class Recording(gen.Sampler):
-        def __init__(self, **kw) -> None:
-            seen.append(kw)
-            super().__init__(**kw)
+        def __init__(self, params=None, /, **kw) -> None:
+            super().__init__(params, **kw)
+            seen.append({f: getattr(self.params, f) for f in SAMPLED})
 
     monkeypatch.setattr(gen, "Sampler", Recording)
     return model, seen
@@ -365,3 +368,23 @@ def test_compile_time_is_reported_apart_from_tokens_per_second(tiny_cli, capsys,
     assert compile_s >= 1.0
     assert n / rate < 1.0 and ttft_ms < 1000  # the 1 s is not in the generation's time
     assert len(compiled_calls) == 1 + (n - 1)  # warm-up step, then every decode step
+
+
+def test_demo_answers_right_for_any_seed() -> None:
+    """`make demo`'s question, at the model's recommended settings (the CLI's defaults), is
+    answered with Paris for 32 seeds: one batch with per-row seeds, each row drawn as alone."""
+    require_default_model()
+    import re
+    from pathlib import Path
+
+    from model_helpers import default_model
+    from tokensampler.generate import generate
+
+    demo = (Path(__file__).resolve().parents[1] / "scripts" / "demo.sh").read_text()
+    question = re.search(r'generate "\$\{@:-(.+?)\}"', demo)
+    assert question, "scripts/demo.sh no longer says which question it asks"
+    model, tok = default_model()
+    out = generate(model, tok, [question.group(1)] * 32, chat=True, seed=list(range(32)),
+                   max_new_tokens=24)  # fmt: skip
+    wrong = [(i, t) for i, t in enumerate(out.texts) if "Paris" not in t]
+    assert not wrong, wrong

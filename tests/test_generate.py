@@ -218,30 +218,26 @@ def test_bfloat16_model_generates(tiny) -> None:
 # ---- recommended sampling defaults ---------------------------------------------------------
 
 
-def test_resolve_sampling_prefers_given_then_recommended_then_fallback(tiny) -> None:
-    from tokensampler.generate import FALLBACK_SAMPLING, MODEL_DEFAULT, resolve_sampling
+def test_sampling_params_prefers_given_then_recommended_then_off(tiny) -> None:
+    from tokensampler import SamplingParams
+    from tokensampler.generate import sampling_params
 
     model, _ = tiny
-    names = dict.fromkeys(FALLBACK_SAMPLING, MODEL_DEFAULT)
     assert model.generation_defaults == {}  # a model built in code recommends nothing
-    assert resolve_sampling(model, **names) == {
-        "temperature": 1.0, "top_k": None, "top_p": None, "min_p": None,
-        "repetition_penalty": 1.0,
-    }  # fmt: skip
+    assert sampling_params(model) == SamplingParams()
     rec = {"temperature": 0.2, "top_p": 0.9, "repetition_penalty": 1.1}
     try:
         model.generation_defaults = rec
-        got = resolve_sampling(model, **names)
-        assert got == {**FALLBACK_SAMPLING, **rec}
+        assert sampling_params(model) == SamplingParams(**rec)
         # Explicit values win, None ("off") included.
-        got = resolve_sampling(model, **{**names, "temperature": 1.0, "top_p": None})
-        assert got["temperature"] == 1.0 and got["top_p"] is None
-        assert got["repetition_penalty"] == 1.1
-        with pytest.raises(TypeError, match="seed"):
-            resolve_sampling(model, seed=1)
+        got = sampling_params(model, temperature=1.0, top_p=None)
+        assert (got.temperature, got.top_p, got.repetition_penalty) == (1.0, None, 1.1)
+        # A SamplingParams given whole replaces the recommendation.
+        assert sampling_params(model, SamplingParams(top_k=5)) == SamplingParams(top_k=5)
+        with pytest.raises(TypeError):
+            sampling_params(model, nonsense=1)
     finally:
         model.generation_defaults = {}
-    assert repr(MODEL_DEFAULT) == "MODEL_DEFAULT"
 
 
 def test_generate_uses_the_models_recommendations_unless_given(tiny) -> None:

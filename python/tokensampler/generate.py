@@ -10,9 +10,9 @@
 
 Decisions (docs/model.md has the long form):
 
-- temperature, top_k, top_p, min_p and repetition_penalty default to MODEL_DEFAULT: what
-  the model recommends (`model.generation_defaults`, read at load time), else temperature
-  1.0 and the others off. Explicit arguments always win.
+- Without `params`, sampling starts from what the model recommends
+  (`model.generation_defaults`, read at load time), else temperature 1.0 with everything
+  else off; keyword arguments always win.
 - A batch of prompts is left-padded; the model keeps per-row positions and masks the padding,
   so every row generates exactly what it would generate alone (up to float rounding).
 - The penalties see `history` = prompt ids + generated ids (`penalize_prompt=True`, what HF
@@ -27,62 +27,43 @@ Decisions (docs/model.md has the long form):
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .model.common import DecoderLM
 from .model.tokenizer import IncrementalDecoder, Tokenizer
-from .sampling import Sampler
+from .params import SamplingParams
+from .sampling import Sampler, _params
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .params import SamplingKwargs
 
 Prompt = str | Sequence[int]
 Prompts = str | Sequence[str] | Sequence[int] | Sequence[Sequence[int]] | torch.Tensor
 CACHE_ROUND = 256  # KV caches hold a multiple of this many slots (capped at the context)
 
 
-class _ModelDefault(enum.Enum):
-    MODEL_DEFAULT = "MODEL_DEFAULT"
+def sampling_params(
+    model: DecoderLM, params: SamplingParams | None = None, **overrides: Any
+) -> SamplingParams:
+    """The `SamplingParams` a generate loop uses: `params` or, when None, the settings the
+    model recommends (`model.generation_defaults`, e.g. temperature 0.2 and top-p 0.9 for the
+    embedded SmolLM2; every other field off), with the keyword `overrides` on top (an
+    explicit None switches a stage off).
 
-    def __repr__(self) -> str:
-        return "MODEL_DEFAULT"
-
-
-MODEL_DEFAULT = _ModelDefault.MODEL_DEFAULT
-"""Default of the sampling arguments of `generate` / `stream` that a model may recommend:
-the model's `generation_defaults` value, else `FALLBACK_SAMPLING`'s (an explicit `None`
-still means "off")."""
-
-# What an argument left at MODEL_DEFAULT becomes when the model recommends nothing for it.
-FALLBACK_SAMPLING: dict[str, Any] = {
-    "temperature": 1.0,
-    "top_k": None,
-    "top_p": None,
-    "min_p": None,
-    "repetition_penalty": 1.0,
-}
-
-
-def resolve_sampling(model: DecoderLM, **params: Any) -> dict[str, Any]:
-    """`params` (any of FALLBACK_SAMPLING's names) with every MODEL_DEFAULT replaced by the
-    model's recommended value (`model.generation_defaults`) or, without one, the fallback.
-
-    >>> resolve_sampling(model, temperature=MODEL_DEFAULT, top_p=0.5)  # doctest: +SKIP
-    {'temperature': 0.2, 'top_p': 0.5}
+    >>> sampling_params(model, top_p=0.5)  # doctest: +SKIP
+    SamplingParams(..., temperature=0.2, top_k=None, top_p=0.5, ...)
     """
-    recommended = getattr(model, "generation_defaults", None) or {}
-    out: dict[str, Any] = {}
-    for name, value in params.items():
-        if name not in FALLBACK_SAMPLING:
-            raise TypeError(f"resolve_sampling() got an unexpected argument {name!r}")
-        if value is MODEL_DEFAULT:
-            value = recommended.get(name, FALLBACK_SAMPLING[name])
-        out[name] = value
-    return out
+    if params is None:
+        params = SamplingParams(**(getattr(model, "generation_defaults", None) or {}))
+    return _params(params, overrides)
 
 
 @dataclass
@@ -247,14 +228,6 @@ def warm_up(
     return time.perf_counter() - t0
 
 
-def _penalties_on(*pairs: tuple[Any, float]) -> bool:
-    for value, off in pairs:
-        vals = np.atleast_1d(np.asarray(value, dtype=np.float64))
-        if np.any(vals != off):
-            return True
-    return False
-
-
 def _holdback(text: str, stops: Sequence[str]) -> int:
     """Length of the longest suffix of `text` that is a proper prefix of a stop string:
     that much text may still turn into a stop string and must not be streamed yet."""
@@ -277,24 +250,15 @@ def stream(
     tokenizer: Tokenizer | None,
     prompts: Prompts,
     *,
+    params: SamplingParams | None = None,
     max_new_tokens: int = 64,
-    temperature: Any = MODEL_DEFAULT,
-    top_k: Any = MODEL_DEFAULT,
-    top_p: Any = MODEL_DEFAULT,
-    min_p: Any = MODEL_DEFAULT,
-    repetition_penalty: Any = MODEL_DEFAULT,
-    frequency_penalty: Any = 0.0,
-    presence_penalty: Any = 0.0,
-    frequency_scale: Any = 1.0,
-    presence_scale: Any = 1.0,
-    logit_bias: Any = None,
-    seed: int | Sequence[int] | None = None,
     stop: str | Sequence[str] | None = None,
     eos_token_id: int | Sequence[int] | None = None,
     ignore_eos: bool = False,
     chat: bool = False,
     system: str | None = None,
     penalize_prompt: bool = True,
+    **overrides: Unpack[SamplingKwargs],
 ) -> GenerationStream:
     """Generate, yielding one `TokenEvent` per row per token as soon as it is sampled.
 
@@ -325,33 +289,12 @@ def stream(
             f"prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
             f"context length {model.max_seq_len}"
         )
-    chosen = resolve_sampling(
-        model, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        repetition_penalty=repetition_penalty,
-    )  # fmt: skip
-    repetition_penalty = chosen["repetition_penalty"]
-    sampler = Sampler(
-        temperature=chosen["temperature"],
-        top_k=chosen["top_k"],
-        top_p=chosen["top_p"],
-        min_p=chosen["min_p"],
-        repetition_penalty=repetition_penalty,
-        frequency_penalty=frequency_penalty,
-        presence_penalty=presence_penalty,
-        frequency_scale=frequency_scale,
-        presence_scale=presence_scale,
-        logit_bias=logit_bias,
-        seed=seed,
-        logprobs=True,
-    )
+    sp = sampling_params(model, params, **overrides)
+    sampler = Sampler(sp, logprobs=True)
     box: list[Generation] = []
     events = _loop(
         model, tokenizer, ids, sampler, max_new_tokens, eos, stops, penalize_prompt,
-        _penalties_on(
-            (repetition_penalty, 1.0), (frequency_penalty, 0.0), (presence_penalty, 0.0),
-            (frequency_scale, 1.0), (presence_scale, 1.0),
-        ),
-        t0, box,
+        sp.needs_history, t0, box,
     )  # fmt: skip
     return GenerationStream(events, box)
 
@@ -467,24 +410,15 @@ def generate(
     tokenizer: Tokenizer | None,
     prompts: Prompts,
     *,
+    params: SamplingParams | None = None,
     max_new_tokens: int = 64,
-    temperature: Any = MODEL_DEFAULT,
-    top_k: Any = MODEL_DEFAULT,
-    top_p: Any = MODEL_DEFAULT,
-    min_p: Any = MODEL_DEFAULT,
-    repetition_penalty: Any = MODEL_DEFAULT,
-    frequency_penalty: Any = 0.0,
-    presence_penalty: Any = 0.0,
-    frequency_scale: Any = 1.0,
-    presence_scale: Any = 1.0,
-    logit_bias: Any = None,
-    seed: int | Sequence[int] | None = None,
     stop: str | Sequence[str] | None = None,
     eos_token_id: int | Sequence[int] | None = None,
     ignore_eos: bool = False,
     chat: bool = False,
     system: str | None = None,
     penalize_prompt: bool = True,
+    **overrides: Unpack[SamplingKwargs],
 ) -> Generation:
     """Generate continuations of one or more prompts.
 
@@ -494,15 +428,13 @@ def generate(
         prompts: a string, a list of strings, a list of token ids, a list of lists of ids,
             or a (T,) / (B, T) integer tensor. Rows may have different lengths.
         max_new_tokens: tokens to generate per row at most.
-        temperature, top_k, top_p, min_p, repetition_penalty, frequency_penalty,
-        presence_penalty, frequency_scale, presence_scale, logit_bias: the sampling
-            parameters of `tokensampler.sample`, scalars or one value per row.
-            temperature=0 is greedy. The first five default to MODEL_DEFAULT: the value
-            the model recommends (`model.generation_defaults`, e.g. temperature 0.2 and
-            top_p 0.9 for the embedded SmolLM2), else temperature 1.0, top_k / top_p /
-            min_p off, repetition_penalty 1.0. An explicit value always wins (None = off).
-        seed: None (random), an int, or one int per row (a row's draws then do not depend
-            on the other rows).
+        params: a `tokensampler.SamplingParams`; None starts from the model's recommended
+            settings (`model.generation_defaults`, e.g. temperature 0.2 and top_p 0.9 for
+            the embedded SmolLM2), else temperature 1.0 with every other stage off.
+        **overrides: `SamplingParams` fields on top of that (temperature=0 is greedy; an
+            explicit None switches a stage off): scalars or one value per row. seed: None
+            (random), an int, or one int per row (a row's draws then do not depend on the
+            other rows).
         stop: stop string(s); the text is cut before the first one found.
         eos_token_id: ids that end a row; default the tokenizer's eos ids.
         ignore_eos: never stop at eos (benchmarks).
@@ -515,12 +447,9 @@ def generate(
         stats; lists with one entry per row even for a single prompt.
     """
     s = stream(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-        top_k=top_k, top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
-        frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
-        frequency_scale=frequency_scale, presence_scale=presence_scale, logit_bias=logit_bias,
-        seed=seed, stop=stop, eos_token_id=eos_token_id, ignore_eos=ignore_eos, chat=chat,
-        system=system, penalize_prompt=penalize_prompt,
+        model, tokenizer, prompts, params=params, max_new_tokens=max_new_tokens, stop=stop,
+        eos_token_id=eos_token_id, ignore_eos=ignore_eos, chat=chat, system=system,
+        penalize_prompt=penalize_prompt, **overrides,
     )  # fmt: skip
     for _ in s:
         pass
