@@ -173,3 +173,15 @@ def test_converted_params_sample_like_the_keywords() -> None:
     want = ts.probs(X, temperature=0.5, top_p=0.8)
     np.testing.assert_array_equal(ts.probs(X, p), want)
     assert ts.sample(X, p).tolist() == ts.sample(X, temperature=0.5, top_p=0.8, seed=3).tolist()
+
+
+def test_keyword_cache_keeps_types_apart() -> None:
+    """Scalar keywords are served from a cache; 1.0 == 1 must not let a float seed (refused)
+    reuse the int seed's entry, nor an int temperature change a later float's result."""
+    x = np.zeros(3)
+    ts.sample(x, seed=1)
+    with pytest.raises(TypeError, match="seed"):
+        ts.sample(x, seed=1.0)
+    assert ts.Sampler(seed=2).params.seed == 2
+    with pytest.raises(TypeError, match="seed"):
+        ts.Sampler(seed=2.0)

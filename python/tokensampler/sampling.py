@@ -311,8 +311,8 @@ def _seeds(seed: Any, b: int | None) -> tuple[np.ndarray, bool]:
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_params(items: tuple[tuple[str, Any], ...]) -> SamplingParams:
-    return SamplingParams(**dict(items))
+def _cached_params(items: tuple[tuple[str, type, Any], ...]) -> SamplingParams:
+    return SamplingParams(**{name: value for name, _, value in items})
 
 
 def _params(params: SamplingParams | None, overrides: dict[str, Any]) -> SamplingParams:
@@ -323,7 +323,9 @@ def _params(params: SamplingParams | None, overrides: dict[str, Any]) -> Samplin
     """
     if params is None:
         try:
-            return _cached_params(tuple(sorted(overrides.items())))
+            # Keyed by type too: seed=1.0 (refused) must not find seed=1's entry.
+            key = tuple((k, type(v), v) for k, v in sorted(overrides.items()))
+            return _cached_params(key)
         except TypeError as e:  # an unhashable value (a list, an array, a dict of biases)
             if "unhashable" not in str(e):
                 raise
