@@ -323,9 +323,9 @@ def _params(params: SamplingParams | None, overrides: dict[str, Any]) -> Samplin
     """
     if params is None:
         try:
-            # Keyed by type too: seed=1.0 (refused) must not find seed=1's entry.
-            key = tuple((k, type(v), v) for k, v in sorted(overrides.items()))
-            return _cached_params(key)
+            # Keyed by type too: seed=1.0 (refused) must not find seed=1's entry. Not sorted:
+            # a loop passes its keywords in one order, and another order is just another entry.
+            return _cached_params(tuple([(k, type(v), v) for k, v in overrides.items()]))
         except TypeError as e:  # an unhashable value (a list, an array, a dict of biases)
             if "unhashable" not in str(e):
                 raise
