@@ -173,10 +173,11 @@ class SamplingParams:
         object.__setattr__(self, "logprobs", bool(self.logprobs))
         _logit_bias(self.logit_bias, None, None)
         b = next(iter(rows.values()), 1)
-        if b:
-            _native.check_params(self.matrix(b))
+        m = self.matrix(b) if b else None
+        if m is not None:
+            _native.check_params(m)
         # Scalars give one (1, N) matrix for every batch: kept, since every call reads it.
-        object.__setattr__(self, "_scalar_matrix", None if rows else self.matrix(1))
+        object.__setattr__(self, "_scalar_matrix", None if rows else m)
 
     # ---- what the kernels read ---------------------------------------------------------------
 
@@ -223,14 +224,6 @@ class SamplingParams:
     def replace(self, **changes: Any) -> SamplingParams:
         """A copy with `changes` applied (validated like a new one)."""
         return dataclasses.replace(self, **changes) if changes else self
-
-    def set_fields(self) -> dict[str, Any]:
-        """The fields whose values differ from the defaults (what a user set)."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if not _same(getattr(self, f.name), f.default)
-        }
 
     # ---- converters --------------------------------------------------------------------------
 
@@ -423,13 +416,6 @@ class SamplingParams:
                 int(t): float("-inf") if b is False else float(b) for t, b in pairs
             }
         return cls(**{**out, **overrides})
-
-
-def _same(a: Any, b: Any) -> bool:
-    try:
-        return bool(a == b) and type(a) is type(b)
-    except (ValueError, TypeError):  # arrays
-        return False
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:
