@@ -36,6 +36,19 @@ def byte_vocab() -> list[str]:
     return [chr(table[b]) for b in range(256)]
 
 
+def write_tiny_gpt2_folder(path: str | os.PathLike[str]) -> None:
+    """A Hugging Face model folder: a 1-layer GPT-2 with random weights (seed 0) over the
+    byte vocabulary of `write_byte_tokenizer` (eos 256), and that tokenizer."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=257, n_positions=64, n_embd=32, n_layer=1,
+                                  n_head=2, bos_token_id=256, eos_token_id=256)  # fmt: skip
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(path)
+    write_byte_tokenizer(path)
+
+
 def write_byte_tokenizer(path: str | os.PathLike[str], eos: str = "<|endoftext|>") -> None:
     """A byte-level BPE tokenizer.json with no merges: 256 byte tokens, then `eos` (id 256)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers

@@ -163,15 +163,10 @@ def test_hf_gpt2_folder_without_chat_template(tmp_path, capsys, monkeypatch) -> 
     cuts the text; '-' reads the prompt from stdin."""
     import io
 
-    transformers = pytest.importorskip("transformers")
-    import torch
-    from model_helpers import write_byte_tokenizer
+    pytest.importorskip("transformers")
+    from model_helpers import write_tiny_gpt2_folder
 
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(vocab_size=257, n_positions=64, n_embd=32, n_layer=1,
-                                  n_head=2, bos_token_id=256, eos_token_id=256)  # fmt: skip
-    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
-    write_byte_tokenizer(tmp_path)
+    write_tiny_gpt2_folder(tmp_path)
     args = ["generate", "-", "--model", str(tmp_path), "--max-new-tokens", "20",
             "--temperature", "0", "--ignore-eos", "--dtype", "float32", "--device", "cpu"]  # fmt: skip
     monkeypatch.setattr("sys.stdin", io.StringIO("abc"))

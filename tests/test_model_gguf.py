@@ -427,15 +427,11 @@ def test_embedded_gguf_carries_no_sampling_keys() -> None:
 def test_hf_generation_config_becomes_generation_defaults(tmp_path, config, expected) -> None:
     import json
 
-    transformers = pytest.importorskip("transformers")
-    from model_helpers import write_byte_tokenizer
+    pytest.importorskip("transformers")
+    from model_helpers import write_tiny_gpt2_folder
     from tokensampler.model import load
 
-    torch.manual_seed(0)
-    cfg = transformers.GPT2Config(vocab_size=257, n_positions=64, n_embd=32, n_layer=1,
-                                  n_head=2, bos_token_id=256, eos_token_id=256)  # fmt: skip
-    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path)
-    write_byte_tokenizer(tmp_path)
+    write_tiny_gpt2_folder(tmp_path)
     (tmp_path / "generation_config.json").write_text(json.dumps(config))
     model, _ = load(tmp_path, device="cpu")
     assert model.generation_defaults == expected
