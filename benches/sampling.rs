@@ -59,6 +59,7 @@ fn bench(c: &mut Criterion) {
             step: 0,
             want_raw_logprob: false,
             top_n: 0,
+            order: &tokensampler::stages::HF_ORDER,
         };
         c.bench_function(&format!("{name} B=8 V={v}"), |bn| {
             bn.iter(|| run_batch(black_box(&req), None).expect("ok"))

@@ -6,6 +6,7 @@ use crate::error::SamplingError;
 use crate::params::RowParams;
 use crate::plan::process_row_dispatch;
 use crate::scratch::with_scratch;
+use crate::stages::{check_order, Stage};
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};
 
@@ -67,6 +68,9 @@ pub struct BatchRequest<'a, T> {
     pub want_raw_logprob: bool,
     /// How many top log-probabilities to report per row (at most `max(V, TOP_N_SLACK)`).
     pub top_n: usize,
+    /// The order of the stages after the penalties ([`crate::stages::HF_ORDER`] by default);
+    /// it must place every stage a row turns on.
+    pub order: &'a [Stage],
 }
 
 /// `top_n` may exceed the vocabulary (the extra slots are padding) up to this many; beyond
@@ -231,6 +235,7 @@ pub fn run_batch<T: Elem>(
     probs: Option<&mut [T::C]>,
 ) -> Result<Vec<RowResult>, SamplingError> {
     let v = check_shapes(req, probs.as_ref().map(|p| p.len()))?;
+    check_order(req.order, req.params)?;
     let b = req.rows.len();
     let outs: Vec<Option<&mut [T::C]>> = match probs {
         Some(p) if v > 0 => p.chunks_mut(v).map(Some).collect(),

@@ -38,6 +38,9 @@ pub enum SamplingError {
         /// Vocabulary size of the logits.
         vocab: usize,
     },
+    /// The stage order is not a preset or a valid sequence of stage names, or leaves out a
+    /// stage that a row turns on.
+    Order(String),
     /// Shapes of the inputs do not agree.
     Shape(String),
     /// The worker thread pool could not be started (`set_num_threads`).
@@ -67,7 +70,7 @@ impl fmt::Display for SamplingError {
                 f,
                 "{what} token id {id} in row {row} is out of range for a vocabulary of {vocab}"
             ),
-            Self::Shape(msg) | Self::ThreadPool(msg) => f.write_str(msg),
+            Self::Order(msg) | Self::Shape(msg) | Self::ThreadPool(msg) => f.write_str(msg),
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod rng;
 mod scratch;
 mod simd;
 pub mod softmax;
+pub mod stages;
 
 #[cfg(feature = "python")]
 mod py;
@@ -56,6 +57,7 @@ pub(crate) mod test_util {
             step: 0,
             want_raw_logprob: false,
             top_n: 0,
+            order: &crate::stages::HF_ORDER,
         }
     }
 

@@ -156,6 +156,15 @@ define_params! {
     temperature: f64 = 1.0,
         valid |x| x.is_finite() && x >= 0.0 => "a finite number >= 0",
         help "Temperature T >= 0 dividing the logits; 0 is greedy (argmax).";
+    dynatemp_range: f64 = 0.0,
+        valid |x| x.is_finite() && x >= 0.0 => "a finite number >= 0",
+        help "Dynamic temperature: the entropy-scaled temperature lies in [T - range, T + range]; 0 is off.";
+    dynatemp_exponent: f64 = 1.0,
+        valid |x| x.is_finite() && x >= 0.0 => "a finite number >= 0",
+        help "Dynamic temperature: exponent of the normalised entropy.";
+    top_n_sigma: f64 = 0.0,
+        valid |x| x.is_finite() && x >= 0.0 => "a finite number >= 0 (0 is off)",
+        help "Keep logits >= max - n * sigma, sigma the standard deviation of the finite logits; 0 is off.";
     top_k: usize = 0.0,
         valid |x| x.is_finite() && x >= 0.0 => "a whole number >= 0 (0 or None is off)",
         help "Keep the k largest scaled logits (ties at the boundary kept); 0 is off.";
@@ -165,6 +174,24 @@ define_params! {
     min_p: f64 = 0.0,
         valid |x| (0.0..1.0).contains(&x) => "a number in [0, 1)",
         help "Keep tokens of probability >= min_p times the largest; 0 is off.";
+    typical_p: f64 = 1.0,
+        valid |x| x > 0.0 && x <= 1.0 => "a number in (0, 1]",
+        help "Locally typical: keep the tokens closest to the entropy, of mass >= typical_p; 1 is off.";
+    epsilon_cutoff: f64 = 0.0,
+        valid |x| (0.0..1.0).contains(&x) => "a number in [0, 1)",
+        help "Drop tokens of probability < epsilon_cutoff; 0 is off.";
+    eta_cutoff: f64 = 0.0,
+        valid |x| (0.0..1.0).contains(&x) => "a number in [0, 1)",
+        help "Drop tokens of probability < min(eta, sqrt(eta) * exp(-entropy)); 0 is off.";
+    xtc_probability: f64 = 0.0,
+        valid |x| (0.0..=1.0).contains(&x) => "a number in [0, 1]",
+        help "XTC: the chance (per row and step, seeded) that the top choices are excluded; 0 is off.";
+    xtc_threshold: f64 = 0.1,
+        valid |x| (0.0..=1.0).contains(&x) => "a number in [0, 1]",
+        help "XTC: of 2+ tokens of probability >= this, all but the least probable are excluded.";
+    min_tokens_to_keep: usize = 0.0,
+        valid |x| x.is_finite() && x >= 0.0 => "a whole number >= 0",
+        help "The fewest tokens every truncating stage keeps (0 and 1: no floor).";
     repetition_penalty: f64 = 1.0,
         valid |x| x.is_finite() && x > 0.0 => "a finite number > 0",
         help "Multiplicative (CTRL) penalty on tokens of the history; 1 is off.";
@@ -218,9 +245,18 @@ mod tests {
             PARAM_NAMES,
             [
                 "temperature",
+                "dynatemp_range",
+                "dynatemp_exponent",
+                "top_n_sigma",
                 "top_k",
                 "top_p",
                 "min_p",
+                "typical_p",
+                "epsilon_cutoff",
+                "eta_cutoff",
+                "xtc_probability",
+                "xtc_threshold",
+                "min_tokens_to_keep",
                 "repetition_penalty",
                 "frequency_penalty",
                 "presence_penalty",
@@ -229,7 +265,8 @@ mod tests {
             ]
         );
         assert_eq!(PARAMS.map(|p| p.name), PARAM_NAMES);
-        assert_eq!(PARAMS.map(|p| p.integer).iter().filter(|&&b| b).count(), 1);
+        assert_eq!(PARAMS.map(|p| p.integer).iter().filter(|&&b| b).count(), 2);
+        assert!(PARAMS[col("min_tokens_to_keep")].integer);
         assert!(PARAMS[col("top_k")].integer);
         let d = RowParams::default();
         assert_eq!(RowParams::from_values(&off(), 0), Ok(d));
@@ -275,7 +312,7 @@ mod tests {
         );
         assert_eq!(
             RowParams::from_values(&off()[..8], 0).unwrap_err(),
-            SamplingError::Shape("a parameter row has 8 values, expected 9".into())
+            SamplingError::Shape(format!("a parameter row has 8 values, expected {N_PARAMS}"))
         );
     }
 }

@@ -1,7 +1,9 @@
-//! The per-row pipeline of docs/design.md section 2.
+//! The per-row pipeline of docs/design.md sections 2 and 9.
 //!
-//! Order: bias and bans → penalties → temperature (T = 0 is greedy) → top-k → softmax →
-//! top-p → min-p → renormalise and draw.
+//! Bias and bans → penalties → the stages in the call's order (by default temperature
+//! (T = 0 is greedy) → top-k → top-p → min-p → ...) → renormalise and draw. The fast plans
+//! compute temperature, top-k, top-p and min-p in that order without writing the row; any
+//! other stage or order runs [`Plan::Ordered`] (the stages of `stages.rs`, one by one).
 
 use crate::batch::{BatchRequest, RowResult, Seeds};
 use crate::draw::{draw_dense, draw_dense_by, draw_sparse};
@@ -13,7 +15,7 @@ use crate::filter::{
 };
 use crate::params::RowParams;
 use crate::penalty::{apply, count_history};
-use crate::rng::uniform;
+use crate::rng::uniforms;
 use crate::scratch::Scratch;
 #[cfg(target_arch = "x86_64")]
 use crate::simd::{simd_level, Simd};
@@ -22,6 +24,7 @@ use crate::softmax::{
     indicator_weights, max_nan, max_nan_by, raw_log_softmax_at, top_logprobs, MassEstimate, BLOCK,
     EST_REL, EST_SCALE,
 };
+use crate::stages::{self, Stage};
 use num_traits::{Float, One, Zero};
 
 /// Top-k runs on the streaming path (candidates only) while `k` is at most this share of V;
@@ -197,6 +200,10 @@ pub(crate) enum Plan {
     },
     /// Everything else: a max pass, the exp pass (under a dense top-k's floor), min-p, draw.
     Dense,
+    /// A stage the fast plans lack (typical-p, top-nσ, XTC, ...), a `min_tokens_to_keep`
+    /// floor, or an order they do not follow: each stage in the call's order on the whole
+    /// row ([`ordered`]), then the dense draw.
+    Ordered,
 }
 
 impl Plan {
@@ -208,12 +215,44 @@ impl Plan {
     }
 }
 
-/// The plan of a row of `v` logits computed in `F`. `wants_dist`: the caller asked for the
-/// final distribution (`probs` or top log-probabilities), which the estimate cannot give.
+/// Whether the fast plans compute row `p` under `order` exactly: they know temperature,
+/// top-k, top-p and min-p, applied in that order. Top-k commutes with temperature and min-p
+/// (all three keep the largest logits), so only its place before top-p matters.
 #[inline(always)]
-pub(crate) fn plan<F: Real>(p: &RowParams, v: usize, wants_dist: bool) -> Plan {
+fn fast_plans_apply(p: &RowParams, order: &[Stage]) -> bool {
+    let new_stage = p.dynatemp_range > 0.0
+        || [
+            Stage::TopNSigma,
+            Stage::TypicalP,
+            Stage::EpsilonCutoff,
+            Stage::EtaCutoff,
+            Stage::Xtc,
+        ]
+        .iter()
+        .any(|s| s.is_on(p));
+    let filters = p.top_k > 0 || p.top_p < 1.0 || p.min_p > 0.0;
+    if new_stage || (p.min_tokens_to_keep > 1 && filters) {
+        return false;
+    }
+    // Every stage that is on has a place (checked per call); an off stage needs none.
+    let at = |s: Stage| order.iter().position(|&o| o == s);
+    let before = |a: Stage, b: Stage| !(a.is_on(p) && b.is_on(p)) || at(a) < at(b);
+    before(Stage::TopK, Stage::TopP)
+        && before(Stage::Temperature, Stage::TopP)
+        && before(Stage::Temperature, Stage::MinP)
+        && before(Stage::TopP, Stage::MinP)
+}
+
+/// The plan of a row of `v` logits computed in `F` under the stage `order`. `wants_dist`:
+/// the caller asked for the final distribution (`probs` or top log-probabilities), which the
+/// estimate cannot give.
+#[inline(always)]
+pub(crate) fn plan<F: Real>(p: &RowParams, v: usize, wants_dist: bool, order: &[Stage]) -> Plan {
     if p.temperature == 0.0 {
         return Plan::Greedy;
+    }
+    if !fast_plans_apply(p, order) {
+        return Plan::Ordered;
     }
     if p.temperature > 0.0 {
         if p.top_k > 0 && p.top_k <= v / SPARSE_TOP_K_DIVISOR {
@@ -263,12 +302,17 @@ fn process_row<T: Elem, const FMA: bool>(
     let x = req.rows[i];
     let v = x.len();
     let p = &req.params[if req.params.len() == 1 { 0 } else { i }];
-    let plan = plan::<T::C>(p, v, probs.is_some() || req.top_n > 0);
+    let plan = plan::<T::C>(p, v, probs.is_some() || req.top_n > 0, req.order);
     // An unmodified f32/f64 row is read where it lies: a copy would be one more pass through
     // memory for nothing. An unmodified bf16 row whose first pass is a top-k scan is scanned
-    // as bf16 (half the bytes); the dense path widens it afterwards, from cache.
+    // as bf16 (half the bytes); the dense path widens it afterwards, from cache. The ordered
+    // plan rewrites its row, so it always works on the loaded copy.
     let modifies = modifies_row(req, i, p);
-    let direct = if modifies { None } else { T::as_compute(x) };
+    let direct = if modifies || plan == Plan::Ordered {
+        None
+    } else {
+        T::as_compute(x)
+    };
     let stored = plan.scans_first() && !modifies && T::scans_as_stored();
     // Greedy on an unmodified bf16 row reads the raw row too (widened as it is read).
     let greedy_raw = plan == Plan::Greedy && !modifies && direct.is_none() && T::WIDENS_IN_PLACE;
@@ -278,10 +322,12 @@ fn process_row<T: Elem, const FMA: bool>(
     // NaN in the input stays NaN through bias and penalties, so one check after them suffices.
     modify_row(req, i, p, v, s)?;
 
-    let u = || match req.seeds {
-        Seeds::Shared(seed) => uniform(seed, i as u64, req.step),
-        Seeds::PerRow(seeds) => uniform(seeds[i], 0, req.step),
+    // The row's two uniforms of this step: the draw's, and a gambling stage's coin (XTC).
+    let stream = || match req.seeds {
+        Seeds::Shared(seed) => uniforms(seed, i as u64, req.step),
+        Seeds::PerRow(seeds) => uniforms(seeds[i], 0, req.step),
     };
+    let u = || stream().0;
     let row = Row {
         i,
         p,
@@ -291,12 +337,17 @@ fn process_row<T: Elem, const FMA: bool>(
         top_n: req.top_n,
     };
     // The loaded row leaves the scratch while the plan borrows the rest (a move, no copy).
-    let loaded = std::mem::take(&mut s.y);
-    let y = direct.unwrap_or(&loaded);
-    let drawn = match plan {
-        Plan::Greedy => greedy(&row, y, probs),
-        Plan::SparseTopK => sparse_top_k(&row, y, s, probs, u),
-        Plan::Nucleus { .. } | Plan::Dense => dense::<T, FMA>(&row, y, plan, s, probs, u),
+    let mut loaded = std::mem::take(&mut s.y);
+    let drawn = match (plan, direct) {
+        (Plan::Ordered, _) => ordered::<T, FMA>(&row, &mut loaded, req.order, s, probs, stream),
+        (plan, direct) => {
+            let y = direct.unwrap_or(&loaded);
+            match plan {
+                Plan::Greedy => greedy(&row, y, probs),
+                Plan::SparseTopK => sparse_top_k(&row, y, s, probs, u),
+                _ => dense::<T, FMA>(&row, y, plan, s, probs, u),
+            }
+        }
     };
     s.y = loaded;
     let (id, logprob, top) = drawn?;
@@ -490,6 +541,51 @@ fn dense<T: Elem, const FMA: bool>(
         Vec::new()
     };
     Ok((id, (s.w[id].wide() / total).ln(), top))
+}
+
+/// [`Plan::Ordered`]: the stages of `order` one after another on the row `z` (loaded, bias
+/// and penalties applied), each rewriting it (a removed token becomes `-inf`); then the
+/// dense plan's draw at temperature 1 on what is left.
+#[inline(always)]
+fn ordered<T: Elem, const FMA: bool>(
+    row: &Row<'_, T>,
+    z: &mut [T::C],
+    order: &[Stage],
+    s: &mut Scratch<T::C>,
+    probs: Option<&mut [T::C]>,
+    stream: impl Fn() -> (f64, f64),
+) -> Result<Drawn, SamplingError> {
+    let p = row.p;
+    let (m, nan) = max_nan(z);
+    check_max(row.i, nan, m)?;
+    stages::finite_max(z);
+    let keep = p.min_tokens_to_keep.max(1);
+    for &stage in order.iter().filter(|s| s.is_on(p)) {
+        match stage {
+            Stage::Temperature => stages::temperature::<_, FMA>(z, p, s),
+            Stage::TopNSigma => stages::top_n_sigma(z, p.top_n_sigma, keep, s),
+            Stage::TopK => stages::top_k(z, p.top_k, keep, s),
+            Stage::TopP => stages::top_p::<_, FMA>(z, p.top_p, keep, s),
+            Stage::MinP => stages::min_p::<_, FMA>(z, p.min_p, keep, s),
+            Stage::TypicalP => stages::typical_p::<_, FMA>(z, p.typical_p, keep, s),
+            Stage::EpsilonCutoff => {
+                stages::cutoff::<_, FMA>(z, Some(p.epsilon_cutoff), None, keep, s)
+            }
+            Stage::EtaCutoff => stages::cutoff::<_, FMA>(z, None, Some(p.eta_cutoff), keep, s),
+            Stage::Xtc => {
+                let coin = stream().1;
+                stages::xtc::<_, FMA>(z, p.xtc_probability, p.xtc_threshold, coin, keep, s)
+            }
+        }
+    }
+    let plain = RowParams::default();
+    let last = Row {
+        p: &plain,
+        stored: false,
+        greedy_raw: false,
+        ..*row
+    };
+    dense::<T, FMA>(&last, z, Plan::Dense, s, probs, || stream().0)
 }
 
 // ==== the stages the plans share =============================================================
@@ -694,6 +790,7 @@ pub(crate) fn process_row_dispatch<T: Elem>(
 mod tests {
     use super::*;
     use crate::batch::{run_batch, IdRows};
+    use crate::stages::{HF_ORDER, LLAMA_CPP_ORDER, VLLM_ORDER};
     use crate::test_util::{params, req};
 
     /// Which plan for which parameters: the rules of `plan()`, one case each.
@@ -701,7 +798,7 @@ mod tests {
     fn plan_rules() {
         let v = 1000;
         let pl = |t: f64, k: usize, top_p: f64, min_p: f64, dist: bool| {
-            plan::<f32>(&params(t, k, top_p, min_p), v, dist)
+            plan::<f32>(&params(t, k, top_p, min_p), v, dist, &HF_ORDER)
         };
         // Temperature 0 is greedy whatever else is on.
         assert_eq!(pl(0.0, 0, 1.0, 0.0, false), Plan::Greedy);
@@ -719,7 +816,7 @@ mod tests {
         assert_eq!(pl(1.0, 0, 0.9, 0.0, true), est(false));
         assert_eq!(pl(1e-40, 0, 0.9, 0.0, false), est(false));
         assert_eq!(
-            plan::<f64>(&params(1e-40, 0, 0.9, 0.0), v, false),
+            plan::<f64>(&params(1e-40, 0, 0.9, 0.0), v, false, &HF_ORDER),
             est(false)
         );
         // The rest is dense: no filter, min-p alone, a dense top-k alone.
@@ -728,16 +825,110 @@ mod tests {
         assert_eq!(pl(1.0, 126, 1.0, 0.0, true), Plan::Dense);
         // The top-k threshold is V / 8, rounded down.
         assert_eq!(
-            plan::<f32>(&params(1.0, 1, 1.0, 0.0), 7, false),
+            plan::<f32>(&params(1.0, 1, 1.0, 0.0), 7, false, &HF_ORDER),
             Plan::Dense
         );
         assert_eq!(
-            plan::<f32>(&params(1.0, 1, 1.0, 0.0), 8, false),
+            plan::<f32>(&params(1.0, 1, 1.0, 0.0), 8, false, &HF_ORDER),
             Plan::SparseTopK
         );
         // A temperature that is neither 0 nor positive (refused by the parameter checks)
         // takes the dense plan, as the row driver always did.
         assert_eq!(pl(f64::NAN, 5, 0.9, 0.0, false), Plan::Dense);
+    }
+
+    /// Which orders and stages leave the fast plans.
+    #[test]
+    fn plan_rules_for_orders_and_new_stages() {
+        let v = 1000;
+        let pl = |p: RowParams, order: &[Stage]| plan::<f32>(&p, v, false, order);
+        let nucleus_min_p = params(0.7, 0, 0.9, 0.1);
+        assert_eq!(
+            pl(nucleus_min_p, &HF_ORDER),
+            Plan::Nucleus { estimate: true }
+        );
+        // vLLM: min-p before top-p changes the cut; llama.cpp: temperature after them.
+        assert_eq!(pl(nucleus_min_p, &VLLM_ORDER), Plan::Ordered);
+        assert_eq!(pl(nucleus_min_p, &LLAMA_CPP_ORDER), Plan::Ordered);
+        // Where the stages on commute, every preset stays on the fast plans.
+        for order in [&HF_ORDER[..], &VLLM_ORDER, &LLAMA_CPP_ORDER] {
+            assert_eq!(pl(params(0.7, 50, 1.0, 0.0), order), Plan::SparseTopK);
+        }
+        let top_k_min_p = params(0.7, 50, 1.0, 0.05);
+        assert_eq!(pl(top_k_min_p, &VLLM_ORDER), Plan::SparseTopK);
+        assert_eq!(pl(top_k_min_p, &LLAMA_CPP_ORDER), Plan::Ordered);
+        assert_eq!(
+            pl(params(1.0, 0, 0.9, 0.1), &LLAMA_CPP_ORDER),
+            Plan::Nucleus { estimate: true }
+        );
+        // A new stage, or a floor on a filter, is ordered; T = 0 stays greedy.
+        let typical = RowParams {
+            typical_p: 0.9,
+            ..Default::default()
+        };
+        assert_eq!(pl(typical, &HF_ORDER), Plan::Ordered);
+        let greedy = RowParams {
+            temperature: 0.0,
+            ..typical
+        };
+        assert_eq!(pl(greedy, &HF_ORDER), Plan::Greedy);
+        let floor = RowParams {
+            min_tokens_to_keep: 3,
+            ..params(1.0, 0, 0.9, 0.0)
+        };
+        assert_eq!(pl(floor, &HF_ORDER), Plan::Ordered);
+        let floor_alone = RowParams {
+            min_tokens_to_keep: 3,
+            ..Default::default()
+        };
+        assert_eq!(pl(floor_alone, &HF_ORDER), Plan::Dense);
+    }
+
+    /// docs/design.md section 9: on probabilities [.4, .3, .2, .1] with min_p 0.3 and top_p
+    /// 0.75, Hugging Face's order keeps 3 tokens and vLLM's 2; and the ordered plan on the
+    /// stages the fast plans know gives their distribution (up to rounding).
+    #[test]
+    fn orders_change_the_kept_set_and_the_ordered_plan_equals_the_fast_one() {
+        let x: Vec<f32> = [0.4f32, 0.3, 0.2, 0.1].iter().map(|p| p.ln()).collect();
+        let rows = [&x[..]];
+        let p = [params(1.0, 0, 0.75, 0.3)];
+        let kept = |order: &[Stage]| {
+            let mut r = req(&rows, &p);
+            r.order = order;
+            let mut probs = vec![0.0f32; 4];
+            run_batch(&r, Some(&mut probs)).unwrap();
+            probs
+        };
+        let hf = kept(&HF_ORDER);
+        assert_eq!(hf.iter().filter(|&&q| q > 0.0).count(), 3, "{hf:?}");
+        let vllm = kept(&VLLM_ORDER);
+        assert_eq!(vllm.iter().filter(|&&q| q > 0.0).count(), 2, "{vllm:?}");
+        // The same stages in a custom order that the fast plans follow, forced ordered by a
+        // floor of 1 token (which changes nothing).
+        let mut rnd = crate::test_util::uniforms(5);
+        let row: Vec<f32> = (0..5000).map(|_| (rnd() * 8.0) as f32).collect();
+        let rows = [&row[..]];
+        for (t, k, top_p, min_p) in [
+            (0.7, 0, 0.9, 0.0),
+            (1.3, 300, 0.95, 0.02),
+            (0.5, 0, 1.0, 0.1),
+        ] {
+            let fast = [params(t, k, top_p, min_p)];
+            let slow = [RowParams {
+                min_tokens_to_keep: 2,
+                ..fast[0]
+            }];
+            let (mut a, mut b) = (vec![0.0f32; 5000], vec![0.0f32; 5000]);
+            run_batch(&req(&rows, &fast), Some(&mut a)).unwrap();
+            run_batch(&req(&rows, &slow), Some(&mut b)).unwrap();
+            for (j, (qa, qb)) in a.iter().zip(&b).enumerate() {
+                assert!(
+                    (qa - qb).abs() <= 1e-5 * qa.max(1e-30) + 1e-9,
+                    "{j}: {qa} {qb}"
+                );
+                assert_eq!(*qa > 0.0, *qb > 0.0, "{j}");
+            }
+        }
     }
 
     /// Top-p rows without top-k: the nucleus decided from the first read's mass estimate

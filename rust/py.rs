@@ -5,6 +5,7 @@ use crate::elem::Elem;
 use crate::error::SamplingError as CoreError;
 use crate::params::{RowParams, N_PARAMS, PARAMS, PARAM_NAMES};
 use crate::pipeline::{self, BatchRequest, IdRows, RowResult, Seeds};
+use crate::stages::{check_order, parse_order, Stage};
 use numpy::ndarray::ArrayView2;
 use numpy::{
     Element, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
@@ -96,6 +97,7 @@ struct Inputs<'a> {
     bias_values: &'a [f64],
     seeds: Seeds<'a>,
     step: u64,
+    order: &'a [Stage],
 }
 
 /// The outputs of a batch, as owned buffers that cross to Python without a copy.
@@ -120,6 +122,7 @@ fn run_rows<T: Elem>(
         step: inputs.step,
         want_raw_logprob: want.raw_logprob,
         top_n: want.top_n,
+        order: inputs.order,
     };
     let v = rows.first().map_or(0, |r| r.len());
     // Callers must not mutate the inputs while the GIL is released (documented in sampling.py).
@@ -208,6 +211,7 @@ impl RunResult {
     want_probs = false,
     want_raw_logprob = false,
     top_n = 0,
+    order = Vec::new(),
 ))]
 #[allow(clippy::too_many_arguments)]
 fn run<'py>(
@@ -224,8 +228,10 @@ fn run<'py>(
     want_probs: bool,
     want_raw_logprob: bool,
     top_n: usize,
+    order: Vec<String>,
 ) -> PyResult<RunResult> {
     let params = param_rows(params.as_array())?;
+    let order = parse_order(&order).map_err(to_py)?;
     let bias_values = match &bias_values {
         Some(a) => a
             .as_slice()
@@ -251,6 +257,7 @@ fn run<'py>(
         bias_values,
         seeds,
         step,
+        order: &order,
     };
     let want = Want {
         probs: want_probs,
@@ -331,13 +338,15 @@ fn finish(
     })
 }
 
-/// Validates a (rows, N_PARAMS) float64 parameter matrix (or a sequence of rows) as `run`
-/// does, with the same errors naming the row; returns None.
+/// Validates a (rows, N_PARAMS) float64 parameter matrix (or a sequence of rows) and a stage
+/// order as `run` does, with the same errors naming the row; returns None.
 #[pyfunction]
-fn check_params(params: &Bound<'_, PyAny>) -> PyResult<()> {
+#[pyo3(signature = (params, order = Vec::new()))]
+fn check_params(params: &Bound<'_, PyAny>, order: Vec<String>) -> PyResult<()> {
+    let order = parse_order(&order).map_err(to_py)?;
     if let Ok(a) = params.cast::<PyArray2<f64>>() {
-        param_rows(a.readonly().as_array())?;
-        return Ok(());
+        let rows = param_rows(a.readonly().as_array())?;
+        return check_order(&order, &rows).map_err(to_py);
     }
     let rows: Vec<Vec<f64>> = params.extract().map_err(|_| {
         PyTypeError::new_err(format!(
@@ -350,10 +359,13 @@ fn check_params(params: &Bound<'_, PyAny>) -> PyResult<()> {
             r.len()
         )));
     }
-    for (i, row) in rows.iter().enumerate() {
-        RowParams::from_values(row, i).map_err(to_py)?;
-    }
-    Ok(())
+    let rows = rows
+        .iter()
+        .enumerate()
+        .map(|(i, row)| RowParams::from_values(row, i))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(to_py)?;
+    check_order(&order, &rows).map_err(to_py)
 }
 
 /// Sets the number of worker threads for batched calls (0 = one per core).
@@ -391,6 +403,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let params = PARAMS.map(|p| (p.name, p.default, p.integer, p.help));
     m.add("PARAMS", PyTuple::new(m.py(), params)?)?;
     m.add("TOP_N_SLACK", pipeline::TOP_N_SLACK)?;
+    m.add("ORDER_PRESETS", crate::stages::PRESETS.to_vec())?;
+    let stages: Vec<&str> = Stage::ALL.iter().map(|s| s.name()).collect();
+    m.add("STAGES", stages)?;
     m.add_class::<RunResult>()?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(check_params, m)?)?;

@@ -33,6 +33,13 @@ pub fn philox4x32_10(key: u64, counter: [u32; 4]) -> [u32; 4] {
 /// A uniform number in `[0, 1)` with 53 random bits, for the draw of `step` in stream
 /// (`seed`, `lane`). `lane` separates rows that share one seed.
 pub fn uniform(seed: u64, lane: u64, step: u64) -> f64 {
+    uniforms(seed, lane, step).0
+}
+
+/// Two independent uniforms in `[0, 1)` from one Philox block: the first is [`uniform`]'s
+/// (the draw), the second the coin of a stage that gambles (XTC), so a stage that needs one
+/// never moves the draw's stream.
+pub fn uniforms(seed: u64, lane: u64, step: u64) -> (f64, f64) {
     let r = philox4x32_10(
         seed,
         [
@@ -42,8 +49,12 @@ pub fn uniform(seed: u64, lane: u64, step: u64) -> f64 {
             (lane >> 32) as u32,
         ],
     );
-    let bits = ((r[0] as u64) << 32 | r[1] as u64) >> 11;
-    bits as f64 * (1.0 / (1u64 << 53) as f64)
+    let unit = |hi: u32, lo: u32| ((hi as u64) << 32 | lo as u64) >> 11;
+    let scale = 1.0 / (1u64 << 53) as f64;
+    (
+        unit(r[0], r[1]) as f64 * scale,
+        unit(r[2], r[3]) as f64 * scale,
+    )
 }
 
 #[cfg(test)]

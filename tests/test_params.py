@@ -110,11 +110,15 @@ def test_from_hf() -> None:
     d = {"temperature": 0.6, "top_p": 0.95, "repetition_penalty": 1.1, "min_p": 0.05}
     p = SamplingParams.from_hf(d, seed=3)
     assert (p.repetition_penalty, p.min_p, p.seed) == (1.1, 0.05, 3)
-    with pytest.raises(ValueError, match="from_hf.*typical_p=0.5"):
-        SamplingParams.from_hf({"typical_p": 0.5})
+    p = SamplingParams.from_hf({"typical_p": 0.5, "epsilon_cutoff": 3e-4, "eta_cutoff": 1e-3,
+                                "min_tokens_to_keep": 2})  # fmt: skip
+    assert (p.typical_p, p.epsilon_cutoff, p.eta_cutoff, p.min_tokens_to_keep, p.order) == (
+        0.5, 3e-4, 1e-3, 2, "hf")  # fmt: skip
     with pytest.raises(ValueError, match="num_beams=4"):
         SamplingParams.from_hf({"num_beams": 4})
-    assert SamplingParams.from_hf({"typical_p": 1.0, "num_beams": 1}) == SamplingParams()
+    with pytest.raises(ValueError, match="no_repeat_ngram_size=3"):
+        SamplingParams.from_hf({"no_repeat_ngram_size": 3})
+    assert SamplingParams.from_hf({"num_beams": 1}) == SamplingParams()
 
 
 def test_from_vllm() -> None:
@@ -128,9 +132,12 @@ def test_from_vllm() -> None:
     assert (p.logprobs, p.top_logprobs, p.logit_bias) == (True, 5, {3: -1.0})
     with pytest.raises(ValueError, match="n=2"):
         SamplingParams.from_vllm({"n": 2})
-    with pytest.raises(ValueError, match="min_p"):
-        SamplingParams.from_vllm({"min_p": 0.1, "top_p": 0.9})
-    assert SamplingParams.from_vllm({"min_p": 0.1}).min_p == 0.1
+    # vLLM applies min_p before top_p: the converter keeps its order.
+    p = SamplingParams.from_vllm({"min_p": 0.3, "top_p": 0.75})
+    assert (p.min_p, p.top_p, p.order) == (0.3, 0.75, "vllm")
+    x = np.log(np.array([0.4, 0.3, 0.2, 0.1]))
+    assert np.count_nonzero(ts.probs(x, p)) == 2  # vLLM keeps 2; Hugging Face's order 3
+    assert np.count_nonzero(ts.probs(x, p, order="hf")) == 3
 
 
 def test_from_openai() -> None:
@@ -162,10 +169,24 @@ def test_from_llama_cpp() -> None:
         SamplingParams.from_llama_cpp({"repeat_last_n": 64})
     with pytest.raises(ValueError, match="mirostat=2"):
         SamplingParams.from_llama_cpp({"mirostat": 2})
-    with pytest.raises(ValueError, match="samplers"):
-        SamplingParams.from_llama_cpp({"samplers": "top_k;temperature"})
-    with pytest.raises(ValueError, match="temperature"):
-        SamplingParams.from_llama_cpp({"temperature": 0.8, "top_p": 0.9})
+    with pytest.raises(ValueError, match="dry_multiplier=0.8"):
+        SamplingParams.from_llama_cpp({"dry_multiplier": 0.8})
+    # The filters at temperature 1, the temperature last: llama.cpp's default chain.
+    p = SamplingParams.from_llama_cpp({"temperature": 0.8, "top_p": 0.9, "min_keep": 2,
+                                       "typical_p": 0.95, "top_n_sigma": -1.0,
+                                       "xtc_probability": 0.5, "dynatemp_range": 0.2})  # fmt: skip
+    assert (p.order, p.min_tokens_to_keep, p.typical_p, p.top_n_sigma) == (
+        "llama.cpp", 2, 0.95, None)  # fmt: skip
+    assert (p.xtc_probability, p.xtc_threshold, p.dynatemp_range) == (0.5, 0.1, 0.2)
+    # A samplers chain is the order; a stage it leaves out is off, as in llama.cpp.
+    p = SamplingParams.from_llama_cpp({"samplers": "penalties;dry;top_k;typ_p;temperature",
+                                       "top_k": 40, "top_p": 0.9, "typical_p": 0.9})  # fmt: skip
+    assert p.order == ("top_k", "typical_p", "temperature", "epsilon_cutoff", "eta_cutoff")
+    assert (p.top_k, p.top_p, p.typical_p) == (40, None, 0.9)
+    with pytest.raises(ValueError, match="mirostat"):
+        SamplingParams.from_llama_cpp({"samplers": ["top_k", "mirostat"]})
+    with pytest.raises(ValueError, match="penalties after"):
+        SamplingParams.from_llama_cpp({"samplers": "top_k;penalties", "repeat_penalty": 1.1})
 
 
 def test_converted_params_sample_like_the_keywords() -> None:

@@ -7,10 +7,12 @@ import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "ORDER_PRESETS",
     "PARAMS",
     "PARAM_NAMES",
     "TOP_N_SLACK",
     "RunResult",
+    "STAGES",
     "SamplingError",
     "_debug_panic",
     "check_params",
@@ -23,6 +25,9 @@ PARAM_NAMES: list[str]
 # (name, off default, whole number only, one line of help) per parameter, in column order.
 PARAMS: tuple[tuple[str, float, bool, str], ...]
 TOP_N_SLACK: int
+# The order presets ("hf", "vllm", "llama.cpp") and the stage names a custom order takes.
+ORDER_PRESETS: list[str]
+STAGES: list[str]
 
 class SamplingError(ValueError):
     """Invalid input to a sampling kernel (a subclass of ValueError)."""
@@ -64,15 +69,20 @@ def run(
     want_probs: bool = False,
     want_raw_logprob: bool = False,
     top_n: int = 0,
+    order: Sequence[str] = ...,
 ) -> RunResult:
     """Runs the pipeline on (B, V) logits (a bfloat16 batch crosses as a uint16 view with
     `is_bf16`). `params` is (1 or B, len(PARAMS)) in PARAM_NAMES order; `history`/`bias_ids`
     are (rows, width) int64 with negative padding; `seeds` is (1,) shared or (B,) per row.
-    `raw_logprobs` and `probs` of the result are None unless asked for."""
+    `order` is one preset name or a sequence of stage names (empty: "hf"). `raw_logprobs`
+    and `probs` of the result are None unless asked for."""
 
-def check_params(params: npt.NDArray[np.float64] | Sequence[Sequence[float]]) -> None:
-    """Validates a (rows, len(PARAMS)) parameter matrix as `run` does: raises SamplingError
-    naming the row and parameter (ValueError for a wrong column count)."""
+def check_params(
+    params: npt.NDArray[np.float64] | Sequence[Sequence[float]], order: Sequence[str] = ...
+) -> None:
+    """Validates a (rows, len(PARAMS)) parameter matrix and a stage order as `run` does:
+    raises SamplingError naming the row and parameter or stage (ValueError for a wrong column
+    count)."""
 
 def set_num_threads(n: int) -> None:
     """Sets the number of worker threads for batched calls (0 = one per core)."""

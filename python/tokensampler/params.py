@@ -41,6 +41,12 @@ RowFloat = float | Sequence[float | None] | _SupportsArray | None
 RowInt = int | Sequence[int | None] | _SupportsArray | None
 LogitBias = Mapping[int, float] | Sequence[Mapping[int, float]] | _SupportsArray | None
 Seed = int | Sequence[int] | _SupportsArray | None
+# A preset ("hf", "vllm", "llama.cpp") or a sequence of stage names (`STAGES`).
+Order = str | Sequence[str]
+
+#: The order presets and the stage names a custom order takes (from the Rust table).
+ORDER_PRESETS: tuple[str, ...] = tuple(_native.ORDER_PRESETS)
+STAGES: tuple[str, ...] = tuple(_native.STAGES)
 
 
 class KernelKwargs(TypedDict, total=False):
@@ -52,9 +58,19 @@ class KernelKwargs(TypedDict, total=False):
     frequency_scale: RowFloat
     presence_scale: RowFloat
     temperature: RowFloat
+    dynatemp_range: RowFloat
+    dynatemp_exponent: RowFloat
+    top_n_sigma: RowFloat
     top_k: RowInt
     top_p: RowFloat
     min_p: RowFloat
+    typical_p: RowFloat
+    epsilon_cutoff: RowFloat
+    eta_cutoff: RowFloat
+    xtc_probability: RowFloat
+    xtc_threshold: RowFloat
+    min_tokens_to_keep: RowInt
+    order: Order
     logit_bias: LogitBias
     seed: Seed
 
@@ -107,11 +123,36 @@ class SamplingParams:
             occurrence (>= 1; 1 = off).
         presence_scale: k-scaling: every seen token's temperature is multiplied by this
             (>= 1; 1 = off).
-        temperature: softmax temperature T >= 0; 0 is greedy (argmax).
+        temperature: softmax temperature T >= 0; 0 is greedy (argmax), in every order.
+        dynatemp_range: dynamic temperature (llama.cpp ``temp_ext``): the temperature is
+            ``lo + (hi - lo) * (H / ln N) ** dynatemp_exponent`` with ``lo = max(0, T -
+            range)``, ``hi = T + range``, H the entropy over the N kept tokens (None / 0 =
+            off).
+        dynatemp_exponent: the exponent of the normalised entropy (default 1).
+        top_n_sigma: keep logits >= max - n * sigma, sigma the standard deviation of the
+            finite logits (llama.cpp; None / 0 = off).
         top_k: keep the k most likely tokens, ties at the boundary kept (None / 0 = off).
         top_p: nucleus: keep the smallest set whose probability reaches p (None / 1 = off).
         min_p: drop tokens below min_p times the most likely one's probability (None / 0 =
             off).
+        typical_p: locally typical sampling: keep the tokens whose ``-log p`` is closest to
+            the entropy, up to mass typical_p (Hugging Face; None / 1 = off).
+        epsilon_cutoff: drop tokens of probability below it (Hugging Face; None / 0 = off).
+        eta_cutoff: drop tokens of probability below ``min(eta, sqrt(eta) * exp(-H))``
+            (Hugging Face; None / 0 = off).
+        xtc_probability: XTC (llama.cpp): with this probability per row and step (a coin
+            from the row's seeded stream), of the tokens with probability >=
+            ``xtc_threshold`` all but the least probable are removed, when there are two or
+            more (None / 0 = off).
+        xtc_threshold: XTC's probability threshold (default 0.1).
+        min_tokens_to_keep: the fewest tokens every truncating stage keeps (Hugging Face
+            ``min_tokens_to_keep``, llama.cpp ``min_keep``; None / 0 / 1 = no floor).
+        order: the order of the stages after the penalties: ``"hf"`` (default: temperature,
+            top_n_sigma, top_k, top_p, min_p, typical_p, epsilon_cutoff, eta_cutoff, xtc),
+            ``"vllm"`` (min_p before top_k / top_p), ``"llama.cpp"`` (top_n_sigma, top_k,
+            typical_p, top_p, min_p, epsilon_cutoff, eta_cutoff, xtc, temperature: the
+            filters see the temperature-1 distribution), or a sequence of those stage names,
+            which must place every stage that is on.
         logit_bias: {id: bias}, one dict per row, or a dense (V,) / (B, V) array, added to
             the logits first; -inf bans a token.
         seed: None (fresh OS entropy), an int, or one int per row (any int, taken mod
@@ -126,9 +167,19 @@ class SamplingParams:
     frequency_scale: RowFloat = 1.0
     presence_scale: RowFloat = 1.0
     temperature: RowFloat = 1.0
+    dynatemp_range: RowFloat = None
+    dynatemp_exponent: RowFloat = 1.0
+    top_n_sigma: RowFloat = None
     top_k: RowInt = None
     top_p: RowFloat = None
     min_p: RowFloat = None
+    typical_p: RowFloat = None
+    epsilon_cutoff: RowFloat = None
+    eta_cutoff: RowFloat = None
+    xtc_probability: RowFloat = None
+    xtc_threshold: RowFloat = 0.1
+    min_tokens_to_keep: RowInt = None
+    order: Order = "hf"
     logit_bias: LogitBias = None
     seed: Seed = None
     logprobs: bool = False
@@ -169,13 +220,22 @@ class SamplingParams:
             object.__setattr__(self, "seed", tuple(int(s) for s in seeds))
         elif self.seed is not None:
             _seeds(self.seed, None)
+        if isinstance(self.order, str):
+            pass
+        elif isinstance(self.order, Sequence) and all(isinstance(o, str) for o in self.order):
+            object.__setattr__(self, "order", tuple(self.order))
+        else:
+            raise TypeError(
+                f"order must be one of {', '.join(ORDER_PRESETS)} or a sequence of stage "
+                f"names, got {self.order!r:.60}"
+            )
         _check_top_n(self.top_logprobs)
         object.__setattr__(self, "logprobs", bool(self.logprobs))
         _logit_bias(self.logit_bias, None, None)
         b = next(iter(rows.values()), 1)
         m = self.matrix(b) if b else None
         if m is not None:
-            _native.check_params(m)
+            _native.check_params(m, self.order_names)
         # Scalars give one (1, N) matrix for every batch: kept, since every call reads it.
         object.__setattr__(self, "_scalar_matrix", None if rows else m)
 
@@ -185,6 +245,11 @@ class SamplingParams:
     def kernel_values(self) -> tuple[Any, ...]:
         """The kernel parameters in the Rust table's column order (None = off)."""
         return tuple(getattr(self, name) for name in PARAM_NAMES)
+
+    @property
+    def order_names(self) -> list[str]:
+        """The order as the kernels take it: one preset name, or the stage names."""
+        return [self.order] if isinstance(self.order, str) else list(self.order)
 
     @property
     def batch_size(self) -> int | None:
@@ -233,15 +298,13 @@ class SamplingParams:
 
         ``do_sample=False`` is greedy (temperature 0), as `model.generate` decodes then; HF's
         own defaults for fields the config leaves out (e.g. top_k 50) are not filled in.
-        Refused by name: processors we do not implement when they are switched on
-        (typical_p, epsilon_cutoff, eta_cutoff, no_repeat_ngram_size, bad_words_ids,
+        Maps temperature, top_k, top_p, min_p, typical_p, epsilon_cutoff, eta_cutoff,
+        min_tokens_to_keep and repetition_penalty, in HF's order. Refused by name: processors
+        we do not implement when they are switched on (no_repeat_ngram_size, bad_words_ids,
         sequence_bias, num_beams > 1, ...).
         """
         d = _as_dict(config)
         hf_off = {
-            "typical_p": 1.0,
-            "epsilon_cutoff": 0.0,
-            "eta_cutoff": 0.0,
             "no_repeat_ngram_size": 0,
             "encoder_no_repeat_ngram_size": 0,
             "bad_words_ids": None,
@@ -254,13 +317,22 @@ class SamplingParams:
             "penalty_alpha": None,
             "guidance_scale": None,
             "watermarking_config": None,
-            "min_tokens_to_keep": 1,
             "top_h": None,
             "dola_layers": None,
         }
         _refuse("from_hf", {k: d.get(k) for k in hf_off}, hf_off)
         out: dict[str, Any] = {}
-        for name in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty"):
+        for name in (
+            "temperature",
+            "top_k",
+            "top_p",
+            "min_p",
+            "typical_p",
+            "epsilon_cutoff",
+            "eta_cutoff",
+            "min_tokens_to_keep",
+            "repetition_penalty",
+        ):
             if d.get(name) is not None:
                 out[name] = d[name]
         if d.get("do_sample") is False:
@@ -274,10 +346,10 @@ class SamplingParams:
         """From a vLLM `SamplingParams` (or a dict of its fields).
 
         ``top_k`` -1 or 0 is off; ``logprobs=n`` asks for the n most probable ids (vLLM's
-        meaning). Fields of the generation loop (max_tokens, stop, ...) are passed over.
-        Refused by name: n > 1, best_of, prompt_logprobs, allowed_token_ids, bad_words,
-        structured outputs, logits_processors, min_tokens; and min_p together with top_k or
-        top_p, since vLLM applies min_p before them and our order applies it after.
+        meaning); the order is vLLM's (``order="vllm"``: min_p before top_k / top_p). Fields
+        of the generation loop (max_tokens, stop, ...) are passed over. Refused by name:
+        n > 1, best_of, prompt_logprobs, allowed_token_ids, bad_words, structured outputs,
+        logits_processors, min_tokens.
         """
         d = _as_dict(params)
         vllm_off = {
@@ -292,12 +364,7 @@ class SamplingParams:
             "min_tokens": 0,
         }
         _refuse("from_vllm", {k: d.get(k, vllm_off[k]) for k in vllm_off}, vllm_off)
-        min_p_on = d.get("min_p") not in (None, 0, 0.0)
-        if min_p_on and (d.get("top_k") not in (None, -1, 0) or d.get("top_p") not in (None, 1)):
-            raise ValueError(
-                "from_vllm: not supported: min_p with top_k / top_p (vLLM applies min_p first)"
-            )
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"order": "vllm"}
         for name in (
             "temperature",
             "top_p",
@@ -357,55 +424,57 @@ class SamplingParams:
     def from_llama_cpp(cls, params: Mapping[str, Any], **overrides: Any) -> SamplingParams:
         """From llama.cpp's server request / `common_params_sampling` names.
 
-        ``temperature`` (or ``temp``), ``top_k`` (<= 0 off), ``top_p``, ``min_p``,
+        ``temperature`` (or ``temp``, <= 0 is greedy), ``dynatemp_range``,
+        ``dynatemp_exponent``, ``top_k`` (<= 0 off), ``top_p``, ``min_p``, ``typical_p``,
+        ``top_n_sigma`` (<= 0 off), ``xtc_probability``, ``xtc_threshold``, ``min_keep``,
         ``repeat_penalty``, ``frequency_penalty``, ``presence_penalty``, ``seed`` (-1 or
         0xFFFFFFFF: random), ``logit_bias`` (a dict or llama.cpp's [[id, bias], ...] list;
-        ``false`` bans). Fields left out are not filled with llama.cpp's own defaults.
-        Refused by name when switched on: ``repeat_last_n`` other than -1 (our penalties
-        read the whole history; llama.cpp's default is 64), ``min_keep``, ``typical_p``,
-        ``dry_multiplier``, ``xtc_probability``, ``mirostat``, ``top_n_sigma``,
-        ``dynatemp_range``, ``n_probs``, a ``samplers`` order, and a temperature other than
-        0 or 1 with top_p / min_p (llama.cpp filters first and applies the temperature
-        last, which our order cannot reproduce).
+        ``false`` bans), and ``samplers`` (a list of names or a ";"-separated string, e.g.
+        "top_k;typ_p;top_p;min_p;temperature"); without it the order is llama.cpp's default
+        chain (``order="llama.cpp"``: the filters see the temperature-1 distribution). Fields
+        left out are not filled with llama.cpp's own defaults. Refused by name when switched
+        on: ``repeat_last_n`` other than -1 (our penalties read the whole history; llama.cpp's
+        default is 64), ``dry_multiplier``, ``mirostat``, ``n_probs``; a ``samplers`` entry we
+        do not have, or ``penalties`` placed after another stage while a penalty is on (ours
+        always run first).
         """
         d = dict(params)
         off = {
             "repeat_last_n": -1,
             "penalty_last_n": -1,
-            "min_keep": 0,
-            "typical_p": 1.0,
             "dry_multiplier": 0.0,
-            "xtc_probability": 0.0,
             "mirostat": 0,
-            "top_n_sigma": -1.0,
-            "dynatemp_range": 0.0,
             "n_probs": 0,
-            "samplers": None,
         }
         _refuse("from_llama_cpp", {k: d[k] for k in off if k in d}, off)
+        out: dict[str, Any] = {"order": "llama.cpp"}
         t = d.get("temperature", d.get("temp"))
-        filters_on = d.get("top_p") not in (None, 1) or d.get("min_p") not in (None, 0)
-        if t is not None and 0 < float(t) != 1 and filters_on:
-            # llama.cpp's chain filters at temperature 1 and applies the temperature last.
-            raise ValueError(
-                "from_llama_cpp: not supported: temperature other than 0 or 1 together with "
-                "top_p / min_p (llama.cpp applies the temperature after the filters)"
-            )
-        out: dict[str, Any] = {}
         if t is not None:
             out["temperature"] = max(float(t), 0.0)  # llama.cpp: <= 0 is greedy
         k = d.get("top_k")
         if k is not None and k > 0:
             out["top_k"] = k
+        sigma = d.get("top_n_sigma")
+        if sigma is not None and sigma > 0:
+            out["top_n_sigma"] = sigma
         for ours_name, theirs in (
+            ("dynatemp_range", "dynatemp_range"),
+            ("dynatemp_exponent", "dynatemp_exponent"),
             ("top_p", "top_p"),
             ("min_p", "min_p"),
+            ("typical_p", "typical_p"),
+            ("xtc_probability", "xtc_probability"),
+            ("xtc_threshold", "xtc_threshold"),
+            ("min_tokens_to_keep", "min_keep"),
             ("repetition_penalty", "repeat_penalty"),
             ("frequency_penalty", "frequency_penalty"),
             ("presence_penalty", "presence_penalty"),
         ):
             if d.get(theirs) is not None:
                 out[ours_name] = d[theirs]
+        if out.get("xtc_threshold", 0.1) > 0.5:
+            # llama.cpp switches XTC off above 0.5 (at most one token can reach it anyway).
+            out.pop("xtc_probability", None)
         seed = d.get("seed")
         if seed is not None and seed not in (-1, 0xFFFFFFFF):
             out["seed"] = seed
@@ -415,7 +484,75 @@ class SamplingParams:
             out["logit_bias"] = {
                 int(t): float("-inf") if b is False else float(b) for t, b in pairs
             }
+        if d.get("samplers") is not None:
+            penalties_on = any(
+                out.get(n) not in (None, KERNEL_PARAMS[n][0])
+                for n in ("repetition_penalty", "frequency_penalty", "presence_penalty")
+            )
+            order = _llama_cpp_order(d["samplers"], penalties_on)
+            out["order"] = order
+            # llama.cpp runs only the samplers its chain names: a stage left out is off.
+            stage_params = {
+                "temperature": ("temperature", "dynatemp_range"),
+                "top_n_sigma": ("top_n_sigma",),
+                "top_k": ("top_k",),
+                "top_p": ("top_p",),
+                "min_p": ("min_p",),
+                "typical_p": ("typical_p",),
+                "xtc": ("xtc_probability",),
+            }
+            for stage, names in stage_params.items():
+                if stage not in order:
+                    for name in names:
+                        out.pop(name, None)
         return cls(**{**out, **overrides})
+
+
+# llama.cpp's sampler names (common/sampling.cpp, `common_sampler_type_from_name`, including
+# its aliases) -> ours; None: a stage that always runs first here.
+_LLAMA_CPP_STAGES: dict[str, str | None] = {
+    "penalties": None,
+    "top_n_sigma": "top_n_sigma",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "nucleus": "top_p",
+    "min_p": "min_p",
+    "typ_p": "typical_p",
+    "typical_p": "typical_p",
+    "typ": "typical_p",
+    "typical": "typical_p",
+    "xtc": "xtc",
+    "temperature": "temperature",
+    "temp": "temperature",
+}
+
+
+def _llama_cpp_order(samplers: Any, penalties_on: bool) -> tuple[str, ...]:
+    """Our order for llama.cpp's ``samplers`` (a list of names or a ";"-separated string).
+
+    ``dry`` is passed over (DRY is refused when on); stages llama.cpp's chain leaves out are
+    off there, and epsilon / eta, which llama.cpp lacks, go at the end.
+    """
+    names = samplers.split(";") if isinstance(samplers, str) else list(samplers)
+    order: list[str] = []
+    for i, name in enumerate(n.strip() for n in names):
+        if name == "dry" or not name:
+            continue
+        if name not in _LLAMA_CPP_STAGES:
+            raise ValueError(f"from_llama_cpp: not supported: samplers entry {name!r}")
+        ours = _LLAMA_CPP_STAGES[name]
+        if ours is None:
+            if i > 0 and penalties_on and order:
+                raise ValueError(
+                    "from_llama_cpp: not supported: penalties after another stage "
+                    "(our penalties always run first)"
+                )
+            continue
+        if ours not in order:
+            order.append(ours)
+    placed = set(order)
+    order += [s for s in ("epsilon_cutoff", "eta_cutoff") if s not in placed]
+    return tuple(order)
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:

@@ -380,6 +380,7 @@ def _run(
         want_probs=want_probs,
         want_raw_logprob=want_raw,
         top_n=int(top_n),
+        order=p.order_names,
     )
     return lg, out
 
@@ -505,7 +506,9 @@ def probs(
 ) -> Any:
     """The final sampling distribution of each row (zeros outside the kept set).
 
-    Takes the arguments of `sample` (its seed and log-probability fields play no part).
+    Takes the arguments of `sample`. Its log-probability fields play no part, and its seed
+    only XTC's: with `xtc_probability` between 0 and 1, the distribution is the one `sample`
+    with that seed draws from (seed 0 when none is given).
     Returns an array shaped like `logits`: float64 for float64 input, float32 otherwise, in
     the input's array type.
 
@@ -514,9 +517,8 @@ def probs(
     [0.5, 0.5]
     """
     p = _params(params, overrides)
-    lg, out = _run(
-        logits, p, history=history, seeds=(np.zeros(1, dtype=np.uint64), False), want_probs=True
-    )
+    seeds = None if p.seed is not None else (np.zeros(1, dtype=np.uint64), False)
+    lg, out = _run(logits, p, history=history, seeds=seeds, want_probs=True)
     pr = out.probs
     if lg.array.shape[0] == 0:  # no rows: keep the vocabulary axis
         f64 = lg.array.dtype == np.float64
