@@ -528,24 +528,38 @@ fn dense<T: Elem, const FMA: bool>(
             draw_dense_by(&s.w, &s.blocks, total, u(), |x, j| cut.keeps(x, j, floor))
         }
     };
+    Ok(dense_outputs(id, s, total, probs, row.top_n))
+}
+
+/// What a dense row returns once `id` is drawn from the weights `s.w` (of total `total`):
+/// its log-probability, the distribution when asked for, the top log-probabilities.
+#[inline(always)]
+fn dense_outputs<F: Real>(
+    id: usize,
+    s: &mut Scratch<F>,
+    total: f64,
+    probs: Option<&mut [F]>,
+    top_n: usize,
+) -> Drawn {
     if let Some(out) = probs {
         let inv = 1.0 / total;
         for (o, &wj) in out.iter_mut().zip(&s.w) {
-            *o = F::<T>::of(wj.wide() * inv);
+            *o = F::of(wj.wide() * inv);
         }
     }
-    let top = if row.top_n > 0 {
-        top_k_candidates(&s.w, row.top_n.min(v), &mut s.pairs, &mut s.sel);
-        top_logprobs(&mut s.pairs, total, row.top_n)
+    let top = if top_n > 0 {
+        top_k_candidates(&s.w, top_n.min(s.w.len()), &mut s.pairs, &mut s.sel);
+        top_logprobs(&mut s.pairs, total, top_n)
     } else {
         Vec::new()
     };
-    Ok((id, (s.w[id].wide() / total).ln(), top))
+    (id, (s.w[id].wide() / total).ln(), top)
 }
 
 /// [`Plan::Ordered`]: the stages of `order` one after another on the row `z` (loaded, bias
-/// and penalties applied), each rewriting it (a removed token becomes `-inf`); then the
-/// dense plan's draw at temperature 1 on what is left.
+/// and penalties applied). Most stages only narrow the live set ([`stages::Live`]: a floor,
+/// a ceiling, the temperature so far); top-p and typical-p write `-inf` into `z`. Then one
+/// exp pass over what is live, and the dense plan's draw and outputs.
 #[inline(always)]
 fn ordered<T: Elem, const FMA: bool>(
     row: &Row<'_, T>,
@@ -559,33 +573,32 @@ fn ordered<T: Elem, const FMA: bool>(
     let (m, nan) = max_nan(z);
     check_max(row.i, nan, m)?;
     stages::finite_max(z);
+    let live = &mut stages::Live::new(z);
     let keep = p.min_tokens_to_keep.max(1);
     for &stage in order.iter().filter(|s| s.is_on(p)) {
         match stage {
-            Stage::Temperature => stages::temperature::<_, FMA>(z, p, s),
-            Stage::TopNSigma => stages::top_n_sigma(z, p.top_n_sigma, keep, s),
-            Stage::TopK => stages::top_k(z, p.top_k, keep, s),
-            Stage::TopP => stages::top_p::<_, FMA>(z, p.top_p, keep, s),
-            Stage::MinP => stages::min_p::<_, FMA>(z, p.min_p, keep, s),
-            Stage::TypicalP => stages::typical_p::<_, FMA>(z, p.typical_p, keep, s),
+            Stage::Temperature => stages::temperature::<_, FMA>(z, live, p, s),
+            Stage::TopNSigma => stages::top_n_sigma(z, live, p.top_n_sigma, keep, s),
+            Stage::TopK => stages::top_k(z, live, p.top_k, keep, s),
+            Stage::TopP => stages::top_p::<_, FMA>(z, live, p.top_p, keep, s),
+            Stage::MinP => stages::min_p(z, live, p.min_p, keep, s),
+            Stage::TypicalP => stages::typical_p::<_, FMA>(z, live, p.typical_p, keep, s),
             Stage::EpsilonCutoff => {
-                stages::cutoff::<_, FMA>(z, Some(p.epsilon_cutoff), None, keep, s)
+                stages::cutoff::<_, FMA>(z, live, Some(p.epsilon_cutoff), None, keep, s)
             }
-            Stage::EtaCutoff => stages::cutoff::<_, FMA>(z, None, Some(p.eta_cutoff), keep, s),
+            Stage::EtaCutoff => {
+                stages::cutoff::<_, FMA>(z, live, None, Some(p.eta_cutoff), keep, s)
+            }
             Stage::Xtc => {
                 let coin = stream().1;
-                stages::xtc::<_, FMA>(z, p.xtc_probability, p.xtc_threshold, coin, keep, s)
+                let (prob, threshold) = (p.xtc_probability, p.xtc_threshold);
+                stages::xtc::<_, FMA>(z, live, prob, threshold, coin, keep, s)
             }
         }
     }
-    let plain = RowParams::default();
-    let last = Row {
-        p: &plain,
-        stored: false,
-        greedy_raw: false,
-        ..*row
-    };
-    dense::<T, FMA>(&last, z, Plan::Dense, s, probs, || stream().0)
+    let total = stages::weights::<_, FMA>(z, live, s);
+    let id = draw_dense(&s.w, &s.blocks, total, stream().0);
+    Ok(dense_outputs(id, s, total, probs, row.top_n))
 }
 
 // ==== the stages the plans share =============================================================

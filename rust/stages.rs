@@ -13,10 +13,10 @@
 
 use crate::elem::Real;
 use crate::error::SamplingError;
-use crate::filter::{kth_largest, top_p_cut};
+use crate::filter::{top_k_candidates, top_p_cut};
 use crate::params::RowParams;
 use crate::scratch::Scratch;
-use crate::softmax::{exp_weights, max_nan};
+use crate::softmax::{exp_weights, max_nan, BLOCK};
 
 /// A stage that an order places; penalties, bias and bans always come first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,24 +175,73 @@ pub fn check_order(order: &[Stage], params: &[RowParams]) -> Result<(), Sampling
     Ok(())
 }
 
-// ==== shared steps ===========================================================================
+// ==== the live set ==========================================================================
 
-/// Fills `s.w` with the weights `exp(z - max)` of the kept tokens (0 for removed ones);
-/// returns the maximum and the total weight. `z` has a finite maximum.
-#[inline(always)]
-fn weights<F: Real, const FMA: bool>(z: &[F], s: &mut Scratch<F>) -> (F, f64) {
-    let m = max_nan(z).0;
-    let total = exp_weights::<F, FMA>(z, m, F::one(), F::neg_infinity(), &mut s.w, &mut s.blocks);
-    (m, total)
+/// What is left of an ordered row, kept lazily so that most stages cost no write: the tokens
+/// `j` with `lo <= z[j] <= hi` that a masking stage (top-p, typical-p) has not set to `-inf`.
+/// `m` is their largest logit, `scale` the inverse temperature applied so far (the current
+/// logits are `z * scale`; every threshold below is a logit of `z`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Live<F> {
+    pub(crate) lo: F,
+    pub(crate) hi: F,
+    pub(crate) m: F,
+    pub(crate) scale: F,
 }
 
-/// The entropy `-sum p log p` of the kept tokens, from their weights `w` against `m`.
+impl<F: Real> Live<F> {
+    /// The whole row `z` (NaN-free, with a finite maximum; see [`finite_max`]).
+    pub(crate) fn new(z: &[F]) -> Self {
+        Live {
+            lo: F::neg_infinity(),
+            hi: F::infinity(),
+            m: max_nan(z).0,
+            scale: F::one(),
+        }
+    }
+
+    #[inline(always)]
+    fn has(&self, v: F) -> bool {
+        v >= self.lo && v <= self.hi && v > F::neg_infinity()
+    }
+
+    /// Raises the floor to `stage_lo`, but not above `floor` (the `keep` floor of the stage).
+    #[inline(always)]
+    fn raise(&mut self, stage_lo: F, floor: F) {
+        self.lo = self.lo.max(stage_lo.min(floor));
+    }
+}
+
+/// Fills `s.w` (and `s.blocks`) with the weights `exp((z - m) * scale)` of the live tokens (0
+/// for the others) and returns their total.
 #[inline(always)]
-fn entropy<F: Real>(z: &[F], w: &[F], m: F, total: f64) -> f64 {
+pub(crate) fn weights<F: Real, const FMA: bool>(
+    z: &[F],
+    live: &Live<F>,
+    s: &mut Scratch<F>,
+) -> f64 {
+    let mut total = exp_weights::<F, FMA>(z, live.m, live.scale, live.lo, &mut s.w, &mut s.blocks);
+    if live.hi < F::infinity() {
+        // A ceiling (XTC) removes the few tokens above it.
+        for (j, (&v, w)) in z.iter().zip(s.w.iter_mut()).enumerate() {
+            if v > live.hi && *w > F::zero() {
+                s.blocks[j / BLOCK] -= w.wide();
+                total -= w.wide();
+                *w = F::zero();
+            }
+        }
+    }
+    total
+}
+
+/// The entropy `-sum p log p` of the live tokens, from their weights `w` (of total `total`).
+#[inline(always)]
+fn entropy<F: Real>(z: &[F], w: &[F], live: &Live<F>, total: f64) -> f64 {
     // 16 independent f64 lanes: they vectorise (one chain of adds would not).
     let mut acc = [0.0f64; 16];
     let mut zc = z.chunks_exact(16);
     let mut wc = w.chunks_exact(16);
+    let m = live.m;
     let term = |zj: F, wj: F| {
         if wj > F::zero() {
             (wj * (zj - m)).wide()
@@ -211,110 +260,109 @@ fn entropy<F: Real>(z: &[F], w: &[F], m: F, total: f64) -> f64 {
         .zip(wc.remainder())
         .map(|(&zj, &wj)| term(zj, wj))
         .sum();
-    // log p_j = (z_j - m) - ln(total).
-    total.ln() - (acc.iter().sum::<f64>() + rest) / total
+    // log p_j = (z_j - m) * scale - ln(total).
+    total.ln() - live.scale.wide() * (acc.iter().sum::<f64>() + rest) / total
 }
 
-/// The smallest logit kept by a floor of the `keep` most probable tokens (ties kept), or
-/// the maximum for `keep <= 1`.
+/// The logit of the `keep`-th most probable live token (the floor a stage may not raise the
+/// live set's floor above; ties kept), or `m` for `keep <= 1`.
+///
+/// Without a ceiling the streaming top-k of the whole row gives it (a `k`-th largest below
+/// the floor `lo` just means fewer than `k` tokens are live, and then nothing is raised).
 #[inline(always)]
-fn floor_logit<F: Real>(z: &[F], m: F, keep: usize, sel: &mut Vec<F>) -> F {
+fn keep_floor<F: Real>(z: &[F], live: &Live<F>, keep: usize, s: &mut Scratch<F>) -> F {
     if keep <= 1 {
-        m
-    } else {
-        kth_largest(z, keep.min(z.len()), sel)
+        return live.m;
     }
+    if live.hi == F::infinity() && keep <= z.len() / 8 {
+        top_k_candidates(z, keep, &mut s.pairs, &mut s.sel);
+        return s.pairs.iter().fold(F::infinity(), |a, c| a.min(c.0));
+    }
+    s.sel.clear();
+    s.sel.extend(z.iter().copied().filter(|&v| live.has(v)));
+    if keep >= s.sel.len() {
+        return F::neg_infinity();
+    }
+    let desc = |a: &F, b: &F| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal);
+    *s.sel.select_nth_unstable_by(keep - 1, desc).1
 }
 
-/// Removes every token for which `keep(z_j, w_j)` is false and whose logit is below `floor`.
+/// The logit `m + ln(q) / scale` below which a token's probability is under `q` times the
+/// largest's.
 #[inline(always)]
-fn retain<F: Real>(z: &mut [F], w: &[F], floor: F, keep: impl Fn(F, F, usize) -> bool) {
-    for (j, (zj, &wj)) in z.iter_mut().zip(w).enumerate() {
-        if *zj < floor && !keep(*zj, wj, j) {
-            *zj = F::neg_infinity();
-        }
-    }
+fn logit_of_ratio<F: Real>(live: &Live<F>, q: f64) -> F {
+    F::of(live.m.wide() + q.ln() / live.scale.wide())
 }
 
-/// Only the largest logits stay (all of them if tied), at 0: the limit of a temperature
-/// going to 0, and how `+inf` logits share the mass.
-fn argmax_set<F: Real>(z: &mut [F]) {
-    let m = max_nan(z).0;
-    for v in z.iter_mut() {
-        *v = if *v == m {
-            F::zero()
-        } else {
-            F::neg_infinity()
-        };
-    }
-}
-
-/// Makes the maximum of `z` finite: `+inf` logits share the whole mass.
+/// Makes the maximum of `z` finite: `+inf` logits share the whole mass (as 0, the rest
+/// `-inf`).
 pub(crate) fn finite_max<F: Real>(z: &mut [F]) {
     if max_nan(z).0 == F::infinity() {
-        argmax_set(z);
+        for v in z.iter_mut() {
+            *v = if *v == F::infinity() {
+                F::zero()
+            } else {
+                F::neg_infinity()
+            };
+        }
     }
 }
 
 // ==== the stages =============================================================================
 
 /// Temperature, or with `dynatemp_range > 0` llama.cpp's entropy-scaled temperature
-/// (`temp_ext`): `T_dyn = lo + (hi - lo) * (H / ln N)^exponent` over the `N` kept tokens,
-/// `lo = max(0, T - range)`, `hi = T + range`; with one token nothing changes.
+/// (`temp_ext`): `T_dyn = lo + (hi - lo) * (H / ln N)^exponent` over the `N` live tokens,
+/// `lo = max(0, T - range)`, `hi = T + range`; with one token nothing changes. A temperature
+/// too small for the compute type (or 0) leaves the largest logits, as the limit T -> 0.
 pub(crate) fn temperature<F: Real, const FMA: bool>(
-    z: &mut [F],
+    z: &[F],
+    live: &mut Live<F>,
     p: &RowParams,
     s: &mut Scratch<F>,
 ) {
     let mut t = p.temperature;
     if p.dynatemp_range > 0.0 {
-        let n = z.iter().filter(|v| v.is_finite()).count();
+        let n = z.iter().filter(|&&v| live.has(v)).count();
         if n <= 1 {
             return;
         }
-        let (m, total) = weights::<F, FMA>(z, s);
-        let h = entropy(z, &s.w, m, total);
+        let total = weights::<F, FMA>(z, live, s);
+        let h = entropy(z, &s.w, live, total);
         let lo = (t - p.dynatemp_range).max(0.0);
         let hi = t + p.dynatemp_range;
         t = lo + (hi - lo) * (h / (n as f64).ln()).max(0.0).powf(p.dynatemp_exponent);
     }
-    if t == 1.0 {
-        return;
+    let scale = live.scale / F::of(t);
+    if t <= 0.0 || !scale.is_finite() {
+        live.lo = live.m;
+        live.scale = F::one();
+    } else {
+        live.scale = scale;
     }
-    let inv = F::one() / F::of(t);
-    if t <= 0.0 || !inv.is_finite() {
-        argmax_set(z);
-        return;
-    }
-    for v in z.iter_mut() {
-        *v = *v * inv;
-    }
-    finite_max(z);
 }
 
-/// Top-k: the `max(k, keep)` largest logits, ties at the boundary kept.
-pub(crate) fn top_k<F: Real>(z: &mut [F], k: usize, keep: usize, s: &mut Scratch<F>) {
-    let k = k.max(keep);
-    if k >= z.len() {
-        return;
-    }
-    let kth = kth_largest(z, k, &mut s.sel);
-    for v in z.iter_mut() {
-        if *v < kth {
-            *v = F::neg_infinity();
-        }
-    }
+/// Top-k: the `max(k, keep)` largest live logits, ties at the boundary kept.
+pub(crate) fn top_k<F: Real>(
+    z: &[F],
+    live: &mut Live<F>,
+    k: usize,
+    keep: usize,
+    s: &mut Scratch<F>,
+) {
+    let kth = keep_floor(z, live, k.max(keep), s);
+    live.lo = live.lo.max(kth);
 }
 
 /// Top-p: the shortest prefix, by decreasing probability and ties by lower id, whose mass
-/// reaches `top_p` (the cut of the fast plans, [`top_p_cut`]).
+/// reaches `top_p` (the cut of the fast plans, [`top_p_cut`]); written into `z`.
 pub(crate) fn top_p<F: Real, const FMA: bool>(
     z: &mut [F],
+    live: &mut Live<F>,
     top_p: f64,
     keep: usize,
     s: &mut Scratch<F>,
 ) {
-    let (m, total) = weights::<F, FMA>(z, s);
+    let total = weights::<F, FMA>(z, live, s);
     let (cut, _) = top_p_cut(
         &s.w,
         total,
@@ -325,97 +373,111 @@ pub(crate) fn top_p<F: Real, const FMA: bool>(
         &mut s.keys,
         &mut s.blocks,
     );
-    let floor = floor_logit(z, m, keep, &mut s.sel);
-    retain(z, &s.w, floor, |_, w, j| cut.keeps(w, j as u32, F::zero()));
-}
-
-/// Min-p: the tokens of probability at least `min_p` times the largest.
-pub(crate) fn min_p<F: Real, const FMA: bool>(
-    z: &mut [F],
-    min_p: f64,
-    keep: usize,
-    s: &mut Scratch<F>,
-) {
-    let (m, _) = weights::<F, FMA>(z, s);
-    // The largest weight is exactly 1, so the floor is min_p itself (as in the fast plans).
-    let wf = F::of(min_p);
-    let floor = floor_logit(z, m, keep, &mut s.sel);
-    retain(z, &s.w, floor, |_, w, _| w >= wf);
-}
-
-/// Epsilon (`threshold = Some(eps)`) or eta (`eta_cutoff = Some(eta)`) sampling: drops the
-/// tokens of probability below `eps`, or below `min(eta, sqrt(eta) exp(-H))`.
-pub(crate) fn cutoff<F: Real, const FMA: bool>(
-    z: &mut [F],
-    epsilon: Option<f64>,
-    eta: Option<f64>,
-    keep: usize,
-    s: &mut Scratch<F>,
-) {
-    let (m, total) = weights::<F, FMA>(z, s);
-    let threshold = match (epsilon, eta) {
-        (Some(e), _) => e,
-        (None, Some(e)) => e.min(e.sqrt() * (-entropy(z, &s.w, m, total)).exp()),
-        (None, None) => return,
-    };
-    let inv = 1.0 / total;
-    let floor = floor_logit(z, m, keep, &mut s.sel);
-    retain(z, &s.w, floor, |_, w, _| w.wide() * inv >= threshold);
-}
-
-/// Top-nσ: the logits at least `max - n σ`, σ the population standard deviation of the
-/// finite logits (llama.cpp `top_n_sigma`). Invariant under temperature.
-pub(crate) fn top_n_sigma<F: Real>(z: &mut [F], n: f64, keep: usize, s: &mut Scratch<F>) {
-    let (mut count, mut sum) = (0usize, 0.0f64);
-    let mut m = F::neg_infinity();
-    for &v in z.iter().filter(|v| v.is_finite()) {
-        count += 1;
-        sum += v.wide();
-        m = m.max(v);
-    }
-    let mean = sum / count as f64;
-    let var = z
-        .iter()
-        .filter(|v| v.is_finite())
-        .map(|v| (v.wide() - mean).powi(2))
-        .sum::<f64>()
-        / count as f64;
-    let threshold = m.wide() - n * var.sqrt();
-    let floor = floor_logit(z, m, keep, &mut s.sel);
-    for v in z.iter_mut() {
-        if *v < floor && v.wide() < threshold {
+    let floor = keep_floor(z, live, keep, s);
+    for (j, (v, &w)) in z.iter_mut().zip(&s.w).enumerate() {
+        if *v < floor && !cut.keeps(w, j as u32, F::zero()) {
             *v = F::neg_infinity();
         }
     }
 }
 
+/// Min-p: the tokens of probability at least `min_p` times the largest.
+pub(crate) fn min_p<F: Real>(
+    z: &[F],
+    live: &mut Live<F>,
+    min_p: f64,
+    keep: usize,
+    s: &mut Scratch<F>,
+) {
+    let floor = keep_floor(z, live, keep, s);
+    live.raise(logit_of_ratio(live, min_p), floor);
+}
+
+/// Epsilon (`epsilon = Some(eps)`) or eta (`eta = Some(eta)`) sampling: drops the tokens of
+/// probability below `eps`, or below `min(eta, sqrt(eta) exp(-H))`.
+pub(crate) fn cutoff<F: Real, const FMA: bool>(
+    z: &[F],
+    live: &mut Live<F>,
+    epsilon: Option<f64>,
+    eta: Option<f64>,
+    keep: usize,
+    s: &mut Scratch<F>,
+) {
+    let total = weights::<F, FMA>(z, live, s);
+    let threshold = match (epsilon, eta) {
+        (Some(e), _) => e,
+        (None, Some(e)) => e.min(e.sqrt() * (-entropy(z, &s.w, live, total)).exp()),
+        (None, None) => return,
+    };
+    // p_j >= t  <=>  w_j >= t * total, w_j = exp((z_j - m) * scale).
+    let floor = keep_floor(z, live, keep, s);
+    live.raise(logit_of_ratio(live, threshold * total), floor);
+}
+
+/// Top-nσ: the logits at least `max - n σ`, σ the population standard deviation of the live
+/// logits (llama.cpp `top_n_sigma`). Invariant under temperature.
+pub(crate) fn top_n_sigma<F: Real>(
+    z: &[F],
+    live: &mut Live<F>,
+    n: f64,
+    keep: usize,
+    s: &mut Scratch<F>,
+) {
+    // Deviations from the maximum, in 16 f64 lanes: sum and sum of squares in one read.
+    let m = live.m.wide();
+    let (mut sum, mut sq, mut count) = ([0.0f64; 16], [0.0f64; 16], [0usize; 16]);
+    for (c, zc) in z.chunks(16).enumerate() {
+        let _ = c;
+        for (l, &v) in zc.iter().enumerate() {
+            if live.has(v) {
+                let d = v.wide() - m;
+                sum[l] += d;
+                sq[l] += d * d;
+                count[l] += 1;
+            }
+        }
+    }
+    let count = count.iter().sum::<usize>() as f64;
+    let mean = sum.iter().sum::<f64>() / count;
+    let var = (sq.iter().sum::<f64>() / count - mean * mean).max(0.0);
+    let floor = keep_floor(z, live, keep, s);
+    live.raise(F::of(m - n * var.sqrt()), floor);
+}
+
 /// Typical-p: with `H` the entropy, the tokens in order of `|-log p - H|` ascending up to
 /// the first whose cumulative mass reaches `mass`, and every token whose distance ties that
-/// one's (Hugging Face `TypicalLogitsWarper`); at least the `keep` most typical.
+/// one's (Hugging Face `TypicalLogitsWarper`); at least the `keep` most typical. Written into
+/// `z`.
 pub(crate) fn typical_p<F: Real, const FMA: bool>(
     z: &mut [F],
+    live: &mut Live<F>,
     mass: f64,
     keep: usize,
     s: &mut Scratch<F>,
 ) {
-    let (m, total) = weights::<F, FMA>(z, s);
-    let h = entropy(z, &s.w, m, total);
-    // -log p_j - H = (m + ln(total) - H) - z_j: the distance is |c - z_j|.
-    let c = F::of(m.wide() + total.ln() - h);
+    let total = weights::<F, FMA>(z, live, s);
+    let h = entropy(z, &s.w, live, total);
+    // -log p_j - H = ((m - z_j) * scale + ln(total)) - H: the distance is |c - z_j| * scale.
+    let c = F::of(live.m.wide() + (total.ln() - h) / live.scale.wide());
     s.sel.clear();
+    let l = *live;
     s.sel.extend(z.iter().map(|&v| {
-        if v.is_finite() {
+        if l.has(v) {
             (c - v).abs()
         } else {
             F::infinity()
         }
     }));
     let tau = key_threshold(&s.sel, &s.w, mass * total, keep, &mut s.pairs);
+    let mut m = F::neg_infinity();
     for (v, &d) in z.iter_mut().zip(&s.sel) {
         if d > tau {
             *v = F::neg_infinity();
+        } else {
+            m = m.max(*v);
         }
     }
+    live.m = m;
 }
 
 /// Buckets per round of [`key_threshold`]'s histogram.
@@ -437,30 +499,38 @@ fn key_threshold<F: Real>(
     keep: usize,
     buf: &mut Vec<(F, u32)>,
 ) -> F {
-    buf.clear();
-    buf.extend(
-        keys.iter()
-            .enumerate()
-            .filter(|(_, k)| k.is_finite())
-            .map(|(j, &k)| (k, j as u32)),
-    );
     let (mut mass_below, mut count_below) = (0.0f64, 0usize);
     let mut mass = vec![0.0f64; KEY_BUCKETS];
     let mut count = vec![0usize; KEY_BUCKETS];
-    while buf.len() > KEY_SORT_MAX {
-        let lo = buf.iter().fold(F::infinity(), |a, c| a.min(c.0)).wide();
-        let hi = buf.iter().fold(F::neg_infinity(), |a, c| a.max(c.0)).wide();
+    // Round one reads the key row in place (no copy); later rounds the boundary bucket.
+    let finite = |k: &F| k.is_finite();
+    let hi = keys.iter().copied().filter(finite).fold(F::zero(), F::max);
+    let mut range = (0.0, hi.wide());
+    let mut first = true;
+    loop {
+        let (lo, hi) = range;
         if hi <= lo {
-            return F::of(hi); // one key: every token ties
+            // One key left: every remaining token ties.
+            return F::of(hi);
         }
         let scale = (KEY_BUCKETS - 1) as f64 / (hi - lo);
         let bucket = |k: F| (((k.wide() - lo) * scale) as usize).min(KEY_BUCKETS - 1);
         mass.fill(0.0);
         count.fill(0);
-        for &(k, j) in buf.iter() {
-            let b = bucket(k);
-            mass[b] += w[j as usize].wide();
-            count[b] += 1;
+        if first {
+            for (&k, &wj) in keys.iter().zip(w) {
+                if k.is_finite() {
+                    let b = bucket(k);
+                    mass[b] += wj.wide();
+                    count[b] += 1;
+                }
+            }
+        } else {
+            for &(k, j) in buf.iter() {
+                let b = bucket(k);
+                mass[b] += w[j as usize].wide();
+                count[b] += 1;
+            }
         }
         let mut chosen = KEY_BUCKETS - 1;
         for b in 0..KEY_BUCKETS {
@@ -473,7 +543,24 @@ fn key_threshold<F: Real>(
                 count_below += count[b];
             }
         }
-        buf.retain(|c| bucket(c.0) == chosen);
+        if first {
+            buf.clear();
+            buf.extend(
+                keys.iter()
+                    .enumerate()
+                    .filter(|&(_, &k)| k.is_finite() && bucket(k) == chosen)
+                    .map(|(j, &k)| (k, j as u32)),
+            );
+            first = false;
+        } else {
+            buf.retain(|c| bucket(c.0) == chosen);
+        }
+        if buf.len() <= KEY_SORT_MAX {
+            break;
+        }
+        let lo = buf.iter().fold(F::infinity(), |a, c| a.min(c.0));
+        let hi = buf.iter().fold(F::neg_infinity(), |a, c| a.max(c.0));
+        range = (lo.wide(), hi.wide());
     }
     buf.sort_unstable_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
     for &(k, j) in buf.iter() {
@@ -489,9 +576,10 @@ fn key_threshold<F: Real>(
 /// XTC ("exclude top choices", llama.cpp `xtc`): when the row's `coin` falls below
 /// `probability` and two or more tokens have probability at least `threshold`, removes all
 /// of them except the least probable (all of those, if tied) — unless fewer than `keep`
-/// tokens would remain.
+/// tokens would remain. A ceiling on the live logits.
 pub(crate) fn xtc<F: Real, const FMA: bool>(
-    z: &mut [F],
+    z: &[F],
+    live: &mut Live<F>,
     probability: f64,
     threshold: f64,
     coin: f64,
@@ -501,14 +589,14 @@ pub(crate) fn xtc<F: Real, const FMA: bool>(
     if coin >= probability {
         return;
     }
-    let (_, total) = weights::<F, FMA>(z, s);
+    let total = weights::<F, FMA>(z, live, s);
     let t = threshold * total;
-    let above = |zj: F, wj: F| zj.is_finite() && wj.wide() >= t;
+    let above = |zj: F, wj: F| live.has(zj) && wj.wide() >= t;
     let (mut n_above, mut least) = (0usize, F::infinity());
     for (&zj, &wj) in z.iter().zip(&s.w) {
         if above(zj, wj) {
             n_above += 1;
-            least = least.min(wj);
+            least = least.min(zj);
         }
     }
     if n_above < 2 {
@@ -517,33 +605,34 @@ pub(crate) fn xtc<F: Real, const FMA: bool>(
     let removed = z
         .iter()
         .zip(&s.w)
-        .filter(|&(&zj, &wj)| above(zj, wj) && wj > least)
+        .filter(|&(&zj, &wj)| above(zj, wj) && zj > least)
         .count();
-    let kept = z.iter().filter(|v| v.is_finite()).count() - removed;
-    if kept < keep {
+    let kept = z.iter().filter(|&&v| live.has(v)).count() - removed;
+    if removed == 0 || kept < keep {
         return;
     }
-    for (zj, &wj) in z.iter_mut().zip(&s.w) {
-        if above(*zj, wj) && wj > least {
-            *zj = F::neg_infinity();
-        }
-    }
+    live.hi = least;
+    live.m = least;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn run(stage: impl Fn(&mut Vec<f64>, &mut Scratch<f64>), z: &[f64]) -> Vec<f64> {
+    /// Runs one stage on the whole row `z`; returns the live set's mask and the live set.
+    fn run(
+        stage: impl Fn(&mut Vec<f64>, &mut Live<f64>, &mut Scratch<f64>),
+        z: &[f64],
+    ) -> (Vec<bool>, Live<f64>) {
         let mut z = z.to_vec();
         let mut s = Scratch::default();
-        stage(&mut z, &mut s);
-        z
+        let mut live = Live::new(&z);
+        stage(&mut z, &mut live, &mut s);
+        (z.iter().map(|&v| live.has(v)).collect(), live)
     }
 
-    /// The kept set of a stage's output, as a mask.
-    fn kept(z: &[f64]) -> Vec<bool> {
-        z.iter().map(|v| v.is_finite()).collect()
+    fn kept(r: (Vec<bool>, Live<f64>)) -> Vec<bool> {
+        r.0
     }
 
     fn logs(p: &[f64]) -> Vec<f64> {
@@ -591,21 +680,21 @@ mod tests {
     #[test]
     fn typical_vectors() {
         let z = run(
-            |z, s| typical_p::<_, false>(z, 0.5, 1, s),
+            |z, l, s| typical_p::<_, false>(z, l, 0.5, 1, s),
             &logs(&[0.97, 0.01, 0.01, 0.01]),
         );
-        assert_eq!(kept(&z), [true, false, false, false]);
+        assert_eq!(kept(z), [true, false, false, false]);
         let z = run(
-            |z, s| typical_p::<_, false>(z, 0.5, 1, s),
+            |z, l, s| typical_p::<_, false>(z, l, 0.5, 1, s),
             &logs(&[0.4, 0.2, 0.2, 0.2]),
         );
-        assert_eq!(kept(&z), [false, true, true, true]);
+        assert_eq!(kept(z), [false, true, true, true]);
         // The floor keeps the most typical tokens first.
         let z = run(
-            |z, s| typical_p::<_, false>(z, 0.5, 2, s),
+            |z, l, s| typical_p::<_, false>(z, l, 0.5, 2, s),
             &logs(&[0.97, 0.01, 0.01, 0.01]),
         );
-        assert_eq!(kept(&z), [true, true, true, true]); // the three 0.01 tie
+        assert_eq!(kept(z), [true, true, true, true]); // the three 0.01 tie
     }
 
     /// The histogram path of typical-p (rows beyond KEY_SORT_MAX) equals a full sort.
@@ -618,7 +707,7 @@ mod tests {
                 .map(|_| ((0..4).map(|_| rnd()).sum::<f64>() - 2.0) * 2.5)
                 .collect();
             let mass = [0.2, 0.5, 0.9, 0.99][case % 4];
-            let got = run(|z, s| typical_p::<_, false>(z, mass, 1, s), &z);
+            let got = run(|z, l, s| typical_p::<_, false>(z, l, mass, 1, s), &z);
             // Reference: sort by distance, cumulative mass.
             let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let w: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
@@ -637,7 +726,7 @@ mod tests {
                 }
             }
             let want: Vec<bool> = z.iter().map(|v| (c - v).abs() <= tau).collect();
-            assert_eq!(kept(&got), want, "case {case}");
+            assert_eq!(kept(got), want, "case {case}");
         }
     }
 
@@ -646,12 +735,12 @@ mod tests {
     fn top_n_sigma_keeps_within_n_sigma() {
         let z = [1.0, 2.0, 3.0, 4.0, f64::NEG_INFINITY];
         // mean 2.5, sigma sqrt(1.25) = 1.118: keep >= 2.882.
-        let got = run(|z, s| top_n_sigma(z, 1.0, 1, s), &z);
-        assert_eq!(kept(&got), [false, false, true, true, false]);
-        let got = run(|z, s| top_n_sigma(z, 0.0, 1, s), &z);
-        assert_eq!(kept(&got), [false, false, false, true, false]);
-        let got = run(|z, s| top_n_sigma(z, 0.0, 3, s), &z);
-        assert_eq!(kept(&got), [false, true, true, true, false]);
+        let got = run(|z, l, s| top_n_sigma(z, l, 1.0, 1, s), &z);
+        assert_eq!(kept(got), [false, false, true, true, false]);
+        let got = run(|z, l, s| top_n_sigma(z, l, 0.0, 1, s), &z);
+        assert_eq!(kept(got), [false, false, false, true, false]);
+        let got = run(|z, l, s| top_n_sigma(z, l, 0.0, 3, s), &z);
+        assert_eq!(kept(got), [false, true, true, true, false]);
     }
 
     /// llama.cpp tests/test-sampling.cpp: `test_xtc({0.4, 0.3, 0.2, 0.1}, {0.1}, 0.99, 0.09)`
@@ -659,30 +748,42 @@ mod tests {
     #[test]
     fn xtc_vectors() {
         let z = logs(&[0.4, 0.3, 0.2, 0.1]);
-        let got = run(|z, s| xtc::<_, false>(z, 0.99, 0.09, 0.5, 1, s), &z);
-        assert_eq!(kept(&got), [false, false, false, true]);
-        let got = run(|z, s| xtc::<_, false>(z, 0.99, 0.39, 0.5, 1, s), &z);
-        assert_eq!(kept(&got), [true; 4]);
+        let got = run(|z, l, s| xtc::<_, false>(z, l, 0.99, 0.09, 0.5, 1, s), &z);
+        assert_eq!(kept(got), [false, false, false, true]);
+        let got = run(|z, l, s| xtc::<_, false>(z, l, 0.99, 0.39, 0.5, 1, s), &z);
+        assert_eq!(kept(got), [true; 4]);
         // The coin: at or above the probability nothing happens.
-        let got = run(|z, s| xtc::<_, false>(z, 0.5, 0.09, 0.5, 1, s), &z);
-        assert_eq!(kept(&got), [true; 4]);
+        let got = run(|z, l, s| xtc::<_, false>(z, l, 0.5, 0.09, 0.5, 1, s), &z);
+        assert_eq!(kept(got), [true; 4]);
         // The floor: removing three of four would leave fewer than two.
-        let got = run(|z, s| xtc::<_, false>(z, 1.0, 0.09, 0.0, 2, s), &z);
-        assert_eq!(kept(&got), [true; 4]);
+        let got = run(|z, l, s| xtc::<_, false>(z, l, 1.0, 0.09, 0.0, 2, s), &z);
+        assert_eq!(kept(got), [true; 4]);
     }
 
     #[test]
     fn epsilon_and_eta() {
         let z = logs(&[0.5, 0.3, 0.15, 0.05]);
-        let got = run(|z, s| cutoff::<_, false>(z, Some(0.1), None, 1, s), &z);
-        assert_eq!(kept(&got), [true, true, true, false]);
-        let got = run(|z, s| cutoff::<_, false>(z, Some(0.9), None, 1, s), &z);
-        assert_eq!(kept(&got), [true, false, false, false]);
-        let got = run(|z, s| cutoff::<_, false>(z, Some(0.9), None, 3, s), &z);
-        assert_eq!(kept(&got), [true, true, true, false]);
+        let got = run(
+            |z, l, s| cutoff::<_, false>(z, l, Some(0.1), None, 1, s),
+            &z,
+        );
+        assert_eq!(kept(got), [true, true, true, false]);
+        let got = run(
+            |z, l, s| cutoff::<_, false>(z, l, Some(0.9), None, 1, s),
+            &z,
+        );
+        assert_eq!(kept(got), [true, false, false, false]);
+        let got = run(
+            |z, l, s| cutoff::<_, false>(z, l, Some(0.9), None, 3, s),
+            &z,
+        );
+        assert_eq!(kept(got), [true, true, true, false]);
         // Eta: H = 1.1412 nats, sqrt(0.2) exp(-H) = 0.1429 < 0.2.
-        let got = run(|z, s| cutoff::<_, false>(z, None, Some(0.2), 1, s), &z);
-        assert_eq!(kept(&got), [true, true, true, false]);
+        let got = run(
+            |z, l, s| cutoff::<_, false>(z, l, None, Some(0.2), 1, s),
+            &z,
+        );
+        assert_eq!(kept(got), [true, true, true, false]);
     }
 
     /// With a range, the temperature grows with the normalised entropy.
@@ -694,11 +795,9 @@ mod tests {
             dynatemp_range: 0.5,
             ..Default::default()
         };
-        // Uniform: normalised entropy 1, T_dyn = 1.5; the logits are all equal anyway.
-        let got = run(|z, s| temperature::<_, false>(z, &p, s), &z);
-        for (g, v) in got.iter().zip(&z) {
-            assert!((g - v / 1.5).abs() < 1e-12);
-        }
+        // Uniform: normalised entropy 1, T_dyn = 1.5.
+        let (_, live) = run(|z, l, s| temperature::<_, false>(z, l, &p, s), &z);
+        assert!((live.scale - 1.0 / 1.5).abs() < 1e-12);
         let z = vec![2.0, 0.0, f64::NEG_INFINITY];
         let p2 = RowParams {
             temperature: 1.0,
@@ -706,12 +805,23 @@ mod tests {
             dynatemp_exponent: 2.0,
             ..Default::default()
         };
-        let got = run(|z, s| temperature::<_, false>(z, &p2, s), &z);
-        let q = [1.0 / (1.0 + (-2.0f64).exp()), 0.0];
-        let q1 = 1.0 - q[0];
-        let h = -(q[0] * q[0].ln() + q1 * q1.ln());
+        let (mask, live) = run(|z, l, s| temperature::<_, false>(z, l, &p2, s), &z);
+        let q0 = 1.0 / (1.0 + (-2.0f64).exp());
+        let q1 = 1.0 - q0;
+        let h = -(q0 * q0.ln() + q1 * q1.ln());
         let t = 2.0 * (h / 2f64.ln()).powi(2);
-        assert!((got[0] - 2.0 / t).abs() < 1e-12, "{got:?} {t}");
-        assert_eq!(got[2], f64::NEG_INFINITY);
+        assert!((live.scale - 1.0 / t).abs() < 1e-12, "{live:?} {t}");
+        assert_eq!(mask, [true, true, false]);
+        // T - range = 0 and a certain row: T_dyn = 0 keeps the argmax.
+        let p3 = RowParams {
+            temperature: 0.5,
+            dynatemp_range: 0.5,
+            ..Default::default()
+        };
+        let (mask, _) = run(
+            |z, l, s| temperature::<_, false>(z, l, &p3, s),
+            &[0.0, -1e6, -1e6],
+        );
+        assert_eq!(mask, [true, false, false]);
     }
 }
