@@ -105,6 +105,10 @@ def load_gguf(path: str, dtype: torch.dtype = torch.float32) -> Any:
     import transformers
 
     folder, name = os.path.split(path)
+    # `to` and `eval` are called on the model held as an nn.Module: transformers wraps its
+    # `to` in functools.wraps(nn.Module.to), which mypy reads as taking the model again as
+    # first argument, and leaves its `eval` unannotated. Python still runs their overrides.
+    model: transformers.PreTrainedModel
     if importlib.util.find_spec("accelerate") is not None:
         model = transformers.AutoModelForCausalLM.from_pretrained(
             folder, gguf_file=name, dtype=dtype
@@ -117,8 +121,10 @@ def load_gguf(path: str, dtype: torch.dtype = torch.float32) -> Any:
         parsed = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)
         model.load_state_dict(parsed["tensors"], strict=False)
         model.tie_weights()
-        model.to(dtype)
-    return model.eval()
+        as_module: torch.nn.Module = model
+        as_module.to(dtype)
+    module: torch.nn.Module = model
+    return module.eval()
 
 
 def _leading_run_masked(input_ids: torch.Tensor, pad_token_id: int) -> torch.Tensor:

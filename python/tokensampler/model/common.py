@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -138,7 +138,10 @@ class DecoderLM(nn.Module):
     """Base class: a causal LM whose forward is `(idx, *, kv_cache, pad, last_only) -> logits`."""
 
     config: object
+    # wte, h (an nn.ModuleList of blocks), ln_f, and wpe for GPT-2. torch types a submodule
+    # reached by attribute as `Tensor | Module`, so the users of an entry `cast` it.
     transformer: nn.ModuleDict
+    lm_head: nn.Linear
     # All blocks of a one-token step with a cache, compiled by `compile_decode`; None: eager.
     _compiled_step: Callable[..., torch.Tensor] | None = None
 
@@ -150,6 +153,11 @@ class DecoderLM(nn.Module):
         # `tokensampler.model.loading.generation_defaults_*`); {} when there are none.
         # `generate` / `stream` / the CLI use them for the arguments not given.
         self.generation_defaults: dict[str, float] = {}
+
+    def init_buffers(self) -> None:
+        """(Re)compute the buffers derived from the config rather than loaded; the loaders call
+        it after building the model on the meta device and assigning its weights."""
+        raise NotImplementedError
 
     def compile_decode(self, enabled: bool = True) -> None:
         """Run the blocks of one-token decode steps through `torch.compile` (inductor).
@@ -184,7 +192,7 @@ class DecoderLM(nn.Module):
         """Run x (B, T, C) through every block, each with its own cache views, then move the
         cache past the T slots written."""
         T = x.size(1)
-        blocks = self.transformer.h
+        blocks = cast(nn.ModuleList, self.transformer.h)
         if kv_cache is None:
             for block in blocks:
                 x = block(x, *args, None, 0)

@@ -6,6 +6,8 @@ and the loader transposes them.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -44,7 +46,8 @@ class CausalSelfAttention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return self.c_proj(y)
+        out: torch.Tensor = self.c_proj(y)
+        return out
 
 
 class MLP(nn.Module):
@@ -54,7 +57,8 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(config.n_inner, config.n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        out: torch.Tensor = self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        return out
 
 
 class Block(nn.Module):
@@ -74,7 +78,8 @@ class Block(nn.Module):
         pos: int,
     ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), mask, is_causal, cache, pos)
-        return x + self.mlp(self.ln_2(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
 
 
 class GPT2(DecoderLM):
@@ -91,16 +96,17 @@ class GPT2(DecoderLM):
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
         self.config = config
+        wte = _embedding(config.vocab_size, config.n_embd)
         self.transformer = nn.ModuleDict(
             {
-                "wte": _embedding(config.vocab_size, config.n_embd),
+                "wte": wte,
                 "wpe": _embedding(config.max_seq_len, config.n_embd),
                 "h": nn.ModuleList(Block(config) for _ in range(config.n_layer)),
                 "ln_f": nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
             }
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # weight tying, as in every GPT-2
+        self.lm_head.weight = wte.weight  # weight tying, as in every GPT-2
         if self.lm_head.weight.device.type != "meta":
             self.apply(self._init_weights)
 
@@ -129,8 +135,12 @@ class GPT2(DecoderLM):
         start, pad = self._begin(idx, kv_cache, pad)
         pos = positions(pad, start, T, B, idx.device)  # (B, T)
         mask, is_causal = attention_mask(pad, start, T)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
+        wte = cast(nn.Embedding, self.transformer.wte)
+        wpe = cast(nn.Embedding, self.transformer.wpe)
+        ln_f = cast(nn.LayerNorm, self.transformer.ln_f)
+        x: torch.Tensor = wte(idx) + wpe(pos)  # (B, T, C)
         x = self._blocks(x, kv_cache, mask, is_causal)
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
-        return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        logits: torch.Tensor = self.lm_head(ln_f(x))  # (B, T, V)
+        return logits

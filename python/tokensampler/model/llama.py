@@ -11,6 +11,7 @@ concatenate the checkpoint's separate matrices into them.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -120,7 +121,8 @@ class CausalSelfAttention(nn.Module):
                 q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=nkv != nh
             )  # (B, nh, T, hs)
             y = y.transpose(1, 2).reshape(B, T, nh * hs)  # (B, T, nh * hs)
-        return self.c_proj(y)
+        out: torch.Tensor = self.c_proj(y)
+        return out
 
 
 class MLP(nn.Module):
@@ -132,7 +134,8 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.c_fc(x).split(self.hidden, dim=-1)  # gate | up
-        return self.c_proj(F.silu(gate) * up)
+        out: torch.Tensor = self.c_proj(F.silu(gate) * up)
+        return out
 
 
 class Block(nn.Module):
@@ -154,7 +157,8 @@ class Block(nn.Module):
         pos: int,
     ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), cos, sin, mask, is_causal, cache, pos)
-        return x + self.mlp(self.ln_2(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
 
 
 class Llama(DecoderLM):
@@ -171,16 +175,17 @@ class Llama(DecoderLM):
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
         self.config = config
+        wte = _embedding(config.vocab_size, config.n_embd)
         self.transformer = nn.ModuleDict(
             {
-                "wte": _embedding(config.vocab_size, config.n_embd),
+                "wte": wte,
                 "h": nn.ModuleList(Block(config) for _ in range(config.n_layer)),
                 "ln_f": RMSNorm(config.n_embd, config.rms_norm_eps),
             }
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
-            self.lm_head.weight = self.transformer.wte.weight
+            self.lm_head.weight = wte.weight
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         self.init_buffers()
@@ -189,7 +194,7 @@ class Llama(DecoderLM):
 
     def init_buffers(self) -> None:
         """(Re)compute the RoPE tables; call after `to_empty` when built on the meta device."""
-        device = self.transformer.wte.weight.device
+        device = cast(nn.Embedding, self.transformer.wte).weight.device
         if device.type == "meta":
             return
         inv_freq = rope_inv_freq(self.config).to(device)  # (hs/2,)
@@ -228,7 +233,9 @@ class Llama(DecoderLM):
         """
         B, T = idx.size()
         start, pad = self._begin(idx, kv_cache, pad)
-        dtype = self.transformer.wte.weight.dtype
+        wte = cast(nn.Embedding, self.transformer.wte)
+        ln_f = cast(RMSNorm, self.transformer.ln_f)
+        dtype = wte.weight.dtype
         if pad is None:  # every row at the same positions: a slice, no gather
             cos = self.rope_cos[start : start + T].view(1, T, 1, -1).to(dtype)  # (1, T, 1, hs)
             sin = self.rope_sin[start : start + T].view(1, T, 1, -1).to(dtype)  # (1, T, 1, hs)
@@ -237,8 +244,9 @@ class Llama(DecoderLM):
             cos = self.rope_cos[pos].unsqueeze(2).to(dtype)  # (B, T, 1, hs)
             sin = self.rope_sin[pos].unsqueeze(2).to(dtype)  # (B, T, 1, hs)
         mask, is_causal = attention_mask(pad, start, T)
-        x = self.transformer.wte(idx)  # (B, T, C)
+        x: torch.Tensor = wte(idx)  # (B, T, C)
         x = self._blocks(x, kv_cache, cos, sin, mask, is_causal)
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
-        return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        logits: torch.Tensor = self.lm_head(ln_f(x))  # (B, T, V)
+        return logits

@@ -21,10 +21,11 @@ import struct
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from .common import DecoderLM, default_device, resolve_dtype
 from .config import GPT2Config, LlamaConfig, ModelConfig, ModelLoadError, config_from_hf
@@ -77,7 +78,10 @@ def _valid_defaults(values: dict[str, Any], source: str) -> dict[str, float]:
             if k == "top_k" and float(v) != int(v):
                 raise ValueError("not an integer")
             v = int(v) if k == "top_k" else float(v)
-            probs(np.zeros(2, dtype=np.float32), **{k: v})
+            # Any: the keyword is only known at run time, and probs' other keywords
+            # (logit_bias, history) take other types, which no overload of `**{k: v}` fits.
+            kwargs: dict[str, Any] = {k: v}
+            probs(np.zeros(2, dtype=np.float32), **kwargs)
         except (ValueError, TypeError, OverflowError) as e:
             warnings.warn(f"{source}: ignoring recommended {k}={v!r} ({e})", stacklevel=3)
             continue
@@ -433,6 +437,8 @@ def load_gguf(
     path = os.fspath(path)
     g = GGUFFile(path)
     arch = g.metadata.get("general.architecture")
+    config: ModelConfig
+    tensors: Callable[[], dict[str, torch.Tensor]]
     if arch in ("llama", "mistral"):
         config, tensors = _gguf_llama(g, arch)
     elif arch == "gpt2":
@@ -582,7 +588,7 @@ def _build(
         msg = str(e).splitlines()
         raise ModelLoadError(f"weights do not match the config: {' '.join(msg[:3])}") from None
     if config.tie_word_embeddings:
-        model.lm_head.weight = model.transformer.wte.weight
+        model.lm_head.weight = cast(nn.Embedding, model.transformer.wte).weight
     model.init_buffers()
     model.eval().requires_grad_(False)
     return model

@@ -8,12 +8,15 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
 from tokenizers import Tokenizer as _HFTokenizer
 
 from .config import ModelLoadError
+
+if TYPE_CHECKING:
+    from jinja2 import Template  # imported on first use of a chat template, not at import
 
 # Pre-tokenizer split patterns of the llama.cpp `tokenizer.ggml.pre` names we know; anything
 # else falls back to GPT-2's regex, which is what the byte-level BPE of GPT-2 itself uses.
@@ -86,7 +89,7 @@ class Tokenizer:
         self.eos_token_ids: tuple[int, ...] = tuple(dict.fromkeys(int(i) for i in eos_token_ids))
         self.chat_template = chat_template
         self.name = name
-        self._template: Any = None
+        self._template: Template | None = None
 
     # ---- basic API -------------------------------------------------------------------------
 
@@ -165,7 +168,8 @@ class Tokenizer:
             if not os.path.isfile(p):
                 return {}
             with open(p, encoding="utf-8") as f:
-                return json.load(f)
+                d: dict[str, Any] = json.load(f)
+            return d
 
         tok_json = os.path.join(path, "tokenizer.json")
         vocab, merges = os.path.join(path, "vocab.json"), os.path.join(path, "merges.txt")
@@ -310,7 +314,7 @@ def _sentencepiece_bpe(
     into two pieces is a merge ranked by its score), byte fallback, Metaspace."""
     merges: list[tuple[str, str]]
     if meta.get("tokenizer.ggml.merges"):
-        merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]  # type: ignore[misc]
+        merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
     else:
         scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
         found: list[tuple[str, str, float]] = []
