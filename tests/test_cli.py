@@ -227,20 +227,36 @@ def _generate_help() -> str:
 
 
 def test_help_lists_sampling_options_in_pipeline_order() -> None:
-    """The sampling group lists penalties, temperature, top-k, top-p, min-p, then the seed
-    of the draw: the order rust/pipeline.rs applies them, which the group title states."""
+    """The sampling group lists the penalties, then the stages in the default (hf) order,
+    then --order and the seed of the draw: the order the group title states."""
     import re
 
     text = _generate_help()
-    title = "sampling (applied in this order: penalties, temperature, top-k, top-p, min-p, draw):"
+    title = (
+        "sampling (applied in --order's order; the default, hf: penalties, temperature, "
+        "top-n-sigma, top-k, top-p, min-p, typical-p, epsilon, eta, xtc, draw):"
+    )
     assert title in text
     group = text.split(title, 1)[1].split("\n\n", 1)[0]
     listed = re.findall(r"^  (--[a-z-]+)", group, flags=re.MULTILINE)
     assert listed == [
         "--repetition-penalty", "--frequency-penalty", "--presence-penalty",
         "--frequency-scale", "--presence-scale",
-        "--temperature", "--top-k", "--top-p", "--min-p", "--seed",
+        "--temperature", "--dynatemp-range", "--dynatemp-exponent", "--top-n-sigma",
+        "--top-k", "--top-p", "--min-p", "--typical-p", "--epsilon-cutoff", "--eta-cutoff",
+        "--xtc-probability", "--xtc-threshold", "--min-tokens-to-keep", "--order", "--seed",
     ]  # fmt: skip
+
+
+def test_order_option_is_checked_before_loading(capsys) -> None:
+    """--order takes a preset or comma-separated stage names; a bad one is a one-line error
+    before any model loads."""
+    assert main(["generate", "hi", "--top-p", "0.9", "--order", "temperature,top_k"]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert_one_line_error(out.err, "top_p", "order")
+    assert main(["generate", "hi", "--order", "nonsense"]) == 2
+    assert_one_line_error(capsys.readouterr().err, "nonsense")
 
 
 def test_help_quotes_the_embedded_models_recommended_settings() -> None:

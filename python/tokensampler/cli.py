@@ -70,6 +70,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .params import KERNEL_PARAMS, STAGES
+
     p = _Parser(
         prog="tokensampler",
         description="Exact, fast LLM token sampling in Rust; generate text with a local model.",
@@ -93,13 +95,16 @@ def _parser() -> argparse.ArgumentParser:
         ".gguf file (llama or gpt2 architecture); default: embedded SmolLM2-135M-Instruct",
     )
     s = g.add_argument_group(
-        "sampling (applied in this order: penalties, temperature, top-k, top-p, min-p, draw)"
+        "sampling (applied in --order's order; the default, hf: penalties, temperature, "
+        "top-n-sigma, top-k, top-p, min-p, typical-p, epsilon, eta, xtc, draw)"
     )
     # One option per kernel field of SamplingParams, in its (pipeline) order, with the Rust
     # table's help: a new parameter needs no line here.
     for name, (typ, help_text) in _sampling_options().items():
         recommended = _EMBEDDED_RECOMMENDED.get(name)
-        fallback = "1.0" if name == "temperature" else "off"  # T = 1 leaves the logits as they are
+        # A field whose table value switches nothing off (T = 1, XTC's threshold) shows it.
+        off = "is off" in help_text or "no floor" in help_text
+        fallback = "off" if off else f"{KERNEL_PARAMS[name][0]}"
         default = f"default: the model's recommended value{_smollm2(recommended)}, else {fallback}"
         s.add_argument(
             f"--{name.replace('_', '-')}",
@@ -108,6 +113,14 @@ def _parser() -> argparse.ArgumentParser:
             default=None,  # not given: the model's recommended value, else off
             help=f"{help_text.rstrip('.')}; {default}",
         )
+    s.add_argument(
+        "--order",
+        default=None,
+        metavar="ORDER",
+        help="the order of the stages after the penalties: hf (default), vllm (min-p before "
+        "top-k / top-p), llama.cpp (the filters at temperature 1, temperature last), or stage "
+        f"names separated by commas ({', '.join(STAGES)})",
+    )
     s.add_argument(
         "--seed",
         type=int,
@@ -191,6 +204,9 @@ def _generate(args: argparse.Namespace) -> int:
         return _fail(f"empty prompt: {where} is empty or only whitespace")
     given = {name: getattr(args, name) for name in _sampling_options()}
     given = {name: v for name, v in given.items() if v is not None}
+    if args.order is not None:
+        order = args.order.split(",")
+        given["order"] = order[0] if len(order) == 1 else tuple(o.strip() for o in order)
     from .params import SamplingParams
 
     try:
