@@ -50,16 +50,8 @@ fn bench(c: &mut Criterion) {
     ] {
         let params = [row];
         let req = BatchRequest {
-            rows: &rows,
-            params: &params,
-            history: None,
-            bias_ids: None,
-            bias_values: &[],
             seeds: Seeds::Shared(1),
-            step: 0,
-            want_raw_logprob: false,
-            top_n: 0,
-            order: &tokensampler::stages::HF_ORDER,
+            ..BatchRequest::new(&rows, &params)
         };
         c.bench_function(&format!("{name} B=8 V={v}"), |bn| {
             bn.iter(|| run_batch(black_box(&req), None).expect("ok"))

@@ -5,7 +5,7 @@ use crate::elem::Elem;
 use crate::error::SamplingError;
 use crate::params::RowParams;
 use crate::plan::process_row_dispatch;
-use crate::scratch::with_scratch;
+use crate::scratch::{with_scratch, Scratch};
 use crate::stages::{check_order, Stage};
 use rayon::prelude::*;
 use std::sync::{Arc, RwLock};
@@ -71,6 +71,39 @@ pub struct BatchRequest<'a, T> {
     /// The order of the stages after the penalties ([`crate::stages::HF_ORDER`] by default);
     /// it must place every stage a row turns on.
     pub order: &'a [Stage],
+    /// Report the chosen id's, the top and the `token_ids` log-probabilities under the raw
+    /// softmax (`logprobs_mode="raw"`) instead of the final distribution.
+    pub raw_mode: bool,
+    /// Compute each chosen id's rank in the raw distribution (1 = most probable).
+    pub want_rank: bool,
+    /// Ids whose log-probabilities to report, per row (one row broadcasts), or `None`.
+    pub token_ids: Option<IdRows<'a>>,
+    /// A row with NaN or nothing left to sample gets id -1 (`valid: false`) instead of
+    /// failing the call (`on_invalid="skip"`).
+    pub skip_invalid: bool,
+}
+
+impl<T> BatchRequest<'_, T> {
+    /// A request for `rows` under `params` with everything else off: the default order, a
+    /// shared seed of 0, no history, bias or extra outputs.
+    pub fn new<'a>(rows: &'a [&'a [T]], params: &'a [RowParams]) -> BatchRequest<'a, T> {
+        BatchRequest {
+            rows,
+            params,
+            history: None,
+            bias_ids: None,
+            bias_values: &[],
+            seeds: Seeds::Shared(0),
+            step: 0,
+            want_raw_logprob: false,
+            top_n: 0,
+            order: &crate::stages::HF_ORDER,
+            raw_mode: false,
+            want_rank: false,
+            token_ids: None,
+            skip_invalid: false,
+        }
+    }
 }
 
 /// `top_n` may exceed the vocabulary (the extra slots are padding) up to this many; beyond
@@ -88,6 +121,27 @@ pub struct RowResult {
     pub raw_logprob: f64,
     /// The `top_n` most probable tokens of the final distribution with their log-probabilities.
     pub top: Vec<(i64, f64)>,
+    /// The chosen id's rank in the raw distribution (1 = most probable; 0 unless asked for).
+    pub rank: i64,
+    /// The log-probabilities of the request's `token_ids` of this row.
+    pub token_logprobs: Vec<f64>,
+    /// False for a row skipped as invalid (`skip_invalid`): id -1, NaN log-probabilities.
+    pub valid: bool,
+}
+
+impl RowResult {
+    /// What a skipped invalid row reports.
+    fn invalid(top_n: usize, n_token_ids: usize) -> Self {
+        RowResult {
+            id: -1,
+            logprob: f64::NAN,
+            raw_logprob: f64::NAN,
+            top: vec![(-1, f64::NEG_INFINITY); top_n],
+            rank: 0,
+            token_logprobs: vec![f64::NAN; n_token_ids],
+            valid: false,
+        }
+    }
 }
 
 fn check_shapes<T>(
@@ -131,6 +185,22 @@ fn check_shapes<T>(
                 "logit_bias has {} rows for a batch of {b}",
                 rows_of(bi)
             )));
+        }
+    }
+    if let Some(t) = &req.token_ids {
+        if t.width > 0 && (t.ids.len() % t.width != 0 || (rows_of(t) != b && rows_of(t) != 1)) {
+            return Err(SamplingError::Shape(format!(
+                "logprob_token_ids has {} rows for a batch of {b}",
+                rows_of(t)
+            )));
+        }
+        if let Some(&id) = t.ids.iter().find(|&&id| id < 0 || id as u64 >= v as u64) {
+            return Err(SamplingError::TokenOutOfRange {
+                what: "logprob_token_ids",
+                row: t.ids.iter().position(|&x| x == id).unwrap_or(0) / t.width.max(1),
+                id,
+                vocab: v,
+            });
         }
     }
     if req.top_n > v.max(TOP_N_SLACK) {
@@ -228,6 +298,28 @@ pub fn debug_panic_on_worker() {
     }
 }
 
+/// Row `i`; under `skip_invalid` a row with NaN or nothing to sample becomes an invalid
+/// result (its distribution all zeros) instead of an error.
+fn row_or_skip<T: Elem>(
+    req: &BatchRequest<'_, T>,
+    i: usize,
+    s: &mut Scratch<T::C>,
+    mut out: Option<&mut [T::C]>,
+) -> Result<RowResult, SamplingError> {
+    match process_row_dispatch(req, i, s, out.as_deref_mut()) {
+        Err(SamplingError::NanInRow { .. } | SamplingError::AllMasked { .. })
+            if req.skip_invalid =>
+        {
+            if let Some(o) = out {
+                o.fill(<T::C as num_traits::Zero>::zero());
+            }
+            let n = req.token_ids.map_or(0, |t| t.width);
+            Ok(RowResult::invalid(req.top_n, n))
+        }
+        other => other,
+    }
+}
+
 /// Runs the pipeline on every row. `probs`, when given, receives the final distribution of
 /// each row (B × V, row-major). Errors name the lowest failing row.
 pub fn run_batch<T: Elem>(
@@ -246,7 +338,7 @@ pub fn run_batch<T: Elem>(
             let work = || {
                 outs.into_par_iter()
                     .enumerate()
-                    .map(|(i, out)| with_scratch(|s| process_row_dispatch(req, i, s, out)))
+                    .map(|(i, out)| with_scratch(|s| row_or_skip(req, i, s, out)))
                     .collect()
             };
             match current_pool() {
@@ -257,7 +349,7 @@ pub fn run_batch<T: Elem>(
             with_scratch(|s| {
                 outs.into_iter()
                     .enumerate()
-                    .map(|(i, out)| process_row_dispatch(req, i, s, out))
+                    .map(|(i, out)| row_or_skip(req, i, s, out))
                     .collect()
             })
         };

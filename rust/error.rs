@@ -41,6 +41,8 @@ pub enum SamplingError {
     /// The stage order is not a preset or a valid sequence of stage names, or leaves out a
     /// stage that a row turns on.
     Order(String),
+    /// A call option (`logprobs_mode`, `on_invalid`) is none of its values.
+    Choice(String),
     /// Shapes of the inputs do not agree.
     Shape(String),
     /// The worker thread pool could not be started (`set_num_threads`).
@@ -70,7 +72,9 @@ impl fmt::Display for SamplingError {
                 f,
                 "{what} token id {id} in row {row} is out of range for a vocabulary of {vocab}"
             ),
-            Self::Order(msg) | Self::Shape(msg) | Self::ThreadPool(msg) => f.write_str(msg),
+            Self::Order(msg) | Self::Choice(msg) | Self::Shape(msg) | Self::ThreadPool(msg) => {
+                f.write_str(msg)
+            }
         }
     }
 }

@@ -48,16 +48,8 @@ pub(crate) mod test_util {
 
     pub(crate) fn req<'a, T>(rows: &'a [&'a [T]], params: &'a [RowParams]) -> BatchRequest<'a, T> {
         BatchRequest {
-            rows,
-            params,
-            history: None,
-            bias_ids: None,
-            bias_values: &[],
             seeds: Seeds::Shared(7),
-            step: 0,
-            want_raw_logprob: false,
-            top_n: 0,
-            order: &crate::stages::HF_ORDER,
+            ..BatchRequest::new(rows, params)
         }
     }
 

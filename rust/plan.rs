@@ -21,8 +21,8 @@ use crate::scratch::Scratch;
 use crate::simd::{simd_level, Simd};
 use crate::softmax::{
     approx_exp, exp_weight, exp_weights, exp_weights_elem, first_index_of, first_index_of_by,
-    indicator_weights, max_nan, max_nan_by, raw_log_softmax_at, top_logprobs, MassEstimate, BLOCK,
-    EST_REL, EST_SCALE,
+    indicator_weights, max_nan, max_nan_by, raw_top_logprobs, top_logprobs, MassEstimate,
+    RawLogSoftmax, BLOCK, EST_REL, EST_SCALE,
 };
 use crate::stages::{self, Stage};
 use num_traits::{Float, One, Zero};
@@ -301,6 +301,88 @@ fn process_row<T: Elem, const FMA: bool>(
 ) -> Result<RowResult, SamplingError> {
     let x = req.rows[i];
     let v = x.len();
+    // Processed log-probabilities of given ids are read from the final distribution.
+    let mut dist = std::mem::take(&mut s.dist);
+    let want_dist = req.token_ids.is_some() && !req.raw_mode;
+    let mut probs = match probs {
+        None if want_dist => {
+            dist.clear();
+            dist.resize(v, T::C::zero());
+            Some(&mut dist[..])
+        }
+        probs => probs,
+    };
+    let drawn = draw_row::<T, FMA>(req, i, s, probs.as_deref_mut());
+    let out = drawn.map(|(id, logprob, top)| {
+        row_outputs::<T, FMA>(req, i, s, probs.as_deref(), id, logprob, top)
+    });
+    s.dist = dist;
+    out
+}
+
+/// The outputs of row `i` beyond its id, for the id drawn from the final distribution
+/// `probs` (when it was computed): the raw log-probability, the rank, and under
+/// `logprobs_mode="raw"` the log-probabilities of the raw softmax.
+#[inline(always)]
+fn row_outputs<T: Elem, const FMA: bool>(
+    req: &BatchRequest<'_, T>,
+    i: usize,
+    s: &mut Scratch<T::C>,
+    probs: Option<&[T::C]>,
+    id: usize,
+    logprob: f64,
+    top: Vec<(i64, f64)>,
+) -> RowResult {
+    let ids = req.token_ids.map(|t| t.row(i));
+    let mut out = RowResult {
+        id: id as i64,
+        logprob,
+        raw_logprob: f64::NAN,
+        top,
+        rank: 0,
+        token_logprobs: Vec::new(),
+        valid: true,
+    };
+    let raw_out = req.raw_mode && (req.top_n > 0 || ids.is_some());
+    if req.want_raw_logprob || req.want_rank || req.raw_mode {
+        let raw = RawLogSoftmax::of::<T, FMA>(req.rows[i], &mut s.wide);
+        let xid = s.wide[id];
+        out.raw_logprob = raw.at(xid);
+        if req.want_rank {
+            out.rank = 1 + s.wide.iter().filter(|&&v| v > xid).count() as i64;
+        }
+        if req.raw_mode {
+            out.logprob = out.raw_logprob;
+        }
+        if raw_out {
+            if req.top_n > 0 {
+                out.top = raw_top_logprobs(&s.wide, &raw, req.top_n, &mut s.pairs, &mut s.sel);
+            }
+            if let Some(ids) = ids {
+                out.token_logprobs = ids.iter().map(|&j| raw.at(s.wide[j as usize])).collect();
+            }
+        }
+        if !req.want_raw_logprob {
+            out.raw_logprob = f64::NAN;
+        }
+    }
+    if let (Some(ids), Some(dist), false) = (ids, probs, req.raw_mode) {
+        out.token_logprobs = ids.iter().map(|&j| dist[j as usize].wide().ln()).collect();
+    }
+    out
+}
+
+/// Row `i` through its plan: the id, its log-probability under the final distribution, the
+/// top log-probabilities, and the distribution into `probs` when given.
+#[inline(always)]
+fn draw_row<T: Elem, const FMA: bool>(
+    req: &BatchRequest<'_, T>,
+    i: usize,
+    s: &mut Scratch<T::C>,
+    probs: Option<&mut [T::C]>,
+) -> Result<Drawn, SamplingError> {
+    let x = req.rows[i];
+    let v = x.len();
     let p = &req.params[if req.params.len() == 1 { 0 } else { i }];
     let plan = plan::<T::C>(p, v, probs.is_some() || req.top_n > 0, req.order);
     // An unmodified f32/f64 row is read where it lies: a copy would be one more pass through
@@ -350,19 +432,7 @@ fn process_row<T: Elem, const FMA: bool>(
         }
     };
     s.y = loaded;
-    let (id, logprob, top) = drawn?;
-
-    let raw_logprob = if req.want_raw_logprob {
-        raw_log_softmax_at::<_, FMA>(x, id, &mut s.sel)
-    } else {
-        f64::NAN
-    };
-    Ok(RowResult {
-        id: id as i64,
-        logprob,
-        raw_logprob,
-        top,
-    })
+    drawn
 }
 
 // ==== the plans ==============================================================================
@@ -557,8 +627,8 @@ fn dense_outputs<F: Real>(
 }
 
 /// [`Plan::Ordered`]: the stages of `order` one after another on the row `z` (loaded, bias
-/// and penalties applied). Most stages only narrow the live set ([`stages::Live`]: a floor,
-/// a ceiling, the temperature so far); top-p and typical-p write `-inf` into `z`. Then one
+/// and penalties applied). Most stages only narrow the live set ([`stages::Live`]: a floor
+/// and the temperature so far); top-p, typical-p and XTC write `-inf` into `z`. Then one
 /// exp pass over what is live, and the dense plan's draw and outputs.
 #[inline(always)]
 fn ordered<T: Elem, const FMA: bool>(
@@ -581,7 +651,7 @@ fn ordered<T: Elem, const FMA: bool>(
             Stage::TopNSigma => stages::top_n_sigma(z, live, p.top_n_sigma, keep, s),
             Stage::TopK => stages::top_k(z, live, p.top_k, keep, s),
             Stage::TopP => stages::top_p::<_, FMA>(z, live, p.top_p, keep, s),
-            Stage::MinP => stages::min_p(z, live, p.min_p, keep, s),
+            Stage::MinP => stages::min_p::<_, FMA>(z, live, p.min_p, keep, s),
             Stage::TypicalP => stages::typical_p::<_, FMA>(z, live, p.typical_p, keep, s),
             Stage::EpsilonCutoff => {
                 stages::cutoff::<_, FMA>(z, live, Some(p.epsilon_cutoff), None, keep, s)

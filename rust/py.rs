@@ -86,6 +86,12 @@ struct Want {
     raw_logprob: bool,
     /// How many top log-probabilities per row.
     top_n: usize,
+    /// Log-probabilities of the raw softmax instead of the final distribution.
+    raw_mode: bool,
+    /// The chosen ids' ranks in the raw distribution.
+    rank: bool,
+    /// How many `token_ids` per row.
+    n_token_ids: Option<usize>,
 }
 
 /// What a call takes besides the logit rows (which carry the element type).
@@ -98,6 +104,8 @@ struct Inputs<'a> {
     seeds: Seeds<'a>,
     step: u64,
     order: &'a [Stage],
+    token_ids: Option<IdRows<'a>>,
+    skip_invalid: bool,
 }
 
 /// The outputs of a batch, as owned buffers that cross to Python without a copy.
@@ -123,6 +131,10 @@ fn run_rows<T: Elem>(
         want_raw_logprob: want.raw_logprob,
         top_n: want.top_n,
         order: inputs.order,
+        raw_mode: want.raw_mode,
+        want_rank: want.rank,
+        token_ids: inputs.token_ids,
+        skip_invalid: inputs.skip_invalid,
     };
     let v = rows.first().map_or(0, |r| r.len());
     // Callers must not mutate the inputs while the GIL is released (documented in sampling.py).
@@ -180,6 +192,12 @@ struct RunResult {
     top_logprobs: Py<PyArray2<f64>>,
     /// The final distributions, (B, V) float32 (float64 for float64 logits), or None.
     probs: Option<Py<PyAny>>,
+    /// The chosen ids' ranks in the raw distribution, (B,) int64 (1 = most probable), or None.
+    ranks: Option<Py<PyArray1<i64>>>,
+    /// The log-probabilities of `token_ids`, (B, n) float64, or None.
+    token_logprobs: Option<Py<PyArray2<f64>>>,
+    /// Whether each row was sampled (False: skipped as invalid, id -1), (B,) bool.
+    valid: Py<PyArray1<bool>>,
 }
 
 #[pymethods]
@@ -211,7 +229,11 @@ impl RunResult {
     want_probs = false,
     want_raw_logprob = false,
     top_n = 0,
-    order = Vec::new(),
+    order = None,
+    logprobs_mode = "processed",
+    want_rank = false,
+    token_ids = None,
+    on_invalid = "raise",
 ))]
 #[allow(clippy::too_many_arguments)]
 fn run<'py>(
@@ -228,10 +250,16 @@ fn run<'py>(
     want_probs: bool,
     want_raw_logprob: bool,
     top_n: usize,
-    order: Vec<String>,
+    order: Option<Vec<String>>,
+    logprobs_mode: &str,
+    want_rank: bool,
+    token_ids: Option<PyReadonlyArray2<'py, i64>>,
+    on_invalid: &str,
 ) -> PyResult<RunResult> {
     let params = param_rows(params.as_array())?;
-    let order = parse_order(&order).map_err(to_py)?;
+    let order = order_of(order)?;
+    let raw_mode = choice("logprobs_mode", logprobs_mode, &["processed", "raw"])? == 1;
+    let skip_invalid = choice("on_invalid", on_invalid, &["raise", "skip"])? == 1;
     let bias_values = match &bias_values {
         Some(a) => a
             .as_slice()
@@ -258,11 +286,16 @@ fn run<'py>(
         seeds,
         step,
         order: &order,
+        token_ids: id_rows(&token_ids)?,
+        skip_invalid,
     };
     let want = Want {
         probs: want_probs,
         raw_logprob: want_raw_logprob,
         top_n,
+        raw_mode,
+        rank: want_rank,
+        n_token_ids: inputs.token_ids.map(|t| t.width),
     };
 
     macro_rules! go {
@@ -317,10 +350,14 @@ fn finish(
     let mut raw = Vec::with_capacity(b);
     let mut top_ids = Vec::with_capacity(b * top_n);
     let mut top_lps = Vec::with_capacity(b * top_n);
+    let (mut ranks, mut valid, mut token_lps) = (Vec::new(), Vec::new(), Vec::new());
     for r in results {
         ids.push(r.id);
         logprobs.push(r.logprob);
         raw.push(r.raw_logprob);
+        ranks.push(r.rank);
+        valid.push(r.valid);
+        token_lps.extend(r.token_logprobs);
         for (id, lp) in r.top {
             top_ids.push(id);
             top_lps.push(lp);
@@ -335,15 +372,48 @@ fn finish(
         top_ids: vec2(py, top_ids, b, top_n)?.unbind(),
         top_logprobs: vec2(py, top_lps, b, top_n)?.unbind(),
         probs,
+        ranks: want.rank.then(|| PyArray1::from_vec(py, ranks).unbind()),
+        token_logprobs: match want.n_token_ids {
+            Some(n) => Some(vec2(py, token_lps, b, n)?.unbind()),
+            None => None,
+        },
+        valid: PyArray1::from_vec(py, valid).unbind(),
     })
 }
 
-/// Validates a (rows, N_PARAMS) float64 parameter matrix (or a sequence of rows) and a stage
-/// order as `run` does, with the same errors naming the row; returns None.
+/// The stage order of a call: the default (`None`), a preset, or stage names.
+fn order_of(order: Option<Vec<String>>) -> PyResult<Vec<Stage>> {
+    match order {
+        None => Ok(crate::stages::HF_ORDER.to_vec()),
+        Some(names) => parse_order(&names).map_err(to_py),
+    }
+}
+
+/// Which of `options` the call option `name` is (an error naming it otherwise).
+fn choice(name: &str, value: &str, options: &[&str]) -> PyResult<usize> {
+    options.iter().position(|&o| o == value).ok_or_else(|| {
+        let quoted: Vec<String> = options.iter().map(|o| format!("{o:?}")).collect();
+        to_py(CoreError::Choice(format!(
+            "{name} must be {}, got {value:?}",
+            quoted.join(" or ")
+        )))
+    })
+}
+
+/// Validates a (rows, N_PARAMS) float64 parameter matrix (or a sequence of rows), a stage
+/// order and the call options as `run` does, with the same errors naming the row; returns
+/// None.
 #[pyfunction]
-#[pyo3(signature = (params, order = Vec::new()))]
-fn check_params(params: &Bound<'_, PyAny>, order: Vec<String>) -> PyResult<()> {
-    let order = parse_order(&order).map_err(to_py)?;
+#[pyo3(signature = (params, order = None, logprobs_mode = "processed", on_invalid = "raise"))]
+fn check_params(
+    params: &Bound<'_, PyAny>,
+    order: Option<Vec<String>>,
+    logprobs_mode: &str,
+    on_invalid: &str,
+) -> PyResult<()> {
+    choice("logprobs_mode", logprobs_mode, &["processed", "raw"])?;
+    choice("on_invalid", on_invalid, &["raise", "skip"])?;
+    let order = order_of(order)?;
     if let Ok(a) = params.cast::<PyArray2<f64>>() {
         let rows = param_rows(a.readonly().as_array())?;
         return check_order(&order, &rows).map_err(to_py);

@@ -18,8 +18,11 @@ pub(crate) struct Scratch<F> {
     pub(crate) keys: Vec<u64>,
     /// The row's mass estimated in its first read (top-p rows).
     pub(crate) est: MassEstimate,
-    /// A bfloat16 row widened after its first scan (the dense path).
+    /// A bfloat16 row widened after its first scan (the dense path); the raw row of the
+    /// raw log-probabilities.
     pub(crate) wide: Vec<F>,
+    /// The final distribution when the caller wants token log-probabilities but no `probs`.
+    pub(crate) dist: Vec<F>,
 }
 
 thread_local! {

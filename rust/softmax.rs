@@ -251,6 +251,73 @@ pub fn block_sums<F: Real>(w: &[F], blocks: &mut Vec<f64>) -> f64 {
     blocks.iter().sum()
 }
 
+/// The plain softmax of a raw row (temperature 1, nothing applied), as log-probabilities:
+/// what `logprobs_mode="raw"`, the raw log-probability and the rank read.
+#[derive(Debug, Clone, Copy)]
+pub struct RawLogSoftmax {
+    /// The row's maximum.
+    m: f64,
+    /// `log(sum exp(x - m))`; for a row with `+inf` logits, `log` of how many there are.
+    lse: f64,
+}
+
+impl RawLogSoftmax {
+    /// Loads `x` into `buf` (widened) and computes its log-normaliser.
+    #[inline(always)]
+    pub fn of<T: Elem, const FMA: bool>(x: &[T], buf: &mut Vec<T::C>) -> Self {
+        T::load_row(x, buf);
+        let (m, _) = max_nan(buf);
+        if m == <T::C as num_traits::Float>::infinity() {
+            let n_inf = buf.iter().filter(|&&v| v == m).count();
+            return RawLogSoftmax {
+                m: f64::INFINITY,
+                lse: (n_inf as f64).ln(),
+            };
+        }
+        if m == <T::C as num_traits::Float>::neg_infinity() {
+            return RawLogSoftmax {
+                m: f64::NEG_INFINITY,
+                lse: 0.0,
+            };
+        }
+        let mut acc = [0.0f64; LANES];
+        let mut chunks = buf.chunks_exact(LANES);
+        for c in &mut chunks {
+            for l in 0..LANES {
+                let z = c[l] - m;
+                acc[l] += exp_nonpos::<_, FMA>(z).wide();
+            }
+        }
+        let s: f64 = acc.iter().sum::<f64>()
+            + chunks
+                .remainder()
+                .iter()
+                .map(|&v| exp_nonpos::<_, FMA>(v - m).wide())
+                .sum::<f64>();
+        RawLogSoftmax {
+            m: m.wide(),
+            lse: s.ln(),
+        }
+    }
+
+    /// The log-probability of a token of (widened) raw logit `v`.
+    #[inline(always)]
+    pub fn at<F: Real>(&self, v: F) -> f64 {
+        if self.m == f64::INFINITY {
+            return if v == F::infinity() {
+                -self.lse
+            } else {
+                f64::NEG_INFINITY
+            };
+        }
+        if self.m == f64::NEG_INFINITY {
+            return f64::NEG_INFINITY;
+        }
+        // The same rounding as before the struct existed: (x - m) in the compute type.
+        (v - F::of(self.m)).wide() - self.lse
+    }
+}
+
 /// Log-probability of token `id` under the plain softmax of the raw logits `x` (temperature 1,
 /// nothing applied). `buf` is scratch.
 #[inline(always)]
@@ -259,35 +326,33 @@ pub fn raw_log_softmax_at<T: Elem, const FMA: bool>(
     id: usize,
     buf: &mut Vec<T::C>,
 ) -> f64 {
-    T::load_row(x, buf);
-    let (m, _) = max_nan(buf);
-    let xi = buf[id];
-    if m == <T::C as num_traits::Float>::infinity() {
-        let n_inf = buf.iter().filter(|&&v| v == m).count();
-        return if xi == m {
-            -(n_inf as f64).ln()
-        } else {
-            f64::NEG_INFINITY
+    let raw = RawLogSoftmax::of::<T, FMA>(x, buf);
+    raw.at(buf[id])
+}
+
+/// The `n` largest raw logits of the loaded row `buf`, most probable first, ties by lower id,
+/// with their raw log-probabilities; `(-1, -inf)` past the vocabulary.
+pub fn raw_top_logprobs<F: Real>(
+    buf: &[F],
+    raw: &RawLogSoftmax,
+    n: usize,
+    pairs: &mut Vec<(F, u32)>,
+    sel: &mut Vec<F>,
+) -> Vec<(i64, f64)> {
+    let k = n.min(buf.len());
+    let mut out = Vec::with_capacity(n);
+    if k > 0 {
+        crate::filter::top_k_candidates(buf, k, pairs, sel);
+        let by_value = |a: &(F, u32), b: &(F, u32)| {
+            b.0.partial_cmp(&a.0)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(a.1.cmp(&b.1))
         };
+        pairs.sort_unstable_by(by_value);
+        out.extend(pairs.iter().take(k).map(|&(v, j)| (j as i64, raw.at(v))));
     }
-    if m == <T::C as num_traits::Float>::neg_infinity() {
-        return f64::NEG_INFINITY;
-    }
-    let mut acc = [0.0f64; LANES];
-    let mut chunks = buf.chunks_exact(LANES);
-    for c in &mut chunks {
-        for l in 0..LANES {
-            let z = c[l] - m;
-            acc[l] += exp_nonpos::<_, FMA>(z).wide();
-        }
-    }
-    let s: f64 = acc.iter().sum::<f64>()
-        + chunks
-            .remainder()
-            .iter()
-            .map(|&v| exp_nonpos::<_, FMA>(v - m).wide())
-            .sum::<f64>();
-    (xi - m).wide() - s.ln()
+    out.resize(n, (-1, f64::NEG_INFINITY));
+    out
 }
 
 /// The `n` most probable of the `(weight, id)` pairs (weight > 0), most probable first, ties

@@ -13,10 +13,10 @@
 
 use crate::elem::Real;
 use crate::error::SamplingError;
-use crate::filter::{top_k_candidates, top_p_cut};
+use crate::filter::{by_prob, top_k_candidates, top_p_cut, Cut};
 use crate::params::RowParams;
 use crate::scratch::Scratch;
-use crate::softmax::{exp_weights, max_nan, BLOCK};
+use crate::softmax::{exp_weights, max_nan};
 
 /// A stage that an order places; penalties, bias and bans always come first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,12 +123,9 @@ impl Stage {
     }
 }
 
-/// The order named by `names`: one preset name, or a sequence of distinct stage names. An
-/// empty sequence is the default, [`HF_ORDER`].
+/// The order named by `names`: one preset name, or a sequence of distinct stage names (an
+/// empty one places no stage).
 pub fn parse_order<S: AsRef<str>>(names: &[S]) -> Result<Vec<Stage>, SamplingError> {
-    if names.is_empty() {
-        return Ok(HF_ORDER.to_vec());
-    }
     if let [one] = names {
         match one.as_ref() {
             "hf" => return Ok(HF_ORDER.to_vec()),
@@ -178,13 +175,12 @@ pub fn check_order(order: &[Stage], params: &[RowParams]) -> Result<(), Sampling
 // ==== the live set ==========================================================================
 
 /// What is left of an ordered row, kept lazily so that most stages cost no write: the tokens
-/// `j` with `lo <= z[j] <= hi` that a masking stage (top-p, typical-p) has not set to `-inf`.
+/// `j` with `z[j] >= lo` that a masking stage (top-p, typical-p, XTC) has not set to `-inf`.
 /// `m` is their largest logit, `scale` the inverse temperature applied so far (the current
 /// logits are `z * scale`; every threshold below is a logit of `z`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Live<F> {
     pub(crate) lo: F,
-    pub(crate) hi: F,
     pub(crate) m: F,
     pub(crate) scale: F,
 }
@@ -194,7 +190,6 @@ impl<F: Real> Live<F> {
     pub(crate) fn new(z: &[F]) -> Self {
         Live {
             lo: F::neg_infinity(),
-            hi: F::infinity(),
             m: max_nan(z).0,
             scale: F::one(),
         }
@@ -202,7 +197,7 @@ impl<F: Real> Live<F> {
 
     #[inline(always)]
     fn has(&self, v: F) -> bool {
-        v >= self.lo && v <= self.hi && v > F::neg_infinity()
+        v >= self.lo && v > F::neg_infinity()
     }
 
     /// Raises the floor to `stage_lo`, but not above `floor` (the `keep` floor of the stage).
@@ -220,18 +215,7 @@ pub(crate) fn weights<F: Real, const FMA: bool>(
     live: &Live<F>,
     s: &mut Scratch<F>,
 ) -> f64 {
-    let mut total = exp_weights::<F, FMA>(z, live.m, live.scale, live.lo, &mut s.w, &mut s.blocks);
-    if live.hi < F::infinity() {
-        // A ceiling (XTC) removes the few tokens above it.
-        for (j, (&v, w)) in z.iter().zip(s.w.iter_mut()).enumerate() {
-            if v > live.hi && *w > F::zero() {
-                s.blocks[j / BLOCK] -= w.wide();
-                total -= w.wide();
-                *w = F::zero();
-            }
-        }
-    }
-    total
+    exp_weights::<F, FMA>(z, live.m, live.scale, live.lo, &mut s.w, &mut s.blocks)
 }
 
 /// The entropy `-sum p log p` of the live tokens, from their weights `w` (of total `total`).
@@ -267,14 +251,14 @@ fn entropy<F: Real>(z: &[F], w: &[F], live: &Live<F>, total: f64) -> f64 {
 /// The logit of the `keep`-th most probable live token (the floor a stage may not raise the
 /// live set's floor above; ties kept), or `m` for `keep <= 1`.
 ///
-/// Without a ceiling the streaming top-k of the whole row gives it (a `k`-th largest below
-/// the floor `lo` just means fewer than `k` tokens are live, and then nothing is raised).
+/// The streaming top-k of the whole row gives it (a `k`-th largest below the floor `lo`
+/// just means fewer than `k` tokens are live, and then nothing is raised).
 #[inline(always)]
 fn keep_floor<F: Real>(z: &[F], live: &Live<F>, keep: usize, s: &mut Scratch<F>) -> F {
     if keep <= 1 {
         return live.m;
     }
-    if live.hi == F::infinity() && keep <= z.len() / 8 {
+    if keep <= z.len() / 8 {
         top_k_candidates(z, keep, &mut s.pairs, &mut s.sel);
         return s.pairs.iter().fold(F::infinity(), |a, c| a.min(c.0));
     }
@@ -285,6 +269,25 @@ fn keep_floor<F: Real>(z: &[F], live: &Live<F>, keep: usize, s: &mut Scratch<F>)
     }
     let desc = |a: &F, b: &F| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal);
     *s.sel.select_nth_unstable_by(keep - 1, desc).1
+}
+
+/// The cut keeping exactly the first `keep` tokens by decreasing weight, ties by lower id
+/// (Hugging Face's `min_tokens_to_keep` for top-p and min-p), or `None` for `keep <= 1`.
+#[inline(always)]
+fn first_n<F: Real>(
+    w: &[F],
+    keep: usize,
+    pairs: &mut Vec<(F, u32)>,
+    sel: &mut Vec<F>,
+) -> Option<Cut<F>> {
+    if keep <= 1 {
+        return None;
+    }
+    top_k_candidates(w, keep.min(w.len()), pairs, sel);
+    pairs.sort_unstable_by(by_prob);
+    pairs
+        .get(keep.min(pairs.len()) - 1)
+        .map(|&(tau, j)| Cut { tau, tie_max: j })
 }
 
 /// The logit `m + ln(q) / scale` below which a token's probability is under `q` times the
@@ -315,7 +318,7 @@ pub(crate) fn finite_max<F: Real>(z: &mut [F]) {
 /// `lo = max(0, T - range)`, `hi = T + range`; with one token nothing changes. A temperature
 /// too small for the compute type (or 0) leaves the largest logits, as the limit T -> 0.
 pub(crate) fn temperature<F: Real, const FMA: bool>(
-    z: &[F],
+    z: &mut [F],
     live: &mut Live<F>,
     p: &RowParams,
     s: &mut Scratch<F>,
@@ -331,6 +334,16 @@ pub(crate) fn temperature<F: Real, const FMA: bool>(
         let lo = (t - p.dynatemp_range).max(0.0);
         let hi = t + p.dynatemp_range;
         t = lo + (hi - lo) * (h / (n as f64).ln()).max(0.0).powf(p.dynatemp_exponent);
+        if t <= 0.0 {
+            // llama.cpp's temperature 0: the first largest logit alone.
+            let first = z.iter().position(|&v| v == live.m && live.has(v));
+            for (j, v) in z.iter_mut().enumerate() {
+                if Some(j) != first {
+                    *v = F::neg_infinity();
+                }
+            }
+            return;
+        }
     }
     let scale = live.scale / F::of(t);
     if t <= 0.0 || !scale.is_finite() {
@@ -373,24 +386,39 @@ pub(crate) fn top_p<F: Real, const FMA: bool>(
         &mut s.keys,
         &mut s.blocks,
     );
-    let floor = keep_floor(z, live, keep, s);
+    let first = first_n(&s.w, keep, &mut s.pairs, &mut s.sel);
     for (j, (v, &w)) in z.iter_mut().zip(&s.w).enumerate() {
-        if *v < floor && !cut.keeps(w, j as u32, F::zero()) {
+        let kept = cut.keeps(w, j as u32, F::zero())
+            || first.is_some_and(|f| f.keeps(w, j as u32, F::zero()));
+        if !kept {
             *v = F::neg_infinity();
         }
     }
 }
 
-/// Min-p: the tokens of probability at least `min_p` times the largest.
-pub(crate) fn min_p<F: Real>(
-    z: &[F],
+/// Min-p: the tokens of probability at least `min_p` times the largest (with a floor of
+/// `keep > 1`, also the first `keep` by probability, ties by lower id: written into `z`).
+pub(crate) fn min_p<F: Real, const FMA: bool>(
+    z: &mut [F],
     live: &mut Live<F>,
     min_p: f64,
     keep: usize,
     s: &mut Scratch<F>,
 ) {
-    let floor = keep_floor(z, live, keep, s);
-    live.raise(logit_of_ratio(live, min_p), floor);
+    if keep <= 1 {
+        // The maximum always passes, so no floor is needed.
+        live.lo = live.lo.max(logit_of_ratio(live, min_p));
+        return;
+    }
+    weights::<F, FMA>(z, live, s);
+    // The largest weight is exactly 1, so the floor is min_p itself (as in the fast plans).
+    let wf = F::of(min_p);
+    let first = first_n(&s.w, keep, &mut s.pairs, &mut s.sel);
+    for (j, (v, &w)) in z.iter_mut().zip(&s.w).enumerate() {
+        if !(w >= wf || first.is_some_and(|f| f.keeps(w, j as u32, F::zero()))) {
+            *v = F::neg_infinity();
+        }
+    }
 }
 
 /// Epsilon (`epsilon = Some(eps)`) or eta (`eta = Some(eta)`) sampling: drops the tokens of
@@ -468,10 +496,24 @@ pub(crate) fn typical_p<F: Real, const FMA: bool>(
             F::infinity()
         }
     }));
-    let tau = key_threshold(&s.sel, &s.w, mass * total, keep, &mut s.pairs);
+    let tau = key_threshold(&s.sel, &s.w, mass * total, 1, &mut s.pairs);
+    // The floor: the first `keep` by distance, ties by lower id (Hugging Face).
+    let mut first = (F::neg_infinity(), 0u32);
+    if keep > 1 && s.sel.iter().filter(|&&d| d <= tau).count() < keep {
+        s.pairs.clear();
+        let finite = s.sel.iter().enumerate().filter(|(_, d)| d.is_finite());
+        s.pairs.extend(finite.map(|(j, &d)| (d, j as u32)));
+        let asc = |a: &(F, u32), b: &(F, u32)| {
+            let by_key = a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal);
+            by_key.then(a.1.cmp(&b.1))
+        };
+        let n = keep.min(s.pairs.len());
+        first = *s.pairs.select_nth_unstable_by(n - 1, asc).1;
+    }
     let mut m = F::neg_infinity();
-    for (v, &d) in z.iter_mut().zip(&s.sel) {
-        if d > tau {
+    for (j, (v, &d)) in z.iter_mut().zip(&s.sel).enumerate() {
+        let floor = d < first.0 || (d == first.0 && j as u32 <= first.1);
+        if d > tau && !floor {
             *v = F::neg_infinity();
         } else {
             m = m.max(*v);
@@ -576,9 +618,9 @@ fn key_threshold<F: Real>(
 /// XTC ("exclude top choices", llama.cpp `xtc`): when the row's `coin` falls below
 /// `probability` and two or more tokens have probability at least `threshold`, removes all
 /// of them except the least probable (all of those, if tied) — unless fewer than `keep`
-/// tokens would remain. A ceiling on the live logits.
+/// tokens would remain. Written into `z` (a handful of tokens, for a usual threshold).
 pub(crate) fn xtc<F: Real, const FMA: bool>(
-    z: &[F],
+    z: &mut [F],
     live: &mut Live<F>,
     probability: f64,
     threshold: f64,
@@ -591,7 +633,8 @@ pub(crate) fn xtc<F: Real, const FMA: bool>(
     }
     let total = weights::<F, FMA>(z, live, s);
     let t = threshold * total;
-    let above = |zj: F, wj: F| live.has(zj) && wj.wide() >= t;
+    let l = *live;
+    let above = |zj: F, wj: F| l.has(zj) && wj.wide() >= t;
     let (mut n_above, mut least) = (0usize, F::infinity());
     for (&zj, &wj) in z.iter().zip(&s.w) {
         if above(zj, wj) {
@@ -607,11 +650,15 @@ pub(crate) fn xtc<F: Real, const FMA: bool>(
         .zip(&s.w)
         .filter(|&(&zj, &wj)| above(zj, wj) && zj > least)
         .count();
-    let kept = z.iter().filter(|&&v| live.has(v)).count() - removed;
+    let kept = z.iter().filter(|&&v| l.has(v)).count() - removed;
     if removed == 0 || kept < keep {
         return;
     }
-    live.hi = least;
+    for (zj, &wj) in z.iter_mut().zip(&s.w) {
+        if above(*zj, wj) && *zj > least {
+            *zj = F::neg_infinity();
+        }
+    }
     live.m = least;
 }
 
@@ -641,7 +688,7 @@ mod tests {
 
     #[test]
     fn orders_parse_and_refuse() {
-        assert_eq!(parse_order::<&str>(&[]).unwrap(), HF_ORDER);
+        assert_eq!(parse_order::<&str>(&[]).unwrap(), []);
         assert_eq!(parse_order(&["vllm"]).unwrap(), VLLM_ORDER);
         assert_eq!(parse_order(&["llama.cpp"]).unwrap(), LLAMA_CPP_ORDER);
         assert_eq!(
@@ -694,7 +741,9 @@ mod tests {
             |z, l, s| typical_p::<_, false>(z, l, 0.5, 2, s),
             &logs(&[0.97, 0.01, 0.01, 0.01]),
         );
-        assert_eq!(kept(z), [true, true, true, true]); // the three 0.01 tie
+        // The three 0.01 tie: the floor takes the lowest id (Hugging Face keeps exactly
+        // min_tokens_to_keep).
+        assert_eq!(kept(z), [true, true, false, false]);
     }
 
     /// The histogram path of typical-p (rows beyond KEY_SORT_MAX) equals a full sort.

@@ -281,6 +281,15 @@ VALID = {
     "presence_penalty": [None, 0.0, 0.5, -0.5, 2.0, 1e30, 1e308],
     "frequency_scale": [None, 1.0, 1.1, 2.0, 1e30, 1e308],
     "presence_scale": [None, 1.0, 1.2, 3.0, 1e39],
+    "dynatemp_range": [None, 0.0, 0.5, 2.0, 1e30],
+    "dynatemp_exponent": [None, 1.0, 0.0, 0.5, 3.0, 1e30],
+    "top_n_sigma": [None, 0.0, 0.5, 1.0, 3.0, 1e30],
+    "typical_p": [None, 1.0, 0.9, 0.2, 1e-9, 5e-324],
+    "epsilon_cutoff": [None, 0.0, 3e-4, 0.5, 0.999],
+    "eta_cutoff": [None, 0.0, 1e-3, 0.5, 0.999],
+    "xtc_probability": [None, 0.0, 0.5, 1.0],
+    "xtc_threshold": [None, 0.0, 0.1, 0.5, 1.0],
+    "min_tokens_to_keep": [None, 0, 1, 2, 50, 10**6],
 }
 
 
@@ -301,6 +310,15 @@ def param_ok(name: str, value: float) -> bool:
         "presence_penalty": math.isfinite(x),
         "frequency_scale": math.isfinite(x) and x >= 1,
         "presence_scale": math.isfinite(x) and x >= 1,
+        "dynatemp_range": math.isfinite(x) and x >= 0,
+        "dynatemp_exponent": math.isfinite(x) and x >= 0,
+        "top_n_sigma": math.isfinite(x) and x >= 0,
+        "typical_p": 0 < x <= 1,
+        "epsilon_cutoff": 0 <= x < 1,
+        "eta_cutoff": 0 <= x < 1,
+        "xtc_probability": 0 <= x <= 1,
+        "xtc_threshold": 0 <= x <= 1,
+        "min_tokens_to_keep": math.isfinite(x) and x >= 0 and x == int(x),
     }[name]
 
 

@@ -363,7 +363,7 @@ fn run<T: FromF64>(case: &Case) {
         step: case.step,
         want_raw_logprob: case.want_raw,
         top_n: case.top_n,
-        order: &tokensampler::stages::HF_ORDER,
+        ..BatchRequest::new(&rows, &params)
     };
     let mut probs = case.probs_len.map(|n| vec![T::C::of(-7.0); n]);
     let out = run_batch(&req, probs.as_deref_mut());

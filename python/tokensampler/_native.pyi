@@ -54,6 +54,15 @@ class RunResult:
     @property
     def probs(self) -> npt.NDArray[np.floating] | None:
         """The final distributions, (B, V) float32 (float64 for float64 logits), or None."""
+    @property
+    def ranks(self) -> npt.NDArray[np.int64] | None:
+        """The chosen ids' ranks in the raw distribution, (B,) int64 (1 = most probable), or None."""
+    @property
+    def token_logprobs(self) -> npt.NDArray[np.float64] | None:
+        """The log-probabilities of `token_ids`, (B, n) float64, or None."""
+    @property
+    def valid(self) -> npt.NDArray[np.bool_]:
+        """Whether each row was sampled (False: skipped as invalid, id -1), (B,) bool."""
 
 def run(
     logits: npt.NDArray[np.floating] | npt.NDArray[np.uint16],
@@ -70,6 +79,10 @@ def run(
     want_raw_logprob: bool = False,
     top_n: int = 0,
     order: Sequence[str] = ...,
+    logprobs_mode: str = "processed",
+    want_rank: bool = False,
+    token_ids: npt.NDArray[np.int64] | None = None,
+    on_invalid: str = "raise",
 ) -> RunResult:
     """Runs the pipeline on (B, V) logits (a bfloat16 batch crosses as a uint16 view with
     `is_bf16`). `params` is (1 or B, len(PARAMS)) in PARAM_NAMES order; `history`/`bias_ids`
@@ -78,7 +91,10 @@ def run(
     and `probs` of the result are None unless asked for."""
 
 def check_params(
-    params: npt.NDArray[np.float64] | Sequence[Sequence[float]], order: Sequence[str] = ...
+    params: npt.NDArray[np.float64] | Sequence[Sequence[float]],
+    order: Sequence[str] = ...,
+    logprobs_mode: str = "processed",
+    on_invalid: str = "raise",
 ) -> None:
     """Validates a (rows, len(PARAMS)) parameter matrix and a stage order as `run` does:
     raises SamplingError naming the row and parameter or stage (ValueError for a wrong column

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, TypedDict
+from typing import Any, Literal, Protocol, TypedDict
 
 import numpy as np
 
@@ -43,6 +43,10 @@ LogitBias = Mapping[int, float] | Sequence[Mapping[int, float]] | _SupportsArray
 Seed = int | Sequence[int] | _SupportsArray | None
 # A preset ("hf", "vllm", "llama.cpp") or a sequence of stage names (`STAGES`).
 Order = str | Sequence[str]
+LogprobsMode = Literal["processed", "raw"]
+OnInvalid = Literal["raise", "skip"]
+# Ids whose log-probabilities to report: one list for every row, or one list per row.
+TokenIds = Sequence[int] | Sequence[Sequence[int]] | None
 
 #: The order presets and the stage names a custom order takes (from the Rust table).
 ORDER_PRESETS: tuple[str, ...] = tuple(_native.ORDER_PRESETS)
@@ -80,6 +84,9 @@ class SamplingKwargs(KernelKwargs, total=False):
 
     logprobs: bool
     top_logprobs: int
+    logprobs_mode: LogprobsMode
+    logprob_token_ids: TokenIds
+    on_invalid: OnInvalid
 
 
 # The Rust table: name -> (off value, whole numbers only, help), in the kernels' column order.
@@ -157,8 +164,18 @@ class SamplingParams:
             the logits first; -inf bans a token.
         seed: None (fresh OS entropy), an int, or one int per row (any int, taken mod
             2**64); a per-row seed makes a row's draw independent of its batch position.
-        logprobs: also return the chosen tokens' log-probabilities (a `SampleOutput`).
+        logprobs: also return the chosen tokens' log-probabilities and their ranks in the
+            raw distribution (a `SampleOutput`).
         top_logprobs: also return the n most probable ids per row (a `SampleOutput`).
+        logprobs_mode: ``"processed"`` (default): the log-probabilities of the chosen token,
+            the top tokens and `logprob_token_ids` are the final distribution's; ``"raw"``:
+            the plain softmax's of the unprocessed logits (vLLM's ``raw_logprobs``).
+        logprob_token_ids: ids whose log-probabilities to return (in
+            ``SampleOutput.token_logprobs``, shape (B, n)): one list for every row, or one
+            list per row (all of one length).
+        on_invalid: ``"raise"`` (default): a row with NaN or nothing left to sample is an
+            error; ``"skip"``: it gets id -1 (``SampleOutput.valid`` False) and every other
+            row is sampled exactly as alone.
     """
 
     repetition_penalty: RowFloat = 1.0
@@ -184,6 +201,9 @@ class SamplingParams:
     seed: Seed = None
     logprobs: bool = False
     top_logprobs: int = 0
+    logprobs_mode: LogprobsMode = "processed"
+    logprob_token_ids: TokenIds = None
+    on_invalid: OnInvalid = "raise"
 
     def __post_init__(self) -> None:
         from .sampling import _check_top_n, _logit_bias, _real_array, _seeds
@@ -229,13 +249,15 @@ class SamplingParams:
                 f"order must be one of {', '.join(ORDER_PRESETS)} or a sequence of stage "
                 f"names, got {self.order!r:.60}"
             )
+        if self.logprob_token_ids is not None:
+            object.__setattr__(self, "logprob_token_ids", _token_ids(self.logprob_token_ids))
         _check_top_n(self.top_logprobs)
         object.__setattr__(self, "logprobs", bool(self.logprobs))
         _logit_bias(self.logit_bias, None, None)
         b = next(iter(rows.values()), 1)
         m = self.matrix(b) if b else None
         if m is not None:
-            _native.check_params(m, self.order_names)
+            _native.check_params(m, self.order_names, self.logprobs_mode, self.on_invalid)
         # Scalars give one (1, N) matrix for every batch: kept, since every call reads it.
         object.__setattr__(self, "_scalar_matrix", None if rows else m)
 
@@ -553,6 +575,21 @@ def _llama_cpp_order(samplers: Any, penalties_on: bool) -> tuple[str, ...]:
     placed = set(order)
     order += [s for s in ("epsilon_cutoff", "eta_cutoff") if s not in placed]
     return tuple(order)
+
+
+def _token_ids(ids: Any) -> tuple[int, ...] | tuple[tuple[int, ...], ...]:
+    """`logprob_token_ids` as a tuple of ints (every row) or of equal-length tuples (per row)."""
+    err = TypeError("logprob_token_ids must be a sequence of ints, or one such sequence per row")
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, (Sequence, np.ndarray)):
+        raise err
+    if all(isinstance(i, (numbers.Integral)) for i in ids):
+        return tuple(int(i) for i in ids)
+    if not all(isinstance(r, (Sequence, np.ndarray)) and not isinstance(r, str) for r in ids):
+        raise err
+    rows = tuple(tuple(int(i) for i in r) for r in ids)
+    if len({len(r) for r in rows}) > 1:
+        raise ValueError("logprob_token_ids: every row must list the same number of ids")
+    return rows
 
 
 def _as_dict(obj: Any) -> dict[str, Any]:

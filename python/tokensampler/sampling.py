@@ -41,24 +41,60 @@ _U64 = (1 << 64) - 1
 _TOP_N_SLACK: int = _native.TOP_N_SLACK
 
 
-class SampleOutput(NamedTuple):
-    """What `sample` returns when log-probabilities are asked for.
-
-    Attributes:
-        ids: chosen token ids, int64, shape () or (B,).
-        logprobs: log-probability of each chosen id under the final distribution.
-        raw_logprobs: its log-probability under the plain softmax of the unprocessed logits
-            (None unless `logprobs=True`).
-        top_ids: the `top_logprobs` most probable ids of the final distribution, most
-            probable first, ties by lower id; -1 past the kept set. Shape (..., n).
-        top_logprobs: their log-probabilities (-inf past the kept set).
-    """
-
+class _SampleTuple(NamedTuple):
     ids: Any
     logprobs: Any
     raw_logprobs: Any
     top_ids: Any
     top_logprobs: Any
+
+
+class SampleOutput(_SampleTuple):
+    """What `sample` returns when log-probabilities are asked for.
+
+    A 5-tuple (ids, logprobs, raw_logprobs, top_ids, top_logprobs), with `rank`,
+    `token_logprobs` and `valid` as further attributes (so code that unpacks five values
+    keeps working).
+
+    Attributes:
+        ids: chosen token ids, int64, shape () or (B,); -1 for a row skipped as invalid.
+        logprobs: log-probability of each chosen id under the final distribution (under
+            `logprobs_mode="raw"`, the raw softmax's).
+        raw_logprobs: its log-probability under the plain softmax of the unprocessed logits
+            (None unless `logprobs=True`).
+        top_ids: the `top_logprobs` most probable ids (of the final distribution, or the
+            raw one under `logprobs_mode="raw"`), most probable first, ties by lower id; -1
+            past the kept set. Shape (..., n).
+        top_logprobs: their log-probabilities (-inf past the kept set).
+        rank: each chosen id's rank in the raw distribution, 1 = most probable (vLLM's
+            `Logprob.rank`); None unless `logprobs=True`.
+        token_logprobs: the log-probabilities of `logprob_token_ids`, shape (..., n); None
+            unless asked for.
+        valid: bool per row: False for a row skipped under `on_invalid="skip"`.
+    """
+
+    rank: Any
+    token_logprobs: Any
+    valid: Any
+
+    def __new__(
+        cls,
+        ids: Any,
+        logprobs: Any,
+        raw_logprobs: Any,
+        top_ids: Any,
+        top_logprobs: Any,
+        rank: Any = None,
+        token_logprobs: Any = None,
+        valid: Any = None,
+    ) -> SampleOutput:
+        self = super().__new__(cls, ids, logprobs, raw_logprobs, top_ids, top_logprobs)
+        self.rank, self.token_logprobs, self.valid = rank, token_logprobs, valid
+        return self
+
+    def _replace(self, **changes: Any) -> SampleOutput:
+        extra = {k: changes.pop(k, getattr(self, k)) for k in ("rank", "token_logprobs", "valid")}
+        return SampleOutput(*super()._replace(**changes), **extra)
 
 
 # ==== buffer adapters =========================================================================
@@ -381,6 +417,10 @@ def _run(
         want_raw_logprob=want_raw,
         top_n=int(top_n),
         order=p.order_names,
+        logprobs_mode=p.logprobs_mode,
+        want_rank=p.logprobs,
+        token_ids=_token_id_rows(p.logprob_token_ids),
+        on_invalid=p.on_invalid,
     )
     return lg, out
 
@@ -463,11 +503,19 @@ def sample(
     """
     p = _params(params, overrides)
     lg, out = _run(logits, p, history=history, want_raw=p.logprobs, top_n=p.top_logprobs)
-    return _result(lg, out, p.logprobs, p.top_logprobs)
+    return _result(lg, out, p)
 
 
-def _result(lg: _Logits, out: _native.RunResult, logprobs: bool, top_n: int) -> Any:
-    if not logprobs and not top_n:
+def _token_id_rows(ids: Any) -> np.ndarray | None:
+    """`logprob_token_ids` (normalised by SamplingParams) as (1 or B, n) int64."""
+    if ids is None:
+        return None
+    a = np.array(ids, dtype=np.int64)
+    return a.reshape(1, -1) if a.ndim == 1 else a
+
+
+def _result(lg: _Logits, out: _native.RunResult, p: SamplingParams) -> Any:
+    if not p.logprobs and not p.top_logprobs and p.logprob_token_ids is None:
         return lg.wrap(out.ids)
     return SampleOutput(
         lg.wrap(out.ids),
@@ -475,6 +523,9 @@ def _result(lg: _Logits, out: _native.RunResult, logprobs: bool, top_n: int) -> 
         lg.wrap(out.raw_logprobs),
         lg.wrap(out.top_ids),
         lg.wrap(out.top_logprobs),
+        lg.wrap(out.ranks),
+        lg.wrap(out.token_logprobs),
+        lg.wrap(out.valid),
     )
 
 
@@ -617,7 +668,7 @@ class Sampler:
             top_n=p.top_logprobs,
             param_matrix=pm,
         )
-        res = _result(lg, out, p.logprobs, p.top_logprobs)
+        res = _result(lg, out, p)
         if keepdim:
             if isinstance(res, SampleOutput):
                 return res._replace(ids=res.ids[..., None])
