@@ -10,6 +10,17 @@ returns the final distribution (zeros outside the kept set), shape (V,) or (B, V
 ``oracle_rows`` returns the per-row intermediate values (``RowTrace``) and ``row_bounds`` /
 ``check_row`` turn them into a comparison that is sound for an implementation that computes
 in float32 (or float64) arithmetic: see ``check_row`` for the error model.
+
+Section 9 (the stages of the peers, and stage orders): ``typical_p``, ``epsilon_cutoff``,
+``eta_cutoff``, ``top_n_sigma``, ``xtc_probability`` / ``xtc_threshold``, ``dynatemp_range`` /
+``dynatemp_exponent``, ``min_tokens_to_keep`` and ``order`` are accepted by ``oracle_probs`` /
+``oracle_rows`` too. A call that passes none of them (and no ``order`` other than "hf") takes
+the section 2 path above, bit-identical to what it always was; any other call takes the
+general ordered path (``stage_rows``), which returns ``StageTrace`` objects and is compared
+with ``check_stage_row`` (see its docstring for the ambiguity guard). XTC's coin comes from
+the implementation's random stream, which the oracle does not have: pass ``xtc_coin=True`` /
+``False`` (scalar or per row) whenever ``0 < xtc_probability < 1``; ``seed=`` is accepted and
+ignored so that the keywords of a ``ts.probs`` call can be passed unchanged.
 """
 
 from __future__ import annotations
@@ -22,13 +33,20 @@ import numpy as np
 __all__ = [
     "EPS32",
     "EPS64",
+    "NEW_PARAMS",
+    "ORDERS",
+    "STAGE_NAMES",
     "RowTrace",
+    "StageTrace",
     "check_row",
     "check_sampled",
+    "check_stage_row",
     "oracle_probs",
     "oracle_rows",
     "penalised_logits",
+    "resolve_order",
     "row_bounds",
+    "stage_rows",
 ]
 
 EPS32 = 2.0**-24  # unit roundoff of float32 (the compute type for f32 / f16 / bf16 input)
@@ -253,11 +271,30 @@ _DEFAULTS = {
 _OFF = {"top_k": 0, "top_p": 1.0, "min_p": 0.0}
 
 
-def oracle_rows(logits, *, logit_bias=None, history=None, **params) -> list[RowTrace]:
-    """Per-row traces of the pipeline; ``logits`` is (V,) or (B, V), any float dtype."""
-    unknown = set(params) - set(_DEFAULTS)
+def oracle_rows(
+    logits, *, logit_bias=None, history=None, order=None, xtc_coin=None, seed=None, **params
+) -> list:
+    """Per-row traces of the pipeline; ``logits`` is (V,) or (B, V), any float dtype.
+
+    Calls with only the section 2 keywords (and ``order`` None or "hf") return ``RowTrace``
+    objects from the section 2 path; calls with any section 9 keyword or another order return
+    ``StageTrace`` objects from ``stage_rows`` (with the unit roundoff of the input's dtype).
+    ``seed`` is ignored (see the module docstring).
+    """
+    unknown = set(params) - set(_DEFAULTS) - set(NEW_PARAMS)
     if unknown:
         raise TypeError(f"unknown parameters {unknown}")
+    new = {n: v for n, v in params.items() if n in NEW_PARAMS and v is not None}
+    if (
+        new
+        or xtc_coin is not None
+        or not (order is None or (isinstance(order, str) and order == "hf"))
+    ):
+        return stage_rows(
+            logits, logit_bias=logit_bias, history=history, order=order, xtc_coin=xtc_coin,
+            **params,
+        )  # fmt: skip
+    params = {n: v for n, v in params.items() if n not in NEW_PARAMS}
     x = _as_numpy(logits)
     x2 = np.atleast_2d(x).astype(np.float64)
     batch, vocab = x2.shape
@@ -451,3 +488,567 @@ def check_sampled(token: int, trace: RowTrace, eps: float, where: str = "") -> N
     assert maybe[token], f"{where}: drew {token}, outside the oracle's kept set"
     if trace.greedy and sure.any():
         assert token == trace.argmax, f"{where}: greedy drew {token}, argmax {trace.argmax}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Section 9: the peers' stages and stage orders (docs/design.md section 9), one row at a time.
+# ---------------------------------------------------------------------------------------------
+
+#: The orderable stages. Bias / bans and the penalties (incl. k-scaling) always run first.
+STAGE_NAMES = (
+    "temperature",
+    "top_n_sigma",
+    "top_k",
+    "top_p",
+    "min_p",
+    "typical_p",
+    "epsilon_cutoff",
+    "eta_cutoff",
+    "xtc",
+)
+ORDERS = {
+    "hf": STAGE_NAMES,
+    "vllm": ("temperature", "top_n_sigma", "min_p", "top_k", "top_p", "typical_p",
+             "epsilon_cutoff", "eta_cutoff", "xtc"),
+    "llama.cpp": ("top_n_sigma", "top_k", "typical_p", "top_p", "min_p", "epsilon_cutoff",
+                  "eta_cutoff", "xtc", "temperature"),
+}  # fmt: skip
+#: The section 9 keywords of this oracle and their "off" values.
+NEW_PARAMS = {
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "top_n_sigma": 0.0,
+    "xtc_probability": 0.0,
+    "xtc_threshold": 0.1,
+    "dynatemp_range": 0.0,
+    "dynatemp_exponent": 1.0,
+    "min_tokens_to_keep": 0,
+}
+
+
+def _stage_on(name: str, p: dict) -> bool:
+    """Whether a stage does anything in a row with parameters ``p`` (for order validation)."""
+    if name == "temperature":
+        return float(p["temperature"]) != 1.0 or float(p["dynatemp_range"]) > 0.0
+    if name == "top_k":
+        return int(p["top_k"] or 0) > 0
+    if name == "xtc":
+        return float(p["xtc_probability"]) > 0.0
+    value = float(p[name])
+    return value < 1.0 if name in ("top_p", "typical_p") else value > 0.0
+
+
+def resolve_order(order, rows: list[dict] | None = None) -> tuple[str, ...]:
+    """``order`` (None, a preset name or a sequence of stage names) -> the stage sequence.
+
+    Raises ValueError for an unknown preset or stage name, a duplicate, or (given the per-row
+    parameters ``rows``) a stage that is on in some row but missing from a custom sequence.
+    """
+    if order is None:
+        return ORDERS["hf"]
+    if isinstance(order, str):
+        if order not in ORDERS:
+            raise ValueError(f"order: unknown preset {order!r} (expected one of {sorted(ORDERS)})")
+        return ORDERS[order]
+    seq = tuple(order)
+    for name in seq:
+        if not isinstance(name, str) or name not in STAGE_NAMES:
+            raise ValueError(f"order: unknown stage {name!r}")
+    if len(set(seq)) != len(seq):
+        raise ValueError(f"order: duplicate stage in {seq}")
+    missing = sorted(
+        {n for p in rows or [] for n in STAGE_NAMES if n not in seq and _stage_on(n, p)}
+    )
+    if missing:
+        raise ValueError(f"order: stages {missing} are on but not in {seq}")
+    return seq
+
+
+@dataclass
+class StageTrace:
+    """One row of the general ordered path (``stage_rows``).
+
+    ``ambiguous`` is True when some filter decision of the row lies within the float error
+    bound of its threshold for an implementation of unit roundoff ``eps`` (see
+    ``check_stage_row``); ``reasons`` says which. ``z`` are the final current logits (-inf
+    outside the kept set) and ``dz`` bounds the implementation's absolute error on them.
+    """
+
+    probs: np.ndarray
+    greedy: bool
+    argmax: int
+    z: np.ndarray
+    keep: np.ndarray
+    ambiguous: bool
+    reasons: list
+    dz: float
+    eps: float
+    order: tuple
+    log: list  # (stage, number of tokens kept after it)
+    params: dict = field(default_factory=dict)
+    t_dyn: float | None = None
+    xtc_applied: bool | None = None
+
+
+class _Ctx:
+    """Per-row error model of the general path (see ``check_stage_row``)."""
+
+    def __init__(self, eps: float, dzm: float, min_keep: int):
+        self.eps = eps
+        # every relative tolerance is at least this (a float32 implementation: 1e-5)
+        self.floor = 1e-5 if eps > EPS64 else 1e-11
+        self.dzm = dzm  # error of the current logits from operand magnitudes (scales with 1/T)
+        self.min_keep = min_keep
+        self.reasons: list[str] = []
+
+    @property
+    def dz(self) -> float:  # absolute error bound of a current logit (+ exp's own rounding)
+        return self.dzm + 32.0 * self.eps
+
+    @property
+    def rp(self) -> float:  # relative error bound of a current probability
+        return max(self.floor, math.expm1(min(2.0 * self.dz, 50.0)) + 64.0 * self.eps)
+
+    @property
+    def dlogp(self) -> float:  # absolute error bound of a current log-probability
+        return max(self.floor, 2.0 * self.dz + 64.0 * self.eps)
+
+    def flag(self, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+def _lsm(cur: np.ndarray) -> np.ndarray:
+    """log-softmax over the kept (finite) entries; -inf stays -inf."""
+    m = cur.max()
+    lse = m + math.log(float(np.exp(cur - m).sum()))
+    return cur - lse
+
+
+def _entropy(lp: np.ndarray) -> float:
+    p = np.exp(lp)
+    pos = p > 0
+    return float(-(p[pos] * lp[pos]).sum())
+
+
+def _rank(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Indices of ``mask`` sorted by ``values`` ascending, equal values by lower id."""
+    idx = np.flatnonzero(mask)
+    return idx[np.lexsort((idx, values[idx]))]
+
+
+def _top_set(cur: np.ndarray, n: int) -> tuple[np.ndarray, float]:
+    """The max(n, 1) most probable kept tokens, ties at the boundary kept; and the boundary."""
+    vals = np.sort(cur[cur > -np.inf])[::-1]
+    kth = float(vals[min(max(n, 1), vals.size) - 1])
+    return cur >= kth, kth
+
+
+def _boundary_near(values, inside, outside, bval, tol, cur) -> bool:
+    """A split of a ranking by ``values`` at ``bval`` is ambiguous when a kept and a dropped
+    token both lie within ``tol`` of ``bval`` and are not exact ties (equal current logits,
+    which any implementation computes identically and splits by the documented tie rule)."""
+    with np.errstate(invalid="ignore"):
+        w = np.abs(values - bval) <= tol
+    wi, wo = w & inside, w & outside
+    return bool(wi.any() and wo.any() and np.unique(cur[wi | wo]).size > 1)
+
+
+# -- the stages: each takes the current logits (-inf = removed) and returns them ---------------
+
+
+def _st_temperature(cur, p, ctx, row):
+    T = float(p["temperature"])
+    dr = float(p["dynatemp_range"])
+    de = float(p["dynatemp_exponent"])
+    fin = cur > -np.inf
+    if dr > 0.0:
+        n = int(fin.sum())
+        if n <= 1:
+            return cur
+        lp = _lsm(cur)
+        H = _entropy(lp)
+        ln_n = math.log(n)
+        lo_t, hi_t = max(0.0, T - dr), T + dr
+
+        def t_dyn(h: float) -> float:
+            return lo_t + (hi_t - lo_t) * (max(h, 0.0) / ln_n) ** de
+
+        td = t_dyn(H)
+        row["t_dyn"] = td
+        if H == 0.0:  # one-hot in float64, hence in any arithmetic: T_dyn is min_t exactly
+            d_td = 0.0
+        else:
+            dH = ctx.dlogp + ctx.rp * H + 64.0 * ctx.eps * (H + 1.0)
+            d_td = max(abs(t_dyn(H + dH) - td), abs(t_dyn(H - dH) - td)) + 4 * ctx.eps * hi_t
+        if td - d_td <= 0.0 < td + d_td:
+            ctx.flag("dynatemp: T_dyn within rounding of 0")
+        elif td > 0.0 and d_td > 1e-3 * td:
+            # e.g. H close to 0: the entropy's absolute error is a large relative error of
+            # T_dyn, and the implementation's distribution is not pinned down
+            ctx.flag(f"dynatemp: T_dyn known to {d_td / td:.2g} (relative) only")
+        if td <= 0.0:  # keep only the first argmax
+            j = int(np.argmax(cur))
+            out = np.full_like(cur, -np.inf)
+            out[j] = cur[j]
+            return out
+        with np.errstate(over="ignore"):
+            out = np.where(fin, cur / td, -np.inf)
+        if not np.isfinite(out[fin]).all():
+            # 1 / T_dyn overflows: the implementation's limit (the largest logits) is not
+            # the float64 value's, so the row is not compared.
+            ctx.flag("dynatemp: T_dyn too small for the compute type")
+            mx = out[fin].max()
+            return np.where(out == mx, 0.0, -np.inf)
+        mz = float(np.abs(out[fin]).max())
+        ctx.dzm = ctx.dzm / td + (d_td / td + 2 * ctx.eps) * mz
+        return out
+    if T != 1.0:
+        out = np.where(fin, cur / T, -np.inf)
+        ctx.dzm = ctx.dzm / T + 2 * ctx.eps * float(np.abs(out[fin]).max())
+        return out
+    return cur
+
+
+def _st_top_n_sigma(cur, p, ctx, row):
+    n = float(p["top_n_sigma"])
+    fin = cur > -np.inf
+    if n <= 0.0 or fin.sum() <= 1:
+        return cur
+    v = cur[fin]
+    m = float(v.max())
+    mu = float(v.mean())
+    dev = v - mu
+    big = float(np.abs(dev).max()) or 1.0  # scaled: the squares of huge logits overflow
+    sd = big * math.sqrt(float(((dev / big) ** 2).mean()))
+    t = m - n * sd
+    base = fin & (cur >= t)
+    top, kth = _top_set(cur, ctx.min_keep)
+    keep = base | top
+    # error of the threshold: max (dz), sigma (deviations and the mean: 2 dz, sums 64 eps)
+    d_sd = 2 * ctx.dz + 64 * ctx.eps * (float(np.abs(v).max()) + sd)
+    tol = 2 * ctx.dz + n * d_sd + ctx.floor * max(1.0, abs(t)) + 2 * ctx.eps * (abs(t) + n * sd)
+    with np.errstate(invalid="ignore"):
+        near = fin & ~top & (cur != m) & (np.abs(cur - t) <= tol)
+    if near.any():
+        ctx.flag(f"top_n_sigma: logit within {tol:.3g} of max - n*sigma")
+    if (top & ~base).any() and _boundary_near(cur, top, fin & ~top, kth, 2 * ctx.dz, cur):
+        ctx.flag("top_n_sigma: min_tokens_to_keep boundary near-tie")
+    return np.where(keep, cur, -np.inf)
+
+
+def _st_top_k(cur, p, ctx, row):
+    k = int(p["top_k"] or 0)
+    if k <= 0:
+        return cur
+    k = max(k, ctx.min_keep)
+    fin = cur > -np.inf
+    if k >= fin.sum():
+        return cur
+    kth = float(np.sort(cur[fin])[::-1][k - 1])
+    keep = fin & (cur >= kth)
+    if _boundary_near(cur, keep, fin & ~keep, kth, 2 * ctx.dz, cur):
+        ctx.flag("top_k: near-tie at the k-th logit")
+    return np.where(keep, cur, -np.inf)
+
+
+def _prefix_tol(ctx, n_kept: int) -> float:
+    """Error of a cumulative mass <= 1 (weights: rp relative; sums in float64 or compensated
+    float32 as docs/design.md section 2 step 5 requires; the parameter rounded to float32)."""
+    return ctx.rp + 64 * ctx.eps + 4 * n_kept * EPS64 + ctx.eps
+
+
+def _st_top_p(cur, p, ctx, row):
+    tp = float(1.0 if p["top_p"] is None else p["top_p"])
+    if tp >= 1.0:
+        return cur
+    fin = cur > -np.inf
+    pr = np.exp(_lsm(cur))
+    order = _rank(-pr, fin)
+    nk = order.size
+    cum = np.cumsum(pr[order])
+    hit = np.flatnonzero(cum >= tp)
+    n = int(hit[0]) + 1 if hit.size else nk
+    n = min(max(n, ctx.min_keep), nk)
+    keep = np.zeros_like(fin)
+    keep[order[:n]] = True
+    tol = _prefix_tol(ctx, nk)
+    lo = max(ctx.min_keep - 1, 0)  # a crossing before min_keep is overruled by the floor
+    if nk > 1 and np.any(np.abs(cum[lo : nk - 1] - tp) <= tol):
+        ctx.flag("top_p: a cumulative mass within rounding of top_p")
+    if _boundary_near(cur, keep, fin & ~keep, cur[order[n - 1]], 2 * ctx.dz, cur):
+        ctx.flag("top_p: near-tie at the boundary")
+    return np.where(keep, cur, -np.inf)
+
+
+def _st_min_p(cur, p, ctx, row):
+    mp = float(0.0 if p["min_p"] is None else p["min_p"])
+    if mp <= 0.0:
+        return cur
+    fin = cur > -np.inf
+    pr = np.exp(_lsm(cur))
+    keep = fin & (pr >= mp * pr.max())
+    lr = cur - cur.max()
+    tol = 2 * ctx.dz + 64 * ctx.eps + ctx.floor + ctx.eps
+    with np.errstate(invalid="ignore"):
+        near = fin & (lr != 0.0) & (np.abs(lr - math.log(mp)) <= tol)
+    floor_binds = keep.sum() < ctx.min_keep
+    if near.any() and not (floor_binds and fin.sum() <= ctx.min_keep):
+        ctx.flag("min_p: a probability within rounding of min_p * max")
+    if floor_binds:
+        order = _rank(-pr, fin)
+        keep[order[: ctx.min_keep]] = True
+        m = min(ctx.min_keep, order.size)
+        if _boundary_near(cur, keep, fin & ~keep, cur[order[m - 1]], 2 * ctx.dz, cur):
+            ctx.flag("min_p: min_tokens_to_keep boundary near-tie")
+    return np.where(keep, cur, -np.inf)
+
+
+def _st_typical(cur, p, ctx, row):
+    tp = float(p["typical_p"])
+    if tp >= 1.0:
+        return cur
+    fin = cur > -np.inf
+    lp = _lsm(cur)
+    pr = np.exp(lp)
+    H = _entropy(lp)
+    key = np.full(cur.shape, np.inf)
+    key[fin] = np.abs(-lp[fin] - H)
+    order = _rank(key, fin)
+    nk = order.size
+    cum = np.cumsum(pr[order])
+    last = min(int((cum < tp).sum()), nk - 1)
+    bkey = key[order[last]]
+    keep = fin & (key <= bkey)
+    # error of a key: its log-probability and the entropy (weights rp, logs dlogp, sums)
+    dH = ctx.dlogp + ctx.rp * H + 64 * ctx.eps * (H + 1.0)
+    dkey = ctx.dlogp + dH + ctx.floor * (1.0 + H)
+    if nk > ctx.min_keep:
+        if _boundary_near(key, keep, fin & ~keep, bkey, 2 * dkey, cur):
+            ctx.flag("typical_p: a key within rounding of the boundary key")
+        if nk > 1 and np.any(np.abs(cum[: nk - 1] - tp) <= _prefix_tol(ctx, nk)):
+            ctx.flag("typical_p: a cumulative mass within rounding of typical_p")
+    if keep.sum() < ctx.min_keep:
+        keep[order[: ctx.min_keep]] = True
+        m = min(ctx.min_keep, nk)
+        if _boundary_near(key, keep, fin & ~keep, key[order[m - 1]], 2 * dkey, cur):
+            ctx.flag("typical_p: min_tokens_to_keep boundary near-tie")
+    return np.where(keep, cur, -np.inf)
+
+
+def _cutoff(cur, thr, rel_thr, name, ctx):
+    """Shared by epsilon and eta: keep p >= thr, or among the min_keep most probable."""
+    fin = cur > -np.inf
+    pr = np.exp(_lsm(cur))
+    base = fin & (pr >= thr)
+    top, kth = _top_set(cur, ctx.min_keep)
+    keep = base | top
+    tol = (2 * ctx.rp + rel_thr + ctx.eps) * thr
+    if np.any(fin & ~top & (np.abs(pr - thr) <= tol)):
+        ctx.flag(f"{name}: a probability within rounding of the cutoff")
+    if (top & ~base).any() and _boundary_near(cur, top, fin & ~top, kth, 2 * ctx.dz, cur):
+        ctx.flag(f"{name}: min_tokens_to_keep boundary near-tie")
+    return np.where(keep, cur, -np.inf)
+
+
+def _st_epsilon(cur, p, ctx, row):
+    e = float(p["epsilon_cutoff"])
+    return cur if e <= 0.0 else _cutoff(cur, e, 0.0, "epsilon_cutoff", ctx)
+
+
+def _st_eta(cur, p, ctx, row):
+    e = float(p["eta_cutoff"])
+    if e <= 0.0:
+        return cur
+    lp = _lsm(cur)
+    H = _entropy(lp)
+    thr = min(e, math.sqrt(e) * math.exp(-H))
+    dH = ctx.dlogp + ctx.rp * H + 64 * ctx.eps * (H + 1.0)
+    return _cutoff(cur, thr, dH + 8 * ctx.eps, "eta_cutoff", ctx)
+
+
+def _st_xtc(cur, p, ctx, row):
+    prob = float(p["xtc_probability"])
+    if prob <= 0.0:
+        return cur
+    if prob < 1.0:
+        coin = row["xtc_coin"]
+        if coin is None:
+            raise ValueError("0 < xtc_probability < 1: pass xtc_coin= (the oracle has no RNG)")
+        if not coin:
+            row["xtc_applied"] = False
+            return cur
+    thr = float(p["xtc_threshold"])
+    fin = cur > -np.inf
+    pr = np.exp(_lsm(cur))
+    S = fin & (pr >= thr)
+    if np.any(fin & (np.abs(pr - thr) <= (2 * ctx.rp + ctx.eps) * thr)):
+        ctx.flag("xtc: a probability within rounding of xtc_threshold")
+    row["xtc_applied"] = False
+    if S.sum() < 2:
+        return cur
+    cmin = float(cur[S].min())
+    with np.errstate(invalid="ignore"):
+        near_min = S & (cur != cmin) & (np.abs(cur - cmin) <= 2 * ctx.dz)
+    if near_min.any():
+        ctx.flag("xtc: near-tie at the least probable token above the threshold")
+    remove = S & (cur > cmin)
+    if fin.sum() - remove.sum() < max(ctx.min_keep, 1):
+        return cur
+    row["xtc_applied"] = True
+    return np.where(remove, -np.inf, cur)
+
+
+_STAGE_FNS = {
+    "temperature": _st_temperature,
+    "top_n_sigma": _st_top_n_sigma,
+    "top_k": _st_top_k,
+    "top_p": _st_top_p,
+    "min_p": _st_min_p,
+    "typical_p": _st_typical,
+    "epsilon_cutoff": _st_epsilon,
+    "eta_cutoff": _st_eta,
+    "xtc": _st_xtc,
+}
+
+
+def _stage_row(x, hist, bias, p: dict, order: tuple, eps: float, xtc_coin) -> StageTrace:
+    vocab = x.shape[0]
+    T = float(p["temperature"])
+    min_keep = int(p["min_tokens_to_keep"] or 0)
+    xp, k, mag = penalised_logits(
+        x,
+        hist=hist,
+        bias=bias,
+        r=float(p["repetition_penalty"]),
+        af=float(p["frequency_penalty"]),
+        ap=float(p["presence_penalty"]),
+        sf=float(p["frequency_scale"]),
+        sp=float(p["presence_scale"]),
+    )
+    if np.isposinf(xp).any():
+        raise NotImplementedError("the section 9 path of the oracle does not take +inf logits")
+    # k-scaling is a penalty: the orderable stages start from y = x / k.
+    y = xp / k
+    fin = np.isfinite(y)
+    ctx = _Ctx(eps, 32.0 * eps * float((mag / k)[fin].max()), min_keep)
+    argmax = int(np.argmax(y))
+    params = dict(p, xtc_coin=xtc_coin)
+    if T == 0.0:  # greedy, whatever else is set, in every order
+        ymax = y[argmax]
+        with np.errstate(invalid="ignore"):
+            if np.any((y != ymax) & (y >= ymax - 2 * ctx.dz)):
+                ctx.flag("greedy: near-tie at the maximum")
+        probs = np.zeros(vocab)
+        probs[argmax] = 1.0
+        return StageTrace(
+            probs, True, argmax, y, probs > 0, bool(ctx.reasons), ctx.reasons, ctx.dz, eps,
+            order, [("greedy", 1)], params,
+        )  # fmt: skip
+    cur = np.where(fin, y, -np.inf)
+    row = {"xtc_coin": xtc_coin, "t_dyn": None, "xtc_applied": None}
+    log = []
+    for name in order:
+        cur = _STAGE_FNS[name](cur, p, ctx, row)
+        log.append((name, int((cur > -np.inf).sum())))
+    probs = np.exp(_lsm(cur))
+    return StageTrace(
+        probs, False, argmax, cur, cur > -np.inf, bool(ctx.reasons), ctx.reasons, ctx.dz, eps,
+        order, log, params, row["t_dyn"], row["xtc_applied"],
+    )  # fmt: skip
+
+
+def stage_rows(
+    logits, *, logit_bias=None, history=None, order=None, xtc_coin=None, eps=None, seed=None,
+    **params,
+) -> list[StageTrace]:  # fmt: skip
+    """Per-row traces of the general ordered pipeline (every section 2 and 9 keyword).
+
+    ``eps``: the unit roundoff of the implementation the trace's ambiguity flags are for
+    (default: that of the input's dtype, 2^-53 for float64 and 2^-24 otherwise).
+    """
+    unknown = set(params) - set(_DEFAULTS) - set(NEW_PARAMS)
+    if unknown:
+        raise TypeError(f"unknown parameters {unknown}")
+    x = _as_numpy(logits)
+    if eps is None:
+        eps = compute_eps(x.dtype)
+    x2 = np.atleast_2d(x).astype(np.float64)
+    batch, vocab = x2.shape
+    defaults = dict(_DEFAULTS, **NEW_PARAMS)
+    off = dict(_OFF, **NEW_PARAMS)
+    per_row = {
+        name: _per_row(params.get(name, default), batch, off.get(name, default))
+        for name, default in defaults.items()
+    }
+    rows = [{n: v[i] for n, v in per_row.items()} for i in range(batch)]
+    seq = resolve_order(order, rows)
+    coins = _per_row(xtc_coin, batch, None)
+    hists = _histories(history, batch)
+    biases = _biases(logit_bias, batch, vocab)
+    return [
+        _stage_row(x2[i], hists[i], biases[i], rows[i], seq, eps, coins[i]) for i in range(batch)
+    ]
+
+
+def check_stage_row(got, trace: StageTrace, where: str = "") -> bool:
+    """Assert that one row of ``ts.probs`` matches a ``StageTrace``; return True when the row
+    was compared exactly (kept set and values), False when it was ambiguous.
+
+    Error model (the ambiguity guard). An implementation computing in arithmetic of unit
+    roundoff ``eps`` (float32 for float32 / float16 / bfloat16 input) has current logits within
+    ``dz`` of the oracle's: ``dz`` starts at 32 eps times the largest operand magnitude of the
+    row's penalty arithmetic (as in ``_delta``), scales with 1/T at the temperature stage (plus
+    the rounding of the division, and for dynatemp the error of T_dyn propagated from the
+    error of the entropy) and adds 32 eps for exp. Its probabilities are then within a relative
+    ``rp = max(floor, expm1(2 dz) + 64 eps)`` and its log-probabilities within
+    ``dlogp = max(floor, 2 dz + 64 eps)``, with ``floor`` = 1e-5 for float32 (1e-11 for
+    float64); cumulative masses within ``rp + 64 eps + 4 n 2^-53 + eps`` (sums in float64 or
+    compensated float32, docs/design.md section 2 step 5; parameters rounded to float32); the
+    entropy within ``dH = dlogp + rp H + 64 eps (H + 1)`` and a typical key within
+    ``dlogp + dH``. A row is *ambiguous* when any decision of any stage has a token whose
+    decision quantity lies within (twice) that bound of its threshold: a logit near the k-th
+    logit, max - n sigma, or log(min_p) + max; a probability near epsilon, the eta cutoff or
+    xtc_threshold; a cumulative mass near top_p / typical_p; a key near the boundary key;
+    the least probable token above xtc_threshold, or the greedy maximum, near a distinct
+    value. Exact ties (equal current logits) are not ambiguous: equal inputs give equal
+    outputs in any arithmetic and the documented tie rule decides. If no decision is
+    ambiguous, every stage keeps the same set in the oracle and in the implementation, so the
+    final kept sets are equal and the final probabilities (a softmax of the final logits) agree
+    within ``atol + p (rtol + expm1(2 dz))`` as in ``check_row``. Ambiguous rows only get the
+    basic checks (finite, non-negative, sums to 1, greedy rows one-hot).
+    """
+    got = np.asarray(got, dtype=np.float64)
+    eps = trace.eps
+    assert np.all(np.isfinite(got)), f"{where}: non-finite probability {got}"
+    assert np.all(got >= 0), f"{where}: negative probability"
+    sum_tol = 1e-9 if eps == EPS64 else 1e-5
+    assert abs(got.sum() - 1.0) <= sum_tol, f"{where}: probabilities sum to {got.sum()}"
+    if trace.greedy:
+        nz = np.flatnonzero(got)
+        assert nz.size == 1 and got[nz[0]] == 1.0, f"{where}: greedy row not one-hot: {nz}"
+        if not trace.ambiguous:
+            assert nz[0] == trace.argmax, f"{where}: greedy {nz[0]}, argmax {trace.argmax}"
+        return not trace.ambiguous
+    if trace.ambiguous:
+        return False
+    q = trace.probs
+    extra = np.flatnonzero((got > 0) & ~trace.keep)
+    assert extra.size == 0, (
+        f"{where}: mass on tokens the oracle drops {extra[:10].tolist()} ({got[extra[:10]]}); "
+        f"stages {trace.log}"
+    )
+    tiny = 1e-300 if eps == EPS64 else 1e-30  # a kept token may underflow to 0 in float32
+    missing = np.flatnonzero((got == 0) & trace.keep & (q > tiny))
+    assert missing.size == 0, (
+        f"{where}: tokens the oracle keeps have probability 0: {missing[:10].tolist()} "
+        f"(oracle {q[missing[:10]]}); stages {trace.log}"
+    )
+    atol, rtol = _tolerances(eps)
+    tol = atol + q * (rtol + math.expm1(min(2 * trace.dz, 50.0)))
+    bad = np.flatnonzero(np.abs(got - q) > tol)
+    assert bad.size == 0, (
+        f"{where}: {bad.size} probabilities differ (dz={trace.dz:.3g}); ids {bad[:8].tolist()} "
+        f"got {got[bad[:8]]} oracle {q[bad[:8]]}; stages {trace.log}"
+    )
+    return True

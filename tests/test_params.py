@@ -37,7 +37,8 @@ def test_keyword_types_list_every_field() -> None:
 
     fields = {f.name for f in dataclasses.fields(SamplingParams)}
     assert set(SamplingKwargs.__annotations__) | set(KernelKwargs.__annotations__) == fields
-    assert fields - set(KernelKwargs.__annotations__) == {"logprobs", "top_logprobs"}
+    assert fields - set(KernelKwargs.__annotations__) == {
+        "logprobs", "top_logprobs", "logprobs_mode", "logprob_token_ids"}  # fmt: skip
 
 
 def test_frozen_and_replace() -> None:

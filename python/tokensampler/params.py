@@ -77,6 +77,7 @@ class KernelKwargs(TypedDict, total=False):
     order: Order
     logit_bias: LogitBias
     seed: Seed
+    on_invalid: OnInvalid
 
 
 class SamplingKwargs(KernelKwargs, total=False):
@@ -86,7 +87,6 @@ class SamplingKwargs(KernelKwargs, total=False):
     top_logprobs: int
     logprobs_mode: LogprobsMode
     logprob_token_ids: TokenIds
-    on_invalid: OnInvalid
 
 
 # The Rust table: name -> (off value, whole numbers only, help), in the kernels' column order.
