@@ -487,16 +487,22 @@ pub(crate) fn typical_p<F: Real, const FMA: bool>(
     let h = entropy(z, &s.w, live, total);
     // -log p_j - H = ((m - z_j) * scale + ln(total)) - H: the distance is |c - z_j| * scale.
     let c = F::of(live.m.wide() + (total.ln() - h) / live.scale.wide());
+    // The distances, and their largest finite one, in one pass (16 lanes, branch-free).
+    let (lo, inf) = (live.lo, F::infinity());
     s.sel.clear();
-    let l = *live;
-    s.sel.extend(z.iter().map(|&v| {
-        if l.has(v) {
-            (c - v).abs()
-        } else {
-            F::infinity()
+    s.sel.resize(z.len(), inf);
+    let mut kmax = [F::zero(); 16];
+    for (zc, kc) in z.chunks(16).zip(s.sel.chunks_mut(16)) {
+        for (l, (&v, k)) in zc.iter().zip(kc.iter_mut()).enumerate() {
+            let live_v = v >= lo && v > F::neg_infinity();
+            let d = if live_v { (c - v).abs() } else { inf };
+            *k = d;
+            let df = if live_v { d } else { F::zero() };
+            kmax[l] = if df > kmax[l] { df } else { kmax[l] };
         }
-    }));
-    let tau = key_threshold(&s.sel, &s.w, mass * total, 1, &mut s.pairs);
+    }
+    let kmax = kmax.iter().fold(F::zero(), |a, &b| if b > a { b } else { a });
+    let tau = key_threshold(&s.sel, kmax, &s.w, mass * total, &mut s.pairs);
     // The floor: the first `keep` by distance, ties by lower id (Hugging Face).
     let mut first = (F::neg_infinity(), 0u32);
     if keep > 1 && s.sel.iter().filter(|&&d| d <= tau).count() < keep {
@@ -528,69 +534,59 @@ const KEY_BUCKETS: usize = 2048;
 const KEY_SORT_MAX: usize = 4096;
 
 /// The smallest finite key `τ` such that the tokens with `key <= τ` hold at least `target`
-/// weight and number at least `keep` (the largest finite key if none does). Tokens with an
-/// infinite key do not count.
+/// weight (the largest finite key if none does; `kmax` is it). Tokens with an infinite key
+/// do not count.
 ///
-/// A histogram of the keys (bucket index monotone in the key) finds the bucket where both
-/// counts are reached; its tokens are split again while many, then sorted. No sort of the
-/// row.
+/// A histogram of the keys (bucket index monotone in the key) finds the bucket where the
+/// mass is reached; its tokens are split again while many, then sorted. No sort of the row.
 fn key_threshold<F: Real>(
     keys: &[F],
+    kmax: F,
     w: &[F],
     target: f64,
-    keep: usize,
     buf: &mut Vec<(F, u32)>,
 ) -> F {
-    let (mut mass_below, mut count_below) = (0.0f64, 0usize);
+    let mut mass_below = 0.0f64;
     let mut mass = vec![0.0f64; KEY_BUCKETS];
-    let mut count = vec![0usize; KEY_BUCKETS];
     // Round one reads the key row in place (no copy); later rounds the boundary bucket.
-    let finite = |k: &F| k.is_finite();
-    let hi = keys.iter().copied().filter(finite).fold(F::zero(), F::max);
-    let mut range = (0.0, hi.wide());
+    let mut range = (F::zero(), kmax);
     let mut first = true;
     loop {
         let (lo, hi) = range;
         if hi <= lo {
             // One key left: every remaining token ties.
-            return F::of(hi);
+            return hi;
         }
-        let scale = (KEY_BUCKETS - 1) as f64 / (hi - lo);
-        let bucket = |k: F| (((k.wide() - lo) * scale) as usize).min(KEY_BUCKETS - 1);
+        // In the compute type: monotone in the key, which is all a bucket index needs.
+        let scale = F::of((KEY_BUCKETS - 1) as f64) / (hi - lo);
+        let top = KEY_BUCKETS - 1;
+        let bucket = |k: F| ((k - lo) * scale).to_usize().map_or(top, |b| b.min(top));
         mass.fill(0.0);
-        count.fill(0);
         if first {
             for (&k, &wj) in keys.iter().zip(w) {
-                if k.is_finite() {
-                    let b = bucket(k);
-                    mass[b] += wj.wide();
-                    count[b] += 1;
+                if k <= hi {
+                    mass[bucket(k)] += wj.wide();
                 }
             }
         } else {
             for &(k, j) in buf.iter() {
-                let b = bucket(k);
-                mass[b] += w[j as usize].wide();
-                count[b] += 1;
+                mass[bucket(k)] += w[j as usize].wide();
             }
         }
-        let mut chosen = KEY_BUCKETS - 1;
-        for b in 0..KEY_BUCKETS {
-            if mass_below + mass[b] >= target && count_below + count[b] >= keep {
+        let mut chosen = top;
+        for (b, &mb) in mass.iter().enumerate() {
+            if mass_below + mb >= target || b == top {
                 chosen = b;
                 break;
             }
-            if b < KEY_BUCKETS - 1 {
-                mass_below += mass[b];
-                count_below += count[b];
-            }
+            mass_below += mb;
         }
         if first {
             buf.clear();
             buf.extend(
                 keys.iter()
                     .enumerate()
-                    .filter(|&(_, &k)| k.is_finite() && bucket(k) == chosen)
+                    .filter(|&(_, &k)| k <= hi && bucket(k) == chosen)
                     .map(|(j, &k)| (k, j as u32)),
             );
             first = false;
@@ -602,17 +598,16 @@ fn key_threshold<F: Real>(
         }
         let lo = buf.iter().fold(F::infinity(), |a, c| a.min(c.0));
         let hi = buf.iter().fold(F::neg_infinity(), |a, c| a.max(c.0));
-        range = (lo.wide(), hi.wide());
+        range = (lo, hi);
     }
     buf.sort_unstable_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
     for &(k, j) in buf.iter() {
         mass_below += w[j as usize].wide();
-        count_below += 1;
-        if mass_below >= target && count_below >= keep {
+        if mass_below >= target {
             return k;
         }
     }
-    buf.last().map_or(F::infinity(), |c| c.0)
+    buf.last().map_or(kmax, |c| c.0)
 }
 
 /// XTC ("exclude top choices", llama.cpp `xtc`): when the row's `coin` falls below
