@@ -14,6 +14,12 @@ B, dtype and pipeline it times, as medians of adaptive repeat counts:
 - a plain numpy implementation (argpartition / argsort + softmax + inverse-CDF draw);
 - the floors ``torch.amax`` (one read of the logits), ``torch.softmax`` and ``torch.topk(50)``.
 
+Then (issue #15), at B=64 and every V of the grid, float32: the newer stages (typical-p,
+epsilon and eta cutoffs, top-n-sigma, min-p + XTC) against ``torch.softmax`` and, where
+transformers has the processor, the Hugging Face chain; and the same stages under the preset
+orders ``"vllm"`` / ``"llama.cpp"`` and a custom order, as ratios to the default order. These
+rows are ``n/a`` when the installed tokensampler lacks those keywords.
+
 Usage::
 
     python benches/compare.py [--quick | --smoke] [--no-plot] [--out-dir benches/results]
@@ -44,12 +50,16 @@ import torch
 import torch.nn.functional as F
 import transformers
 from transformers.generation.logits_process import (
+    EpsilonLogitsWarper,
+    EtaLogitsWarper,
     LogitsProcessor,
     LogitsProcessorList,
+    MinPLogitsWarper,
     RepetitionPenaltyLogitsProcessor,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
     TopPLogitsWarper,
+    TypicalLogitsWarper,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,10 +73,25 @@ SPENT_CAP = 3.0  # a contender stops after this many times min_time (once it has
 THREAD_ROUNDS = 5  # alternating 1-thread / 2-thread rounds of the thread-scaling figure
 EXPONENT_MIN_LOGITS = 1_000_000  # growth exponent: only cells where the kernel dominates
 
-# (what, impl, dtype, V, B): `what` is a pipeline key or "floor".
+# (what, impl, dtype, V, B): `what` is a pipeline key, "floor", or STAGE_FLOOR (a floor re-timed
+# among the stage and order rows of issue #15).
 Key = tuple[str, str, str, int, int]
 
 # ==== grid and pipelines ======================================================================
+
+
+# Keywords of `ts.sample` that pipelines (a)-(d) never pass (min_p and the stages and orders of
+# issue #15): a pipeline passes them only when it sets them (None = not passed).
+EXTRA_FIELDS = (
+    "min_p",
+    "typical_p",
+    "epsilon_cutoff",
+    "eta_cutoff",
+    "top_n_sigma",
+    "xtc_probability",
+    "xtc_threshold",
+    "order",
+)
 
 
 @dataclass(frozen=True)
@@ -75,15 +100,31 @@ class Pipeline:
 
     key: str
     title: str
-    short: str  # plot panel title
+    short: str  # plot panel title (stage and order rows: their label in the tables)
     temperature: float
     top_k: int | None = None
     top_p: float | None = None
     repetition_penalty: float = 1.0
+    # EXTRA_FIELDS (issue #15): None = not passed to ts.sample, so (a)-(d) make the same calls
+    # as before, which an older tokensampler also accepts.
+    min_p: float | None = None
+    typical_p: float | None = None
+    epsilon_cutoff: float | None = None
+    eta_cutoff: float | None = None
+    top_n_sigma: float | None = None
+    xtc_probability: float | None = None
+    xtc_threshold: float | None = None
+    order: str | tuple[str, ...] | None = None  # None: tokensampler's default ("hf")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """The EXTRA_FIELDS this pipeline sets."""
+        values = {k: getattr(self, k) for k in EXTRA_FIELDS}
+        return {k: v for k, v in values.items() if v is not None}
 
     def ts_kwargs(self) -> dict[str, Any]:
         return {
@@ -91,6 +132,7 @@ class Pipeline:
             "top_k": self.top_k,
             "top_p": self.top_p,
             "repetition_penalty": self.repetition_penalty,
+            **self.extra,
         }
 
 
@@ -108,6 +150,116 @@ PIPELINES: tuple[Pipeline, ...] = (
     ),
     Pipeline("d", "(d) greedy (argmax)", "(d) greedy", 0.0),
 )
+
+# Issue #15, timed apart from the grid (`run_stages`) at float32 and B = TARGET_B: the newer
+# stages, each after a temperature (HF builds no temperature warper at T = 1) ...
+STAGE_T = 0.7
+STAGE_PIPELINES: tuple[Pipeline, ...] = (
+    Pipeline("e", "(e) T=0.7 + typical-p 0.9", "(e) typical-p 0.9", STAGE_T, typical_p=0.9),
+    Pipeline(
+        "f",
+        "(f) T=0.7 + epsilon cutoff 3e-4",
+        "(f) epsilon cutoff 3e-4",
+        STAGE_T,
+        epsilon_cutoff=3e-4,
+    ),
+    Pipeline("g", "(g) T=0.7 + eta cutoff 1e-3", "(g) eta cutoff 1e-3", STAGE_T, eta_cutoff=1e-3),
+    Pipeline("h", "(h) T=0.7 + top-n-sigma 1.0", "(h) top-n-sigma 1.0", STAGE_T, top_n_sigma=1.0),
+    Pipeline(
+        "i",
+        "(i) T=0.7 + min-p 0.05 + XTC (probability 1, threshold 0.1)",
+        "(i) min-p 0.05 + XTC",
+        STAGE_T,
+        min_p=0.05,
+        xtc_probability=1.0,
+        xtc_threshold=0.1,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class OrderGroup:
+    """The same stages under several orders, each variant reported as a ratio to `default`."""
+
+    title: str  # the target's name
+    stages: str  # the table's heading
+    default: Pipeline  # no `order` keyword: tokensampler's default ("hf")
+    variants: tuple[Pipeline, ...]
+    goal: float | None  # each variant ≤ goal × the default; None: reported only
+    same_distribution: bool  # the orders give the same distribution (checked before timing)
+
+
+CUSTOM_ORDER = ("top_k", "temperature", "top_p")
+ORDER_GROUPS: tuple[OrderGroup, ...] = (
+    OrderGroup(
+        "(j) preset orders vs the default order, T=0.7 + top-p 0.9 + min-p 0.05",
+        "(j) T=0.7 + top-p 0.9 + min-p 0.05: preset orders",
+        Pipeline(
+            "j",
+            "(j) T=0.7 + top-p 0.9 + min-p 0.05",
+            'order="hf" (default)',
+            STAGE_T,
+            top_p=0.9,
+            min_p=0.05,
+        ),
+        tuple(
+            Pipeline(
+                f"j-{o}",
+                f'(j) T=0.7 + top-p 0.9 + min-p 0.05, order="{o}"',
+                f'order="{o}"',
+                STAGE_T,
+                top_p=0.9,
+                min_p=0.05,
+                order=o,
+            )
+            for o in ("vllm", "llama.cpp")
+        ),
+        1.10,
+        False,  # vLLM's min-p sees the untruncated row; llama.cpp filters at T = 1
+    ),
+    OrderGroup(
+        "(k) custom order vs the default order, top-k 50 + T=0.7 + top-p 0.9",
+        "(k) top-k 50 + T=0.7 + top-p 0.9: a custom order",
+        Pipeline(
+            "k", "(k) top-k 50 + T=0.7 + top-p 0.9", "default order", STAGE_T, top_k=50, top_p=0.9
+        ),
+        (
+            Pipeline(
+                "k-custom",
+                f"(k) top-k 50 + T=0.7 + top-p 0.9, order={CUSTOM_ORDER}",
+                "order=(" + ", ".join(f'"{n}"' for n in CUSTOM_ORDER) + ")",
+                STAGE_T,
+                top_k=50,
+                top_p=0.9,
+                order=CUSTOM_ORDER,
+            ),
+        ),
+        None,
+        True,  # top-k commutes with the temperature: only the code path differs
+    ),
+)
+ORDER_PIPELINES = tuple(p for g in ORDER_GROUPS for p in (g.default, *g.variants))
+STAGE_FLOOR = "stages-floor"  # `what` of torch.softmax re-timed among these rows
+
+
+def _ts_fields() -> frozenset[str]:
+    """The keywords of the installed tokensampler's `SamplingParams` (none for an old build)."""
+    if not hasattr(ts, "SamplingParams"):
+        return frozenset()
+    try:
+        return frozenset(f.name for f in dataclasses.fields(ts.SamplingParams))
+    except TypeError:
+        return frozenset()
+
+
+TS_FIELDS = _ts_fields()
+HAS_STAGES = "typical_p" in TS_FIELDS  # the build has the stages and orders of issue #15
+NO_STAGES = "the installed tokensampler has no typical_p / order keywords of issue #15"
+
+
+def ts_supports(p: Pipeline) -> bool:
+    """Whether the installed tokensampler takes every keyword of `p` (else its rows are n/a)."""
+    return HAS_STAGES and set(p.ts_kwargs()) <= TS_FIELDS
 
 
 @dataclass(frozen=True)
@@ -217,6 +369,8 @@ def build_nanogpt(case: Case, p: Pipeline) -> Callable[[], Any] | None:
     a loop writes for temperature 0 (nanochat's `sample_next_token`): an argmax.
     """
     x = case.logits
+    if p.extra:
+        return None
     if p.greedy:
         return lambda: torch.argmax(x, dim=-1, keepdim=True)
     if p.top_p is not None or p.repetition_penalty != 1.0 or p.top_k is None:
@@ -233,12 +387,19 @@ def build_nanogpt(case: Case, p: Pipeline) -> Callable[[], Any] | None:
     return step
 
 
+def hf_applies(p: Pipeline) -> bool:
+    """transformers has no top-n-sigma or XTC processor, and its order is fixed (`generate`'s)."""
+    return p.top_n_sigma is None and p.xtc_probability is None and p.order is None
+
+
 def build_hf(case: Case, p: Pipeline) -> Callable[[], Any] | None:
     """`GenerationMixin._sample`: float32 copy of the logits, processor list, softmax, draw.
 
     Only the processors `generate` would build for these settings (no temperature warper at
-    T = 1, none at all for greedy).
+    T = 1, none at all for greedy), in its order.
     """
+    if not hf_applies(p):
+        return None
     x, input_ids = case.logits, case.history
     procs: list[LogitsProcessor] = []
     if p.repetition_penalty != 1.0:
@@ -250,6 +411,14 @@ def build_hf(case: Case, p: Pipeline) -> Callable[[], Any] | None:
             procs.append(TopKLogitsWarper(p.top_k))
         if p.top_p is not None:
             procs.append(TopPLogitsWarper(p.top_p))
+        if p.min_p is not None:
+            procs.append(MinPLogitsWarper(p.min_p))
+        if p.typical_p is not None:
+            procs.append(TypicalLogitsWarper(p.typical_p))
+        if p.epsilon_cutoff is not None:
+            procs.append(EpsilonLogitsWarper(p.epsilon_cutoff))
+        if p.eta_cutoff is not None:
+            procs.append(EtaLogitsWarper(p.eta_cutoff))
     chain = LogitsProcessorList(procs)
     greedy = p.greedy
 
@@ -275,6 +444,8 @@ def build_vllm_style(case: Case, p: Pipeline) -> Callable[[], Any] | None:
     x, hist = case.logits, case.history
     b, v = case.batch, case.vocab
     r, temperature, top_k, top_p = p.repetition_penalty, p.temperature, p.top_k, p.top_p
+    if p.extra:
+        return None
 
     if p.greedy:
         return lambda: x.to(torch.float32).argmax(dim=-1)
@@ -308,7 +479,7 @@ def build_vllm_style(case: Case, p: Pipeline) -> Callable[[], Any] | None:
 
 def build_numpy(case: Case, p: Pipeline) -> Callable[[], Any] | None:
     """The same pipeline in plain numpy (float32), batched over rows, inverse-CDF draw."""
-    if case.logits_np is None:
+    if case.logits_np is None or p.extra:
         return None
     x, hist = case.logits_np, case.history_np
     b, v = x.shape
@@ -367,15 +538,23 @@ class Impl:
 
 TS_NUMPY = Impl("ts_np", "tokensampler (numpy)", build_ts_numpy, False)
 TS_TORCH = Impl("ts_torch", "tokensampler (torch)", build_ts_torch, False)
+HF = Impl("hf", "HF chain + multinomial", build_hf, True)
 IMPLS: tuple[Impl, ...] = (
     TS_NUMPY,
     TS_TORCH,
     Impl("nanogpt", "nanoGPT lines", build_nanogpt, True, lambda b: (b, 1)),
-    Impl("hf", "HF chain + multinomial", build_hf, True),
+    HF,
     Impl("vllm", "vLLM-style sort + race", build_vllm_style, True),
     Impl("numpy", "numpy", build_numpy, True),
 )
 PEERS = IMPLS[2:]
+# The contenders of the issue #15 rows: the stages against HF (n/a where it has no such
+# processor); the orders only among themselves, on the torch tensor.
+STAGE_IMPLS: tuple[Impl, ...] = (TS_NUMPY, TS_TORCH, HF)
+ORDER_IMPLS: tuple[Impl, ...] = (TS_TORCH,)
+STAGE_ROWS: tuple[tuple[Pipeline, tuple[Impl, ...]], ...] = tuple(
+    (p, STAGE_IMPLS) for p in STAGE_PIPELINES
+) + tuple((p, ORDER_IMPLS) for p in ORDER_PIPELINES)
 
 FLOORS: dict[str, tuple[str, Callable[[torch.Tensor], Any]]] = {
     "amax": ("torch.amax", lambda x: torch.amax(x, -1)),
@@ -488,6 +667,52 @@ def _probs_kw(p: Pipeline) -> dict[str, Any]:
     if p.repetition_penalty == 1.0:
         kw.pop("repetition_penalty")
     return kw
+
+
+def check_stages() -> list[str]:
+    """The guard of `check_correctness` for the issue #15 rows (float32, same small case).
+
+    Ids of the right shape, dtype and range (errors); a draw outside tokensampler's kept set
+    and an order group that should give one distribution but does not (warnings). Nothing to
+    check when the installed tokensampler lacks these keywords (their rows are n/a).
+    """
+    warnings: list[str] = []
+    v, b = 1000, 4
+    base, hist = make_logits(v, b, seed=SEED + 1)
+    case = make_case(v, b, "float32", base, hist)
+    for p, impls in STAGE_ROWS:
+        if not ts_supports(p):
+            continue
+        kept = ts.probs(case.logits, seed=SEED, **_probs_kw(p)) > 0
+        for impl in impls:
+            fn = impl.build(case, p)
+            if fn is None:
+                continue
+            for _ in range(3):
+                got = fn()
+                out = got if torch.is_tensor(got) else torch.from_numpy(np.asarray(got))
+                where = f"{impl.label}, float32, pipeline {p.key}"
+                if tuple(out.shape) != impl.expected_shape(b):
+                    raise AssertionError(f"{where}: ids shape {tuple(out.shape)}")
+                if out.dtype not in (torch.int64, torch.int32):
+                    raise AssertionError(f"{where}: ids dtype {out.dtype}")
+                ids = out.reshape(-1)
+                if not bool(((ids >= 0) & (ids < v)).all()):
+                    raise AssertionError(f"{where}: ids out of range {ids.tolist()}")
+                if not bool(kept.gather(1, ids[:, None]).all()):
+                    warnings.append(f"{where}: drew an id outside tokensampler's kept set")
+    for g in ORDER_GROUPS:
+        if not g.same_distribution or not all(map(ts_supports, (g.default, *g.variants))):
+            continue
+        ref = ts.probs(case.logits, **_probs_kw(g.default))
+        for var in g.variants:
+            got = ts.probs(case.logits, **_probs_kw(var))
+            if not torch.allclose(got, ref, rtol=1e-4, atol=1e-6):
+                warnings.append(
+                    f"pipeline {var.key}: {var.short} gives another distribution than the "
+                    f"default order (max |Δp| {float((got - ref).abs().max()):.2e})"
+                )
+    return warnings
 
 
 # ==== the run =================================================================================
@@ -615,6 +840,51 @@ def run_threads(grid: Grid, res: Results) -> None:
     ts.set_num_threads(TS_THREADS)
     res.threads = {n: float(np.median(s)) for n, s in samples.items()}
     res.threads_logits = v * b
+
+
+def stage_batch(grid: Grid) -> int:
+    return TARGET_B if TARGET_B in grid.batch else max(grid.batch)
+
+
+def run_stages(grid: Grid, res: Results) -> None:
+    """The stage and order rows of issue #15: float32, B = `stage_batch`, every V of the grid.
+
+    Timed after the grid and the thread scaling, so the earlier rows are measured exactly as
+    before; per V one `measure` of these rows with torch.softmax re-timed among them (key
+    STAGE_FLOOR), so their ratios are interleaved like the grid's. The HF chain obeys
+    `peer_max_logits` except at the target cell. All n/a when tokensampler lacks the keywords.
+    """
+    b, f32 = stage_batch(grid), "float32"
+    start = time.perf_counter()
+    for v in grid.vocab:
+        fns: dict[Key, Callable[[], Any]] = {}
+        case: Case | None = None
+        if any(ts_supports(p) for p, _ in STAGE_ROWS):
+            base, hist = make_logits(v, b)
+            case = make_case(v, b, f32, base, hist)
+            f = FLOORS["softmax"][1]
+            fns[(STAGE_FLOOR, "softmax", f32, v, b)] = lambda f=f, x=case.logits: f(x)
+        else:
+            res.timings[(STAGE_FLOOR, "softmax", f32, v, b)] = Timing(None, 0, "n/a")
+        for p, impls in STAGE_ROWS:
+            for impl in impls:
+                key = (p.key, impl.key, f32, v, b)
+                fn = impl.build(case, p) if case is not None and ts_supports(p) else None
+                if fn is None:
+                    res.timings[key] = Timing(None, 0, "n/a")
+                elif (
+                    impl.slow
+                    and case is not None
+                    and too_big(grid, case, p)
+                    and (v, b) != (TARGET_V, TARGET_B)
+                ):
+                    res.timings[key] = Timing(None, 0, "skipped")
+                else:
+                    fns[key] = fn
+        if fns:
+            res.timings.update(measure(fns, grid))
+        del fns, case
+        log(f"  V={v:>6} B={b:>3} done ({time.perf_counter() - start:6.1f} s)")
 
 
 # ==== analysis ================================================================================
@@ -784,6 +1054,75 @@ def evaluate_targets(grid: Grid, res: Results) -> list[Target]:
             all(oks) if oks else None,
         )
     )
+    out.extend(stage_targets(grid, res))
+    return out
+
+
+def stage_targets(grid: Grid, res: Results) -> list[Target]:
+    """Issue #15: each stage row ≤ 1.0× torch.softmax (re-timed among these rows) and, where
+    HF has the processor, ≥ 50× faster than its chain; preset orders within 10 % of the
+    default order; the custom order's cost relative to the default, reported only."""
+    out: list[Target] = []
+    tv, tb, f32 = TARGET_V, TARGET_B, "float32"
+    here = tv in grid.vocab and tb in grid.batch
+
+    def missing(*ts_: Timing) -> str:
+        if not here:
+            return "not in this grid"
+        status = next((t.status for t in ts_ if t.median is None), "n/a")
+        return f"n/a ({NO_STAGES})" if status == "n/a" and not HAS_STAGES else status
+
+    sm = res.get(STAGE_FLOOR, "softmax", f32, tv, tb)
+    for p in STAGE_PIPELINES:
+        t = res.get(p.key, "ts_torch", f32, tv, tb)
+        r = _ratio(t.median, sm.median)
+        out.append(
+            Target(
+                f"{p.short}: B={tb}, V={tv}, f32 vs torch.softmax",
+                "tokensampler ≤ 1.0× torch.softmax",
+                f"{r:.2f}× ({_us(t.median)} vs {_us(sm.median)} µs/call)"
+                if r is not None
+                else missing(t, sm),
+                r <= 1.0 if r is not None else None,
+            )
+        )
+        if hf_applies(p):
+            hf = res.get(p.key, "hf", f32, tv, tb)
+            r = _ratio(hf.median, t.median)
+            out.append(
+                Target(
+                    f"{p.short}: B={tb}, V={tv}, f32 vs HF chain + multinomial",
+                    "≥ 50× faster",
+                    f"{r:.1f}× faster" if r is not None else missing(t, hf),
+                    r >= 50.0 if r is not None else None,
+                )
+            )
+    for g in ORDER_GROUPS:
+        d = res.get(g.default.key, "ts_torch", f32, tv, tb)
+        parts, oks = [], []
+        for var in g.variants:
+            t = res.get(var.key, "ts_torch", f32, tv, tb)
+            r = _ratio(t.median, d.median)
+            if r is None:
+                continue
+            parts.append(f"{var.short}: {r:.2f}× ({_us(t.median)} µs/call)")
+            if g.goal is not None:
+                oks.append(r <= g.goal)
+        measured = (
+            "; ".join(parts) + f"; {g.default.short}: {_us(d.median)} µs/call"
+            if parts
+            else missing(d, *(res.get(var.key, "ts_torch", f32, tv, tb) for var in g.variants))
+        )
+        out.append(
+            Target(
+                f"{g.title}: B={tb}, V={tv}, f32",
+                f"each ≤ {g.goal:.2f}× the default order"
+                if g.goal is not None
+                else "reported (no goal): variant ÷ default order",
+                measured,
+                all(oks) if oks else None,
+            )
+        )
     return out
 
 
@@ -962,6 +1301,7 @@ def render(grid: Grid, res: Results, targets: list[Target]) -> str:
         L.append("|---:|---:|---:|")
         for n in (1, 2):
             L.append(f"| {n} | {_us(res.threads[n])} | {res.threads[1] / res.threads[n]:.2f}× |")
+    L.extend(render_stages(grid, res))
     if res.warnings:
         L.append("")
         L.append("## Warnings of the correctness guard")
@@ -969,6 +1309,73 @@ def render(grid: Grid, res: Results, targets: list[Target]) -> str:
         L.extend(f"- {w}" for w in res.warnings)
     L.append("")
     return "\n".join(L)
+
+
+def render_stages(grid: Grid, res: Results) -> list[str]:
+    """The section of the issue #15 rows (`run_stages`)."""
+    b, f32 = stage_batch(grid), "float32"
+    L = ["", "## Stages and orders (issue #15)", ""]
+    L.append(
+        f"float32, B = {b}, every V of the grid; timed after the grid and the thread scaling, "
+        "per V in one interleaved set with `torch.softmax` re-timed among them (its column "
+        "here). Cells are µs per row; in parentheses: HF ÷ tokensampler (torch) (>1 = "
+        "tokensampler faster), tokensampler (torch) ÷ torch.softmax (≤1 = tokensampler beats "
+        "the floor), and for the orders variant ÷ default order. The HF chain is what "
+        "`generate` builds: `TemperatureLogitsWarper`, then `TypicalLogitsWarper` / "
+        "`EpsilonLogitsWarper` / `EtaLogitsWarper`, softmax, `torch.multinomial`; transformers "
+        "has no top-n-sigma or XTC processor (`n/a`)."
+    )
+    if not HAS_STAGES:
+        L += ["", f"**All rows n/a: {NO_STAGES}.**"]
+    L.append("")
+    L.append(f"### Stages — {f32}")
+    L.append("")
+    head = ["pipeline", "V", "B"] + [i.label for i in STAGE_IMPLS] + [FLOORS["softmax"][0]]
+    L.append("| " + " | ".join(head) + " |")
+    L.append("|---|" + "---:|" * (len(head) - 1))
+    for p in STAGE_PIPELINES:
+        for v in grid.vocab:
+            row = [p.title, f"{v}", f"{b}"]
+            t_ts = res.sec(p.key, "ts_torch", f32, v, b)
+            for impl in STAGE_IMPLS:
+                t = res.get(p.key, impl.key, f32, v, b)
+                if t.median is None:
+                    row.append(t.status)
+                    continue
+                s = _us(t.median / b)
+                rr = _ratio(t.median, t_ts) if impl in PEERS else None
+                row.append(s + (f" ({_fmt_ratio(rr)})" if rr is not None else ""))
+            row.append(_floor_cell(res, t_ts, v, b))
+            L.append("| " + " | ".join(row) + " |")
+    for g in ORDER_GROUPS:
+        L.append("")
+        L.append(f"### {g.stages} — {f32}, tokensampler (torch)")
+        L.append("")
+        head = ["V", "B"] + [p.short for p in (g.default, *g.variants)] + [FLOORS["softmax"][0]]
+        L.append("| " + " | ".join(head) + " |")
+        L.append("|" + "---:|" * len(head))
+        for v in grid.vocab:
+            row = [f"{v}", f"{b}"]
+            t_d = res.sec(g.default.key, "ts_torch", f32, v, b)
+            for p in (g.default, *g.variants):
+                t = res.get(p.key, "ts_torch", f32, v, b)
+                if t.median is None:
+                    row.append(t.status)
+                    continue
+                rr = _ratio(t.median, t_d) if p is not g.default else None
+                row.append(_us(t.median / b) + (f" ({_fmt_ratio(rr)})" if rr is not None else ""))
+            row.append(_floor_cell(res, t_d, v, b))
+            L.append("| " + " | ".join(row) + " |")
+    return L
+
+
+def _floor_cell(res: Results, t_ts: float | None, v: int, b: int) -> str:
+    """torch.softmax re-timed among the issue #15 rows, and tokensampler ÷ it."""
+    t = res.get(STAGE_FLOOR, "softmax", "float32", v, b)
+    if t.median is None:
+        return t.status
+    rr = _ratio(t_ts, t.median)
+    return _us(t.median / b) + (f" ({_fmt_ratio(rr)})" if rr is not None else "")
 
 
 # One fixed style per line, so a line keeps its colour in every panel.
@@ -1085,13 +1492,15 @@ def main(argv: list[str] | None = None) -> int:
     meter = CpuMeter()
     t0 = time.perf_counter()
     log(f"compare.py: {grid.name} grid; correctness guard ...")
-    res.warnings = check_correctness()
+    res.warnings = check_correctness() + check_stages()
     for w in res.warnings:
         log(f"  warning: {w}")
     log("timing the grid ...")
     run_grid(grid, res)
     log("thread scaling ...")
     run_threads(grid, res)
+    log("stages and orders (issue #15) ..." if HAS_STAGES else f"stages and orders: {NO_STAGES}")
+    run_stages(grid, res)
     res.wall = time.perf_counter() - t0
     res.others_during = meter.others()
     res.load = (load0, os.getloadavg()[0])

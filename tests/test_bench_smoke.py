@@ -7,11 +7,13 @@ spending benchmark time. It checks the exit code and the report, not any timing.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -41,9 +43,54 @@ def test_compare_smoke_writes_report(tmp_path: Path) -> None:
     ok = [t for t in timings if t["status"] == "ok"]
     assert ok and all(t["median_s"] > 0 for t in ok)
     # Every pipeline was timed for tokensampler on both dtypes.
-    assert {(t["what"], t["dtype"]) for t in ok if t["impl"] == "ts_torch"} == {
-        (p, d) for p in "abcd" for d in ("float32", "bfloat16")
+    assert {
+        (t["what"], t["dtype"])
+        for t in ok
+        if t["impl"] == "ts_torch" and t["what"] in ("a", "b", "c", "d")
+    } == {(p, d) for p in "abcd" for d in ("float32", "bfloat16")}
+    # The stage and order rows of issue #15 (float32 only): timed when the installed
+    # tokensampler has their keywords, n/a otherwise; and their section of the report.
+    import tokensampler as ts
+
+    has_stages = hasattr(ts, "SamplingParams") and "typical_p" in {
+        f.name for f in dataclasses.fields(ts.SamplingParams)
     }
+    stage_keys = {"e", "f", "g", "h", "i", "j", "j-vllm", "j-llama.cpp", "k", "k-custom"}
+    new = {t["what"]: t for t in timings if t["impl"] == "ts_torch" and t["what"] in stage_keys}
+    assert set(new) == stage_keys
+    assert {t["dtype"] for t in new.values()} == {"float32"}
+    assert {t["status"] for t in new.values()} == {"ok" if has_stages else "n/a"}
+    assert "## Stages and orders (issue #15)" in md
+    assert 'order="llama.cpp"' in md
+
+
+def _load_compare() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("compare", COMPARE)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["compare"] = mod  # dataclasses look their module up by name
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_compare_stages_na_without_keywords() -> None:
+    """An older tokensampler (no typical_p / order): the issue #15 rows are n/a, not errors,
+    and the rows of pipelines (a)-(d) pass no keyword that such a build lacks."""
+    try:
+        mod = _load_compare()
+        mod.HAS_STAGES = False
+        for p in mod.PIPELINES:
+            assert set(p.ts_kwargs()) == {"temperature", "top_k", "top_p", "repetition_penalty"}
+        grid = mod.Grid((1000,), (2,), ("float32",), 0.0, 1, 1, 10**9, 10**9, "test")
+        res = mod.Results()
+        mod.run_stages(grid, res)
+        assert res.timings and {t.status for t in res.timings.values()} == {"n/a"}
+        assert mod.check_stages() == []
+        targets = mod.stage_targets(grid, res)
+        assert targets and all(t.ok is None for t in targets)
+        assert "All rows n/a" in "\n".join(mod.render_stages(grid, res))
+    finally:
+        sys.modules.pop("compare", None)
 
 
 def test_compare_plot(tmp_path: Path) -> None:
