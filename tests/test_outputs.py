@@ -94,7 +94,8 @@ def test_rank_is_one_plus_the_number_of_larger_raw_logits(dtype) -> None:
 def test_sample_output_still_unpacks_as_five() -> None:
     out = ts.sample(_rows(2, 10), seed=1, logprobs=True)
     ids, lp, raw, top_ids, top_lps = out
-    assert out.valid.tolist() == [True, True]
+    assert (lp is out.logprobs, raw is out.raw_logprobs, top_ids is out.top_ids) == (True,) * 3
+    assert top_lps is out.top_logprobs and out.valid.tolist() == [True, True]
     kept = out._replace(ids=ids[..., None])
     assert kept.ids.shape == (2, 1) and kept.rank is out.rank and kept.valid is out.valid
 

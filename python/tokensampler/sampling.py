@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from typing import TypeAlias
 
     import torch
-    from typing_extensions import Unpack
+    from typing_extensions import Self, Unpack
 
     from .params import KernelKwargs, SamplingKwargs
 
@@ -87,7 +87,7 @@ class SampleOutput(_SampleTuple):
         rank: Any = None,
         token_logprobs: Any = None,
         valid: Any = None,
-    ) -> SampleOutput:
+    ) -> Self:
         self = super().__new__(cls, ids, logprobs, raw_logprobs, top_ids, top_logprobs)
         self.rank, self.token_logprobs, self.valid = rank, token_logprobs, valid
         return self
