@@ -299,6 +299,7 @@ fn logit_of_ratio<F: Real>(live: &Live<F>, q: f64) -> F {
 
 /// Makes the maximum of `z` finite: `+inf` logits share the whole mass (as 0, the rest
 /// `-inf`).
+#[inline(always)]
 pub(crate) fn finite_max<F: Real>(z: &mut [F]) {
     if max_nan(z).0 == F::infinity() {
         for v in z.iter_mut() {
@@ -317,6 +318,7 @@ pub(crate) fn finite_max<F: Real>(z: &mut [F]) {
 /// (`temp_ext`): `T_dyn = lo + (hi - lo) * (H / ln N)^exponent` over the `N` live tokens,
 /// `lo = max(0, T - range)`, `hi = T + range`; with one token nothing changes. A temperature
 /// too small for the compute type (or 0) leaves the largest logits, as the limit T -> 0.
+#[inline(always)]
 pub(crate) fn temperature<F: Real, const FMA: bool>(
     z: &mut [F],
     live: &mut Live<F>,
@@ -355,6 +357,7 @@ pub(crate) fn temperature<F: Real, const FMA: bool>(
 }
 
 /// Top-k: the `max(k, keep)` largest live logits, ties at the boundary kept.
+#[inline(always)]
 pub(crate) fn top_k<F: Real>(
     z: &[F],
     live: &mut Live<F>,
@@ -368,6 +371,7 @@ pub(crate) fn top_k<F: Real>(
 
 /// Top-p: the shortest prefix, by decreasing probability and ties by lower id, whose mass
 /// reaches `top_p` (the cut of the fast plans, [`top_p_cut`]); written into `z`.
+#[inline(always)]
 pub(crate) fn top_p<F: Real, const FMA: bool>(
     z: &mut [F],
     live: &mut Live<F>,
@@ -398,6 +402,7 @@ pub(crate) fn top_p<F: Real, const FMA: bool>(
 
 /// Min-p: the tokens of probability at least `min_p` times the largest (with a floor of
 /// `keep > 1`, also the first `keep` by probability, ties by lower id: written into `z`).
+#[inline(always)]
 pub(crate) fn min_p<F: Real, const FMA: bool>(
     z: &mut [F],
     live: &mut Live<F>,
@@ -423,6 +428,7 @@ pub(crate) fn min_p<F: Real, const FMA: bool>(
 
 /// Epsilon (`epsilon = Some(eps)`) or eta (`eta = Some(eta)`) sampling: drops the tokens of
 /// probability below `eps`, or below `min(eta, sqrt(eta) exp(-H))`.
+#[inline(always)]
 pub(crate) fn cutoff<F: Real, const FMA: bool>(
     z: &[F],
     live: &mut Live<F>,
@@ -444,6 +450,7 @@ pub(crate) fn cutoff<F: Real, const FMA: bool>(
 
 /// Top-nσ: the logits at least `max - n σ`, σ the population standard deviation of the live
 /// logits (llama.cpp `top_n_sigma`). Invariant under temperature.
+#[inline(always)]
 pub(crate) fn top_n_sigma<F: Real>(
     z: &[F],
     live: &mut Live<F>,
@@ -451,21 +458,30 @@ pub(crate) fn top_n_sigma<F: Real>(
     keep: usize,
     s: &mut Scratch<F>,
 ) {
-    // Deviations from the maximum, in 16 f64 lanes: sum and sum of squares in one read.
+    // Deviations from the maximum, in 16 f64 lanes (branch-free, so they vectorise): sum,
+    // sum of squares and count in one read.
     let m = live.m.wide();
-    let (mut sum, mut sq, mut count) = ([0.0f64; 16], [0.0f64; 16], [0usize; 16]);
-    for (c, zc) in z.chunks(16).enumerate() {
-        let _ = c;
-        for (l, &v) in zc.iter().enumerate() {
-            if live.has(v) {
-                let d = v.wide() - m;
-                sum[l] += d;
-                sq[l] += d * d;
-                count[l] += 1;
-            }
+    let (mut sum, mut sq, mut count) = ([0.0f64; 16], [0.0f64; 16], [0.0f64; 16]);
+    let lo = live.lo.max(F::min_value());
+    let mut chunks = z.chunks_exact(16);
+    for c in &mut chunks {
+        for (lane, &v) in c.iter().enumerate() {
+            // Masked tokens (-inf, or under the floor) count 0; vectorises without branches.
+            let d = if v >= lo { v.wide() - m } else { 0.0 };
+            sum[lane] += d;
+            sq[lane] += d * d;
+            count[lane] += if v >= lo { 1.0 } else { 0.0 };
         }
     }
-    let count = count.iter().sum::<usize>() as f64;
+    for &v in chunks.remainder() {
+        if v >= lo {
+            let d = v.wide() - m;
+            sum[0] += d;
+            sq[0] += d * d;
+            count[0] += 1.0;
+        }
+    }
+    let count = count.iter().sum::<f64>();
     let mean = sum.iter().sum::<f64>() / count;
     let var = (sq.iter().sum::<f64>() / count - mean * mean).max(0.0);
     let floor = keep_floor(z, live, keep, s);
@@ -476,6 +492,7 @@ pub(crate) fn top_n_sigma<F: Real>(
 /// the first whose cumulative mass reaches `mass`, and every token whose distance ties that
 /// one's (Hugging Face `TypicalLogitsWarper`); at least the `keep` most typical. Written into
 /// `z`.
+#[inline(always)]
 pub(crate) fn typical_p<F: Real, const FMA: bool>(
     z: &mut [F],
     live: &mut Live<F>,
@@ -498,7 +515,7 @@ pub(crate) fn typical_p<F: Real, const FMA: bool>(
             let d = if live_v { (c - v).abs() } else { inf };
             *k = d;
             let df = if live_v { d } else { F::zero() };
-            kmax[l] = if df > kmax[l] { df } else { kmax[l] };
+            kmax[l] = kmax[l].max(df);
         }
     }
     let kmax = kmax.iter().fold(F::zero(), |a, &b| if b > a { b } else { a });
@@ -516,16 +533,25 @@ pub(crate) fn typical_p<F: Real, const FMA: bool>(
         let n = keep.min(s.pairs.len());
         first = *s.pairs.select_nth_unstable_by(n - 1, asc).1;
     }
-    let mut m = F::neg_infinity();
-    for (j, (v, &d)) in z.iter_mut().zip(&s.sel).enumerate() {
-        let floor = d < first.0 || (d == first.0 && j as u32 <= first.1);
-        if d > tau && !floor {
-            *v = F::neg_infinity();
-        } else {
-            m = m.max(*v);
+    let mut m = [F::neg_infinity(); 16];
+    if first.0 == F::neg_infinity() {
+        // No floor: a branch-free pass.
+        for (zc, dc) in z.chunks_mut(16).zip(s.sel.chunks(16)) {
+            for (l, (v, &d)) in zc.iter_mut().zip(dc).enumerate() {
+                *v = if d > tau { F::neg_infinity() } else { *v };
+                m[l] = if *v > m[l] { *v } else { m[l] };
+            }
+        }
+    } else {
+        for (j, (v, &d)) in z.iter_mut().zip(&s.sel).enumerate() {
+            let floor = d < first.0 || (d == first.0 && j as u32 <= first.1);
+            if d > tau && !floor {
+                *v = F::neg_infinity();
+            }
+            m[0] = m[0].max(*v);
         }
     }
-    live.m = m;
+    live.m = m.iter().fold(F::neg_infinity(), |a, &b| a.max(b));
 }
 
 /// Buckets per round of [`key_threshold`]'s histogram.
@@ -539,6 +565,7 @@ const KEY_SORT_MAX: usize = 4096;
 ///
 /// A histogram of the keys (bucket index monotone in the key) finds the bucket where the
 /// mass is reached; its tokens are split again while many, then sorted. No sort of the row.
+#[inline(always)]
 fn key_threshold<F: Real>(
     keys: &[F],
     kmax: F,
@@ -548,6 +575,9 @@ fn key_threshold<F: Real>(
 ) -> F {
     let mut mass_below = 0.0f64;
     let mut mass = vec![0.0f64; KEY_BUCKETS];
+    // Four interleaved histograms: consecutive tokens in one bucket do not wait on each
+    // other's read-modify-write.
+    let mut quad = vec![[0.0f64; 4]; KEY_BUCKETS];
     // Round one reads the key row in place (no copy); later rounds the boundary bucket.
     let mut range = (F::zero(), kmax);
     let mut first = true;
@@ -560,13 +590,24 @@ fn key_threshold<F: Real>(
         // In the compute type: monotone in the key, which is all a bucket index needs.
         let scale = F::of((KEY_BUCKETS - 1) as f64) / (hi - lo);
         let top = KEY_BUCKETS - 1;
-        let bucket = |k: F| ((k - lo) * scale).to_usize().map_or(top, |b| b.min(top));
+        // `as` saturates (an infinite key lands in the top bucket), and costs no branch.
+        let bucket = |k: F| (((k - lo) * scale).wide() as usize).min(top);
         mass.fill(0.0);
         if first {
-            for (&k, &wj) in keys.iter().zip(w) {
-                if k <= hi {
-                    mass[bucket(k)] += wj.wide();
+            quad.fill([0.0; 4]);
+            let mut kc = keys.chunks_exact(4);
+            let mut wc = w.chunks_exact(4);
+            let weight = |k: F, wj: F| if k <= hi { wj.wide() } else { 0.0 };
+            for (k4, w4) in (&mut kc).zip(&mut wc) {
+                for l in 0..4 {
+                    quad[bucket(k4[l])][l] += weight(k4[l], w4[l]);
                 }
+            }
+            for (&k, &wj) in kc.remainder().iter().zip(wc.remainder()) {
+                quad[bucket(k)][0] += weight(k, wj);
+            }
+            for (mb, q) in mass.iter_mut().zip(&quad) {
+                *mb = (q[0] + q[1]) + (q[2] + q[3]);
             }
         } else {
             for &(k, j) in buf.iter() {
@@ -582,13 +623,16 @@ fn key_threshold<F: Real>(
             mass_below += mb;
         }
         if first {
+            // The chosen bucket's keys lie in [b0, b1) of the scaled key: two comparisons.
+            let (b0, b1) = (F::of(chosen as f64), F::of(chosen as f64 + 1.0));
+            let last = chosen == top;
             buf.clear();
-            buf.extend(
-                keys.iter()
-                    .enumerate()
-                    .filter(|&(_, &k)| k <= hi && bucket(k) == chosen)
-                    .map(|(j, &k)| (k, j as u32)),
-            );
+            for (j, &k) in keys.iter().enumerate() {
+                let x = (k - lo) * scale;
+                if k <= hi && x >= b0 && (x < b1 || last) {
+                    buf.push((k, j as u32));
+                }
+            }
             first = false;
         } else {
             buf.retain(|c| bucket(c.0) == chosen);
@@ -614,6 +658,7 @@ fn key_threshold<F: Real>(
 /// `probability` and two or more tokens have probability at least `threshold`, removes all
 /// of them except the least probable (all of those, if tied) — unless fewer than `keep`
 /// tokens would remain. Written into `z` (a handful of tokens, for a usual threshold).
+#[inline(always)]
 pub(crate) fn xtc<F: Real, const FMA: bool>(
     z: &mut [F],
     live: &mut Live<F>,
