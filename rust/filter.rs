@@ -33,6 +33,23 @@ pub fn kth_largest<F: Real>(y: &[F], k: usize, buf: &mut Vec<F>) -> F {
     *kth
 }
 
+/// Top-p on candidates sorted by probability ([`by_prob`]): the shortest prefix reaching
+/// `top_p` of their mass.
+#[inline(always)]
+pub(crate) fn sorted_nucleus<F: Real>(pairs: &mut Vec<(F, u32)>, top_p: f64) {
+    let target = top_p * pairs.iter().map(|c| c.0.wide()).sum::<f64>();
+    let mut acc = 0.0;
+    let mut cut = pairs.len();
+    for (n, c) in pairs.iter().enumerate() {
+        acc += c.0.wide();
+        if acc >= target {
+            cut = n + 1;
+            break;
+        }
+    }
+    pairs.truncate(cut);
+}
+
 /// Keeps the `(value, id)` pairs whose value is at least the `k`-th largest; returns it.
 pub(crate) fn compact<F: Real>(cand: &mut Vec<(F, u32)>, k: usize, sel: &mut Vec<F>) -> F {
     sel.clear();

@@ -11,7 +11,7 @@ use crate::elem::{Elem, Real};
 use crate::error::SamplingError;
 use crate::filter::{
     apply_cut, by_prob, cut_block_sums, kth_largest, mass_select, region_block_sums,
-    top_k_candidates, top_p_cut, Cut, Nucleus, HEAD,
+    sorted_nucleus, top_k_candidates, top_p_cut, Cut, Nucleus, HEAD,
 };
 use crate::params::RowParams;
 use crate::penalty::{apply, count_history};
@@ -707,23 +707,6 @@ fn candidate_weights<F: Real>(pairs: &mut [(F, u32)], m: F, inv_t: F) {
             ((c.0 - m) * inv_t).exp_nonpos()
         };
     }
-}
-
-/// Top-p on candidates sorted by probability: the shortest prefix reaching `top_p` of their
-/// mass.
-#[inline(always)]
-fn sorted_nucleus<F: Real>(pairs: &mut Vec<(F, u32)>, top_p: f64) {
-    let target = top_p * pairs.iter().map(|c| c.0.wide()).sum::<f64>();
-    let mut acc = 0.0;
-    let mut cut = pairs.len();
-    for (n, c) in pairs.iter().enumerate() {
-        acc += c.0.wide();
-        if acc >= target {
-            cut = n + 1;
-            break;
-        }
-    }
-    pairs.truncate(cut);
 }
 
 /// Min-p on candidates sorted by probability: keeps those at least `min_p` times the first.

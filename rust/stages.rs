@@ -13,7 +13,7 @@
 
 use crate::elem::Real;
 use crate::error::SamplingError;
-use crate::filter::{by_prob, top_k_candidates, top_p_cut, Cut};
+use crate::filter::{by_prob, sorted_nucleus, top_k_candidates, top_p_cut, Cut};
 use crate::params::RowParams;
 use crate::scratch::Scratch;
 use crate::softmax::{exp_weights, max_nan};
@@ -380,16 +380,31 @@ pub(crate) fn top_p<F: Real, const FMA: bool>(
     s: &mut Scratch<F>,
 ) {
     let total = weights::<F, FMA>(z, live, s);
-    let (cut, _) = top_p_cut(
-        &s.w,
-        total,
-        top_p,
-        false,
-        &mut s.pairs,
-        &mut s.sel,
-        &mut s.keys,
-        &mut s.blocks,
-    );
+    // After a floor (min-p in vLLM's order, top-k, ...) few tokens have weight: their sorted
+    // prefix is the cut. Otherwise the dense cut, which a row of zeros would slow down.
+    let few = live.lo > F::neg_infinity()
+        && s.w.iter().filter(|&&w| w > F::zero()).count() <= s.w.len() / 8;
+    let cut = if few {
+        s.pairs.clear();
+        let positive = s.w.iter().enumerate().filter(|(_, &w)| w > F::zero());
+        s.pairs.extend(positive.map(|(j, &w)| (w, j as u32)));
+        s.pairs.sort_unstable_by(by_prob);
+        sorted_nucleus(&mut s.pairs, top_p);
+        let &(tau, tie_max) = s.pairs.last().unwrap_or(&(F::zero(), u32::MAX));
+        Cut { tau, tie_max }
+    } else {
+        let (cut, _) = top_p_cut(
+            &s.w,
+            total,
+            top_p,
+            false,
+            &mut s.pairs,
+            &mut s.sel,
+            &mut s.keys,
+            &mut s.blocks,
+        );
+        cut
+    };
     let first = first_n(&s.w, keep, &mut s.pairs, &mut s.sel);
     for (j, (v, &w)) in z.iter_mut().zip(&s.w).enumerate() {
         let kept = cut.keeps(w, j as u32, F::zero())
@@ -518,7 +533,9 @@ pub(crate) fn typical_p<F: Real, const FMA: bool>(
             kmax[l] = kmax[l].max(df);
         }
     }
-    let kmax = kmax.iter().fold(F::zero(), |a, &b| if b > a { b } else { a });
+    let kmax = kmax
+        .iter()
+        .fold(F::zero(), |a, &b| if b > a { b } else { a });
     let tau = key_threshold(&s.sel, kmax, &s.w, mass * total, &mut s.pairs);
     // The floor: the first `keep` by distance, ties by lower id (Hugging Face).
     let mut first = (F::neg_infinity(), 0u32);
@@ -566,13 +583,7 @@ const KEY_SORT_MAX: usize = 4096;
 /// A histogram of the keys (bucket index monotone in the key) finds the bucket where the
 /// mass is reached; its tokens are split again while many, then sorted. No sort of the row.
 #[inline(always)]
-fn key_threshold<F: Real>(
-    keys: &[F],
-    kmax: F,
-    w: &[F],
-    target: f64,
-    buf: &mut Vec<(F, u32)>,
-) -> F {
+fn key_threshold<F: Real>(keys: &[F], kmax: F, w: &[F], target: f64, buf: &mut Vec<(F, u32)>) -> F {
     let mut mass_below = 0.0f64;
     let mut mass = vec![0.0f64; KEY_BUCKETS];
     // Four interleaved histograms: consecutive tokens in one bucket do not wait on each
