@@ -406,13 +406,18 @@ pub(crate) fn top_p<F: Real, const FMA: bool>(
         cut
     };
     let first = first_n(&s.w, keep, &mut s.pairs, &mut s.sel);
+    // Weights equal after rounding (a huge temperature) can leave the largest logit out.
+    let mut m = F::neg_infinity();
     for (j, (v, &w)) in z.iter_mut().zip(&s.w).enumerate() {
         let kept = cut.keeps(w, j as u32, F::zero())
             || first.is_some_and(|f| f.keeps(w, j as u32, F::zero()));
         if !kept {
             *v = F::neg_infinity();
+        } else if *v >= live.lo {
+            m = m.max(*v);
         }
     }
+    live.m = m;
 }
 
 /// Min-p: the tokens of probability at least `min_p` times the largest (with a floor of
@@ -458,9 +463,26 @@ pub(crate) fn cutoff<F: Real, const FMA: bool>(
         (None, Some(e)) => e.min(e.sqrt() * (-entropy(z, &s.w, live, total)).exp()),
         (None, None) => return,
     };
-    // p_j >= t  <=>  w_j >= t * total, w_j = exp((z_j - m) * scale).
+    // p_j >= t  <=>  w_j >= t * total: the smallest logit whose weight passes is the floor
+    // (weights grow with the logit), exact for the weights as computed; a logit worked out
+    // from the threshold would amplify rounding by the temperature.
+    let t = F::of(threshold * total);
+    let mut lows = [F::infinity(); 16];
+    let mut zc = z.chunks_exact(16);
+    let mut wc = s.w.chunks_exact(16);
+    for (zb, wb) in (&mut zc).zip(&mut wc) {
+        for (l, (&v, &w)) in zb.iter().zip(wb).enumerate() {
+            lows[l] = lows[l].min(if w >= t && w > F::zero() { v } else { F::infinity() });
+        }
+    }
+    for (&v, &w) in zc.remainder().iter().zip(wc.remainder()) {
+        if w >= t && w > F::zero() {
+            lows[0] = lows[0].min(v);
+        }
+    }
+    let stage_lo = lows.iter().fold(live.m, |a, &b| a.min(b));
     let floor = keep_floor(z, live, keep, s);
-    live.raise(logit_of_ratio(live, threshold * total), floor);
+    live.raise(stage_lo, floor);
 }
 
 /// Top-nσ: the logits at least `max - n σ`, σ the population standard deviation of the live
