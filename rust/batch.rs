@@ -170,7 +170,8 @@ fn check_shapes<T>(
             && (h.ids.len() % h.width != 0 || (rows_of(h) != b && !(rows_of(h) == 1 && b == 1)))
         {
             return Err(SamplingError::Shape(format!(
-                "history has {} rows for a batch of {b}",
+                "history has {} rows for a batch of {b} (one row per logits row: (B, L) or a \
+                 list of B arrays)",
                 rows_of(h)
             )));
         }

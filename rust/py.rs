@@ -404,13 +404,24 @@ fn choice(name: &str, value: &str, options: &[&str]) -> PyResult<usize> {
 /// order and the call options as `run` does, with the same errors naming the row; returns
 /// None.
 #[pyfunction]
-#[pyo3(signature = (params, order = None, logprobs_mode = "processed", on_invalid = "raise"))]
+#[pyo3(signature = (
+    params, order = None, logprobs_mode = "processed", on_invalid = "raise", top_logprobs = 0
+))]
 fn check_params(
     params: &Bound<'_, PyAny>,
     order: Option<Vec<String>>,
     logprobs_mode: &str,
     on_invalid: &str,
+    top_logprobs: i64,
 ) -> PyResult<()> {
+    if top_logprobs < 0 {
+        return Err(to_py(CoreError::InvalidParameter {
+            name: "top_logprobs",
+            row: 0,
+            value: top_logprobs as f64,
+            expected: "a whole number >= 0",
+        }));
+    }
     choice("logprobs_mode", logprobs_mode, &["processed", "raw"])?;
     choice("on_invalid", on_invalid, &["raise", "skip"])?;
     let order = order_of(order)?;

@@ -472,7 +472,11 @@ pub(crate) fn cutoff<F: Real, const FMA: bool>(
     let mut wc = s.w.chunks_exact(16);
     for (zb, wb) in (&mut zc).zip(&mut wc) {
         for (l, (&v, &w)) in zb.iter().zip(wb).enumerate() {
-            lows[l] = lows[l].min(if w >= t && w > F::zero() { v } else { F::infinity() });
+            lows[l] = lows[l].min(if w >= t && w > F::zero() {
+                v
+            } else {
+                F::infinity()
+            });
         }
     }
     for (&v, &w) in zc.remainder().iter().zip(wc.remainder()) {

@@ -95,8 +95,10 @@ def check_params(
     order: Sequence[str] = ...,
     logprobs_mode: str = "processed",
     on_invalid: str = "raise",
+    top_logprobs: int = 0,
 ) -> None:
-    """Validates a (rows, len(PARAMS)) parameter matrix and a stage order as `run` does:
+    """Validates a (rows, len(PARAMS)) parameter matrix, a stage order and the call options
+    (`top_logprobs` >= 0) as `run` does:
     raises SamplingError naming the row and parameter or stage (ValueError for a wrong column
     count)."""
 

@@ -206,7 +206,7 @@ class SamplingParams:
     on_invalid: OnInvalid = "raise"
 
     def __post_init__(self) -> None:
-        from .sampling import _check_top_n, _logit_bias, _real_array, _seeds
+        from .sampling import _TOP_N_CAP, _check_top_n, _logit_bias, _real_array, _seeds
 
         rows: dict[str, int] = {}
         for name in PARAM_NAMES:
@@ -236,10 +236,10 @@ class SamplingParams:
         if isinstance(self.seed, (list, tuple)) or (
             self.seed is not None and not isinstance(self.seed, (int, np.integer))
         ):
-            seeds, _ = _seeds(self.seed, None)
+            seeds, _ = _seeds(self.seed)
             object.__setattr__(self, "seed", tuple(int(s) for s in seeds))
         elif self.seed is not None:
-            _seeds(self.seed, None)
+            _seeds(self.seed)
         if isinstance(self.order, str):
             pass
         elif isinstance(self.order, Sequence) and all(isinstance(o, str) for o in self.order):
@@ -257,7 +257,13 @@ class SamplingParams:
         b = next(iter(rows.values()), 1)
         m = self.matrix(b) if b else None
         if m is not None:
-            _native.check_params(m, self.order_names, self.logprobs_mode, self.on_invalid)
+            _native.check_params(
+                m,
+                self.order_names,
+                self.logprobs_mode,
+                self.on_invalid,
+                max(min(int(self.top_logprobs), _TOP_N_CAP), -1),
+            )
         # Scalars give one (1, N) matrix for every batch: kept, since every call reads it.
         object.__setattr__(self, "_scalar_matrix", None if rows else m)
 

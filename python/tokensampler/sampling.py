@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 _U64 = (1 << 64) - 1
 # top_logprobs may exceed V (the extra slots are padding) up to this many.
 _TOP_N_SLACK: int = _native.TOP_N_SLACK
+# Larger top_logprobs cross as this (refused by the kernels all the same): any Python int fits.
+_TOP_N_CAP = 2**62
 
 
 class _SampleTuple(NamedTuple):
@@ -258,16 +260,9 @@ def _history(history: Any, b: int) -> np.ndarray | None:
     else:
         h = _int_ids(_as_numpy(history), "history")
     if h.ndim == 1:
-        if b != 1:
-            raise ValueError(
-                f"history of shape {h.shape} is for one row; give shape (B, L) or a list of "
-                f"B arrays for a batch of {b}"
-            )
-        h = h[None, :]
+        h = h[None, :]  # one row; the kernels check the row count against the batch
     if h.ndim != 2:
         raise ValueError(f"history must be (L,), (B, L) or a list of B arrays, got {h.shape}")
-    if h.shape[0] != b:
-        raise ValueError(f"history has {h.shape[0]} rows for a batch of {b}")
     return h
 
 
@@ -298,6 +293,7 @@ def _logit_bias(
     if isinstance(bias, Mapping):
         ids, vals = _bias_from_dicts([bias])
     elif isinstance(bias, (list, tuple)) and bias and isinstance(bias[0], Mapping):
+        # A list is one dict per row: the kernels would broadcast a one-row list.
         if b is not None and len(bias) != b:
             raise ValueError(f"logit_bias has {len(bias)} dicts for a batch of {b}")
         ids, vals = _bias_from_dicts(bias)
@@ -321,12 +317,13 @@ def _logit_bias(
 
 
 def _check_top_n(top_n: Any) -> None:
-    if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)) or top_n < 0:
-        raise ValueError(f"top_logprobs must be a whole number >= 0, got {top_n!r}")
+    # The type here; the range (>= 0) with the other parameters, in Rust.
+    if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)):
+        raise TypeError(f"top_logprobs must be a whole number >= 0, got {top_n!r}")
 
 
-def _seeds(seed: Any, b: int | None) -> tuple[np.ndarray, bool]:
-    """(seeds, per_row): one shared seed, or one per row (b None: any number of rows)."""
+def _seeds(seed: Any) -> tuple[np.ndarray, bool]:
+    """(seeds, per_row): one shared seed, or one per row (the kernels check the count)."""
     if seed is None:
         return np.array([secrets.randbits(64)], dtype=np.uint64), False
     if isinstance(seed, (int, np.integer)):
@@ -338,8 +335,6 @@ def _seeds(seed: Any, b: int | None) -> tuple[np.ndarray, bool]:
     if not all(isinstance(s, numbers.Integral) for s in values):
         raise TypeError(f"seed must be an int or a sequence of ints, one per row, got {seed!r:.60}")
     seeds = [int(s) & _U64 for s in values]
-    if b is not None and len(seeds) != b:
-        raise ValueError(f"seed has {len(seeds)} values for a batch of {b}")
     return np.array(seeds, dtype=np.uint64), True
 
 
@@ -389,20 +384,12 @@ def _run(
 ) -> tuple[_Logits, _native.RunResult]:
     lg = _Logits(logits)
     b, v = lg.array.shape
-    if top_n > max(v, _TOP_N_SLACK):
-        # Slots past the vocabulary are padding; a huge request would only reach the
-        # allocator (and abort the process), so it is refused here.
-        raise ValueError(
-            f"top_logprobs = {top_n} exceeds both the vocabulary size {v} and {_TOP_N_SLACK}"
-        )
+    # Types and layout here; the kernels check every count against the batch (parameter
+    # rows, history, logit_bias, seeds) and top_logprobs against V before allocating.
     pm = param_matrix if param_matrix is not None else p.matrix(b)
-    if pm.shape[0] not in (1, b):
-        raise ValueError(f"per-row parameters have {pm.shape[0]} rows for a batch of {b}")
     hist = _history(history, b)
     bias_ids, bias_vals = _logit_bias(p.logit_bias if logit_bias is None else logit_bias, b, v)
-    s, per_row = seeds if seeds is not None else _seeds(p.seed, b)
-    if per_row and s.shape[0] != b:
-        raise ValueError(f"seed has {s.shape[0]} values for a batch of {b}")
+    s, per_row = seeds if seeds is not None else _seeds(p.seed)
     out = _native.run(
         lg.array,
         is_bf16=lg.is_bf16,
@@ -415,7 +402,7 @@ def _run(
         step=step,
         want_probs=want_probs,
         want_raw_logprob=want_raw,
-        top_n=int(top_n),
+        top_n=min(int(top_n), _TOP_N_CAP),
         order=p.order_names,
         logprobs_mode=p.logprobs_mode,
         want_rank=p.logprobs,
@@ -620,7 +607,7 @@ class Sampler:
     def reset(self, seed: Any = None) -> None:
         """Restarts the streams at step 0 (with a new seed when one is given)."""
         if seed is not None:
-            _seeds(seed, None)
+            _seeds(seed)
         with self._lock:
             if seed is not None:
                 self.seed = seed
@@ -655,7 +642,7 @@ class Sampler:
             pm = self._matrix.setdefault(b, self.params.matrix(b))
         seeds = self._seeds.get(b)
         if seeds is None:
-            seeds = self._seeds.setdefault(b, _seeds(self.seed, b))
+            seeds = self._seeds.setdefault(b, _seeds(self.seed))
         p = self.params
         lg, out = _run(
             logits,
