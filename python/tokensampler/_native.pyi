@@ -78,7 +78,7 @@ def run(
     want_probs: bool = False,
     want_raw_logprob: bool = False,
     top_n: int = 0,
-    order: Sequence[str] = ...,
+    order: Sequence[str] | None = None,
     logprobs_mode: str = "processed",
     want_rank: bool = False,
     token_ids: npt.NDArray[np.int64] | None = None,
@@ -92,7 +92,7 @@ def run(
 
 def check_params(
     params: npt.NDArray[np.float64] | Sequence[Sequence[float]],
-    order: Sequence[str] = ...,
+    order: Sequence[str] | None = None,
     logprobs_mode: str = "processed",
     on_invalid: str = "raise",
     top_logprobs: int = 0,
