@@ -187,8 +187,11 @@ pub(crate) enum Plan {
     /// `temperature = 0`: the first index of the largest logit, in one read of the row.
     Greedy,
     /// `0 < top_k <= V / 8`: a streaming top-k scan keeps the candidates, and every later
-    /// stage (softmax, top-p, min-p, draw) runs on them alone.
-    SparseTopK,
+    /// stage (softmax, top-p, min-p, draw) runs on them alone, in the order `order` says.
+    SparseTopK {
+        /// The candidates' stage order (vLLM's and llama.cpp's are cheap here).
+        order: FastOrder,
+    },
     /// Top-p without a sparse top-k: the first read of the row also finds its [`HEAD`]
     /// heaviest tokens, where the nucleus cut looks first. With `estimate`, that read also
     /// estimates the row's mass, so a peaked row's nucleus is decided from the head without
@@ -211,15 +214,26 @@ impl Plan {
     /// ([`Elem::scans_as_stored`]).
     #[inline(always)]
     fn scans_first(self) -> bool {
-        matches!(self, Plan::SparseTopK | Plan::Nucleus { .. })
+        matches!(self, Plan::SparseTopK { .. } | Plan::Nucleus { .. })
     }
 }
 
-/// Whether the fast plans compute row `p` under `order` exactly: they know temperature,
-/// top-k, top-p and min-p, applied in that order. Top-k commutes with temperature and min-p
-/// (all three keep the largest logits), so only its place before top-p matters.
+/// How temperature, top-p and min-p are ordered for a row the fast plans can compute (top-k
+/// commutes with temperature and min-p, so only its place before top-p matters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct FastOrder {
+    /// Min-p before top-p (vLLM): top-p's mass is that of the tokens min-p kept.
+    pub(crate) min_p_first: bool,
+    /// Temperature after top-p and min-p (llama.cpp): they see the temperature-1
+    /// distribution, and the kept tokens are drawn at the temperature.
+    pub(crate) temperature_last: bool,
+}
+
+/// How the fast plans compute row `p` under `order`, or `None` if they cannot: they know
+/// temperature, top-k, top-p and min-p (no `min_tokens_to_keep` floor), with temperature
+/// before or after both filters and min-p before or after top-p.
 #[inline(always)]
-fn fast_plans_apply(p: &RowParams, order: &[Stage]) -> bool {
+fn fast_order(p: &RowParams, order: &[Stage]) -> Option<FastOrder> {
     let new_stage = p.dynatemp_range > 0.0
         || [
             Stage::TopNSigma,
@@ -232,15 +246,25 @@ fn fast_plans_apply(p: &RowParams, order: &[Stage]) -> bool {
         .any(|s| s.is_on(p));
     let filters = p.top_k > 0 || p.top_p < 1.0 || p.min_p > 0.0;
     if new_stage || (p.min_tokens_to_keep > 1 && filters) {
-        return false;
+        return None;
     }
     // Every stage that is on has a place (checked per call); an off stage needs none.
     let at = |s: Stage| order.iter().position(|&o| o == s);
-    let before = |a: Stage, b: Stage| !(a.is_on(p) && b.is_on(p)) || at(a) < at(b);
-    before(Stage::TopK, Stage::TopP)
-        && before(Stage::Temperature, Stage::TopP)
-        && before(Stage::Temperature, Stage::MinP)
-        && before(Stage::TopP, Stage::MinP)
+    let on = |s: Stage| s.is_on(p);
+    let before = |a: Stage, b: Stage| !(on(a) && on(b)) || at(a) < at(b);
+    if !before(Stage::TopK, Stage::TopP) {
+        return None;
+    }
+    let t_first =
+        before(Stage::Temperature, Stage::TopP) && before(Stage::Temperature, Stage::MinP);
+    let t_last = before(Stage::TopP, Stage::Temperature) && before(Stage::MinP, Stage::Temperature);
+    if !(t_first || t_last) {
+        return None;
+    }
+    Some(FastOrder {
+        min_p_first: !before(Stage::TopP, Stage::MinP),
+        temperature_last: !t_first,
+    })
 }
 
 /// The plan of a row of `v` logits computed in `F` under the stage `order`. `wants_dist`:
@@ -251,24 +275,26 @@ pub(crate) fn plan<F: Real>(p: &RowParams, v: usize, wants_dist: bool, order: &[
     if p.temperature == 0.0 {
         return Plan::Greedy;
     }
-    if !fast_plans_apply(p, order) {
+    let Some(fast) = fast_order(p, order) else {
+        return Plan::Ordered;
+    };
+    if p.temperature > 0.0 && p.top_k > 0 && p.top_k <= v / SPARSE_TOP_K_DIVISOR {
+        return Plan::SparseTopK { order: fast };
+    }
+    // The dense plans follow Hugging Face's order only.
+    if fast != FastOrder::default() {
         return Plan::Ordered;
     }
-    if p.temperature > 0.0 {
-        if p.top_k > 0 && p.top_k <= v / SPARSE_TOP_K_DIVISOR {
-            return Plan::SparseTopK;
-        }
-        if p.top_p < 1.0 {
-            // The estimate only pays where a decided nucleus saves the exp pass: top-p
-            // without a (dense) top-k, whose floor the estimate would not see.
-            let no_k = p.top_k == 0 || p.top_k >= v;
-            // A temperature so small that the estimate's scale leaves f32 gets no estimate.
-            let it = (F::one() / F::of(p.temperature)).wide() as f32;
-            let scaled = (it * EST_SCALE).is_finite();
-            return Plan::Nucleus {
-                estimate: no_k && scaled && !wants_dist,
-            };
-        }
+    if p.temperature > 0.0 && p.top_p < 1.0 {
+        // The estimate only pays where a decided nucleus saves the exp pass: top-p without a
+        // (dense) top-k, whose floor the estimate would not see.
+        let no_k = p.top_k == 0 || p.top_k >= v;
+        // A temperature so small that the estimate's scale leaves f32 gets no estimate.
+        let it = (F::one() / F::of(p.temperature)).wide() as f32;
+        let scaled = (it * EST_SCALE).is_finite();
+        return Plan::Nucleus {
+            estimate: no_k && scaled && !wants_dist,
+        };
     }
     Plan::Dense
 }
@@ -426,7 +452,7 @@ fn draw_row<T: Elem, const FMA: bool>(
             let y = direct.unwrap_or(&loaded);
             match plan {
                 Plan::Greedy => greedy(&row, y, probs),
-                Plan::SparseTopK => sparse_top_k(&row, y, s, probs, u),
+                Plan::SparseTopK { order } => sparse_top_k(&row, y, order, s, probs, u),
                 _ => dense::<T, FMA>(&row, y, plan, s, probs, u),
             }
         }
@@ -472,6 +498,7 @@ fn greedy<T: Elem>(
 fn sparse_top_k<T: Elem>(
     row: &Row<'_, T>,
     y: &[T::C],
+    order: FastOrder,
     s: &mut Scratch<T::C>,
     probs: Option<&mut [T::C]>,
     u: impl Fn() -> f64,
@@ -490,13 +517,29 @@ fn sparse_top_k<T: Elem>(
     let m = s.pairs.iter().fold(T::C::neg_infinity(), |a, c| a.max(c.0));
     check_max(row.i, nan, m)?;
     let inv_t = inverse_temperature::<T::C>(p);
-    candidate_weights(&mut s.pairs, m, inv_t);
+    let filter_t = if order.temperature_last {
+        T::C::one()
+    } else {
+        inv_t
+    };
+    candidate_weights(&mut s.pairs, m, filter_t);
     s.pairs.sort_unstable_by(by_prob);
+    if p.min_p > 0.0 && order.min_p_first {
+        sorted_min_p(&mut s.pairs, p.min_p);
+    }
     if p.top_p < 1.0 {
         sorted_nucleus(&mut s.pairs, p.top_p);
     }
-    if p.min_p > 0.0 {
+    if p.min_p > 0.0 && !order.min_p_first {
         sorted_min_p(&mut s.pairs, p.min_p);
+    }
+    if order.temperature_last && p.temperature != 1.0 {
+        // The kept candidates at the temperature, from their logits.
+        for c in s.pairs.iter_mut() {
+            let j = c.1 as usize;
+            c.0 = if row.stored { T::load(row.x[j]) } else { y[j] };
+        }
+        candidate_weights(&mut s.pairs, m, inv_t);
     }
     let total: f64 = s.pairs.iter().map(|c| c.0.wide()).sum();
     Ok(draw_from_pairs(&mut s.pairs, total, u(), probs, row.top_n))
@@ -642,8 +685,7 @@ fn ordered<T: Elem, const FMA: bool>(
     let p = row.p;
     let (m, nan) = max_nan(z);
     check_max(row.i, nan, m)?;
-    stages::finite_max(z);
-    let live = &mut stages::Live::new(z);
+    let live = &mut stages::Live::new(z, m);
     let keep = p.min_tokens_to_keep.max(1);
     for &stage in order.iter().filter(|s| s.is_on(p)) {
         match stage {
@@ -859,6 +901,57 @@ mod tests {
     use crate::stages::{HF_ORDER, LLAMA_CPP_ORDER, VLLM_ORDER};
     use crate::test_util::{params, req};
 
+    fn sparse(min_p_first: bool, temperature_last: bool) -> Plan {
+        Plan::SparseTopK {
+            order: FastOrder {
+                min_p_first,
+                temperature_last,
+            },
+        }
+    }
+
+    /// The sparse plan under vLLM's and llama.cpp's orders equals the ordered plan (forced
+    /// by a top-nσ that keeps everything), kept set and probabilities.
+    #[test]
+    fn sparse_orders_equal_the_ordered_plan() {
+        let mut rnd = crate::test_util::uniforms(21);
+        for case in 0..40 {
+            let v = 4000;
+            let row: Vec<f32> = (0..v)
+                .map(|_| (((0..4).map(|_| rnd()).sum::<f64>() - 2.0) * 4.0) as f32)
+                .collect();
+            let rows = [&row[..]];
+            let t = [0.3, 0.7, 1.6, 3.0][case % 4];
+            let fast = [params(
+                t,
+                [5, 40, 400][case % 3],
+                [0.5, 0.9][case % 2],
+                0.05,
+            )];
+            let slow = [RowParams {
+                top_n_sigma: 1e30,
+                ..fast[0]
+            }];
+            for order in [&VLLM_ORDER[..], &LLAMA_CPP_ORDER] {
+                let (mut a, mut b) = (vec![0.0f32; v], vec![0.0f32; v]);
+                let mut r = req(&rows, &fast);
+                r.order = order;
+                assert!(matches!(
+                    plan::<f32>(&fast[0], v, true, order),
+                    Plan::SparseTopK { .. }
+                ));
+                run_batch(&r, Some(&mut a)).unwrap();
+                let mut r = req(&rows, &slow);
+                r.order = order;
+                run_batch(&r, Some(&mut b)).unwrap();
+                for (j, (qa, qb)) in a.iter().zip(&b).enumerate() {
+                    assert_eq!(*qa > 0.0, *qb > 0.0, "case {case} {j}: {qa} {qb}");
+                    assert!((qa - qb).abs() <= 1e-5 * qa.max(*qb), "case {case} {j}");
+                }
+            }
+        }
+    }
+
     /// Which plan for which parameters: the rules of `plan()`, one case each.
     #[test]
     fn plan_rules() {
@@ -870,8 +963,8 @@ mod tests {
         assert_eq!(pl(0.0, 0, 1.0, 0.0, false), Plan::Greedy);
         assert_eq!(pl(0.0, 5, 0.5, 0.1, true), Plan::Greedy);
         // A top-k of at most V / 8 streams, with or without top-p / min-p / probs.
-        assert_eq!(pl(1.0, 1, 1.0, 0.0, false), Plan::SparseTopK);
-        assert_eq!(pl(1.0, 125, 0.9, 0.1, true), Plan::SparseTopK);
+        assert_eq!(pl(1.0, 1, 1.0, 0.0, false), sparse(false, false));
+        assert_eq!(pl(1.0, 125, 0.9, 0.1, true), sparse(false, false));
         // Top-p otherwise: the head in the first read; the estimate only without a dense
         // top-k, without a distribution asked for, and at a temperature it can scale.
         let est = |estimate| Plan::Nucleus { estimate };
@@ -896,7 +989,7 @@ mod tests {
         );
         assert_eq!(
             plan::<f32>(&params(1.0, 1, 1.0, 0.0), 8, false, &HF_ORDER),
-            Plan::SparseTopK
+            sparse(false, false)
         );
         // A temperature that is neither 0 nor positive (refused by the parameter checks)
         // takes the dense plan, as the row driver always did.
@@ -918,11 +1011,17 @@ mod tests {
         assert_eq!(pl(nucleus_min_p, &LLAMA_CPP_ORDER), Plan::Ordered);
         // Where the stages on commute, every preset stays on the fast plans.
         for order in [&HF_ORDER[..], &VLLM_ORDER, &LLAMA_CPP_ORDER] {
-            assert_eq!(pl(params(0.7, 50, 1.0, 0.0), order), Plan::SparseTopK);
+            assert_eq!(pl(params(0.7, 50, 1.0, 0.0), order), sparse(false, false));
         }
         let top_k_min_p = params(0.7, 50, 1.0, 0.05);
-        assert_eq!(pl(top_k_min_p, &VLLM_ORDER), Plan::SparseTopK);
-        assert_eq!(pl(top_k_min_p, &LLAMA_CPP_ORDER), Plan::Ordered);
+        assert_eq!(pl(top_k_min_p, &VLLM_ORDER), sparse(false, false));
+        assert_eq!(pl(top_k_min_p, &LLAMA_CPP_ORDER), sparse(false, true));
+        // With a sparse top-k, the candidates take vLLM's and llama.cpp's orders.
+        let all = params(0.7, 50, 0.9, 0.05);
+        assert_eq!(pl(all, &VLLM_ORDER), sparse(true, false));
+        assert_eq!(pl(all, &LLAMA_CPP_ORDER), sparse(false, true));
+        let t_between = [Stage::TopK, Stage::TopP, Stage::Temperature, Stage::MinP];
+        assert_eq!(pl(all, &t_between), Plan::Ordered);
         assert_eq!(
             pl(params(1.0, 0, 0.9, 0.1), &LLAMA_CPP_ORDER),
             Plan::Nucleus { estimate: true }

@@ -16,7 +16,9 @@ use crate::error::SamplingError;
 use crate::filter::{by_prob, sorted_nucleus, top_k_candidates, top_p_cut, Cut};
 use crate::params::RowParams;
 use crate::scratch::Scratch;
-use crate::softmax::{exp_weights, max_nan};
+use crate::softmax::exp_weights;
+#[cfg(test)]
+use crate::softmax::max_nan;
 
 /// A stage that an order places; penalties, bias and bans always come first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,11 +188,25 @@ pub(crate) struct Live<F> {
 }
 
 impl<F: Real> Live<F> {
-    /// The whole row `z` (NaN-free, with a finite maximum; see [`finite_max`]).
-    pub(crate) fn new(z: &[F]) -> Self {
+    /// The whole row `z` (NaN-free) of maximum `m`; `+inf` logits share the whole mass (they
+    /// become 0, the rest `-inf`), so the live maximum is finite.
+    #[inline(always)]
+    pub(crate) fn new(z: &mut [F], m: F) -> Self {
+        let m = if m == F::infinity() {
+            for v in z.iter_mut() {
+                *v = if *v == F::infinity() {
+                    F::zero()
+                } else {
+                    F::neg_infinity()
+                };
+            }
+            F::zero()
+        } else {
+            m
+        };
         Live {
             lo: F::neg_infinity(),
-            m: max_nan(z).0,
+            m,
             scale: F::one(),
         }
     }
@@ -297,21 +313,6 @@ fn logit_of_ratio<F: Real>(live: &Live<F>, q: f64) -> F {
     F::of(live.m.wide() + q.ln() / live.scale.wide())
 }
 
-/// Makes the maximum of `z` finite: `+inf` logits share the whole mass (as 0, the rest
-/// `-inf`).
-#[inline(always)]
-pub(crate) fn finite_max<F: Real>(z: &mut [F]) {
-    if max_nan(z).0 == F::infinity() {
-        for v in z.iter_mut() {
-            *v = if *v == F::infinity() {
-                F::zero()
-            } else {
-                F::neg_infinity()
-            };
-        }
-    }
-}
-
 // ==== the stages =============================================================================
 
 /// Temperature, or with `dynatemp_range > 0` llama.cpp's entropy-scaled temperature
@@ -406,18 +407,24 @@ pub(crate) fn top_p<F: Real, const FMA: bool>(
         cut
     };
     let first = first_n(&s.w, keep, &mut s.pairs, &mut s.sel);
-    // Weights equal after rounding (a huge temperature) can leave the largest logit out.
-    let mut m = F::neg_infinity();
-    for (j, (v, &w)) in z.iter_mut().zip(&s.w).enumerate() {
-        let kept = cut.keeps(w, j as u32, F::zero())
-            || first.is_some_and(|f| f.keeps(w, j as u32, F::zero()));
-        if !kept {
-            *v = F::neg_infinity();
-        } else if *v >= live.lo {
-            m = m.max(*v);
+    // Weights equal after rounding (a huge temperature) can leave the largest logit out, so
+    // the live maximum is taken again. Branch-free (non-short-circuit tests), in 16 lanes.
+    let f = first.unwrap_or(Cut {
+        tau: F::infinity(),
+        tie_max: 0,
+    });
+    let keeps = |c: &Cut<F>, w: F, j: u32| (w > c.tau) | ((w == c.tau) & (j <= c.tie_max));
+    let (lo, ninf) = (live.lo, F::neg_infinity());
+    let mut m = [ninf; 16];
+    for (b, (zc, wc)) in z.chunks_mut(16).zip(s.w.chunks(16)).enumerate() {
+        for (l, (v, &w)) in zc.iter_mut().zip(wc).enumerate() {
+            let j = (b * 16 + l) as u32;
+            let kept = keeps(&cut, w, j) | keeps(&f, w, j);
+            *v = if kept { *v } else { ninf };
+            m[l] = m[l].max(if *v >= lo { *v } else { ninf });
         }
     }
-    live.m = m;
+    live.m = m.iter().fold(ninf, |a, &b| a.max(b));
 }
 
 /// Min-p: the tokens of probability at least `min_p` times the largest (with a floor of
@@ -750,7 +757,8 @@ mod tests {
     ) -> (Vec<bool>, Live<f64>) {
         let mut z = z.to_vec();
         let mut s = Scratch::default();
-        let mut live = Live::new(&z);
+        let m = max_nan(&z).0;
+        let mut live = Live::new(&mut z, m);
         stage(&mut z, &mut live, &mut s);
         (z.iter().map(|&v| live.has(v)).collect(), live)
     }
