@@ -20,7 +20,9 @@ Decisions (docs/model.md has the long form):
   and OpenAI do for the frequency / presence penalties).
 - A row stops at an eos id (finish_reason "eos"; the id is kept in `token_ids`, not in the
   text), at a stop string ("stop"; the text is cut before the stop string, the ids keep the
-  token that completed it) or after `max_new_tokens` ("length").
+  token that completed it) or after `max_new_tokens` ("length"); with `on_invalid="skip"`, a
+  row left with nothing to sample (NaN logits, every token banned) stops there ("invalid",
+  no token added) while the other rows go on as if alone.
 - Every logit row goes through `tokensampler.Sampler` (Rust); on CUDA only the (B, V)
   last-position logits cross to the host, the sampled ids come back on the device.
 """
@@ -76,10 +78,14 @@ class TokenEvent:
     """
 
     row: int
-    token_id: int
+    token_id: int  # -1 when the row ends as "invalid" (on_invalid="skip")
     text: str
-    logprob: float  # log-probability under the final (filtered) distribution
-    finish_reason: str | None = None  # "eos" | "stop" | "length" on the row's last token
+    # log-probability under the final (filtered) distribution; the unprocessed softmax's
+    # with logprobs_mode="raw"
+    logprob: float
+    finish_reason: str | None = None  # "eos" | "stop" | "length" | "invalid" on the last token
+    # the log-probabilities of `logprob_token_ids` at this step, when those were asked for
+    token_logprobs: list[float] | None = None
 
 
 @dataclass
@@ -112,6 +118,9 @@ class Generation:
     finish_reasons: list[str]
     prompt_token_ids: list[list[int]]
     stats: GenerateStats = field(default_factory=GenerateStats)
+    # with `logprob_token_ids`: per row, per generated token, the log-probabilities of those
+    # ids (`logprobs_mode` applies); None when they were not asked for
+    token_logprobs: list[list[list[float]]] | None = None
 
 
 class GenerationStream:
@@ -328,6 +337,10 @@ def _loop(
 
     out_ids: list[list[int]] = [[] for _ in range(B)]
     out_lps: list[list[float]] = [[] for _ in range(B)]
+    want_tls = sampler.params.logprob_token_ids is not None
+    out_tls: list[list[list[float]]] = [[] for _ in range(B)]
+    # on_invalid="skip": a row with nothing to sample gets id -1, which must not reach the model
+    skip = sampler.params.on_invalid == "skip"
     texts = [""] * B  # decoded text so far (before any stop-string cut)
     emitted = [0] * B  # characters of texts[b] already streamed
     finish: list[str | None] = [None] * B
@@ -345,6 +358,7 @@ def _loop(
             finish_reasons=[f or "length" for f in finish],
             prompt_token_ids=ids,
             stats=stats,
+            token_logprobs=out_tls if want_tls else None,
         )
 
     if max_new_tokens == 0:
@@ -360,6 +374,7 @@ def _loop(
         next_ids = res.ids  # (B,) on the model's device
         id_list = next_ids.tolist()
         lp_list = res.logprobs.tolist()
+        tl_list = res.token_logprobs.tolist() if want_tls else None
         if step == 0:
             stats.time_to_first_token = time.perf_counter() - t0
         last_step = step == max_new_tokens - 1
@@ -367,16 +382,22 @@ def _loop(
             if finish[b] is not None:
                 continue
             tok, lp = int(id_list[b]), float(lp_list[b])
-            out_ids[b].append(tok)
-            out_lps[b].append(lp)
-            stats.new_tokens += 1
-            if history is not None:
-                history[b, P + step] = tok
+            tls = [float(v) for v in tl_list[b]] if tl_list is not None else None
             reason: str | None = None
-            if tok in eos:
-                reason = "eos"
-            elif decoders:
-                texts[b] += decoders[b].push(tok)
+            if tok < 0:  # on_invalid="skip" and nothing to sample: the row ends, no token
+                reason = "invalid"
+            else:
+                out_ids[b].append(tok)
+                out_lps[b].append(lp)
+                if tls is not None:
+                    out_tls[b].append(tls)
+                stats.new_tokens += 1
+                if history is not None:
+                    history[b, P + step] = tok
+                if tok in eos:
+                    reason = "eos"
+                elif decoders:
+                    texts[b] += decoders[b].push(tok)
             text = texts[b]
             cut = len(text)
             if stops and reason is None:
@@ -397,9 +418,12 @@ def _loop(
             piece = text[emitted[b] : cut] if cut > emitted[b] else ""
             emitted[b] = max(emitted[b], cut)
             finish[b] = reason
-            yield TokenEvent(row=b, token_id=tok, text=piece, logprob=lp, finish_reason=reason)
+            yield TokenEvent(row=b, token_id=tok, text=piece, logprob=lp, finish_reason=reason,
+                             token_logprobs=tls)  # fmt: skip
         if all(f is not None for f in finish):
             break
+        if skip:
+            next_ids = next_ids.clamp(min=0)  # an ended row's input is never read again
         logits = model(next_ids.view(B, 1), kv_cache=cache)  # (B, 1, V)
         stats.steps += 1
     box.append(finished())
@@ -443,8 +467,9 @@ def generate(
         penalize_prompt: the penalties also count the prompt's tokens (HF's convention).
 
     Returns:
-        A `Generation`: texts, token_ids, logprobs, finish_reasons, prompt_token_ids and
-        stats; lists with one entry per row even for a single prompt.
+        A `Generation`: texts, token_ids, logprobs, finish_reasons, prompt_token_ids, stats
+        and (with `logprob_token_ids`) token_logprobs; lists with one entry per row even for
+        a single prompt.
     """
     s = stream(
         model, tokenizer, prompts, params=params, max_new_tokens=max_new_tokens, stop=stop,

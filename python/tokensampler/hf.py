@@ -55,7 +55,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 from .params import SamplingParams
-from .sampling import Sampler, _params, probs
+from .sampling import SampleOutput, Sampler, _params, _run, _seeds
 
 __all__ = [
     "HFGeneration",
@@ -153,11 +153,14 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
     ``do_sample=False``, so Hugging Face's argmax emits our token and no warper runs.
 
     The processor keeps a little state: the prompt length (for ``penalize_prompt=False``)
-    and, with ``draw=True``, the step of its random stream. Both restart when a call looks like
-    the first step of a new generation (a batch of another size, or input_ids no longer than
-    at the previous call), so one processor can serve several `model.generate` calls; with an
-    int ``seed`` each of them is reproducible, with ``seed=None`` each gets fresh entropy.
-    `reset` restarts it by hand.
+    and the step of its random stream (the draw's with ``draw=True``; with ``draw=False`` the
+    stream only gives XTC's coin, so ``xtc_probability`` is a chance per row and step). Both
+    restart when a call looks like the first step of a new generation (a batch of another
+    size, or input_ids no longer than at the previous call), so one processor can serve
+    several `model.generate` calls; with an int ``seed`` each of them is reproducible. With
+    ``seed=None``, ``draw=True`` gets fresh entropy for each; ``draw=False`` takes XTC's seed
+    from torch's generator (only when the coin matters), so that, like Hugging Face's own
+    draw, ``torch.manual_seed`` reproduces the generation. `reset` restarts it by hand.
 
     Args:
         params: a `ts.SamplingParams` (None: built from the keywords).
@@ -166,9 +169,12 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
         penalize_prompt: False to count only the tokens generated so far.
         draw: draw with tokensampler instead of returning log-probabilities.
         **overrides: `SamplingParams` fields (temperature, top_k, top_p, min_p, the
-            penalties, logit_bias: scalars or one value per row of the generate batch;
-            seed: the draw stream's seed, ``draw=True`` only: None, an int or one per row),
-            validated here: a bad value raises at construction.
+            penalties, logit_bias, the stages and ``order``: scalars or one value per row of
+            the generate batch; seed: the stream's seed (the draw's, and XTC's coin's): None,
+            an int or one per row), validated here: a bad value raises at construction. The
+            log-probability options (``logprobs``, ``logprobs_mode``, ...) play no part: the
+            processor returns scores. ``on_invalid="skip"`` is refused: `model.generate` has
+            no way to skip a row (`tokensampler.hf.generate` has).
     """
 
     def __init__(
@@ -182,11 +188,19 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
         **overrides: Any,
     ) -> None:
         self.params = _params(params, overrides)
+        if self.params.on_invalid != "raise":
+            raise ValueError(
+                "TokenSamplerLogitsProcessor: on_invalid='skip' is not supported (model.generate "
+                "cannot skip a row; tokensampler.hf.generate can)"
+            )
         self.pad_token_id = pad_token_id
         self.penalize_prompt = bool(penalize_prompt)
         self.draw = bool(draw)
         self.seed = self.params.seed
         self._sampler: Sampler | None = None
+        # draw=False: the step and seeds of the stream XTC's coin comes from
+        self._step = 0
+        self._coin_seeds: Any = None
         self._prompt_len = 0
         self._last_shape: tuple[int, int] | None = None
 
@@ -224,6 +238,7 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
             self.seed = seed
         self._last_shape = None
         self._sampler = None
+        self._coin_seeds = None
 
     def _history(self, input_ids: torch.Tensor) -> torch.Tensor | None:
         if not self.needs_history:
@@ -252,17 +267,36 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
             # The first step of a generation: the whole prompt is in input_ids.
             self._prompt_len = shape[1]
             self._sampler = None
+            self._coin_seeds = None
         self._last_shape = shape
         hist = self._history(input_ids)
         if not self.draw:
-            p = probs(scores, self.params, history=hist)
-            return torch.log(p).to(scores.dtype)
+            # ts.probs, at this step of the stream: XTC's coin is drawn anew at every step.
+            if self._coin_seeds is None:
+                self._coin_seeds = _seeds(self._coin_seed())
+                self._step = 0
+            lg, res = _run(scores, self.params, history=hist, seeds=self._coin_seeds,
+                           step=self._step, want_probs=True)  # fmt: skip
+            self._step += 1
+            return torch.log(lg.wrap(res.probs)).to(scores.dtype)
         if self._sampler is None:
             seed = secrets.randbits(64) if self.seed is None else self.seed
             self._sampler = Sampler(self.params, seed=seed)
         ids = self._sampler(scores, history=hist, keepdim=True)
+        if isinstance(ids, SampleOutput):  # logprobs / logprob_token_ids asked: not ours to give
+            ids = ids.ids
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, ids, 0.0)
+
+    def _coin_seed(self) -> Any:
+        """The seed of XTC's coin with draw=False: the processor's, else one from torch's
+        generator when the coin matters (0 < xtc_probability < 1 in some row), else 0."""
+        if self.seed is not None:
+            return self.seed
+        v = self.params.xtc_probability
+        if any(e is not None and 0 < e < 1 for e in (v if isinstance(v, tuple) else (v,))):
+            return int(torch.randint(0, 2**62, (1,)).item())
+        return 0
 
 
 # ==== route 3: our own loop on the model's forward ============================================
@@ -278,7 +312,9 @@ class HFGeneration:
             of Hugging Face's ``model.generate`` output).
         prompt_length: L, the padded prompt width (``sequences[:, L:]`` is the new part).
         token_ids: per row, the generated ids up to and including the first eos.
-        finish_reasons: per row, "eos" or "length" (as in `tokensampler.generate`).
+        finish_reasons: per row, "eos", "length" or, with ``on_invalid="skip"``, "invalid"
+            (nothing left to sample: the row ends there, without a token, and is padded), as
+            in `tokensampler.generate`.
         texts: per row, the decoded generated text when a tokenizer was given, else None.
     """
 
@@ -427,7 +463,10 @@ def generate(
             then the first eos id.
         penalize_prompt: False counts only generated tokens in the penalties' history.
         **overrides: `SamplingParams` fields (temperature, top_k, ..., seed), as in
-            `ts.Sampler` (``temperature=0`` is greedy).
+            `ts.Sampler` (``temperature=0`` is greedy). ``on_invalid="skip"`` ends a row that
+            has nothing to sample ("invalid") and goes on with the others; the log-probability
+            options play no part (`HFGeneration` holds no log-probabilities: use
+            `tokensampler.generate` for those).
 
     Returns:
         An `HFGeneration` (``sequences`` laid out like ``model.generate``'s output).
@@ -447,6 +486,9 @@ def generate(
         raise TypeError("give either a sampler or sampling parameters, not both")
     b, prompt_len = ids.shape
     needs_history = sampler.params.needs_history
+    skip = sampler.params.on_invalid == "skip"
+    # on_invalid="skip": the step at which a row had nothing to sample (id -1), else -1
+    invalid_at = torch.full((b,), -1, dtype=torch.long, device=device)
     # One buffer for the penalties' history: -1 (ignored by the kernels) for padding.
     hist = torch.full((b, prompt_len + max_new_tokens), -1, dtype=torch.long, device=device)
     if penalize_prompt:
@@ -478,14 +520,22 @@ def generate(
         past = getattr(out, cache_name)
         logits = out.logits[:, -1, :]
         h = hist[:, : prompt_len + step] if needs_history else None
-        nxt = sampler(logits, history=h).to(device)
-        nxt = nxt.masked_fill(finished, pad)
+        res = sampler(logits, history=h)
+        nxt = (res.ids if isinstance(res, SampleOutput) else res).to(device)
+        if skip:
+            bad = (nxt < 0) & ~finished
+            invalid_at.masked_fill_(bad, step)
+            ended = finished | bad  # every -1 is in a row that ends or has ended
+        else:
+            ended = finished
+        nxt = nxt.masked_fill(ended, pad)
         new.append(nxt)
-        hist[:, prompt_len + step] = nxt.masked_fill(finished, -1)
+        hist[:, prompt_len + step] = nxt.masked_fill(ended, -1)
         if eos:
             finished |= torch.isin(nxt, eos_t)
-            if bool(finished.all()):
-                break
+        finished |= ended
+        if (eos or skip) and bool(finished.all()):
+            break
         cur = nxt[:, None]
         position_ids = position_ids[:, -1:] + 1
         if full_mask is not None:
@@ -495,7 +545,11 @@ def generate(
     token_ids: list[list[int]] = []
     finish_reasons: list[str] = []
     eos_set = set(eos)
-    for row in gen.tolist():
+    for row, at in zip(gen.tolist(), invalid_at.tolist(), strict=True):
+        if at >= 0:
+            token_ids.append(row[:at])
+            finish_reasons.append("invalid")
+            continue
         kept: list[int] = []
         reason = "length"
         for t in row:
