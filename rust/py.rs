@@ -92,6 +92,8 @@ struct Want {
     rank: bool,
     /// How many `token_ids` per row.
     n_token_ids: Option<usize>,
+    /// Invalid rows are skipped, so the validity of each row is an output.
+    skip: bool,
 }
 
 /// What a call takes besides the logit rows (which carry the element type).
@@ -196,8 +198,9 @@ struct RunResult {
     ranks: Option<Py<PyArray1<i64>>>,
     /// The log-probabilities of `token_ids`, (B, n) float64, or None.
     token_logprobs: Option<Py<PyArray2<f64>>>,
-    /// Whether each row was sampled (False: skipped as invalid, id -1), (B,) bool.
-    valid: Py<PyArray1<bool>>,
+    /// Whether each row was sampled (False: skipped as invalid, id -1), (B,) bool; None
+    /// unless `on_invalid="skip"` (every row is then valid).
+    valid: Option<Py<PyArray1<bool>>>,
 }
 
 #[pymethods]
@@ -296,6 +299,7 @@ fn run<'py>(
         raw_mode,
         rank: want_rank,
         n_token_ids: inputs.token_ids.map(|t| t.width),
+        skip: skip_invalid,
     };
 
     macro_rules! go {
@@ -377,7 +381,7 @@ fn finish(
             Some(n) => Some(vec2(py, token_lps, b, n)?.unbind()),
             None => None,
         },
-        valid: PyArray1::from_vec(py, valid).unbind(),
+        valid: want.skip.then(|| PyArray1::from_vec(py, valid).unbind()),
     })
 }
 

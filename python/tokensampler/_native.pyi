@@ -61,8 +61,9 @@ class RunResult:
     def token_logprobs(self) -> npt.NDArray[np.float64] | None:
         """The log-probabilities of `token_ids`, (B, n) float64, or None."""
     @property
-    def valid(self) -> npt.NDArray[np.bool_]:
-        """Whether each row was sampled (False: skipped as invalid, id -1), (B,) bool."""
+    def valid(self) -> npt.NDArray[np.bool_] | None:
+        """Whether each row was sampled (False: skipped as invalid, id -1), (B,) bool; None
+        unless `on_invalid="skip"` (every row is then valid)."""
 
 def run(
     logits: npt.NDArray[np.floating] | npt.NDArray[np.uint16],

@@ -266,6 +266,27 @@ class SamplingParams:
             )
         # Scalars give one (1, N) matrix for every batch: kept, since every call reads it.
         object.__setattr__(self, "_scalar_matrix", None if rows else m)
+        # The keywords of `_native.run` that differ from its defaults, built once: a call
+        # passes only these (a loop's default call pays for none of them).
+        options: dict[str, Any] = {}
+        if self.order != "hf":
+            options["order"] = self.order_names
+        if self.logprobs_mode != "processed":
+            options["logprobs_mode"] = self.logprobs_mode
+        if self.on_invalid != "raise":
+            options["on_invalid"] = self.on_invalid
+        if self.logprobs:
+            options["want_rank"] = True
+        if self.logprob_token_ids is not None:
+            ids = np.array(self.logprob_token_ids, dtype=np.int64)
+            options["token_ids"] = ids.reshape(1, -1) if ids.ndim == 1 else ids
+        object.__setattr__(self, "_native_options", options)
+
+    @property
+    def native_options(self) -> dict[str, Any]:
+        """The call options of `_native.run` that differ from its defaults."""
+        options: dict[str, Any] = self.__dict__["_native_options"]
+        return options
 
     # ---- what the kernels read ---------------------------------------------------------------
 

@@ -403,11 +403,7 @@ def _run(
         want_probs=want_probs,
         want_raw_logprob=want_raw,
         top_n=min(int(top_n), _TOP_N_CAP),
-        order=p.order_names,
-        logprobs_mode=p.logprobs_mode,
-        want_rank=p.logprobs,
-        token_ids=_token_id_rows(p.logprob_token_ids),
-        on_invalid=p.on_invalid,
+        **p.native_options,
     )
     return lg, out
 
@@ -493,14 +489,6 @@ def sample(
     return _result(lg, out, p)
 
 
-def _token_id_rows(ids: Any) -> np.ndarray | None:
-    """`logprob_token_ids` (normalised by SamplingParams) as (1 or B, n) int64."""
-    if ids is None:
-        return None
-    a = np.array(ids, dtype=np.int64)
-    return a.reshape(1, -1) if a.ndim == 1 else a
-
-
 def _result(lg: _Logits, out: _native.RunResult, p: SamplingParams) -> Any:
     if not p.logprobs and not p.top_logprobs and p.logprob_token_ids is None:
         return lg.wrap(out.ids)
@@ -512,7 +500,7 @@ def _result(lg: _Logits, out: _native.RunResult, p: SamplingParams) -> Any:
         lg.wrap(out.top_logprobs),
         lg.wrap(out.ranks),
         lg.wrap(out.token_logprobs),
-        lg.wrap(out.valid),
+        lg.wrap(out.valid if out.valid is not None else np.ones(out.ids.shape[0], dtype=bool)),
     )
 
 
