@@ -685,6 +685,11 @@ fn ordered<T: Elem, const FMA: bool>(
     let p = row.p;
     let (m, nan) = max_nan(z);
     check_max(row.i, nan, m)?;
+    let mut probs = probs;
+    if let Some(drawn) = head_nucleus::<T, FMA>(row, z, m, order, s, probs.as_deref_mut(), &stream)
+    {
+        return Ok(drawn);
+    }
     let live = &mut stages::Live::new(z, m);
     let keep = p.min_tokens_to_keep.max(1);
     for &stage in order.iter().filter(|s| s.is_on(p)) {
@@ -711,6 +716,93 @@ fn ordered<T: Elem, const FMA: bool>(
     let total = stages::weights::<_, FMA>(z, live, s);
     let id = draw_dense(&s.w, &s.blocks, total, stream().0);
     Ok(dense_outputs(id, s, total, probs, row.top_n))
+}
+
+/// The ordered plan's shortcut for temperature + top-p + min-p in vLLM's or llama.cpp's
+/// order (min-p first, or the filters at temperature 1): when the kept set provably lies
+/// among the [`HEAD`] largest logits, it is computed from them alone, as the sparse plan
+/// does; `None` leaves the row to the stages. Under min-p first that holds when a head
+/// token is under the min-p floor (then every token above it is in the head, and so is the
+/// mass top-p is taken of); under top-p first when the head holds top-p of the row's mass
+/// (one exp pass) and the cut is not on the head's smallest weight. The kept tokens are
+/// drawn in id order, as the stages' dense draw would.
+#[inline(always)]
+fn head_nucleus<T: Elem, const FMA: bool>(
+    row: &Row<'_, T>,
+    z: &[T::C],
+    m: T::C,
+    order: &[Stage],
+    s: &mut Scratch<T::C>,
+    probs: Option<&mut [T::C]>,
+    stream: &impl Fn() -> (f64, f64),
+) -> Option<Drawn> {
+    type F<T> = <T as Elem>::C;
+    let p = row.p;
+    let plain = [Stage::Temperature, Stage::TopP, Stage::MinP];
+    let only_plain = Stage::ALL
+        .iter()
+        .all(|st| plain.contains(st) || !st.is_on(p));
+    if !only_plain || p.dynatemp_range > 0.0 || p.min_tokens_to_keep > 1 || p.top_p >= 1.0 {
+        return None;
+    }
+    let at = |st: Stage| order.iter().position(|&o| o == st);
+    let min_p_first = p.min_p > 0.0 && at(Stage::MinP) < at(Stage::TopP);
+    let filters_at = [at(Stage::TopP), at(Stage::MinP).filter(|_| p.min_p > 0.0)];
+    let t_on = Stage::Temperature.is_on(p);
+    let t_last = t_on
+        && filters_at
+            .iter()
+            .flatten()
+            .all(|&f| Some(f) < at(Stage::Temperature));
+    let t_first = !t_on
+        || filters_at
+            .iter()
+            .flatten()
+            .all(|&f| at(Stage::Temperature) < Some(f));
+    let inv_t = inverse_temperature::<F<T>>(p);
+    let filter_t = if t_last { F::<T>::one() } else { inv_t };
+    if !(t_first || t_last) || m == F::<T>::infinity() || !filter_t.is_finite() {
+        return None;
+    }
+    let v = z.len();
+    if !min_p_first {
+        // Top-p first: the first read's mass estimate decides a peaked row's nucleus from
+        // the head (as the nucleus plan does); a flat row, or no AVX-512, goes to the stages.
+        let est = Some((filter_t.wide() as f32, &mut s.est));
+        let (_, filled) = first_scan(z, row.x, false, HEAD.min(v), &mut s.pairs, &mut s.sel, est);
+        let scaled = (filter_t.wide() as f32 * EST_SCALE).is_finite();
+        if !filled || !scaled {
+            return None;
+        }
+        peaked_nucleus::<_, _, FMA>(z, |v| v, m, filter_t, p, &mut s.pairs, &s.est)?;
+    } else {
+        top_k_candidates(z, HEAD.min(v), &mut s.pairs, &mut s.sel);
+        candidate_weights(&mut s.pairs, m, filter_t);
+        let head_min = s.pairs.iter().fold(F::<T>::infinity(), |a, c| a.min(c.0));
+        s.pairs.sort_unstable_by(by_prob);
+        // Outside the head every weight is at most the head's smallest.
+        if s.pairs.len() < v && head_min.wide() >= p.min_p {
+            return None;
+        }
+        sorted_min_p(&mut s.pairs, p.min_p);
+        sorted_nucleus(&mut s.pairs, p.top_p);
+    }
+    if t_last && p.temperature != 1.0 {
+        // The kept tokens at the temperature, from their logits.
+        for c in s.pairs.iter_mut() {
+            c.0 = z[c.1 as usize];
+        }
+        candidate_weights(&mut s.pairs, m, inv_t);
+    }
+    s.pairs.sort_unstable_by_key(|c| c.1);
+    let total = s.pairs.iter().map(|c| c.0.wide()).sum();
+    Some(draw_from_pairs(
+        &mut s.pairs,
+        total,
+        stream().0,
+        probs,
+        row.top_n,
+    ))
 }
 
 // ==== the stages the plans share =============================================================
