@@ -203,6 +203,13 @@ pub(crate) enum Plan {
     },
     /// Everything else: a max pass, the exp pass (under a dense top-k's floor), min-p, draw.
     Dense,
+    /// Temperature + top-p (+ min-p) in vLLM's or llama.cpp's order without a sparse top-k:
+    /// decided from the [`HEAD`] largest logits when provable ([`head_nucleus`], one read of
+    /// a peaked row), else [`Plan::Ordered`].
+    HeadNucleus {
+        /// The order of temperature, top-p and min-p.
+        order: FastOrder,
+    },
     /// A stage the fast plans lack (typical-p, top-nσ, XTC, ...), a `min_tokens_to_keep`
     /// floor, or an order they do not follow: each stage in the call's order on the whole
     /// row ([`ordered`]), then the dense draw.
@@ -283,7 +290,12 @@ pub(crate) fn plan<F: Real>(p: &RowParams, v: usize, wants_dist: bool, order: &[
     }
     // The dense plans follow Hugging Face's order only.
     if fast != FastOrder::default() {
-        return Plan::Ordered;
+        let no_k = p.top_k == 0 || p.top_k >= v;
+        return if p.temperature > 0.0 && p.top_p < 1.0 && no_k {
+            Plan::HeadNucleus { order: fast }
+        } else {
+            Plan::Ordered
+        };
     }
     if p.temperature > 0.0 && p.top_p < 1.0 {
         // The estimate only pays where a decided nucleus saves the exp pass: top-p without a
@@ -446,8 +458,22 @@ fn draw_row<T: Elem, const FMA: bool>(
     };
     // The loaded row leaves the scratch while the plan borrows the rest (a move, no copy).
     let mut loaded = std::mem::take(&mut s.y);
+    let mut probs = probs;
     let drawn = match (plan, direct) {
         (Plan::Ordered, _) => ordered::<T, FMA>(&row, &mut loaded, req.order, s, probs, stream),
+        (Plan::HeadNucleus { order }, direct) => {
+            let y = direct.unwrap_or(&loaded);
+            match head_nucleus::<T, FMA>(&row, y, order, s, probs.as_deref_mut(), &stream) {
+                Ok(Some(drawn)) => Ok(drawn),
+                Ok(None) => {
+                    if direct.is_some() {
+                        T::load_row(x, &mut loaded); // the stages rewrite their row
+                    }
+                    ordered::<T, FMA>(&row, &mut loaded, req.order, s, probs, stream)
+                }
+                Err(e) => Err(e),
+            }
+        }
         (plan, direct) => {
             let y = direct.unwrap_or(&loaded);
             match plan {
@@ -685,11 +711,6 @@ fn ordered<T: Elem, const FMA: bool>(
     let p = row.p;
     let (m, nan) = max_nan(z);
     check_max(row.i, nan, m)?;
-    let mut probs = probs;
-    if let Some(drawn) = head_nucleus::<T, FMA>(row, z, m, order, s, probs.as_deref_mut(), &stream)
-    {
-        return Ok(drawn);
-    }
     let live = &mut stages::Live::new(z, m);
     let keep = p.min_tokens_to_keep.max(1);
     for &stage in order.iter().filter(|s| s.is_on(p)) {
@@ -718,91 +739,98 @@ fn ordered<T: Elem, const FMA: bool>(
     Ok(dense_outputs(id, s, total, probs, row.top_n))
 }
 
-/// The ordered plan's shortcut for temperature + top-p + min-p in vLLM's or llama.cpp's
-/// order (min-p first, or the filters at temperature 1): when the kept set provably lies
-/// among the [`HEAD`] largest logits, it is computed from them alone, as the sparse plan
-/// does; `None` leaves the row to the stages. Under min-p first that holds when a head
-/// token is under the min-p floor (then every token above it is in the head, and so is the
-/// mass top-p is taken of); under top-p first when the head holds top-p of the row's mass
-/// (one exp pass) and the cut is not on the head's smallest weight. The kept tokens are
-/// drawn in id order, as the stages' dense draw would.
+/// [`Plan::HeadNucleus`]: temperature + top-p (+ min-p) in vLLM's or llama.cpp's order,
+/// computed from the [`HEAD`] largest logits when the kept set provably lies among them, as
+/// the sparse plan does; `Ok(None)` leaves the row to [`ordered`]. Under min-p first that
+/// holds when a head token is under the min-p floor (every token above it is then in the
+/// head, and so is the mass top-p is taken of); under top-p first when the first read's mass
+/// estimate decides the nucleus among the head ([`peaked_nucleus`]). The kept tokens are
+/// drawn in id order, as the dense draw would.
 #[inline(always)]
 fn head_nucleus<T: Elem, const FMA: bool>(
     row: &Row<'_, T>,
-    z: &[T::C],
-    m: T::C,
-    order: &[Stage],
+    y: &[T::C],
+    order: FastOrder,
     s: &mut Scratch<T::C>,
     probs: Option<&mut [T::C]>,
     stream: &impl Fn() -> (f64, f64),
-) -> Option<Drawn> {
+) -> Result<Option<Drawn>, SamplingError> {
     type F<T> = <T as Elem>::C;
     let p = row.p;
-    let plain = [Stage::Temperature, Stage::TopP, Stage::MinP];
-    let only_plain = Stage::ALL
-        .iter()
-        .all(|st| plain.contains(st) || !st.is_on(p));
-    if !only_plain || p.dynatemp_range > 0.0 || p.min_tokens_to_keep > 1 || p.top_p >= 1.0 {
-        return None;
-    }
-    let at = |st: Stage| order.iter().position(|&o| o == st);
-    let min_p_first = p.min_p > 0.0 && at(Stage::MinP) < at(Stage::TopP);
-    let filters_at = [at(Stage::TopP), at(Stage::MinP).filter(|_| p.min_p > 0.0)];
-    let t_on = Stage::Temperature.is_on(p);
-    let t_last = t_on
-        && filters_at
-            .iter()
-            .flatten()
-            .all(|&f| Some(f) < at(Stage::Temperature));
-    let t_first = !t_on
-        || filters_at
-            .iter()
-            .flatten()
-            .all(|&f| at(Stage::Temperature) < Some(f));
+    let v = y.len();
     let inv_t = inverse_temperature::<F<T>>(p);
-    let filter_t = if t_last { F::<T>::one() } else { inv_t };
-    if !(t_first || t_last) || m == F::<T>::infinity() || !filter_t.is_finite() {
-        return None;
-    }
-    let v = z.len();
-    if !min_p_first {
-        // Top-p first: the first read's mass estimate decides a peaked row's nucleus from
-        // the head (as the nucleus plan does); a flat row, or no AVX-512, goes to the stages.
-        let est = Some((filter_t.wide() as f32, &mut s.est));
-        let (_, filled) = first_scan(z, row.x, false, HEAD.min(v), &mut s.pairs, &mut s.sel, est);
-        let scaled = (filter_t.wide() as f32 * EST_SCALE).is_finite();
-        if !filled || !scaled {
-            return None;
-        }
-        peaked_nucleus::<_, _, FMA>(z, |v| v, m, filter_t, p, &mut s.pairs, &s.est)?;
+    let filter_t = if order.temperature_last {
+        F::<T>::one()
     } else {
-        top_k_candidates(z, HEAD.min(v), &mut s.pairs, &mut s.sel);
+        inv_t
+    };
+    let head_max =
+        |pairs: &[(F<T>, u32)]| pairs.iter().fold(F::<T>::neg_infinity(), |a, c| a.max(c.0));
+    if order.min_p_first && p.min_p > 0.0 {
+        let nan = top_k_candidates(y, HEAD.min(v), &mut s.pairs, &mut s.sel);
+        let m = head_max(&s.pairs);
+        check_max(row.i, nan, m)?;
+        if m == F::<T>::infinity() || !filter_t.is_finite() {
+            return Ok(None);
+        }
         candidate_weights(&mut s.pairs, m, filter_t);
         let head_min = s.pairs.iter().fold(F::<T>::infinity(), |a, c| a.min(c.0));
-        s.pairs.sort_unstable_by(by_prob);
         // Outside the head every weight is at most the head's smallest.
         if s.pairs.len() < v && head_min.wide() >= p.min_p {
-            return None;
+            return Ok(None);
         }
+        s.pairs.sort_unstable_by(by_prob);
         sorted_min_p(&mut s.pairs, p.min_p);
         sorted_nucleus(&mut s.pairs, p.top_p);
+        finish_head::<T>(row, y, m, inv_t, order, s, probs, stream)
+    } else {
+        // Top-p first: the first read's mass estimate decides a peaked row's nucleus from
+        // the head (as the nucleus plan does); a flat row, or no AVX-512, goes to the stages.
+        let scaled = (filter_t.wide() as f32 * EST_SCALE).is_finite();
+        let est = Some((filter_t.wide() as f32, &mut s.est));
+        let (nan, filled) = first_scan(y, row.x, false, HEAD.min(v), &mut s.pairs, &mut s.sel, est);
+        let m = head_max(&s.pairs);
+        check_max(row.i, nan, m)?;
+        if !filled || !scaled || m == F::<T>::infinity() {
+            return Ok(None);
+        }
+        if peaked_nucleus::<_, _, FMA>(y, |v| v, m, filter_t, p, &mut s.pairs, &s.est).is_none() {
+            return Ok(None);
+        }
+        finish_head::<T>(row, y, m, inv_t, order, s, probs, stream)
     }
-    if t_last && p.temperature != 1.0 {
-        // The kept tokens at the temperature, from their logits.
+}
+
+/// The draw of [`head_nucleus`] from the kept pairs (weights at the filters' temperature):
+/// reweighted at the temperature when it comes last, then drawn in id order.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn finish_head<T: Elem>(
+    row: &Row<'_, T>,
+    y: &[T::C],
+    m: T::C,
+    inv_t: T::C,
+    order: FastOrder,
+    s: &mut Scratch<T::C>,
+    probs: Option<&mut [T::C]>,
+    stream: &impl Fn() -> (f64, f64),
+) -> Result<Option<Drawn>, SamplingError> {
+    if order.temperature_last && row.p.temperature != 1.0 {
         for c in s.pairs.iter_mut() {
-            c.0 = z[c.1 as usize];
+            c.0 = y[c.1 as usize];
         }
         candidate_weights(&mut s.pairs, m, inv_t);
     }
     s.pairs.sort_unstable_by_key(|c| c.1);
     let total = s.pairs.iter().map(|c| c.0.wide()).sum();
-    Some(draw_from_pairs(
+    let u = stream().0;
+    Ok(Some(draw_from_pairs(
         &mut s.pairs,
         total,
-        stream().0,
+        u,
         probs,
         row.top_n,
-    ))
+    )))
 }
 
 // ==== the stages the plans share =============================================================
@@ -1002,43 +1030,61 @@ mod tests {
         }
     }
 
-    /// The sparse plan under vLLM's and llama.cpp's orders equals the ordered plan (forced
-    /// by a top-nσ that keeps everything), kept set and probabilities.
+    /// The sparse and head-nucleus plans under vLLM's and llama.cpp's orders equal the
+    /// ordered plan (forced by a top-nσ that keeps everything): kept set, probabilities, and
+    /// for the head the ids drawn without a distribution asked for (the estimate's path);
+    /// peaked and flat rows.
     #[test]
     fn sparse_orders_equal_the_ordered_plan() {
         let mut rnd = crate::test_util::uniforms(21);
-        for case in 0..40 {
+        for case in 0..60 {
             let v = 4000;
+            let peaked = case % 5 < 3;
             let row: Vec<f32> = (0..v)
-                .map(|_| (((0..4).map(|_| rnd()).sum::<f64>() - 2.0) * 4.0) as f32)
+                .map(|_| {
+                    let g = ((0..4).map(|_| rnd()).sum::<f64>() - 2.0) * 4.0;
+                    let boost = if peaked && rnd() < 0.005 { 14.0 } else { 0.0 };
+                    (g + boost) as f32
+                })
                 .collect();
             let rows = [&row[..]];
             let t = [0.3, 0.7, 1.6, 3.0][case % 4];
+            let k = [5, 40, 400, 0][case % 4];
             let fast = [params(
                 t,
-                [5, 40, 400][case % 3],
+                k,
                 [0.5, 0.9][case % 2],
-                0.05,
+                [0.05, 0.3][case % 3 % 2],
             )];
             let slow = [RowParams {
                 top_n_sigma: 1e30,
                 ..fast[0]
             }];
             for order in [&VLLM_ORDER[..], &LLAMA_CPP_ORDER] {
-                let (mut a, mut b) = (vec![0.0f32; v], vec![0.0f32; v]);
-                let mut r = req(&rows, &fast);
-                r.order = order;
                 assert!(matches!(
                     plan::<f32>(&fast[0], v, true, order),
-                    Plan::SparseTopK { .. }
+                    Plan::SparseTopK { .. } | Plan::HeadNucleus { .. }
                 ));
-                run_batch(&r, Some(&mut a)).unwrap();
-                let mut r = req(&rows, &slow);
-                r.order = order;
-                run_batch(&r, Some(&mut b)).unwrap();
+                let run = |ps: &[RowParams], step: u64, probs: Option<&mut [f32]>| {
+                    let mut r = req(&rows, ps);
+                    r.order = order;
+                    r.step = step;
+                    run_batch(&r, probs).unwrap()[0].id
+                };
+                let (mut a, mut b) = (vec![0.0f32; v], vec![0.0f32; v]);
+                run(&fast, 0, Some(&mut a));
+                run(&slow, 0, Some(&mut b));
                 for (j, (qa, qb)) in a.iter().zip(&b).enumerate() {
                     assert_eq!(*qa > 0.0, *qb > 0.0, "case {case} {j}: {qa} {qb}");
                     assert!((qa - qb).abs() <= 1e-5 * qa.max(*qb), "case {case} {j}");
+                }
+                // The head draws in id order, as the stages' dense draw (the sparse plan draws
+                // its candidates by probability, as in every order).
+                if k == 0 {
+                    for step in 0..8 {
+                        let (a, b) = (run(&fast, step, None), run(&slow, step, None));
+                        assert_eq!(a, b, "case {case} step {step}");
+                    }
                 }
             }
         }
@@ -1098,9 +1144,25 @@ mod tests {
             pl(nucleus_min_p, &HF_ORDER),
             Plan::Nucleus { estimate: true }
         );
-        // vLLM: min-p before top-p changes the cut; llama.cpp: temperature after them.
-        assert_eq!(pl(nucleus_min_p, &VLLM_ORDER), Plan::Ordered);
-        assert_eq!(pl(nucleus_min_p, &LLAMA_CPP_ORDER), Plan::Ordered);
+        // vLLM: min-p before top-p changes the cut; llama.cpp: temperature after them. Both
+        // are decided from the head when they can be.
+        let head = |min_p_first, temperature_last| Plan::HeadNucleus {
+            order: FastOrder {
+                min_p_first,
+                temperature_last,
+            },
+        };
+        assert_eq!(pl(nucleus_min_p, &VLLM_ORDER), head(true, false));
+        assert_eq!(pl(nucleus_min_p, &LLAMA_CPP_ORDER), head(false, true));
+        // A dense top-k, or min-p without top-p, under llama.cpp's order: the stages.
+        assert_eq!(
+            pl(params(0.7, 200, 0.9, 0.1), &LLAMA_CPP_ORDER),
+            Plan::Ordered
+        );
+        assert_eq!(
+            pl(params(0.7, 0, 1.0, 0.1), &LLAMA_CPP_ORDER),
+            Plan::Ordered
+        );
         // Where the stages on commute, every preset stays on the fast plans.
         for order in [&HF_ORDER[..], &VLLM_ORDER, &LLAMA_CPP_ORDER] {
             assert_eq!(pl(params(0.7, 50, 1.0, 0.0), order), sparse(false, false));
