@@ -639,16 +639,8 @@ def check_correctness() -> list[str]:
                 if fn is None:
                     continue
                 for _ in range(3):
-                    got = fn()
-                    out = got if torch.is_tensor(got) else torch.from_numpy(np.asarray(got))
                     where = f"{impl.label}, {dtype}, pipeline {p.key}"
-                    if tuple(out.shape) != impl.expected_shape(b):
-                        raise AssertionError(f"{where}: ids shape {tuple(out.shape)}")
-                    if out.dtype not in (torch.int64, torch.int32):
-                        raise AssertionError(f"{where}: ids dtype {out.dtype}")
-                    ids = out.reshape(-1)
-                    if not bool(((ids >= 0) & (ids < v)).all()):
-                        raise AssertionError(f"{where}: ids out of range {ids.tolist()}")
+                    ids = _checked_ids(fn(), impl, b, v, where)
                     if p.greedy and not torch.equal(ids, torch.argmax(case.logits, -1)):
                         raise AssertionError(f"{where}: greedy ids differ from torch.argmax")
                     if p.key == "a":
@@ -660,6 +652,19 @@ def check_correctness() -> list[str]:
                         if not bool(kept.gather(1, ids[:, None]).all()):
                             warnings.append(f"{where}: drew an id outside tokensampler's kept set")
     return warnings
+
+
+def _checked_ids(got: Any, impl: Any, b: int, v: int, where: str) -> torch.Tensor:
+    """A contender's ids as a flat tensor, after the shape, dtype and range checks."""
+    out = got if torch.is_tensor(got) else torch.from_numpy(np.asarray(got))
+    if tuple(out.shape) != impl.expected_shape(b):
+        raise AssertionError(f"{where}: ids shape {tuple(out.shape)}")
+    if out.dtype not in (torch.int64, torch.int32):
+        raise AssertionError(f"{where}: ids dtype {out.dtype}")
+    ids = out.reshape(-1)
+    if not bool(((ids >= 0) & (ids < v)).all()):
+        raise AssertionError(f"{where}: ids out of range {ids.tolist()}")
+    return ids
 
 
 def _probs_kw(p: Pipeline) -> dict[str, Any]:
@@ -689,16 +694,8 @@ def check_stages() -> list[str]:
             if fn is None:
                 continue
             for _ in range(3):
-                got = fn()
-                out = got if torch.is_tensor(got) else torch.from_numpy(np.asarray(got))
                 where = f"{impl.label}, float32, pipeline {p.key}"
-                if tuple(out.shape) != impl.expected_shape(b):
-                    raise AssertionError(f"{where}: ids shape {tuple(out.shape)}")
-                if out.dtype not in (torch.int64, torch.int32):
-                    raise AssertionError(f"{where}: ids dtype {out.dtype}")
-                ids = out.reshape(-1)
-                if not bool(((ids >= 0) & (ids < v)).all()):
-                    raise AssertionError(f"{where}: ids out of range {ids.tolist()}")
+                ids = _checked_ids(fn(), impl, b, v, where)
                 if not bool(kept.gather(1, ids[:, None]).all()):
                     warnings.append(f"{where}: drew an id outside tokensampler's kept set")
     for g in ORDER_GROUPS:

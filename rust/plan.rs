@@ -21,7 +21,7 @@ use crate::scratch::Scratch;
 use crate::simd::{simd_level, Simd};
 use crate::softmax::{
     approx_exp, exp_weight, exp_weights, exp_weights_elem, first_index_of, first_index_of_by,
-    indicator_weights, max_nan, max_nan_by, raw_top_logprobs, top_logprobs, MassEstimate,
+    indicator_weights, max_nan, max_nan_by, raw_top_logprobs, sum_wide, top_logprobs, MassEstimate,
     RawLogSoftmax, BLOCK, EST_REL, EST_SCALE,
 };
 use crate::stages::{self, Stage};
@@ -350,10 +350,20 @@ fn process_row<T: Elem, const FMA: bool>(
         }
         probs => probs,
     };
-    let drawn = draw_row::<T, FMA>(req, i, s, probs.as_deref_mut());
-    let out = drawn.map(|(id, logprob, top)| {
-        row_outputs::<T, FMA>(req, i, s, probs.as_deref(), id, logprob, top)
-    });
+    // A match, not `Result::map`: a closure is compiled outside this function's target
+    // features, and the FMA exp inside it became a libm call per element (25x slower).
+    let out = match draw_row::<T, FMA>(req, i, s, probs.as_deref_mut()) {
+        Ok((id, logprob, top)) => Ok(row_outputs::<T, FMA>(
+            req,
+            i,
+            s,
+            probs.as_deref(),
+            id,
+            logprob,
+            top,
+        )),
+        Err(e) => Err(e),
+    };
     s.dist = dist;
     out
 }
@@ -791,13 +801,55 @@ fn head_nucleus<T: Elem, const FMA: bool>(
         let (nan, filled) = first_scan(y, row.x, false, HEAD.min(v), &mut s.pairs, &mut s.sel, est);
         let m = head_max(&s.pairs);
         check_max(row.i, nan, m)?;
-        if !filled || !scaled || m == F::<T>::infinity() {
+        if m == F::<T>::infinity() || !inv_t.is_finite() {
             return Ok(None);
         }
-        if peaked_nucleus::<_, _, FMA>(y, |v| v, m, filter_t, p, &mut s.pairs, &s.est).is_none() {
-            return Ok(None);
+        if filled
+            && scaled
+            && peaked_nucleus::<_, _, FMA>(y, |v| v, m, filter_t, p, &mut s.pairs, &s.est).is_some()
+        {
+            return finish_head::<T>(row, y, m, inv_t, order, s, probs, stream);
         }
-        finish_head::<T>(row, y, m, inv_t, order, s, probs, stream)
+        // A flat row: the filters on the whole row at the filters' temperature, then the kept
+        // tokens' weights at the temperature, written over theirs in the same pass.
+        let total = exp_weights::<_, FMA>(
+            y,
+            m,
+            filter_t,
+            F::<T>::neg_infinity(),
+            &mut s.w,
+            &mut s.blocks,
+        );
+        let (cut, _) = top_p_cut(
+            &s.w,
+            total,
+            p.top_p,
+            false,
+            &mut s.pairs,
+            &mut s.sel,
+            &mut s.keys,
+            &mut s.blocks,
+        );
+        let floor = F::<T>::of(p.min_p);
+        s.blocks.clear();
+        let mut total = 0.0;
+        for (b, (wb, yb)) in s.w.chunks_mut(BLOCK).zip(y.chunks(BLOCK)).enumerate() {
+            for (l, (w, &x)) in wb.iter_mut().zip(yb).enumerate() {
+                let j = (b * BLOCK + l) as u32;
+                let kept =
+                    ((*w > cut.tau) | ((*w == cut.tau) & (j <= cut.tie_max))) & (*w >= floor);
+                *w = if kept {
+                    exp_weight::<_, FMA>(x, m, inv_t)
+                } else {
+                    F::<T>::zero()
+                };
+            }
+            let sum = sum_wide(wb);
+            s.blocks.push(sum);
+            total += sum;
+        }
+        let id = draw_dense(&s.w, &s.blocks, total, stream().0);
+        Ok(Some(dense_outputs(id, s, total, probs, row.top_n)))
     }
 }
 

@@ -193,13 +193,9 @@ def penalised_logits(x, *, hist=None, bias=None, r=1.0, af=0.0, ap=0.0, sf=1.0, 
     return x, k, mag
 
 
-def _row(x, hist, bias, p: dict) -> RowTrace:
-    vocab = x.shape[0]
-    T = float(p["temperature"])
-    top_k = int(p["top_k"] or 0)
-    top_p = float(1.0 if p["top_p"] is None else p["top_p"])
-    min_p = float(0.0 if p["min_p"] is None else p["min_p"])
-    xp, k, mag = penalised_logits(
+def _row_penalties(x, hist, bias, p: dict):
+    """`penalised_logits` with a row's penalty parameters."""
+    return penalised_logits(
         x,
         hist=hist,
         bias=bias,
@@ -209,6 +205,15 @@ def _row(x, hist, bias, p: dict) -> RowTrace:
         sf=float(p["frequency_scale"]),
         sp=float(p["presence_scale"]),
     )
+
+
+def _row(x, hist, bias, p: dict) -> RowTrace:
+    vocab = x.shape[0]
+    T = float(p["temperature"])
+    top_k = int(p["top_k"] or 0)
+    top_p = float(1.0 if p["top_p"] is None else p["top_p"])
+    min_p = float(0.0 if p["min_p"] is None else p["min_p"])
+    xp, k, mag = _row_penalties(x, hist, bias, p)
     y = xp / k
     argmax = int(np.argmax(y))  # numpy returns the first (lowest) index of a tie
     all_true = np.ones(vocab, dtype=bool)
@@ -916,16 +921,7 @@ def _stage_row(x, hist, bias, p: dict, order: tuple, eps: float, xtc_coin) -> St
     vocab = x.shape[0]
     T = float(p["temperature"])
     min_keep = int(p["min_tokens_to_keep"] or 0)
-    xp, k, mag = penalised_logits(
-        x,
-        hist=hist,
-        bias=bias,
-        r=float(p["repetition_penalty"]),
-        af=float(p["frequency_penalty"]),
-        ap=float(p["presence_penalty"]),
-        sf=float(p["frequency_scale"]),
-        sp=float(p["presence_scale"]),
-    )
+    xp, k, mag = _row_penalties(x, hist, bias, p)
     if np.isposinf(xp).any():
         raise NotImplementedError("the section 9 path of the oracle does not take +inf logits")
     # k-scaling is a penalty: the orderable stages start from y = x / k.
