@@ -359,9 +359,16 @@ fn finish(
         ids.push(r.id);
         logprobs.push(r.logprob);
         raw.push(r.raw_logprob);
-        ranks.push(r.rank);
-        valid.push(r.valid);
-        token_lps.extend(r.token_logprobs);
+        // Only what was asked for: a plain call builds no more than before these existed.
+        if want.rank {
+            ranks.push(r.rank);
+        }
+        if want.skip {
+            valid.push(r.valid);
+        }
+        if want.n_token_ids.is_some() {
+            token_lps.extend(r.token_logprobs);
+        }
         for (id, lp) in r.top {
             top_ids.push(id);
             top_lps.push(lp);
