@@ -24,7 +24,7 @@ use crate::softmax::{
     indicator_weights, max_nan, max_nan_by, raw_top_logprobs, sum_wide, top_logprobs, MassEstimate,
     RawLogSoftmax, BLOCK, EST_REL, EST_SCALE,
 };
-use crate::stages::{self, Stage};
+use crate::stages::{self, Stage, HF_ORDER};
 use num_traits::{Float, One, Zero};
 
 /// Top-k runs on the streaming path (candidates only) while `k` is at most this share of V;
@@ -254,6 +254,9 @@ fn fast_order(p: &RowParams, order: &[Stage]) -> Option<FastOrder> {
     let filters = p.top_k > 0 || p.top_p < 1.0 || p.min_p > 0.0;
     if new_stage || (p.min_tokens_to_keep > 1 && filters) {
         return None;
+    }
+    if order == HF_ORDER {
+        return Some(FastOrder::default()); // the common call: no positions to compare
     }
     // Every stage that is on has a place (checked per call); an off stage needs none.
     let at = |s: Stage| order.iter().position(|&o| o == s);
@@ -1070,7 +1073,7 @@ pub(crate) fn process_row_dispatch<T: Elem>(
 mod tests {
     use super::*;
     use crate::batch::{run_batch, IdRows};
-    use crate::stages::{HF_ORDER, LLAMA_CPP_ORDER, VLLM_ORDER};
+    use crate::stages::{LLAMA_CPP_ORDER, VLLM_ORDER};
     use crate::test_util::{params, req};
 
     fn sparse(min_p_first: bool, temperature_last: bool) -> Plan {

@@ -288,7 +288,7 @@ fn run<'py>(
         bias_values,
         seeds,
         step,
-        order: &order,
+        order: order.as_deref().unwrap_or(&crate::stages::HF_ORDER),
         token_ids: id_rows(&token_ids)?,
         skip_invalid,
     };
@@ -393,11 +393,11 @@ fn finish(
 }
 
 /// The stage order of a call: the default (`None`), a preset, or stage names.
-fn order_of(order: Option<Vec<String>>) -> PyResult<Vec<Stage>> {
-    match order {
-        None => Ok(crate::stages::HF_ORDER.to_vec()),
-        Some(names) => parse_order(&names).map_err(to_py),
-    }
+/// `None` (the default order) costs no allocation: it is the common call.
+fn order_of(order: Option<Vec<String>>) -> PyResult<Option<Vec<Stage>>> {
+    order
+        .map(|names| parse_order(&names).map_err(to_py))
+        .transpose()
 }
 
 /// Which of `options` the call option `name` is (an error naming it otherwise).
@@ -438,7 +438,8 @@ fn check_params(
     let order = order_of(order)?;
     if let Ok(a) = params.cast::<PyArray2<f64>>() {
         let rows = param_rows(a.readonly().as_array())?;
-        return check_order(&order, &rows).map_err(to_py);
+        let order = order.as_deref().unwrap_or(&crate::stages::HF_ORDER);
+        return check_order(order, &rows).map_err(to_py);
     }
     let rows: Vec<Vec<f64>> = params.extract().map_err(|_| {
         PyTypeError::new_err(format!(
@@ -457,7 +458,7 @@ fn check_params(
         .map(|(i, row)| RowParams::from_values(row, i))
         .collect::<Result<Vec<_>, _>>()
         .map_err(to_py)?;
-    check_order(&order, &rows).map_err(to_py)
+    check_order(order.as_deref().unwrap_or(&crate::stages::HF_ORDER), &rows).map_err(to_py)
 }
 
 /// Sets the number of worker threads for batched calls (0 = one per core).

@@ -255,15 +255,14 @@ class SamplingParams:
         object.__setattr__(self, "logprobs", bool(self.logprobs))
         _logit_bias(self.logit_bias, None, None)
         b = next(iter(rows.values()), 1)
-        m = self.matrix(b) if b else None
-        if m is not None:
-            _native.check_params(
-                m,
-                self.order_names,
-                self.logprobs_mode,
-                self.on_invalid,
-                max(min(int(self.top_logprobs), _TOP_N_CAP), -1),
-            )
+        m = self.matrix(b)  # (0, N) for per-row values of no rows: the options still checked
+        _native.check_params(
+            m,
+            self.order_names,
+            self.logprobs_mode,
+            self.on_invalid,
+            max(min(int(self.top_logprobs), _TOP_N_CAP), -1),
+        )
         # Scalars give one (1, N) matrix for every batch: kept, since every call reads it.
         object.__setattr__(self, "_scalar_matrix", None if rows else m)
         # The keywords of `_native.run` that differ from its defaults, built once: a call

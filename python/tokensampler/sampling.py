@@ -260,7 +260,13 @@ def _history(history: Any, b: int) -> np.ndarray | None:
     else:
         h = _int_ids(_as_numpy(history), "history")
     if h.ndim == 1:
-        h = h[None, :]  # one row; the kernels check the row count against the batch
+        # A 1-D history is one row's (its layout says so); other counts the kernels check.
+        if b != 1:
+            raise ValueError(
+                f"history of shape {h.shape} is for one row; give shape (B, L) or a list of "
+                f"B arrays for a batch of {b}"
+            )
+        h = h[None, :]
     if h.ndim != 2:
         raise ValueError(f"history must be (L,), (B, L) or a list of B arrays, got {h.shape}")
     return h
