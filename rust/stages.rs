@@ -722,24 +722,29 @@ pub(crate) fn xtc<F: Real, const FMA: bool>(
     let t = threshold * total;
     let l = *live;
     let above = |zj: F, wj: F| l.has(zj) && wj.wide() >= t;
-    let (mut n_above, mut least) = (0usize, F::infinity());
+    let (mut n_above, mut least, mut n_live) = (0usize, F::infinity(), 0usize);
     for (&zj, &wj) in z.iter().zip(&s.w) {
-        if above(zj, wj) {
-            n_above += 1;
-            least = least.min(zj);
+        if l.has(zj) {
+            n_live += 1;
+            if wj.wide() >= t {
+                n_above += 1;
+                least = least.min(zj);
+            }
         }
     }
     if n_above < 2 {
         return;
     }
-    let removed = z
-        .iter()
-        .zip(&s.w)
-        .filter(|&(&zj, &wj)| above(zj, wj) && zj > least)
-        .count();
-    let kept = z.iter().filter(|&&v| l.has(v)).count() - removed;
-    if removed == 0 || kept < keep {
-        return;
+    // The least probable stays, so only a floor above one token can stop the removal.
+    if keep > 1 {
+        let removed = z
+            .iter()
+            .zip(&s.w)
+            .filter(|&(&zj, &wj)| above(zj, wj) && zj > least)
+            .count();
+        if n_live - removed < keep {
+            return;
+        }
     }
     for (zj, &wj) in z.iter_mut().zip(&s.w) {
         if above(*zj, wj) && *zj > least {

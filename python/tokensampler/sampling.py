@@ -37,8 +37,7 @@ if TYPE_CHECKING:
     LogitsIn: TypeAlias = "np.ndarray | torch.Tensor"
 
 _U64 = (1 << 64) - 1
-# top_logprobs may exceed V (the extra slots are padding) up to this many.
-_TOP_N_SLACK: int = _native.TOP_N_SLACK
+# top_logprobs may exceed V (padding) up to _native.TOP_N_SLACK; the kernels refuse more.
 # Larger top_logprobs cross as this (refused by the kernels all the same): any Python int fits.
 _TOP_N_CAP = 2**62
 
