@@ -1,6 +1,7 @@
 //! The batched driver: the request and result types, the shape checks, and the thread pool
 //! that runs rows in parallel (each row through `plan.rs`).
 
+use crate::dry::Breakers;
 use crate::elem::Elem;
 use crate::error::SamplingError;
 use crate::params::RowParams;
@@ -47,6 +48,87 @@ impl<'a> IdRows<'a> {
     }
 }
 
+/// Token-id sequences per row (sequence biases, DRY breakers). `ids` holds every sequence
+/// one after another; sequence `k` ends at `seq_ends[k]`; row `i`'s sequences are those up to
+/// `row_ends[i]` from the previous row's end (one row broadcasts to the batch); `values`
+/// holds one value per sequence, or nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Sequences<'a> {
+    /// The ids of every sequence, concatenated.
+    pub ids: &'a [i64],
+    /// The end of each sequence in `ids`.
+    pub seq_ends: &'a [usize],
+    /// The end of each row's sequences, counted in sequences.
+    pub row_ends: &'a [usize],
+    /// One value per sequence (a bias), or empty.
+    pub values: &'a [f64],
+}
+
+impl<'a> Sequences<'a> {
+    /// The sequences of row `i` with their values (0 when there are none).
+    pub(crate) fn row(&self, i: usize) -> impl Iterator<Item = (&'a [i64], f64)> + 'a {
+        let r = if self.row_ends.len() == 1 { 0 } else { i };
+        let (lo, hi) = (
+            if r == 0 { 0 } else { self.row_ends[r - 1] },
+            self.row_ends[r],
+        );
+        let (ids, ends, values) = (self.ids, self.seq_ends, self.values);
+        (lo..hi).map(move |k| {
+            let start = if k == 0 { 0 } else { ends[k - 1] };
+            (&ids[start..ends[k]], values.get(k).copied().unwrap_or(0.0))
+        })
+    }
+
+    /// Whether row `i` has any sequence.
+    pub(crate) fn any(&self, i: usize) -> bool {
+        self.row(i).next().is_some()
+    }
+
+    /// Checks the layout against a batch of `b` rows and ids against the vocabulary `v`.
+    fn check(&self, what: &'static str, b: usize, v: usize) -> Result<(), SamplingError> {
+        let sorted = |e: &[usize], end: usize| {
+            e.windows(2).all(|w| w[0] <= w[1]) && e.last().map_or(end == 0, |&l| l == end)
+        };
+        if !sorted(self.seq_ends, self.ids.len())
+            || !sorted(self.row_ends, self.seq_ends.len())
+            || (!self.values.is_empty() && self.values.len() != self.seq_ends.len())
+        {
+            return Err(SamplingError::Shape(format!(
+                "{what}: inconsistent offsets"
+            )));
+        }
+        if self.row_ends.len() != 1 && self.row_ends.len() != b {
+            return Err(SamplingError::Shape(format!(
+                "{what} has {} rows for a batch of {b}",
+                self.row_ends.len()
+            )));
+        }
+        if self.seq_ends.windows(2).any(|w| w[0] == w[1]) || self.seq_ends.first() == Some(&0) {
+            return Err(SamplingError::Shape(format!(
+                "{what} holds an empty sequence"
+            )));
+        }
+        for r in 0..self.row_ends.len() {
+            if let Some(&id) = self
+                .row(r)
+                .flat_map(|(s, _)| s.iter())
+                .find(|&&id| id < 0 || id as u64 >= v as u64)
+            {
+                return Err(SamplingError::TokenOutOfRange {
+                    what,
+                    row: r,
+                    id,
+                    vocab: v,
+                });
+            }
+        }
+        if self.values.iter().any(|x| x.is_nan()) {
+            return Err(SamplingError::Shape(format!("{what} holds a NaN value")));
+        }
+        Ok(())
+    }
+}
+
 /// Everything one batched call needs besides the output buffer.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchRequest<'a, T> {
@@ -81,6 +163,15 @@ pub struct BatchRequest<'a, T> {
     /// A row with NaN or nothing left to sample gets id -1 (`valid: false`) instead of
     /// failing the call (`on_invalid="skip"`).
     pub skip_invalid: bool,
+    /// Biases of id sequences (Hugging Face `sequence_bias`; `-inf` for `bad_words_ids`).
+    pub sequence_bias: Option<Sequences<'a>>,
+    /// DRY's sequence breakers.
+    pub dry_breakers: Option<Sequences<'a>>,
+    /// Each row's mirostat state `mu` (required when a row turns mirostat on).
+    pub mirostat_mu: Option<&'a [f64]>,
+    /// `dry_breakers` indexed for the scan (one entry per row set): [`run_batch`] fills it,
+    /// callers leave it empty.
+    pub dry_index: &'a [Breakers],
 }
 
 impl<T> BatchRequest<'_, T> {
@@ -102,6 +193,10 @@ impl<T> BatchRequest<'_, T> {
             want_rank: false,
             token_ids: None,
             skip_invalid: false,
+            sequence_bias: None,
+            dry_breakers: None,
+            mirostat_mu: None,
+            dry_index: &[],
         }
     }
 }
@@ -127,6 +222,8 @@ pub struct RowResult {
     pub token_logprobs: Vec<f64>,
     /// False for a row skipped as invalid (`skip_invalid`): id -1, NaN log-probabilities.
     pub valid: bool,
+    /// The row's mirostat state after this step (NaN when mirostat is off).
+    pub mirostat_mu: f64,
 }
 
 impl RowResult {
@@ -140,6 +237,7 @@ impl RowResult {
             rank: 0,
             token_logprobs: vec![f64::NAN; n_token_ids],
             valid: false,
+            mirostat_mu: f64::NAN,
         }
     }
 }
@@ -209,6 +307,28 @@ fn check_shapes<T>(
             "top_logprobs = {} exceeds both the vocabulary size {v} and {TOP_N_SLACK}",
             req.top_n
         )));
+    }
+    if let Some(sb) = &req.sequence_bias {
+        sb.check("sequence_bias", b, v)?;
+    }
+    if let Some(br) = &req.dry_breakers {
+        br.check("dry_sequence_breakers", b, v)?;
+    }
+    match req.mirostat_mu {
+        Some(mu) if mu.len() != b => {
+            return Err(SamplingError::Shape(format!(
+                "{} mirostat states for a batch of {b}",
+                mu.len()
+            )))
+        }
+        None if req.params.iter().any(|p| p.mirostat > 0) => {
+            return Err(SamplingError::State(
+                "mirostat keeps a state (mu) per row from step to step: sample with a \
+                 tokensampler.Sampler (or generate), not the stateless sample / probs"
+                    .into(),
+            ))
+        }
+        _ => {}
     }
     if let Seeds::PerRow(s) = req.seeds {
         if s.len() != b {
@@ -329,6 +449,18 @@ pub fn run_batch<T: Elem>(
 ) -> Result<Vec<RowResult>, SamplingError> {
     let v = check_shapes(req, probs.as_ref().map(|p| p.len()))?;
     check_order(req.order, req.params)?;
+    // The breakers are indexed once per call (usually one set broadcast to every row): a
+    // string breaker may stand for thousands of id sequences.
+    let index: Vec<Breakers> = match req.dry_breakers {
+        Some(br) if req.params.iter().any(|p| p.dry().is_on()) => (0..br.row_ends.len())
+            .map(|r| Breakers::new(br.row(r).map(|(s, _)| s)))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let req = &BatchRequest {
+        dry_index: &index,
+        ..*req
+    };
     let b = req.rows.len();
     let outs: Vec<Option<&mut [T::C]>> = match probs {
         Some(p) if v > 0 => p.chunks_mut(v).map(Some).collect(),

@@ -43,6 +43,8 @@ pub enum SamplingError {
     Order(String),
     /// A call option (`logprobs_mode`, `on_invalid`) is none of its values.
     Choice(String),
+    /// A stateful stage (mirostat) was asked of a call that holds no state.
+    State(String),
     /// Shapes of the inputs do not agree.
     Shape(String),
     /// The worker thread pool could not be started (`set_num_threads`).
@@ -72,9 +74,11 @@ impl fmt::Display for SamplingError {
                 f,
                 "{what} token id {id} in row {row} is out of range for a vocabulary of {vocab}"
             ),
-            Self::Order(msg) | Self::Choice(msg) | Self::Shape(msg) | Self::ThreadPool(msg) => {
-                f.write_str(msg)
-            }
+            Self::Order(msg)
+            | Self::Choice(msg)
+            | Self::State(msg)
+            | Self::Shape(msg)
+            | Self::ThreadPool(msg) => f.write_str(msg),
         }
     }
 }

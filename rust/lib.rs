@@ -8,9 +8,11 @@
 
 pub mod batch;
 pub mod draw;
+pub mod dry;
 pub mod elem;
 pub mod error;
 pub mod filter;
+mod ngram;
 pub mod params;
 pub mod penalty;
 pub mod pipeline;

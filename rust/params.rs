@@ -5,6 +5,7 @@
 //!
 //! Adding a parameter is adding one row to the table (and reading the field in a kernel).
 
+use crate::dry::Dry;
 use crate::error::SamplingError;
 use crate::penalty::Penalties;
 
@@ -35,6 +36,14 @@ impl ParamValue for f64 {
     const INTEGER: bool = false;
     fn from_f64(x: f64) -> Self {
         x
+    }
+}
+
+impl ParamValue for i64 {
+    const INTEGER: bool = true;
+    /// Saturates at the ends of `i64` (a huge window is simply "all").
+    fn from_f64(x: f64) -> Self {
+        x as i64
     }
 }
 
@@ -207,9 +216,56 @@ define_params! {
     presence_scale: f64 = 1.0,
         valid |x| x.is_finite() && x >= 1.0 => "a finite number >= 1",
         help "k-scaling: factor of a seen token's temperature; 1 is off.";
+    penalty_last_n: i64 = -1.0,
+        valid |x| x >= -1.0 => "a whole number >= -1 (-1: the whole history, 0: none)",
+        help "The penalties count only the last n history ids; -1 is the whole history, 0 none.";
+    dry_multiplier: f64 = 0.0,
+        valid |x| x.is_finite() && x >= 0.0 => "a finite number >= 0 (0 is off)",
+        help "DRY: penalty multiplier of a token that would extend a repeat; 0 is off.";
+    dry_base: f64 = 1.75,
+        valid |x| x.is_finite() && x >= 1.0 => "a finite number >= 1",
+        help "DRY: the penalty grows as base ** (repeat length - allowed length).";
+    dry_allowed_length: usize = 2.0,
+        valid |x| x.is_finite() && x >= 0.0 => "a whole number >= 0",
+        help "DRY: repeats shorter than this are not penalised.";
+    dry_penalty_last_n: i64 = -1.0,
+        valid |x| x >= -1.0 => "a whole number >= -1 (-1: the whole history, 0: DRY off)",
+        help "DRY: how many of the last history ids it scans; -1 is the whole history, 0 off.";
+    no_repeat_ngram_size: usize = 0.0,
+        valid |x| x.is_finite() && x >= 0.0 => "a whole number >= 0 (0 is off)",
+        help "Ban tokens that would repeat an n-gram of the history; 0 is off.";
+    mirostat: usize = 0.0,
+        valid |x| x == 0.0 || x == 1.0 || x == 2.0 => "0 (off), 1 or 2",
+        help "Mirostat version (adaptive truncation to a target surprise); 0 is off.";
+    mirostat_tau: f64 = 5.0,
+        valid |x| x.is_finite() && x >= 0.0 => "a finite number >= 0",
+        help "Mirostat: the target surprise in bits.";
+    mirostat_eta: f64 = 0.1,
+        valid |x| x.is_finite() && x >= 0.0 => "a finite number >= 0",
+        help "Mirostat: the learning rate of its state mu.";
 }
 
 impl RowParams {
+    /// Whether the count penalties (repetition, frequency/presence, k-scaling) change the row.
+    pub fn penalties_on(&self) -> bool {
+        !self.penalties().is_off() && self.penalty_last_n != 0
+    }
+
+    /// The DRY parameters of the row.
+    pub fn dry(&self) -> Dry {
+        Dry {
+            multiplier: self.dry_multiplier,
+            base: self.dry_base,
+            allowed_length: self.dry_allowed_length,
+            last_n: self.dry_penalty_last_n,
+        }
+    }
+
+    /// Whether any stage reads the history (so a row with one is modified).
+    pub fn reads_history(&self) -> bool {
+        self.penalties_on() || self.dry().is_on() || self.no_repeat_ngram_size > 0
+    }
+
     /// The penalty parameters of the row, as the penalty kernels take them.
     pub fn penalties(&self) -> Penalties {
         Penalties {
@@ -262,10 +318,19 @@ mod tests {
                 "presence_penalty",
                 "frequency_scale",
                 "presence_scale",
+                "penalty_last_n",
+                "dry_multiplier",
+                "dry_base",
+                "dry_allowed_length",
+                "dry_penalty_last_n",
+                "no_repeat_ngram_size",
+                "mirostat",
+                "mirostat_tau",
+                "mirostat_eta",
             ]
         );
         assert_eq!(PARAMS.map(|p| p.name), PARAM_NAMES);
-        assert_eq!(PARAMS.map(|p| p.integer).iter().filter(|&&b| b).count(), 2);
+        assert_eq!(PARAMS.map(|p| p.integer).iter().filter(|&&b| b).count(), 7);
         assert!(PARAMS[col("min_tokens_to_keep")].integer);
         assert!(PARAMS[col("top_k")].integer);
         let d = RowParams::default();

@@ -1,5 +1,6 @@
 //! Penalties from the token history: repetition (CTRL / Hugging Face, multiplicative),
-//! frequency/presence (OpenAI / vLLM, additive) and k-scaling (a per-token temperature).
+//! frequency/presence (OpenAI / vLLM, additive) and k-scaling (a per-token temperature), over
+//! the last `penalty_last_n` ids of the history (llama.cpp's `repeat_last_n`).
 //!
 //! All three touch only the ids that occur in the history, so their cost is proportional to
 //! the history length, not the vocabulary, except the k-scaling shift (one pass, only when the
@@ -9,19 +10,15 @@ use crate::elem::Real;
 use crate::error::SamplingError;
 use crate::softmax::min_finite;
 
-/// Counts the non-negative ids of `history` into sorted `(id, count)` pairs.
-///
-/// Negative ids are padding and ignored; an id `>= vocab` is an error. `scratch` is reused
-/// between rows to avoid an allocation per call.
-pub fn count_history(
+/// The history ids of a row in order: its non-negative ids (negative ids are padding,
+/// wherever they sit), into `out`; an id `>= vocab` is an error.
+pub fn valid_history(
     history: &[i64],
     vocab: usize,
     row: usize,
-    scratch: &mut Vec<u32>,
-    counts: &mut Vec<(u32, u32)>,
+    out: &mut Vec<u32>,
 ) -> Result<(), SamplingError> {
-    scratch.clear();
-    counts.clear();
+    out.clear();
     for &id in history {
         if id < 0 {
             continue;
@@ -34,8 +31,25 @@ pub fn count_history(
                 vocab,
             });
         }
-        scratch.push(id as u32);
+        out.push(id as u32);
     }
+    Ok(())
+}
+
+/// The last `last_n` ids (llama.cpp's `repeat_last_n`): all of them for -1, none for 0.
+pub fn window(ids: &[u32], last_n: i64) -> &[u32] {
+    match usize::try_from(last_n) {
+        Ok(n) => &ids[ids.len().saturating_sub(n)..],
+        Err(_) => ids,
+    }
+}
+
+/// Counts `ids` into sorted `(id, count)` pairs; `scratch` is reused between rows to avoid an
+/// allocation per call.
+pub fn count_ids(ids: &[u32], scratch: &mut Vec<u32>, counts: &mut Vec<(u32, u32)>) {
+    scratch.clear();
+    counts.clear();
+    scratch.extend_from_slice(ids);
     scratch.sort_unstable();
     for &id in scratch.iter() {
         match counts.last_mut() {
@@ -43,7 +57,6 @@ pub fn count_history(
             _ => counts.push((id, 1)),
         }
     }
-    Ok(())
 }
 
 /// The penalty parameters of one row.
@@ -81,13 +94,9 @@ impl Penalties {
     }
 }
 
-/// Applies the penalties to the row `y` in place, in the order of docs/design.md section 2:
-/// repetition, then frequency/presence, then k-scaling. After this, `y[j]` holds
-/// `x[j] / k[j]`, so dividing by the temperature gives the scaled logit.
-pub fn apply<F: Real>(y: &mut [F], counts: &[(u32, u32)], pen: &Penalties) {
-    if counts.is_empty() || pen.is_off() {
-        return;
-    }
+/// Applies the repetition and frequency/presence penalties to the row `y` in place, in the
+/// order of docs/design.md section 2 (DRY and then k-scaling, [`apply_scaling`], follow).
+pub fn apply_additive<F: Real>(y: &mut [F], counts: &[(u32, u32)], pen: &Penalties) {
     let r = F::of(pen.repetition);
     for &(id, c) in counts {
         let v = &mut y[id as usize];
@@ -98,20 +107,33 @@ pub fn apply<F: Real>(y: &mut [F], counts: &[(u32, u32)], pen: &Penalties) {
             *v = *v - F::of(pen.frequency * c as f64 + pen.presence);
         }
     }
-    if pen.scales_active() {
-        // Dividing by k > 1 only lowers a positive logit, so a row with negative logits is
-        // shifted to be non-negative first; softmax does not see the shift otherwise.
-        let min = min_finite(y);
-        if min < F::zero() {
-            for v in y.iter_mut() {
-                *v = *v - min;
-            }
-        }
-        for &(id, c) in counts {
-            let v = &mut y[id as usize];
-            *v = *v / F::of(pen.k_factor(c));
+}
+
+/// k-scaling: afterwards `y[j]` holds `x[j] / k[j]`, so dividing by the temperature gives the
+/// scaled logit.
+pub fn apply_scaling<F: Real>(y: &mut [F], counts: &[(u32, u32)], pen: &Penalties) {
+    if counts.is_empty() || !pen.scales_active() {
+        return;
+    }
+    // Dividing by k > 1 only lowers a positive logit, so a row with negative logits is
+    // shifted to be non-negative first; softmax does not see the shift otherwise.
+    let min = min_finite(y);
+    if min < F::zero() {
+        for v in y.iter_mut() {
+            *v = *v - min;
         }
     }
+    for &(id, c) in counts {
+        let v = &mut y[id as usize];
+        *v = *v / F::of(pen.k_factor(c));
+    }
+}
+
+/// Every penalty of `pen` on the row `y` (no DRY between them): the tests' shorthand.
+#[cfg(test)]
+fn apply<F: Real>(y: &mut [F], counts: &[(u32, u32)], pen: &Penalties) {
+    apply_additive(y, counts, pen);
+    apply_scaling(y, counts, pen);
 }
 
 #[cfg(test)]
@@ -122,9 +144,17 @@ mod tests {
     fn counts_are_sorted_and_skip_padding() {
         let mut s = Vec::new();
         let mut c = Vec::new();
-        count_history(&[3, -1, 0, 3, 2, 3, -7], 4, 0, &mut s, &mut c).unwrap();
+        let mut ids = Vec::new();
+        valid_history(&[3, -1, 0, 3, 2, 3, -7], 4, 0, &mut ids).unwrap();
+        assert_eq!(ids, vec![3, 0, 3, 2, 3]);
+        count_ids(&ids, &mut s, &mut c);
         assert_eq!(c, vec![(0, 1), (2, 1), (3, 3)]);
-        let e = count_history(&[4], 4, 5, &mut s, &mut c).unwrap_err();
+        count_ids(window(&ids, 2), &mut s, &mut c);
+        assert_eq!(c, vec![(2, 1), (3, 1)]);
+        assert_eq!(window(&ids, 0), &[] as &[u32]);
+        assert_eq!(window(&ids, -1), &ids[..]);
+        assert_eq!(window(&ids, 99), &ids[..]);
+        let e = valid_history(&[4], 4, 5, &mut ids).unwrap_err();
         assert!(matches!(
             e,
             SamplingError::TokenOutOfRange { row: 5, id: 4, .. }
@@ -172,7 +202,7 @@ mod tests {
         };
         let mut s = Vec::new();
         let mut c = Vec::new();
-        count_history(&[0, 1, 0, 2, 0, 0], 4, 0, &mut s, &mut c).unwrap();
+        count_ids(&[0, 1, 0, 2, 0, 0], &mut s, &mut c);
         let k: Vec<f64> = c.iter().map(|&(_, n)| pen.k_factor(n)).collect();
         for (got, want) in k.iter().zip([1.6, 1.3, 1.3]) {
             assert!((got - want).abs() < 1e-12);

@@ -9,5 +9,5 @@
 
 pub use crate::batch::{
     debug_panic_on_worker, num_threads, run_batch, set_num_threads, BatchRequest, IdRows,
-    RowResult, Seeds, PARALLEL_MIN_ELEMENTS, TOP_N_SLACK,
+    RowResult, Seeds, Sequences, PARALLEL_MIN_ELEMENTS, TOP_N_SLACK,
 };

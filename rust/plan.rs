@@ -7,14 +7,16 @@
 
 use crate::batch::{BatchRequest, RowResult, Seeds};
 use crate::draw::{draw_dense, draw_dense_by, draw_sparse};
+use crate::dry::{self, Breakers};
 use crate::elem::{Elem, Real};
 use crate::error::SamplingError;
 use crate::filter::{
     apply_cut, by_prob, cut_block_sums, kth_largest, mass_select, region_block_sums,
     sorted_nucleus, top_k_candidates, top_p_cut, Cut, Nucleus, HEAD,
 };
+use crate::ngram::{add_bias, no_repeat_ngram, sequence_bias};
 use crate::params::RowParams;
-use crate::penalty::{apply, count_history};
+use crate::penalty::{apply_additive, apply_scaling, count_ids, valid_history, window};
 use crate::rng::uniforms;
 use crate::scratch::Scratch;
 #[cfg(target_arch = "x86_64")]
@@ -31,15 +33,19 @@ use num_traits::{Float, One, Zero};
 /// above it, a selection on a copy and the dense path are cheaper.
 const SPARSE_TOP_K_DIVISOR: usize = 8;
 
-/// Whether bias, bans or penalties change row `i` (otherwise it can be read in place).
+/// Whether bias, bans, penalties or another history stage change row `i` (otherwise it can
+/// be read in place).
 fn modifies_row<T>(req: &BatchRequest<'_, T>, i: usize, p: &RowParams) -> bool {
     req.bias_ids
         .is_some_and(|b| b.row(i).iter().any(|&id| id >= 0))
-        || (req.history.is_some() && !p.penalties().is_off())
+        || req.sequence_bias.is_some_and(|sb| sb.any(i))
+        || (req.history.is_some() && p.reads_history())
 }
 
-/// Applies bias, bans and penalties to the loaded row `s.y` (of length `v`); when
-/// [`modifies_row`] is false it only validates the history ids.
+/// Applies bias, bans, penalties and DRY to the loaded row `s.y` (of length `v`), in the order
+/// of docs/design.md section 9: logit bias, sequence bias and bad words, no-repeat n-grams,
+/// repetition and frequency/presence penalties, DRY, k-scaling. When [`modifies_row`] is
+/// false it only validates the history ids.
 #[inline(always)]
 fn modify_row<T: Elem>(
     req: &BatchRequest<'_, T>,
@@ -48,7 +54,6 @@ fn modify_row<T: Elem>(
     v: usize,
     s: &mut Scratch<T::C>,
 ) -> Result<(), SamplingError> {
-    type F<T> = <T as Elem>::C;
     if let Some(bias) = req.bias_ids {
         let start = bias.start(i);
         for (n, &id) in bias.row(i).iter().enumerate() {
@@ -63,35 +68,37 @@ fn modify_row<T: Elem>(
                     vocab: v,
                 });
             }
-            let b = req.bias_values[start + n];
-            let e = &mut s.y[id as usize];
-            // A ban wins over everything, and a masked token stays masked.
-            let biased = *e + F::<T>::of(b);
-            *e = if e.is_nan() {
-                // Keep a NaN visible to the row check: a ban must not hide bad input.
-                *e
-            } else if b == f64::NEG_INFINITY || biased.is_nan() {
-                F::<T>::neg_infinity()
-            } else {
-                biased
-            };
+            add_bias(&mut s.y[id as usize], req.bias_values[start + n]);
         }
     }
+    // Bad ids are an error even when no stage reads them, so a bug in the caller's
+    // bookkeeping surfaces on the first call, not when a penalty is switched on.
+    s.seq.clear();
     if let Some(h) = req.history {
-        let penalties = p.penalties();
-        if !penalties.is_off() {
-            count_history(h.row(i), v, i, &mut s.hist, &mut s.counts)?;
-            apply(&mut s.y, &s.counts, &penalties);
-        } else if let Some(&id) = h.row(i).iter().find(|&&id| id >= v as i64) {
-            // Bad ids are an error even when no penalty reads them, so a bug in the caller's
-            // bookkeeping surfaces on the first call, not when a penalty is switched on.
-            return Err(SamplingError::TokenOutOfRange {
-                what: "history",
-                row: i,
-                id,
-                vocab: v,
-            });
-        }
+        valid_history(h.row(i), v, i, &mut s.seq)?;
+    }
+    if let Some(sb) = req.sequence_bias {
+        sequence_bias(&mut s.y, &s.seq, sb.row(i));
+    }
+    if req.history.is_none() || !p.reads_history() {
+        return Ok(());
+    }
+    no_repeat_ngram(&mut s.y, &s.seq, p.no_repeat_ngram_size);
+    let penalties = p.penalties();
+    let counted = p.penalties_on();
+    if counted {
+        count_ids(window(&s.seq, p.penalty_last_n), &mut s.hist, &mut s.counts);
+        apply_additive(&mut s.y, &s.counts, &penalties);
+    }
+    let dry = p.dry();
+    if dry.is_on() {
+        let r = if req.dry_index.len() == 1 { 0 } else { i };
+        let none = Breakers::default();
+        let breakers = req.dry_index.get(r).unwrap_or(&none);
+        dry::apply(&mut s.y, &s.seq, breakers, &dry, &mut s.dry);
+    }
+    if counted {
+        apply_scaling(&mut s.y, &s.counts, &penalties);
     }
     Ok(())
 }
@@ -242,6 +249,7 @@ pub(crate) struct FastOrder {
 #[inline(always)]
 fn fast_order(p: &RowParams, order: &[Stage]) -> Option<FastOrder> {
     let new_stage = p.dynatemp_range > 0.0
+        || p.mirostat > 0
         || [
             Stage::TopNSigma,
             Stage::TypicalP,
@@ -331,6 +339,8 @@ struct Row<'r, T> {
     greedy_raw: bool,
     /// How many top log-probabilities to report.
     top_n: usize,
+    /// The row's mirostat state (NaN without one).
+    mu: f64,
 }
 
 #[inline(always)]
@@ -356,15 +366,18 @@ fn process_row<T: Elem, const FMA: bool>(
     // A match, not `Result::map`: a closure is compiled outside this function's target
     // features, and the FMA exp inside it became a libm call per element (25x slower).
     let out = match draw_row::<T, FMA>(req, i, s, probs.as_deref_mut()) {
-        Ok((id, logprob, top)) => Ok(row_outputs::<T, FMA>(
-            req,
-            i,
-            s,
-            probs.as_deref(),
-            id,
-            logprob,
-            top,
-        )),
+        Ok((id, logprob, top)) => {
+            let mut out = row_outputs::<T, FMA>(req, i, s, probs.as_deref(), id, logprob, top);
+            let p = &req.params[if req.params.len() == 1 { 0 } else { i }];
+            if p.mirostat > 0 {
+                // llama.cpp's update: mu moves against the error of the chosen token's
+                // surprise (in bits, under the final distribution) from the target tau.
+                let mu = req.mirostat_mu.map_or(f64::NAN, |mu| mu[i]);
+                let surprise = -logprob / std::f64::consts::LN_2;
+                out.mirostat_mu = mu - p.mirostat_eta * (surprise - p.mirostat_tau);
+            }
+            Ok(out)
+        }
         Err(e) => Err(e),
     };
     s.dist = dist;
@@ -393,6 +406,7 @@ fn row_outputs<T: Elem, const FMA: bool>(
         rank: 0,
         token_logprobs: Vec::new(),
         valid: true,
+        mirostat_mu: f64::NAN,
     };
     let raw_out = req.raw_mode && (req.top_n > 0 || ids.is_some());
     if req.want_raw_logprob || req.want_rank || req.raw_mode {
@@ -468,6 +482,7 @@ fn draw_row<T: Elem, const FMA: bool>(
         stored,
         greedy_raw,
         top_n: req.top_n,
+        mu: req.mirostat_mu.map_or(f64::NAN, |mu| mu[i]),
     };
     // The loaded row leaves the scratch while the plan borrows the rest (a move, no copy).
     let mut loaded = std::mem::take(&mut s.y);
@@ -746,6 +761,9 @@ fn ordered<T: Elem, const FMA: bool>(
                 stages::xtc::<_, FMA>(z, live, prob, threshold, coin, keep, s)
             }
         }
+    }
+    if p.mirostat > 0 {
+        stages::mirostat::<_, FMA>(z, live, p.mirostat, row.mu, s);
     }
     let total = stages::weights::<_, FMA>(z, live, s);
     let id = draw_dense(&s.w, &s.blocks, total, stream().0);

@@ -4,7 +4,7 @@
 use crate::elem::Elem;
 use crate::error::SamplingError as CoreError;
 use crate::params::{RowParams, N_PARAMS, PARAMS, PARAM_NAMES};
-use crate::pipeline::{self, BatchRequest, IdRows, RowResult, Seeds};
+use crate::pipeline::{self, BatchRequest, IdRows, RowResult, Seeds, Sequences};
 use crate::stages::{check_order, parse_order, Stage};
 use numpy::ndarray::ArrayView2;
 use numpy::{
@@ -77,6 +77,53 @@ fn id_rows<'a>(a: &'a Option<PyReadonlyArray2<'_, i64>>) -> PyResult<Option<IdRo
     }
 }
 
+/// A set of id sequences per row as Python passes it: (ids, the end of each sequence, the end
+/// of each row's sequences, one value per sequence or none), all 1-D.
+type SeqArrays<'py> = (
+    PyReadonlyArray1<'py, i64>,
+    PyReadonlyArray1<'py, i64>,
+    PyReadonlyArray1<'py, i64>,
+    Option<PyReadonlyArray1<'py, f64>>,
+);
+
+/// The offsets of a [`SeqArrays`], as the kernels index with them.
+fn offsets(a: &PyReadonlyArray1<'_, i64>, what: &str) -> PyResult<Vec<usize>> {
+    a.as_array()
+        .iter()
+        .map(|&x| usize::try_from(x))
+        .collect::<Result<_, _>>()
+        .map_err(|_| PyValueError::new_err(format!("{what}: negative offset")))
+}
+
+/// Owned offsets of a sequence set; [`sequences`] borrows them.
+type SeqOffsets = Option<(Vec<usize>, Vec<usize>)>;
+
+fn seq_offsets(a: &Option<SeqArrays<'_>>, what: &str) -> PyResult<SeqOffsets> {
+    a.as_ref()
+        .map(|(_, s, r, _)| Ok((offsets(s, what)?, offsets(r, what)?)))
+        .transpose()
+}
+
+fn sequences<'a>(
+    a: &'a Option<SeqArrays<'_>>,
+    off: &'a SeqOffsets,
+    what: &str,
+) -> PyResult<Option<Sequences<'a>>> {
+    let contiguous = |e| PyValueError::new_err(format!("{what} arrays must be contiguous: {e}"));
+    match (a, off) {
+        (Some((ids, _, _, values)), Some((seq_ends, row_ends))) => Ok(Some(Sequences {
+            ids: ids.as_slice().map_err(contiguous)?,
+            seq_ends,
+            row_ends,
+            values: match values {
+                Some(v) => v.as_slice().map_err(contiguous)?,
+                None => &[],
+            },
+        })),
+        _ => Ok(None),
+    }
+}
+
 /// The outputs a call asks for besides the ids and their log-probabilities.
 #[derive(Debug, Clone, Copy)]
 struct Want {
@@ -94,6 +141,8 @@ struct Want {
     n_token_ids: Option<usize>,
     /// Invalid rows are skipped, so the validity of each row is an output.
     skip: bool,
+    /// Each row's mirostat state after the step.
+    mirostat: bool,
 }
 
 /// What a call takes besides the logit rows (which carry the element type).
@@ -108,6 +157,9 @@ struct Inputs<'a> {
     order: &'a [Stage],
     token_ids: Option<IdRows<'a>>,
     skip_invalid: bool,
+    sequence_bias: Option<Sequences<'a>>,
+    dry_breakers: Option<Sequences<'a>>,
+    mirostat_mu: Option<&'a [f64]>,
 }
 
 /// The outputs of a batch, as owned buffers that cross to Python without a copy.
@@ -137,6 +189,10 @@ fn run_rows<T: Elem>(
         want_rank: want.rank,
         token_ids: inputs.token_ids,
         skip_invalid: inputs.skip_invalid,
+        sequence_bias: inputs.sequence_bias,
+        dry_breakers: inputs.dry_breakers,
+        mirostat_mu: inputs.mirostat_mu,
+        dry_index: &[],
     };
     let v = rows.first().map_or(0, |r| r.len());
     // Callers must not mutate the inputs while the GIL is released (documented in sampling.py).
@@ -201,6 +257,9 @@ struct RunResult {
     /// Whether each row was sampled (False: skipped as invalid, id -1), (B,) bool; None
     /// unless `on_invalid="skip"` (every row is then valid).
     valid: Option<Py<PyArray1<bool>>>,
+    /// Each row's mirostat state after this step, (B,) float64 (NaN where mirostat is off),
+    /// or None unless states were given.
+    mirostat_mu: Option<Py<PyArray1<f64>>>,
 }
 
 #[pymethods]
@@ -237,6 +296,9 @@ impl RunResult {
     want_rank = false,
     token_ids = None,
     on_invalid = "raise",
+    sequence_bias = None,
+    dry_breakers = None,
+    mirostat_mu = None,
 ))]
 #[allow(clippy::too_many_arguments)]
 fn run<'py>(
@@ -258,6 +320,9 @@ fn run<'py>(
     want_rank: bool,
     token_ids: Option<PyReadonlyArray2<'py, i64>>,
     on_invalid: &str,
+    sequence_bias: Option<SeqArrays<'py>>,
+    dry_breakers: Option<SeqArrays<'py>>,
+    mirostat_mu: Option<PyReadonlyArray1<'py, f64>>,
 ) -> PyResult<RunResult> {
     let params = param_rows(params.as_array())?;
     let order = order_of(order)?;
@@ -281,6 +346,8 @@ fn run<'py>(
                 .ok_or_else(|| PyValueError::new_err("no seed given"))?,
         )
     };
+    let sb_off = seq_offsets(&sequence_bias, "sequence_bias")?;
+    let br_off = seq_offsets(&dry_breakers, "dry_sequence_breakers")?;
     let inputs = Inputs {
         params: &params,
         history: id_rows(&history)?,
@@ -291,6 +358,15 @@ fn run<'py>(
         order: order.as_deref().unwrap_or(&crate::stages::HF_ORDER),
         token_ids: id_rows(&token_ids)?,
         skip_invalid,
+        sequence_bias: sequences(&sequence_bias, &sb_off, "sequence_bias")?,
+        dry_breakers: sequences(&dry_breakers, &br_off, "dry_sequence_breakers")?,
+        mirostat_mu: match &mirostat_mu {
+            Some(a) => Some(
+                a.as_slice()
+                    .map_err(|_| PyValueError::new_err("mirostat_mu must be contiguous"))?,
+            ),
+            None => None,
+        },
     };
     let want = Want {
         probs: want_probs,
@@ -300,6 +376,7 @@ fn run<'py>(
         rank: want_rank,
         n_token_ids: inputs.token_ids.map(|t| t.width),
         skip: skip_invalid,
+        mirostat: inputs.mirostat_mu.is_some(),
     };
 
     macro_rules! go {
@@ -355,6 +432,7 @@ fn finish(
     let mut top_ids = Vec::with_capacity(b * top_n);
     let mut top_lps = Vec::with_capacity(b * top_n);
     let (mut ranks, mut valid, mut token_lps) = (Vec::new(), Vec::new(), Vec::new());
+    let mut mu = Vec::new();
     for r in results {
         ids.push(r.id);
         logprobs.push(r.logprob);
@@ -365,6 +443,9 @@ fn finish(
         }
         if want.skip {
             valid.push(r.valid);
+        }
+        if want.mirostat {
+            mu.push(r.mirostat_mu);
         }
         if want.n_token_ids.is_some() {
             token_lps.extend(r.token_logprobs);
@@ -389,6 +470,7 @@ fn finish(
             None => None,
         },
         valid: want.skip.then(|| PyArray1::from_vec(py, valid).unbind()),
+        mirostat_mu: want.mirostat.then(|| PyArray1::from_vec(py, mu).unbind()),
     })
 }
 

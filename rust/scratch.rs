@@ -14,6 +14,9 @@ pub(crate) struct Scratch<F> {
     pub(crate) blocks: Vec<f64>,
     pub(crate) pairs: Vec<(F, u32)>,
     pub(crate) hist: Vec<u32>,
+    /// The row's history ids (padding dropped), oldest first.
+    pub(crate) seq: Vec<u32>,
+    pub(crate) dry: crate::dry::DryScratch,
     pub(crate) counts: Vec<(u32, u32)>,
     pub(crate) keys: Vec<u64>,
     /// The row's mass estimated in its first read (top-p rows).

@@ -17,6 +17,50 @@ use crate::filter::{by_prob, sorted_nucleus, top_k_candidates, top_p_cut, Cut};
 use crate::params::RowParams;
 use crate::scratch::Scratch;
 use crate::softmax::exp_weights;
+/// The most probable tokens mirostat 1 fits its Zipf exponent to (llama.cpp's `m`).
+const MIROSTAT_M: usize = 100;
+
+/// Mirostat's truncation for the row's state `mu` (llama.cpp `mirostat` and `mirostat_v2`;
+/// the state's update after the draw is in `plan.rs`). Version 2 keeps the tokens of surprise
+/// `-log2 p <= mu` (at least the most probable). Version 1 fits the Zipf exponent `s` to the
+/// [`MIROSTAT_M`] most probable live tokens and keeps the top
+/// `k = (e 2^mu / (1 - V^-e))^(1/s)`, `e = s - 1`, `V` the vocabulary: like top-k, ties at the
+/// boundary kept, at least 1 (also for a k that is not finite, which llama.cpp leaves to an
+/// undefined conversion), all when k exceeds the live tokens.
+#[inline(always)]
+pub(crate) fn mirostat<F: Real, const FMA: bool>(
+    z: &[F],
+    live: &mut Live<F>,
+    version: usize,
+    mu: f64,
+    s: &mut Scratch<F>,
+) {
+    if version == 2 {
+        cutoff::<F, FMA>(z, live, Some((-mu).exp2()), None, 1, s);
+        return;
+    }
+    weights::<F, FMA>(z, live, s);
+    top_k_candidates(&s.w, MIROSTAT_M.min(z.len()), &mut s.pairs, &mut s.sel);
+    s.pairs.retain(|c| c.0 > F::zero());
+    s.pairs.sort_unstable_by(by_prob);
+    s.pairs.truncate(MIROSTAT_M);
+    let (mut tb, mut tt) = (0.0f64, 0.0f64);
+    for (i, pair) in s.pairs.windows(2).enumerate() {
+        let t = ((i + 2) as f64 / (i + 1) as f64).ln();
+        tb += t * (pair[0].0.wide() / pair[1].0.wide()).ln();
+        tt += t * t;
+    }
+    let s_hat = tb / tt;
+    let e = s_hat - 1.0;
+    let k = (e * mu.exp2() / (1.0 - (z.len() as f64).powf(-e))).powf(1.0 / s_hat);
+    let k = if k.is_finite() && k >= 1.0 {
+        k as usize
+    } else {
+        1
+    };
+    top_k(z, live, k, 1, s);
+}
+
 #[cfg(test)]
 use crate::softmax::max_nan;
 

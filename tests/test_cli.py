@@ -227,8 +227,9 @@ def _generate_help() -> str:
 
 
 def test_help_lists_sampling_options_in_pipeline_order() -> None:
-    """The sampling group lists the penalties, then the stages in the default (hf) order,
-    then --order and the seed of the draw: the order the group title states."""
+    """The sampling group lists the bans and penalties, then the stages in the default (hf)
+    order and mirostat, then the string options, --order and the seed of the draw: the order
+    the group title states."""
     import re
 
     text = _generate_help()
@@ -240,11 +241,14 @@ def test_help_lists_sampling_options_in_pipeline_order() -> None:
     group = text.split(title, 1)[1].split("\n\n", 1)[0]
     listed = re.findall(r"^  (--[a-z-]+)", group, flags=re.MULTILINE)
     assert listed == [
-        "--repetition-penalty", "--frequency-penalty", "--presence-penalty",
-        "--frequency-scale", "--presence-scale",
+        "--no-repeat-ngram-size", "--repetition-penalty", "--frequency-penalty",
+        "--presence-penalty", "--penalty-last-n", "--dry-multiplier", "--dry-base",
+        "--dry-allowed-length", "--dry-penalty-last-n", "--frequency-scale", "--presence-scale",
         "--temperature", "--dynatemp-range", "--dynatemp-exponent", "--top-n-sigma",
         "--top-k", "--top-p", "--min-p", "--typical-p", "--epsilon-cutoff", "--eta-cutoff",
-        "--xtc-probability", "--xtc-threshold", "--min-tokens-to-keep", "--order", "--seed",
+        "--xtc-probability", "--xtc-threshold", "--min-tokens-to-keep", "--mirostat",
+        "--mirostat-tau", "--mirostat-eta", "--bad-words", "--dry-sequence-breakers",
+        "--order", "--seed",
     ]  # fmt: skip
 
 

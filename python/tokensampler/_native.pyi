@@ -1,7 +1,7 @@
 """Hand-written stub of the compiled module (checked by `python -m mypy.stubtest`)."""
 
 from collections.abc import Sequence
-from typing import final
+from typing import TypeAlias, final
 
 import numpy as np
 import numpy.typing as npt
@@ -64,6 +64,19 @@ class RunResult:
     def valid(self) -> npt.NDArray[np.bool_] | None:
         """Whether each row was sampled (False: skipped as invalid, id -1), (B,) bool; None
         unless `on_invalid="skip"` (every row is then valid)."""
+    @property
+    def mirostat_mu(self) -> npt.NDArray[np.float64] | None:
+        """Each row's mirostat state after this step, (B,) float64 (NaN where mirostat is off),
+        or None unless states were given."""
+
+# A set of id sequences per row: (ids, the end of each sequence, the end of each row's
+# sequences, one value per sequence or None), 1-D int64 / float64.
+SeqArrays: TypeAlias = tuple[
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.int64],
+    npt.NDArray[np.float64] | None,
+]
 
 def run(
     logits: npt.NDArray[np.floating] | npt.NDArray[np.uint16],
@@ -84,12 +97,17 @@ def run(
     want_rank: bool = False,
     token_ids: npt.NDArray[np.int64] | None = None,
     on_invalid: str = "raise",
+    sequence_bias: SeqArrays | None = None,
+    dry_breakers: SeqArrays | None = None,
+    mirostat_mu: npt.NDArray[np.float64] | None = None,
 ) -> RunResult:
     """Runs the pipeline on (B, V) logits (a bfloat16 batch crosses as a uint16 view with
     `is_bf16`). `params` is (1 or B, len(PARAMS)) in PARAM_NAMES order; `history`/`bias_ids`
     are (rows, width) int64 with negative padding; `seeds` is (1,) shared or (B,) per row.
     `order` is one preset name or a sequence of stage names (empty: "hf"). `raw_logprobs`
-    and `probs` of the result are None unless asked for."""
+    and `probs` of the result are None unless asked for. `sequence_bias` (values: the biases,
+    -inf bans) and `dry_breakers` (no values) hold one set of sequences, or one per row;
+    `mirostat_mu` is (B,), required when a row turns mirostat on."""
 
 def check_params(
     params: npt.NDArray[np.float64] | Sequence[Sequence[float]],

@@ -114,6 +114,22 @@ def _parser() -> argparse.ArgumentParser:
             help=f"{help_text.rstrip('.')}; {default}",
         )
     s.add_argument(
+        "--bad-words",
+        nargs="+",
+        metavar="WORD",
+        default=None,
+        help="words never to generate, tokenized with and without a leading space (vLLM's "
+        "bad_words)",
+    )
+    s.add_argument(
+        "--dry-sequence-breakers",
+        nargs="*",
+        metavar="TEXT",
+        default=None,
+        help="DRY's sequence breakers, tokenized as llama.cpp does (default: llama.cpp's "
+        "'\\n' ':' '\"' '*'; give none to have no breakers)",
+    )
+    s.add_argument(
         "--order",
         default=None,
         metavar="ORDER",
@@ -204,6 +220,9 @@ def _generate(args: argparse.Namespace) -> int:
         return _fail(f"empty prompt: {where} is empty or only whitespace")
     given = {name: getattr(args, name) for name in _sampling_options()}
     given = {name: v for name, v in given.items() if v is not None}
+    for name in ("bad_words", "dry_sequence_breakers"):
+        if getattr(args, name) is not None:
+            given[name] = list(getattr(args, name))
     if args.order is not None:
         order = args.order.split(",")
         given["order"] = order[0] if len(order) == 1 else tuple(o.strip() for o in order)

@@ -41,6 +41,7 @@ from .model.common import DecoderLM
 from .model.tokenizer import IncrementalDecoder, Tokenizer
 from .params import SamplingParams
 from .sampling import Sampler, _params
+from .words import resolve_strings
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -298,7 +299,9 @@ def stream(
             f"prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
             f"context length {model.max_seq_len}"
         )
-    sp = sampling_params(model, params, **overrides)
+    # Strings (bad words, DRY breakers; llama.cpp's default breakers when DRY is on) become
+    # token ids of this tokenizer.
+    sp = resolve_strings(sampling_params(model, params, **overrides), tokenizer)
     sampler = Sampler(sp, logprobs=True)
     box: list[Generation] = []
     events = _loop(

@@ -47,6 +47,13 @@ LogprobsMode = Literal["processed", "raw"]
 OnInvalid = Literal["raise", "skip"]
 # Ids whose log-probabilities to report: one list for every row, or one list per row.
 TokenIds = Sequence[int] | Sequence[Sequence[int]] | None
+# Token-id sequences: one set for every row, or one set per row.
+IdSequences = Sequence[Sequence[int]] | Sequence[Sequence[Sequence[int]]] | None
+# DRY breakers: id sequences or strings (tokenized by `generate` and the CLI), one set for
+# every row or one per row.
+Breakers = Sequence[str | Sequence[int]] | Sequence[Sequence[str | Sequence[int]]] | None
+# {id sequence: bias} for every row, or one such dict per row.
+SequenceBias = Mapping[tuple[int, ...], float] | Sequence[Mapping[tuple[int, ...], float]] | None
 
 #: The order presets and the stage names a custom order takes (from the Rust table).
 ORDER_PRESETS: tuple[str, ...] = tuple(_native.ORDER_PRESETS)
@@ -56,9 +63,19 @@ STAGES: tuple[str, ...] = tuple(_native.STAGES)
 class KernelKwargs(TypedDict, total=False):
     """The keyword form of the fields every call reads (mypy checks `ts.sample(x, **kw)`)."""
 
+    sequence_bias: SequenceBias
+    bad_words_ids: IdSequences
+    bad_words: Sequence[str] | None
+    no_repeat_ngram_size: RowInt
     repetition_penalty: RowFloat
     frequency_penalty: RowFloat
     presence_penalty: RowFloat
+    penalty_last_n: RowInt
+    dry_multiplier: RowFloat
+    dry_base: RowFloat
+    dry_allowed_length: RowInt
+    dry_penalty_last_n: RowInt
+    dry_sequence_breakers: Breakers
     frequency_scale: RowFloat
     presence_scale: RowFloat
     temperature: RowFloat
@@ -74,6 +91,9 @@ class KernelKwargs(TypedDict, total=False):
     xtc_probability: RowFloat
     xtc_threshold: RowFloat
     min_tokens_to_keep: RowInt
+    mirostat: RowInt
+    mirostat_tau: RowFloat
+    mirostat_eta: RowFloat
     order: Order
     logit_bias: LogitBias
     seed: Seed
@@ -95,12 +115,15 @@ KERNEL_PARAMS: dict[str, tuple[float, bool, str]] = {
 }
 PARAM_NAMES: tuple[str, ...] = tuple(KERNEL_PARAMS)
 _OFF: tuple[float, ...] = tuple(off for off, _, _ in KERNEL_PARAMS.values())
-_PENALTIES = (
+# The table parameters of the stages that read the history.
+_HISTORY_STAGES = (
     "repetition_penalty",
     "frequency_penalty",
     "presence_penalty",
     "frequency_scale",
     "presence_scale",
+    "dry_multiplier",
+    "no_repeat_ngram_size",
 )
 # Python ints below this convert to float64 without OverflowError (floats reach ~2**1024).
 _FLOAT_SAFE_INT = 2**1000
@@ -120,12 +143,39 @@ class SamplingParams:
     as tuples, so a `SamplingParams` is immutable; `replace(**changes)` makes a new one.
 
     Attributes:
+        sequence_bias: Hugging Face's ``{(id, ...): bias}`` (or one such dict per row): a
+            one-id sequence always adds its bias to that id; a longer one adds it to its
+            last id when the history ends with the others (and is skipped while it is
+            longer than the history, as Hugging Face does); biases of matching sequences
+            add up and -inf bans.
+        bad_words_ids: Hugging Face's multi-token bans (a list of id sequences, or one such
+            list per row): a single id is always banned, a longer sequence bans its last id
+            when the history ends with the rest (``sequence_bias`` with -inf).
+        bad_words: vLLM's bad words as strings; `generate` and the CLI tokenize them (with
+            and without a leading space, as vLLM does); the tokenizer-free calls refuse
+            strings.
+        no_repeat_ngram_size: ban every token that would repeat an n-gram of the history
+            (Hugging Face ``NoRepeatNGramLogitsProcessor``; None / 0 = off).
         repetition_penalty: CTRL / Hugging Face multiplicative penalty on every token already
             in the history (> 1 discourages repeats; 1 = off).
         frequency_penalty: OpenAI additive penalty: subtract this times a token's count so
             far (0 = off).
         presence_penalty: OpenAI additive penalty: subtract this once from every token seen
             (0 = off).
+        penalty_last_n: the repetition, frequency / presence penalties and k-scaling count
+            only the last n ids of the history (llama.cpp ``repeat_last_n``; None / -1 = the
+            whole history, 0 = none, so the penalties are off).
+        dry_multiplier: DRY (llama.cpp, koboldcpp): a token that would extend a repeat of
+            length n >= ``dry_allowed_length`` loses ``dry_multiplier * dry_base ** (n -
+            dry_allowed_length)`` from its logit (None / 0 = off).
+        dry_base: DRY's base (default 1.75, >= 1).
+        dry_allowed_length: DRY: repeats shorter than this are free (default 2).
+        dry_penalty_last_n: DRY scans only the last n ids of the history (None / -1 = the
+            whole history, 0 = DRY off).
+        dry_sequence_breakers: DRY's sequence breakers: token-id sequences, or strings that
+            `generate` and the CLI tokenize as llama.cpp does (their default is llama.cpp's
+            ``["\\n", ":", "\\"", "*"]``); one set or one per row. The tokenizer-free calls
+            (`sample`, `probs`, `Sampler`) take ids only and default to no breakers.
         frequency_scale: k-scaling: a seen token's temperature grows by (scale - 1) per
             occurrence (>= 1; 1 = off).
         presence_scale: k-scaling: every seen token's temperature is multiplied by this
@@ -154,6 +204,11 @@ class SamplingParams:
         xtc_threshold: XTC's probability threshold (default 0.1).
         min_tokens_to_keep: the fewest tokens every truncating stage keeps (Hugging Face
             ``min_tokens_to_keep``, llama.cpp ``min_keep``; None / 0 / 1 = no floor).
+        mirostat: mirostat 1 or 2 (llama.cpp): after the other stages, truncate to a target
+            surprise with a per-row state ``mu`` that a `Sampler` (and `generate`) carries
+            from step to step; the stateless `sample` and `probs` refuse it (None / 0 = off).
+        mirostat_tau: mirostat's target surprise in bits (default 5; ``mu`` starts at 2 tau).
+        mirostat_eta: mirostat's learning rate (default 0.1).
         order: the order of the stages after the penalties: ``"hf"`` (default: temperature,
             top_n_sigma, top_k, top_p, min_p, typical_p, epsilon_cutoff, eta_cutoff, xtc),
             ``"vllm"`` (min_p before top_k / top_p), ``"llama.cpp"`` (top_n_sigma, top_k,
@@ -178,9 +233,19 @@ class SamplingParams:
             row is sampled exactly as alone.
     """
 
+    sequence_bias: SequenceBias = None
+    bad_words_ids: IdSequences = None
+    bad_words: Sequence[str] | None = None
+    no_repeat_ngram_size: RowInt = None
     repetition_penalty: RowFloat = 1.0
     frequency_penalty: RowFloat = 0.0
     presence_penalty: RowFloat = 0.0
+    penalty_last_n: RowInt = None
+    dry_multiplier: RowFloat = None
+    dry_base: RowFloat = 1.75
+    dry_allowed_length: RowInt = 2
+    dry_penalty_last_n: RowInt = None
+    dry_sequence_breakers: Breakers = None
     frequency_scale: RowFloat = 1.0
     presence_scale: RowFloat = 1.0
     temperature: RowFloat = 1.0
@@ -196,6 +261,9 @@ class SamplingParams:
     xtc_probability: RowFloat = None
     xtc_threshold: RowFloat = 0.1
     min_tokens_to_keep: RowInt = None
+    mirostat: RowInt = None
+    mirostat_tau: RowFloat = 5.0
+    mirostat_eta: RowFloat = 0.1
     order: Order = "hf"
     logit_bias: LogitBias = None
     seed: Seed = None
@@ -279,7 +347,40 @@ class SamplingParams:
         if self.logprob_token_ids is not None:
             ids = np.array(self.logprob_token_ids, dtype=np.int64)
             options["token_ids"] = ids.reshape(1, -1) if ids.ndim == 1 else ids
+        options.update(self._sequence_options())
         object.__setattr__(self, "_native_options", options)
+
+    def _sequence_options(self) -> dict[str, Any]:
+        """The sequence biases (with the bad words as -inf) and the DRY breakers as the
+        kernels take them; strings are left for `generate` to tokenize."""
+        bias = _sequence_rows(self.sequence_bias, "sequence_bias")
+        bad = _id_rows(self.bad_words_ids, "bad_words_ids", strings=False)
+        breakers = _id_rows(self.dry_sequence_breakers, "dry_sequence_breakers", strings=True)
+        if self.bad_words is not None:
+            if isinstance(self.bad_words, str) or not all(
+                isinstance(w, str) for w in self.bad_words
+            ):
+                raise TypeError("bad_words must be a list of strings (bad_words_ids takes ids)")
+            object.__setattr__(self, "bad_words", tuple(self.bad_words))
+        options: dict[str, Any] = {}
+        if bias is not None or bad is not None:
+            rows = _merge_rows(bias, [[(seq, -np.inf) for seq in row] for row in bad or []])
+            options["sequence_bias"] = _seq_arrays(rows)
+        if breakers is not None:
+            unresolved = any(isinstance(s, str) for row in breakers for s in row)
+            if not unresolved:
+                options["dry_breakers"] = _seq_arrays([[(s, 0.0) for s in row] for row in breakers])
+        return options
+
+    @property
+    def unresolved_strings(self) -> str | None:
+        """The first field holding strings only a tokenizer can resolve (None if none)."""
+        if self.bad_words:
+            return "bad_words"
+        rows = _id_rows(self.dry_sequence_breakers, "dry_sequence_breakers", strings=True)
+        if rows is not None and any(isinstance(s, str) for row in rows for s in row):
+            return "dry_sequence_breakers"
+        return None
 
     @property
     def native_options(self) -> dict[str, Any]:
@@ -319,14 +420,22 @@ class SamplingParams:
 
     @property
     def needs_history(self) -> bool:
-        """Whether any row has a penalty on: only the penalties read the history."""
-        for name in _PENALTIES:
+        """Whether any row has a stage on that reads the history (the penalties, DRY,
+        no-repeat n-grams, a sequence bias or bad word longer than one id)."""
+        for name in _HISTORY_STAGES:
             v = getattr(self, name)
             off = KERNEL_PARAMS[name][0]
             values = v if isinstance(v, tuple) else (v,)
             if any(e is not None and e != off for e in values):
                 return True
-        return False
+        seqs = self.native_options.get("sequence_bias")
+        return bool(seqs is not None and len(seqs[0]) > len(seqs[1])) or bool(self.bad_words)
+
+    @property
+    def mirostat_on(self) -> bool:
+        """Whether any row turns mirostat on (a `Sampler` then carries its state)."""
+        m = self.mirostat
+        return any(e not in (None, 0) for e in (m if isinstance(m, tuple) else (m,)))
 
     @property
     def is_greedy(self) -> bool:
@@ -601,6 +710,90 @@ def _llama_cpp_order(samplers: Any, penalties_on: bool) -> tuple[str, ...]:
     placed = set(order)
     order += [s for s in ("epsilon_cutoff", "eta_cutoff") if s not in placed]
     return tuple(order)
+
+
+# One set of sequences per row (one row: every row's), each with its value.
+_SeqRows = list[list[tuple[tuple[int, ...], float]]]
+
+
+def _is_seq(x: Any) -> bool:
+    return isinstance(x, (Sequence, np.ndarray)) and not isinstance(x, (str, bytes))
+
+
+def _ids(seq: Any, what: str) -> tuple[int, ...]:
+    if not _is_seq(seq) or not all(isinstance(i, numbers.Integral) for i in seq):
+        raise TypeError(f"{what}: a sequence must be a list of integer token ids, got {seq!r:.60}")
+    ids = tuple(int(i) for i in seq)
+    if not ids:
+        raise ValueError(f"{what} holds an empty sequence")
+    if any(not 0 <= i < 2**63 for i in ids):
+        raise ValueError(f"{what}: token ids must be >= 0 and < V, got {ids}")
+    return ids
+
+
+def _id_rows(value: Any, what: str, *, strings: bool) -> list[list[Any]] | None:
+    """A list of sequences (every row's), or one list per row, as rows of id tuples (and, when
+    `strings`, strings); None for None."""
+    if value is None:
+        return None
+    if not _is_seq(value):
+        raise TypeError(f"{what} must be a list of token-id sequences, or one such list per row")
+
+    def one(x: Any) -> Any:
+        return x if strings and isinstance(x, str) else _ids(x, what)
+
+    def is_sequence_item(x: Any) -> bool:
+        return (strings and isinstance(x, str)) or (
+            _is_seq(x) and all(isinstance(i, numbers.Integral) for i in x)
+        )
+
+    if all(is_sequence_item(x) for x in value):
+        return [[one(x) for x in value]]
+    if all(_is_seq(r) for r in value):
+        return [[one(x) for x in r] for r in value]
+    raise TypeError(f"{what} must be a list of token-id sequences, or one such list per row")
+
+
+def _sequence_rows(value: Any, what: str) -> _SeqRows | None:
+    """`sequence_bias`: a dict {ids: bias} or one per row, as rows of (ids, bias)."""
+    if value is None:
+        return None
+    dicts = [value] if isinstance(value, Mapping) else value
+    if not _is_seq(dicts) or not all(isinstance(d, Mapping) for d in dicts):
+        raise TypeError(f"{what} must be a dict {{(id, ...): bias}}, or one such dict per row")
+    rows: _SeqRows = []
+    for d in dicts:
+        row = []
+        for k, b in d.items():
+            seq = (k,) if isinstance(k, numbers.Integral) else k
+            if isinstance(b, bool) or not isinstance(b, numbers.Real) or np.isnan(float(b)):
+                raise TypeError(f"{what}: a bias must be a number, got {b!r}")
+            row.append((_ids(seq, what), float(b)))
+        rows.append(row)
+    return rows
+
+
+def _merge_rows(a: _SeqRows | None, b: _SeqRows) -> _SeqRows:
+    """Two sets of sequence rows as one: a single row is every row's."""
+    a = a or []
+    if not a or not b:
+        return a or b
+    if len(a) == 1 or len(b) == 1 or len(a) == len(b):
+        n = max(len(a), len(b))
+        return [a[i if len(a) > 1 else 0] + b[i if len(b) > 1 else 0] for i in range(n)]
+    raise ValueError(
+        f"sequence_bias has {len(a)} rows and bad_words_ids {len(b)}: give one set or one per row"
+    )
+
+
+def _seq_arrays(rows: _SeqRows) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of (ids, value) as `_native.run` takes a sequence set."""
+    seqs = [seq for row in rows for seq, _ in row]
+    ids = np.fromiter((i for s in seqs for i in s), dtype=np.int64)
+    seq_ends = np.cumsum([len(s) for s in seqs], dtype=np.int64)
+    row_ends = np.cumsum([len(row) for row in rows], dtype=np.int64)
+    values = np.array([v for row in rows for _, v in row], dtype=np.float64)
+    return ids, seq_ends, row_ends, values
 
 
 def _token_ids(ids: Any) -> tuple[int, ...] | tuple[tuple[int, ...], ...]:

@@ -40,6 +40,8 @@ _U64 = (1 << 64) - 1
 # top_logprobs may exceed V (padding) up to _native.TOP_N_SLACK; the kernels refuse more.
 # Larger top_logprobs cross as this (refused by the kernels all the same): any Python int fits.
 _TOP_N_CAP = 2**62
+# Where mirostat's target surprise sits in a parameter row.
+_TAU_COLUMN = PARAM_NAMES.index("mirostat_tau")
 
 
 class _SampleTuple(NamedTuple):
@@ -386,7 +388,14 @@ def _run(
     top_n: int = 0,
     param_matrix: np.ndarray | None = None,
     logit_bias: Any = None,
+    mirostat_mu: np.ndarray | None = None,
 ) -> tuple[_Logits, _native.RunResult]:
+    unresolved = p.unresolved_strings
+    if unresolved is not None:
+        raise ValueError(
+            f"{unresolved} holds strings, which need a tokenizer: pass token-id sequences "
+            "(tokensampler.words turns strings into them), or use tokensampler.generate"
+        )
     lg = _Logits(logits)
     b, v = lg.array.shape
     # Types and layout here; the kernels check every count against the batch (parameter
@@ -408,6 +417,7 @@ def _run(
         want_probs=want_probs,
         want_raw_logprob=want_raw,
         top_n=min(int(top_n), _TOP_N_CAP),
+        mirostat_mu=mirostat_mu,
         **p.native_options,
     )
     return lg, out
@@ -568,6 +578,11 @@ class Sampler:
     value raises here, naming it). What needs the logits (the batch size of per-row values,
     logit_bias ids >= V) is checked per call. Without a seed, one is drawn from the OS.
 
+    With mirostat on, the Sampler also carries each row's state ``mu`` (`mirostat_mu`, set
+    to ``2 * mirostat_tau`` on the first call and updated by every call). `state_dict` and
+    `load_state_dict` save and restore the seed, the step and ``mu``, so that a paused
+    generation resumes bit-identically.
+
     >>> import numpy as np
     >>> s = Sampler(temperature=0.0)
     >>> int(s(np.array([0.5, 2.0, 1.0])))
@@ -584,6 +599,39 @@ class Sampler:
         self._lock = threading.Lock()
         self._matrix: dict[int, np.ndarray] = {}
         self._seeds: dict[int, tuple[np.ndarray, bool]] = {}
+        self._mu: np.ndarray | None = None
+
+    @property
+    def mirostat_mu(self) -> np.ndarray | None:
+        """Each row's mirostat state (a copy), or None before the first call or without
+        mirostat."""
+        return None if self._mu is None else self._mu.copy()
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the Sampler's draws depend on besides its parameters: the seed, the step and
+        the mirostat states (plain Python values)."""
+        with self._lock:
+            seed = list(self.seed) if isinstance(self.seed, tuple) else self.seed
+            if not isinstance(seed, (int, list)):
+                seed = _seeds(seed)[0].tolist()
+            mu = None if self._mu is None else self._mu.tolist()
+            return {"seed": seed, "step": self.step, "mirostat_mu": mu}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restores what `state_dict` saved (into a Sampler of the same parameters)."""
+        missing = {"seed", "step", "mirostat_mu"} - set(state)
+        if missing:
+            raise ValueError(f"state_dict is missing {sorted(missing)}")
+        seed, step, mu = state["seed"], state["step"], state["mirostat_mu"]
+        _seeds(seed)
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"state_dict step must be a whole number >= 0, got {step!r}")
+        mu_arr = None if mu is None else np.array(mu, dtype=np.float64).reshape(-1)
+        with self._lock:
+            self.seed = seed
+            self._seeds.clear()
+            self.step = int(step)
+            self._mu = mu_arr
 
     @property
     def logprobs(self) -> bool:
@@ -606,6 +654,7 @@ class Sampler:
                 self.seed = seed
                 self._seeds.clear()
             self.step = 0
+            self._mu = None
 
     def __call__(
         self,
@@ -624,9 +673,18 @@ class Sampler:
             keepdim: return shape (B, 1) instead of (B,), so that
                 `torch.cat((idx, idx_next), dim=1)` works unchanged.
         """
+        if self.params.mirostat_on:
+            # Each step's mu depends on the last one's draw: the steps run one at a time.
+            with self._lock:
+                return self._call(logits, history, logit_bias, keepdim, self.step, True)
         with self._lock:
             step = self.step
             self.step += 1
+        return self._call(logits, history, logit_bias, keepdim, step, False)
+
+    def _call(
+        self, logits: Any, history: Any, logit_bias: Any, keepdim: bool, step: int, locked: bool
+    ) -> Any:
         shape = np.shape(logits) if not hasattr(logits, "shape") else tuple(logits.shape)
         # Other shapes are rejected by _run with a ValueError; b only keys the caches.
         b = shape[0] if len(shape) == 2 else 1
@@ -637,6 +695,14 @@ class Sampler:
         if seeds is None:
             seeds = self._seeds.setdefault(b, _seeds(self.seed))
         p = self.params
+        mu = None
+        if locked:
+            mu = self._mu
+            if mu is None or len(mu) != b:
+                # llama.cpp starts mu at 2 tau; a parameter row count that does not match
+                # the batch is the kernels' error to report.
+                tau = pm[:, _TAU_COLUMN] if len(pm) == b else np.full(b, pm[0, _TAU_COLUMN])
+                mu = 2.0 * np.asarray(tau, dtype=np.float64)
         lg, out = _run(
             logits,
             p,
@@ -647,7 +713,11 @@ class Sampler:
             want_raw=p.logprobs,
             top_n=p.top_logprobs,
             param_matrix=pm,
+            mirostat_mu=mu,
         )
+        if locked:
+            self._mu = out.mirostat_mu
+            self.step = step + 1
         res = _result(lg, out, p)
         if keepdim:
             if isinstance(res, SampleOutput):

@@ -1,0 +1,111 @@
+//! Stages that match the end of the history against token sequences: sequence biases and
+//! multi-token bans (Hugging Face `SequenceBiasLogitsProcessor`, `NoBadWordsLogitsProcessor`)
+//! and no-repeat n-grams (`NoRepeatNGramLogitsProcessor`). Each costs a few compares per
+//! sequence or per history id, never a pass over the vocabulary.
+
+use crate::elem::Real;
+
+/// Adds `b` to the logit `e`: `-inf` bans, a banned or masked token stays masked, and NaN
+/// stays NaN so that the row check still sees bad input.
+#[inline(always)]
+pub(crate) fn add_bias<F: Real>(e: &mut F, b: f64) {
+    let biased = *e + F::of(b);
+    *e = if e.is_nan() {
+        *e
+    } else if b == f64::NEG_INFINITY || biased.is_nan() {
+        F::neg_infinity()
+    } else {
+        biased
+    };
+}
+
+/// Hugging Face's sequence bias on the row `y`: a one-id sequence always adds its bias; a
+/// longer one adds it to its last id when the history ends with the rest, and is skipped when
+/// it is longer than the history (Hugging Face's rule, although only its prefix is compared).
+pub(crate) fn sequence_bias<'a, F: Real>(
+    y: &mut [F],
+    history: &[u32],
+    seqs: impl Iterator<Item = (&'a [i64], f64)>,
+) {
+    for (seq, bias) in seqs {
+        let Some((&last, prefix)) = seq.split_last() else {
+            continue;
+        };
+        let applies = prefix.is_empty()
+            || (seq.len() <= history.len()
+                && history[history.len() - prefix.len()..]
+                    .iter()
+                    .zip(prefix)
+                    .all(|(&h, &s)| h as i64 == s));
+        if applies {
+            add_bias(&mut y[last as usize], bias);
+        }
+    }
+}
+
+/// Bans (`-inf`) every id that would complete an `n`-gram already in the history: the ids
+/// that followed an earlier occurrence of the history's last `n - 1` ids (with `n = 1`, every
+/// id of the history).
+pub(crate) fn no_repeat_ngram<F: Real>(y: &mut [F], history: &[u32], n: usize) {
+    let len = history.len();
+    if n == 0 || len + 1 < n {
+        return;
+    }
+    let prefix = &history[len + 1 - n..];
+    for start in 0..(len + 1 - n) {
+        if history[start..start + n - 1] == *prefix {
+            let e = &mut y[history[start + n - 1] as usize];
+            if !e.is_nan() {
+                *e = F::neg_infinity();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_bias_follows_hugging_face() {
+        let ninf = f64::NEG_INFINITY;
+        let mut y = vec![0.0f64; 4];
+        let seqs: [(&[i64], f64); 4] = [
+            (&[1], 0.5),
+            (&[2, 3], -1.0),
+            (&[1, 2, 3], 2.0),
+            (&[0, 3], ninf),
+        ];
+        sequence_bias(&mut y, &[1, 2], seqs.iter().copied());
+        // [2, 3] matches (history ends with 2), [1, 2, 3] is longer than the history.
+        assert_eq!(y, vec![0.0, 0.5, 0.0, -1.0]);
+        let mut y = vec![0.0f64; 4];
+        sequence_bias(&mut y, &[1, 1, 2], seqs.iter().copied());
+        assert_eq!(y, vec![0.0, 0.5, 0.0, 1.0]);
+        let mut y = vec![0.0f64; 4];
+        sequence_bias(&mut y, &[2, 0], seqs.iter().copied());
+        assert_eq!(y, vec![0.0, 0.5, 0.0, ninf]);
+        // Hugging Face skips a sequence longer than the history, even if its prefix matches.
+        let mut y = vec![0.0f64; 4];
+        sequence_bias(&mut y, &[0], seqs.iter().copied());
+        assert_eq!(y, vec![0.0, 0.5, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn no_repeat_ngram_bans_completions() {
+        let ninf = f64::NEG_INFINITY;
+        let mut y = vec![0.0f64; 5];
+        no_repeat_ngram(&mut y, &[0, 1, 2, 0, 1, 3, 0], 2);
+        // bigrams starting with 0: (0, 1) twice.
+        assert_eq!(y, vec![0.0, ninf, 0.0, 0.0, 0.0]);
+        let mut y = vec![0.0f64; 5];
+        no_repeat_ngram(&mut y, &[0, 1, 2, 0, 1, 3, 0, 1], 3);
+        assert_eq!(y, vec![0.0, 0.0, ninf, ninf, 0.0]);
+        let mut y = vec![0.0f64; 5];
+        no_repeat_ngram(&mut y, &[4, 2], 1);
+        assert_eq!(y, vec![0.0, 0.0, ninf, 0.0, ninf]);
+        let mut y = vec![0.0f64; 5];
+        no_repeat_ngram(&mut y, &[4, 2], 3);
+        assert_eq!(y, vec![0.0; 5]);
+    }
+}
