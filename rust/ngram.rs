@@ -20,8 +20,9 @@ pub(crate) fn add_bias<F: Real>(e: &mut F, b: f64) {
 }
 
 /// Hugging Face's sequence bias on the row `y`: a one-id sequence always adds its bias; a
-/// longer one adds it to its last id when the history ends with the rest, and is skipped when
-/// it is longer than the history (Hugging Face's rule, although only its prefix is compared).
+/// longer one adds it to its last id when the history ends with the rest (transformers 5.24's
+/// rule; up to 5.0 a sequence longer than the history was skipped even when the history was
+/// exactly its prefix).
 pub(crate) fn sequence_bias<'a, F: Real>(
     y: &mut [F],
     history: &[u32],
@@ -32,7 +33,7 @@ pub(crate) fn sequence_bias<'a, F: Real>(
             continue;
         };
         let applies = prefix.is_empty()
-            || (seq.len() <= history.len()
+            || (prefix.len() <= history.len()
                 && history[history.len() - prefix.len()..]
                     .iter()
                     .zip(prefix)
@@ -77,7 +78,7 @@ mod tests {
             (&[0, 3], ninf),
         ];
         sequence_bias(&mut y, &[1, 2], seqs.iter().copied());
-        // [2, 3] matches (history ends with 2), [1, 2, 3] is longer than the history.
+        // [2, 3] matches (history ends with 2), [1, 2, 3] needs a history ending 1 2.
         assert_eq!(y, vec![0.0, 0.5, 0.0, -1.0]);
         let mut y = vec![0.0f64; 4];
         sequence_bias(&mut y, &[1, 1, 2], seqs.iter().copied());
@@ -85,10 +86,10 @@ mod tests {
         let mut y = vec![0.0f64; 4];
         sequence_bias(&mut y, &[2, 0], seqs.iter().copied());
         assert_eq!(y, vec![0.0, 0.5, 0.0, ninf]);
-        // Hugging Face skips a sequence longer than the history, even if its prefix matches.
+        // A history that is exactly a sequence's prefix is enough (transformers 5.24).
         let mut y = vec![0.0f64; 4];
         sequence_bias(&mut y, &[0], seqs.iter().copied());
-        assert_eq!(y, vec![0.0, 0.5, 0.0, 0.0]);
+        assert_eq!(y, vec![0.0, 0.5, 0.0, ninf]);
     }
 
     #[test]

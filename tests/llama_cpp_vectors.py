@@ -420,3 +420,245 @@ def llama_cpp_chain(
         else:
             raise ValueError(s)
     return c.dist(vocab)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 16: test_penalties and test_dry (the history-aware samplers), and literal ports of
+# llama.cpp's DRY and mirostat for cross-checking the oracle's own versions.
+#
+# Sources: tests/test-sampling.cpp at commit f0817df540977d3e3bd9038e7e108fa4f3b4bbde (the
+# newest stored; its test_penalties / test_dry vectors are the same as at 07e4038f, which
+# called llama_sampler_init_dry_testing without a context size); src/llama-sampling.cpp at
+# commit 0344068cf112e524eb3fbdbd58c171870b63e56c (``llama_sampler_penalties_apply``,
+# ``llama_sampler_dry_apply``, ``llama_sampler_init_dry_testing``,
+# ``llama_sampler_mirostat_apply``, ``llama_sampler_mirostat_v2_apply``; the DRY code is the
+# same at e19fb5f1a30ce42690ad7093ddbd382ac287c9fd).
+#
+# How they map to our keywords.
+# - test_penalties calls ``llama_sampler_init_penalties(last_tokens.size(), repeat, freq,
+#   present)`` and accepts every token of ``last_tokens``: penalty_last_n = len(history)
+#   (the window is the whole history, so these vectors hold for -1 too). The derived
+#   ``PENALTY_WINDOW_VECTORS`` below put extra ids *before* that history, which a window of
+#   len(history) must ignore, and check penalty_last_n = 0 (no penalties).
+# - test_dry calls ``llama_sampler_init_dry_testing(1024, multiplier, base, allowed_length,
+#   dry_penalty_last_n, seq_breakers)`` (context size 1024) and accepts every token of
+#   ``last_tokens``. The context size (1024) is larger than every history (<= 7 ids), so
+#   last_n_repeat = min(len(history), dry_penalty_last_n): our dry_penalty_last_n as given
+#   (each vector passes len(history)); our -1 (= the whole history, total_context_size =
+#   len(history)) gives the same results. No vector needs the context size to bind, so none
+#   is skipped. An empty ``seq_breakers`` ({}) is our None (no breakers).
+# - Both harnesses apply ``llama_sampler_init_dist(0)`` after the sampler under test, and
+#   neither sampler sorts (``cur_p->sorted = false``): the expected .p are already in id
+#   order and every candidate is kept, so they are the expected ``ts.probs`` outputs as they
+#   stand (tolerance 1e-5, the harness's). Some expected values are 0.000000f for a
+#   probability ~2e-9; ``ts.probs`` gives the small positive value, within 1e-5.
+# ---------------------------------------------------------------------------------------------
+
+LLAMA_CPP_TEST_COMMIT_16 = "f0817df540977d3e3bd9038e7e108fa4f3b4bbde"  # tests/test-sampling.cpp
+LLAMA_CPP_DRY_SRC_COMMITS = (
+    "0344068cf112e524eb3fbdbd58c171870b63e56c",
+    "e19fb5f1a30ce42690ad7093ddbd382ac287c9fd",
+)  # src/llama-sampling.cpp (the DRY code is identical in both)
+
+P5 = [0.2, 0.2, 0.2, 0.2, 0.2]
+
+
+def _pen(history, repeat, freq, present, **extra):
+    kw = {"history": list(history), "penalty_last_n": len(history), "repetition_penalty": repeat,
+          "frequency_penalty": freq, "presence_penalty": present}  # fmt: skip
+    kw.update(extra)
+    return kw
+
+
+# (id, C++ line, probabilities, our keywords, expected ts.probs in id order)
+PENALTY_VECTORS: list[tuple[str, str, list, dict, np.ndarray]] = [
+    ("pen_rep_0", "test_penalties({0.2f, 0.2f, 0.2f, 0.2f, 0.2f}, {0}, {0, 0.25f, 0.25f, 0.25f, 0.25f},   50.0f, 0.0f, 0.0f);",
+     P5, _pen([0], 50.0, 0.0, 0.0), np.array([0, 0.25, 0.25, 0.25, 0.25])),
+    ("pen_rep_012", "test_penalties({0.2f, 0.2f, 0.2f, 0.2f, 0.2f}, {0, 1, 2}, {0, 0, 0, 0.5f, 0.5f},       50.0f, 0.0f, 0.0f);",
+     P5, _pen([0, 1, 2], 50.0, 0.0, 0.0), np.array([0, 0, 0, 0.5, 0.5])),
+    ("pen_rep_01200", "test_penalties({0.2f, 0.2f, 0.2f, 0.2f, 0.2f}, {0, 1, 2, 0, 0}, {0, 0, 0, 0.5f, 0.5f}, 50.0f, 0.0f, 0.0f);",
+     P5, _pen([0, 1, 2, 0, 0], 50.0, 0.0, 0.0), np.array([0, 0, 0, 0.5, 0.5])),
+    ("pen_fp_0", "test_penalties({0.2f, 0.2f, 0.2f, 0.2f, 0.2f}, {0},             {0.000011f, 0.249997f, 0.249997f, 0.249997f, 0.249997f}, 1.0f, 5.0f, 5.0f);",
+     P5, _pen([0], 1.0, 5.0, 5.0), np.array([0.000011, 0.249997, 0.249997, 0.249997, 0.249997])),
+    ("pen_fp_012", "test_penalties({0.2f, 0.2f, 0.2f, 0.2f, 0.2f}, {0, 1, 2},       {0.000023f, 0.000023f, 0.000023f, 0.499966f, 0.499966f}, 1.0f, 5.0f, 5.0f);",
+     P5, _pen([0, 1, 2], 1.0, 5.0, 5.0),
+     np.array([0.000023, 0.000023, 0.000023, 0.499966, 0.499966])),
+    ("pen_fp_01200", "test_penalties({0.2f, 0.2f, 0.2f, 0.2f, 0.2f}, {0, 1, 2, 0, 0}, {0.000000f, 0.000023f, 0.000023f, 0.499977f, 0.499977f}, 1.0f, 5.0f, 5.0f);",
+     P5, _pen([0, 1, 2, 0, 0], 1.0, 5.0, 5.0),
+     np.array([0.0, 0.000023, 0.000023, 0.499977, 0.499977])),
+]  # fmt: skip
+
+# Derived from PENALTY_VECTORS (not in test-sampling.cpp): the same windows after an older
+# history the window must not see (ids 3 and 4, which would otherwise be penalised too), and
+# penalty_last_n = 0, which turns the penalties off (llama.cpp: an empty ring buffer).
+PENALTY_WINDOW_VECTORS: list[tuple[str, str, list, dict, np.ndarray]] = []
+for _name, _line, _p, _kw, _want in PENALTY_VECTORS:
+    _older = [3, 4, 4, 3]
+    _where = f"derived: [3, 4, 4, 3] + history, penalty_last_n = {_kw['penalty_last_n']}"
+    PENALTY_WINDOW_VECTORS.append(
+        (f"{_name}_after_older", f"{_where}; {_line}", _p,
+         dict(_kw, history=_older + _kw["history"]), _want)
+    )  # fmt: skip
+    PENALTY_WINDOW_VECTORS.append(
+        (f"{_name}_last_n_0", f"derived: penalty_last_n = 0 (off); {_line}", _p,
+         dict(_kw, penalty_last_n=0), np.array(_p))
+    )  # fmt: skip
+
+
+def _dry(history, multiplier, base, allowed, last_n, breakers):
+    return {"history": list(history), "dry_multiplier": multiplier, "dry_base": base,
+            "dry_allowed_length": allowed, "dry_penalty_last_n": last_n,
+            "dry_sequence_breakers": breakers}  # fmt: skip
+
+
+DRY_VECTORS: list[tuple[str, str, list, dict, np.ndarray]] = [
+    ("dry_short", "test_dry({0.25f, 0.25f, 0.25f, 0.25f}, {0, 1}, {0.25f, 0.25f, 0.25f, 0.25f}, 1.0f, 1.1f, 2, 4, {});",
+     [0.25] * 4, _dry([0, 1], 1.0, 1.1, 2, 4, None), np.array([0.25] * 4)),
+    ("dry_repeat", "test_dry({0.25f, 0.25f, 0.25f, 0.25f}, {0, 1, 2, 0, 1}, {0.296923f, 0.296923f, 0.109232f, 0.296923f}, 1.0f, 1.1f, 2, 5, {});",
+     [0.25] * 4, _dry([0, 1, 2, 0, 1], 1.0, 1.1, 2, 5, None),
+     np.array([0.296923, 0.296923, 0.109232, 0.296923])),
+    ("dry_breaker", "test_dry({0.2f, 0.2f, 0.2f, 0.2f, 0.2f}, {0, 1, 3, 4, 0, 1}, {0.2f, 0.2f, 0.2f, 0.2f, 0.2f}, 1.0f, 1.1f, 2, 6, {{3}});",
+     P5, _dry([0, 1, 3, 4, 0, 1], 1.0, 1.1, 2, 6, [[3]]), np.array(P5)),
+    ("dry_multiplier_2", "test_dry({0.2f, 0.2f, 0.2f, 0.2f, 0.2f}, {0, 1, 2, 0, 1}, {0.241818f, 0.241818f, 0.032727f, 0.241818f, 0.241818f}, 2.0f, 1.1f, 2, 5, {});",
+     P5, _dry([0, 1, 2, 0, 1], 2.0, 1.1, 2, 5, None),
+     np.array([0.241818, 0.241818, 0.032727, 0.241818, 0.241818])),
+    ("dry_allowed_4", "test_dry({0.2f, 0.2f, 0.2f, 0.2f, 0.2f}, {0, 1, 2, 3, 4, 0, 1}, {0.2f, 0.2f, 0.2f, 0.2f, 0.2f}, 1.0f, 1.1f, 4, 7, {});",
+     P5, _dry([0, 1, 2, 3, 4, 0, 1], 1.0, 1.1, 4, 7, None), np.array(P5)),
+]  # fmt: skip
+
+# The same vectors with dry_penalty_last_n = -1 (our "whole history" = llama.cpp's
+# total_context_size = len(history); its tests use 1024 > len(history): the same window).
+DRY_WHOLE_HISTORY_VECTORS = [
+    (f"{n}_last_n_-1", f"derived: dry_penalty_last_n = -1; {line}", p,
+     dict(kw, dry_penalty_last_n=-1), want)
+    for n, line, p, kw, want in DRY_VECTORS
+]  # fmt: skip
+
+
+def llama_cpp_dry(
+    history, vocab: int, multiplier: float, base: float, allowed_length: int,
+    penalty_last_n: int, breakers=(), context_size: int | None = None,
+) -> np.ndarray:  # fmt: skip
+    """Literal port of ``llama_sampler_dry_apply`` (with ``llama_sampler_init_dry_testing``'s
+    token breakers), Z-algorithm included, returning the per-token amounts it subtracts
+    (float64). The accepted tokens are ``history`` (negative ids dropped: our padding);
+    ``context_size`` None = len(history)."""
+    out = np.zeros(vocab)
+    hist = [int(t) for t in history if int(t) >= 0]
+    total = len(hist) if context_size is None else int(context_size)
+    if multiplier == 0.0 or base < 1.0 or penalty_last_n == 0:
+        return out
+    eff = total if penalty_last_n == -1 else max(penalty_last_n, 0)
+    last_tokens = hist[len(hist) - min(eff, len(hist)) :]  # ring_buffer(eff) after accept()s
+    last_n_repeat = min(min(len(last_tokens), eff), total)
+    if last_n_repeat <= allowed_length:
+        return out
+
+    def rat(i):
+        return last_tokens[len(last_tokens) - 1 - i]
+
+    processed: dict[int, list[list[int]]] = {}
+    for b in breakers or ():
+        if len(b) == 0:
+            continue
+        processed.setdefault(int(b[0]), []).append([int(t) for t in b[1:]])
+    repeat_count = [0] * last_n_repeat
+    max_token_repeat: dict[int, int] = {}
+    rep_limit = last_n_repeat
+    for i in range(last_n_repeat):
+        token = rat(i)
+        if token not in processed:
+            continue
+        longest_match = -1
+        for tail in processed[token]:
+            seq_len = len(tail)
+            if seq_len > longest_match and seq_len <= i:
+                match = True
+                for offset in range(seq_len):
+                    if tail[offset] != rat(i - offset - 1):
+                        match = False
+                        break
+                if match:
+                    longest_match = seq_len
+        if longest_match >= 0:
+            rep_limit = i - longest_match
+            break
+    if rep_limit < allowed_length:
+        return out
+    last = last_n_repeat - 1
+    rt = lt = 0
+    for k in range(1, last_n_repeat):
+        if k > rt:
+            n = 0
+            while n + k < last_n_repeat and rat(n) == rat(n + k):
+                n += 1
+            repeat_count[last - k] = min(n, rep_limit)
+            if n > 0:
+                lt = k
+                rt = k + n - 1
+        else:
+            p = k - lt
+            right_part_len = rt - k + 1
+            if repeat_count[last - p] < right_part_len:
+                repeat_count[last - k] = min(repeat_count[last - p], rep_limit)
+            else:
+                i = rt + 1
+                while i < last_n_repeat and rat(i) == rat(i - k):
+                    i += 1
+                repeat_count[last - k] = min(i - k, rep_limit)
+                lt = k
+                rt = i - 1
+    for i in range(last_n_repeat - 1):
+        repeat_len = repeat_count[i]
+        if repeat_len >= allowed_length:
+            token = rat(last_n_repeat - 2 - i)
+            if token not in max_token_repeat or max_token_repeat[token] < repeat_len:
+                max_token_repeat[token] = repeat_len
+    max_exponent = 0
+    if base > 1.000001:
+        max_exponent = int(88.7228391 / math.log(base))
+    for token, r in max_token_repeat.items():
+        if any(len(t) == 0 for t in processed.get(token, [])):
+            continue  # a single-token sequence breaker
+        repeat_exp = r - allowed_length
+        if max_exponent > 0 and repeat_exp > max_exponent:
+            repeat_exp = max_exponent
+        if 0 <= token < vocab:
+            out[token] = multiplier * base**repeat_exp
+    return out
+
+
+def llama_cpp_mirostat(probs_desc, mu: float, tau: float, eta: float, n_vocab: int, m: int = 100):
+    """Literal port of ``llama_sampler_mirostat_apply`` up to the truncation, on the
+    candidates' probabilities sorted descending (after ``llama_sampler_softmax_impl``):
+    returns (k as computed, the number of candidates kept by ``top_k_impl``), float64."""
+    p = np.asarray(probs_desc, dtype=np.float64)
+    sum_ti_bi = sum_ti_sq = 0.0
+    i = 0
+    while i < m - 1 and i < p.size - 1:
+        t_i = math.log((i + 2) / (i + 1))
+        b_i = math.log(p[i] / p[i + 1])
+        sum_ti_bi += t_i * b_i
+        sum_ti_sq += t_i * t_i
+        i += 1
+    s_hat = sum_ti_bi / sum_ti_sq
+    epsilon_hat = s_hat - 1
+    k = (epsilon_hat * 2.0**mu / (1 - float(n_vocab) ** (-epsilon_hat))) ** (1 / s_hat)
+    return k, min(max(int(k), 1), p.size)
+
+
+def llama_cpp_mirostat_v2(probs_desc, mu: float) -> int:
+    """``llama_sampler_mirostat_v2_apply``'s truncation: the candidates (sorted descending)
+    before the first with -log2(p) > mu, at least one."""
+    p = np.asarray(probs_desc, dtype=np.float64)
+    size = p.size
+    for i in range(p.size):
+        if -math.log2(p[i]) > mu:
+            size = i
+            break
+    return max(size, 1)
+
+
+def llama_cpp_mirostat_update(mu: float, tau: float, eta: float, p_chosen: float) -> float:
+    """Both versions: ``mu = mu - eta * (-log2f(p_chosen) - tau)``."""
+    return mu - eta * (-math.log2(p_chosen) - tau)

@@ -21,6 +21,17 @@ with ``check_stage_row`` (see its docstring for the ambiguity guard). XTC's coin
 the implementation's random stream, which the oracle does not have: pass ``xtc_coin=True`` /
 ``False`` (scalar or per row) whenever ``0 < xtc_probability < 1``; ``seed=`` is accepted and
 ignored so that the keywords of a ``ts.probs`` call can be passed unchanged.
+
+Issue 16 (the history-aware stages): ``penalty_last_n``, ``dry_multiplier`` / ``dry_base`` /
+``dry_allowed_length`` / ``dry_penalty_last_n`` / ``dry_sequence_breakers``,
+``no_repeat_ngram_size``, ``bad_words_ids`` and ``sequence_bias`` are accepted by both paths
+(they change the penalised logits only: ``history_terms``); without them every result is
+what it was. The references, each written from its source: ``dry_penalties`` (llama.cpp
+``llama_sampler_dry_apply``), ``no_repeat_ngram_bans`` / ``sequence_bias_amounts`` /
+``bad_words_bans`` (HF's processors; ``sequence_bias_rule=`` picks between transformers
+5.0.0's and 5.24.0's length rule, see ``sequence_bias_amounts``), ``penalty_window`` and
+``mirostat_step`` (llama.cpp's mirostat v1 / v2 and mu update). ``mirostat != 0`` is refused
+(ValueError), as by the stateless ``ts.probs``.
 """
 
 from __future__ import annotations
@@ -33,19 +44,31 @@ import numpy as np
 __all__ = [
     "EPS32",
     "EPS64",
+    "HISTORY_KEYWORDS",
+    "HISTORY_PARAMS",
+    "HISTORY_STRUCTURED",
     "NEW_PARAMS",
     "ORDERS",
     "STAGE_NAMES",
+    "MirostatStep",
     "RowTrace",
     "StageTrace",
+    "bad_words_bans",
     "check_row",
     "check_sampled",
     "check_stage_row",
+    "clean_history",
+    "dry_penalties",
+    "history_terms",
+    "mirostat_step",
+    "no_repeat_ngram_bans",
     "oracle_probs",
     "oracle_rows",
     "penalised_logits",
+    "penalty_window",
     "resolve_order",
     "row_bounds",
+    "sequence_bias_amounts",
     "stage_rows",
 ]
 
@@ -151,12 +174,21 @@ class RowTrace:
     params: dict = field(default_factory=dict)
 
 
-def penalised_logits(x, *, hist=None, bias=None, r=1.0, af=0.0, ap=0.0, sf=1.0, sp=1.0):
+def penalised_logits(
+    x, *, hist=None, bias=None, r=1.0, af=0.0, ap=0.0, sf=1.0, sp=1.0, extra_bias=None, dry=None
+):
     """Steps 1-2 of docs/design.md section 2 for one row.
 
     Returns (x_pen, k, mag) in float64: the penalised logits (shifted by -min when k-scaling
     is on and a finite logit is negative), the k-scaling divisors and the per-token magnitude
     of the operands (used only to bound the rounding error of a float32 implementation).
+
+    Issue 16 (both off by default, and then the result is what it always was): ``extra_bias``
+    is a second additive bias of the history-aware bans and biases (sequence_bias,
+    bad_words_ids, no_repeat_ngram_size; -inf bans), applied after ``bias``; ``dry`` holds the
+    DRY amounts (``dry_penalties``), subtracted after frequency / presence and before
+    k-scaling. ``hist`` is the history the penalties count (the caller applies
+    ``penalty_last_n``).
     """
     x = np.array(x, dtype=np.float64, copy=True)
     vocab = x.shape[0]
@@ -170,6 +202,14 @@ def penalised_logits(x, *, hist=None, bias=None, r=1.0, af=0.0, ap=0.0, sf=1.0, 
             x = x + finite_bias
         x[ban] = -np.inf
         mag = mag + np.abs(finite_bias)
+    if extra_bias is not None:  # issue 16: sequence_bias, bad_words_ids, no-repeat n-grams
+        extra_bias = np.asarray(extra_bias, dtype=np.float64)
+        ban = np.isneginf(extra_bias)
+        finite_extra = np.where(ban, 0.0, extra_bias)
+        with np.errstate(invalid="ignore"):
+            x = x + finite_extra
+        x[ban] = -np.inf
+        mag = mag + np.abs(finite_extra)
     # 2. penalties; c[j] = count of j in the history, negative ids are padding.
     if hist is None:
         hist = np.zeros(0, dtype=np.int64)
@@ -182,6 +222,10 @@ def penalised_logits(x, *, hist=None, bias=None, r=1.0, af=0.0, ap=0.0, sf=1.0, 
     if af != 0.0 or ap != 0.0:
         x = x - (af * c + ap * seen)
         mag = mag + abs(af) * c + abs(ap) * seen
+    if dry is not None:  # issue 16: DRY, after frequency / presence, before k-scaling
+        dry = np.asarray(dry, dtype=np.float64)
+        x = x - dry
+        mag = mag + np.abs(dry)
     k = 1.0 + (sf - 1.0) * c + (sp - 1.0) * seen
     if sf != 1.0 or sp != 1.0:
         finite = np.isfinite(x)
@@ -194,11 +238,15 @@ def penalised_logits(x, *, hist=None, bias=None, r=1.0, af=0.0, ap=0.0, sf=1.0, 
 
 
 def _row_penalties(x, hist, bias, p: dict):
-    """`penalised_logits` with a row's penalty parameters."""
+    """`penalised_logits` with a row's penalty parameters (and the issue 16 ones, when the
+    row has them: see ``history_terms``)."""
+    hist, extra, dry = history_terms(x.shape[0], hist, p)
     return penalised_logits(
         x,
         hist=hist,
         bias=bias,
+        extra_bias=extra,
+        dry=dry,
         r=float(p["repetition_penalty"]),
         af=float(p["frequency_penalty"]),
         ap=float(p["presence_penalty"]),
@@ -277,8 +325,9 @@ _OFF = {"top_k": 0, "top_p": 1.0, "min_p": 0.0}
 
 
 def oracle_rows(
-    logits, *, logit_bias=None, history=None, order=None, xtc_coin=None, seed=None, **params
-) -> list:
+    logits, *, logit_bias=None, history=None, order=None, xtc_coin=None, seed=None,
+    sequence_bias_rule="prefix", **params,
+) -> list:  # fmt: skip
     """Per-row traces of the pipeline; ``logits`` is (V,) or (B, V), any float dtype.
 
     Calls with only the section 2 keywords (and ``order`` None or "hf") return ``RowTrace``
@@ -286,7 +335,7 @@ def oracle_rows(
     ``StageTrace`` objects from ``stage_rows`` (with the unit roundoff of the input's dtype).
     ``seed`` is ignored (see the module docstring).
     """
-    unknown = set(params) - set(_DEFAULTS) - set(NEW_PARAMS)
+    unknown = set(params) - set(_DEFAULTS) - set(NEW_PARAMS) - set(HISTORY_KEYWORDS)
     if unknown:
         raise TypeError(f"unknown parameters {unknown}")
     new = {n: v for n, v in params.items() if n in NEW_PARAMS and v is not None}
@@ -297,9 +346,10 @@ def oracle_rows(
     ):
         return stage_rows(
             logits, logit_bias=logit_bias, history=history, order=order, xtc_coin=xtc_coin,
-            **params,
+            sequence_bias_rule=sequence_bias_rule, **params,
         )  # fmt: skip
-    params = {n: v for n, v in params.items() if n not in NEW_PARAMS}
+    hist_params = {n: v for n, v in params.items() if n in HISTORY_KEYWORDS}
+    params = {n: v for n, v in params.items() if n not in NEW_PARAMS and n not in HISTORY_KEYWORDS}
     x = _as_numpy(logits)
     x2 = np.atleast_2d(x).astype(np.float64)
     batch, vocab = x2.shape
@@ -309,8 +359,9 @@ def oracle_rows(
     }
     hists = _histories(history, batch)
     biases = _biases(logit_bias, batch, vocab)
+    extra = _history_rows(hist_params, batch, vocab, sequence_bias_rule)
     return [
-        _row(x2[i], hists[i], biases[i], {n: v[i] for n, v in per_row.items()})
+        _row(x2[i], hists[i], biases[i], dict({n: v[i] for n, v in per_row.items()}, **extra[i]))
         for i in range(batch)
     ]
 
@@ -956,16 +1007,18 @@ def _stage_row(x, hist, bias, p: dict, order: tuple, eps: float, xtc_coin) -> St
 
 def stage_rows(
     logits, *, logit_bias=None, history=None, order=None, xtc_coin=None, eps=None, seed=None,
-    **params,
+    sequence_bias_rule="prefix", **params,
 ) -> list[StageTrace]:  # fmt: skip
     """Per-row traces of the general ordered pipeline (every section 2 and 9 keyword).
 
     ``eps``: the unit roundoff of the implementation the trace's ambiguity flags are for
     (default: that of the input's dtype, 2^-53 for float64 and 2^-24 otherwise).
     """
-    unknown = set(params) - set(_DEFAULTS) - set(NEW_PARAMS)
+    unknown = set(params) - set(_DEFAULTS) - set(NEW_PARAMS) - set(HISTORY_KEYWORDS)
     if unknown:
         raise TypeError(f"unknown parameters {unknown}")
+    hist_params = {n: v for n, v in params.items() if n in HISTORY_KEYWORDS}
+    params = {n: v for n, v in params.items() if n not in HISTORY_KEYWORDS}
     x = _as_numpy(logits)
     if eps is None:
         eps = compute_eps(x.dtype)
@@ -977,7 +1030,8 @@ def stage_rows(
         name: _per_row(params.get(name, default), batch, off.get(name, default))
         for name, default in defaults.items()
     }
-    rows = [{n: v[i] for n, v in per_row.items()} for i in range(batch)]
+    extra = _history_rows(hist_params, batch, vocab, sequence_bias_rule)
+    rows = [dict({n: v[i] for n, v in per_row.items()}, **extra[i]) for i in range(batch)]
     seq = resolve_order(order, rows)
     coins = _per_row(xtc_coin, batch, None)
     hists = _histories(history, batch)
@@ -1048,3 +1102,489 @@ def check_stage_row(got, trace: StageTrace, where: str = "") -> bool:
         f"got {got[bad[:8]]} oracle {q[bad[:8]]}; stages {trace.log}"
     )
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 16: the history-aware and stateful stages (docs/design.md section 9's table):
+# penalty_last_n, DRY, no_repeat_ngram_size, bad_words_ids, sequence_bias, mirostat.
+# Written from the references' definitions (cited per function), float64, plainly.
+# ---------------------------------------------------------------------------------------------
+
+#: The issue 16 numeric keywords and their "off" values (each a scalar or one value per row).
+HISTORY_PARAMS = {
+    "penalty_last_n": -1,
+    "dry_multiplier": 0.0,
+    "dry_base": 1.75,
+    "dry_allowed_length": 2,
+    "dry_penalty_last_n": -1,
+    "no_repeat_ngram_size": 0,
+    "mirostat": 0,
+    "mirostat_tau": 5.0,
+    "mirostat_eta": 0.1,
+}
+#: The issue 16 structured keywords: None, one value for every row, or a list of B values.
+HISTORY_STRUCTURED = ("dry_sequence_breakers", "bad_words_ids", "sequence_bias")
+HISTORY_KEYWORDS = tuple(HISTORY_PARAMS) + HISTORY_STRUCTURED
+
+#: llama.cpp src/llama-sampling.cpp, ``llama_sampler_dry_apply``: ``FLOAT_MAX_LOG``.
+DRY_FLOAT_MAX_LOG = 88.7228391
+#: llama.cpp ``common_params_sampling::mirostat_m`` / ``llama_sampler_init_mirostat(.., m=100)``.
+MIROSTAT_M = 100
+
+
+def clean_history(hist) -> np.ndarray:
+    """The row's history: non-negative ids in order (negative ids are padding, dropped first,
+    wherever they sit)."""
+    if hist is None:
+        return np.zeros(0, dtype=np.int64)
+    h = np.asarray(_as_numpy(hist), dtype=np.int64).reshape(-1)
+    return h[h >= 0]
+
+
+def penalty_window(hist, n: int) -> np.ndarray:
+    """The ids the repetition / frequency / presence penalties and k-scaling count:
+    llama.cpp's ``repeat_last_n`` (``llama_sampler_init_penalties``: a ring buffer of the last
+    ``penalty_last_n`` accepted tokens; common/sampling.cpp maps -1 to the context size): -1 =
+    the whole history, 0 = none (the penalties are off), n > 0 = the last n ids."""
+    h = clean_history(hist)
+    n = int(n)
+    if n == -1:
+        return h
+    if n < -1:
+        raise ValueError(f"penalty_last_n must be >= -1, got {n}")
+    return h[len(h) - min(n, len(h)) :]
+
+
+def dry_penalties(
+    history,
+    vocab: int,
+    multiplier: float,
+    base: float = 1.75,
+    allowed_length: int = 2,
+    penalty_last_n: int = -1,
+    breakers=(),
+    context_size: int | None = None,
+) -> np.ndarray:
+    """Per-token DRY amounts to subtract from the logits, float64, shape (V,).
+
+    A port of llama.cpp ``llama_sampler_dry_apply`` (src/llama-sampling.cpp at commit
+    0344068cf112e524eb3fbdbd58c171870b63e56c; the same code at e19fb5f1a30ce42690ad7093ddbd382ac287c9fd)
+    with the token breakers of ``llama_sampler_init_dry_testing`` (each breaker: head =
+    breaker[0], tail = breaker[1:], no length clamp). Its step 2 (a reversed Z-algorithm) is
+    replaced here by the naive O(N^2) suffix match it computes, as an independent check
+    (``llama_cpp_vectors.llama_cpp_dry`` is the literal port). ``context_size`` is llama.cpp's
+    ``total_context_size``; None = ``len(history)`` (our ``dry_penalty_last_n = -1`` = the
+    whole history).
+
+    1. Off when multiplier == 0, base < 1 or penalty_last_n == 0. The window is the last
+       N = min(len(history), penalty_last_n (-1: context_size), context_size) ids; nothing
+       happens when N <= allowed_length.
+    2. rep_limit: scanning back from the last id, the first position i (0 = last) where a
+       breaker's head sits and its tail follows it (tail[o] == window[-1 - (i - o - 1)], tail
+       length <= i; the longest such breaker) gives rep_limit = i - len(tail); no breaker:
+       rep_limit = N. rep_limit < allowed_length: nothing happens.
+    3. For each end position e < N - 1 of the window: r = min(longest common suffix of
+       window[:e + 1] and the window, rep_limit). If r >= allowed_length, the token
+       window[e + 1] would extend a repeat of length r: it gets max_r over such e.
+    4. Each token with a max r, unless it is a single-token breaker, gets
+       multiplier * base ** min(r - allowed_length, max_exponent), max_exponent =
+       int(88.7228391 / ln(base)) when base > 1.000001, else no clamp.
+    """
+    out = np.zeros(int(vocab), dtype=np.float64)
+    multiplier, base = float(multiplier), float(base)
+    allowed_length, penalty_last_n = int(allowed_length), int(penalty_last_n)
+    if multiplier == 0.0 or base < 1.0 or penalty_last_n == 0:
+        return out
+    h = [int(t) for t in clean_history(history)]
+    ctx_size = len(h) if context_size is None else int(context_size)
+    effective = ctx_size if penalty_last_n == -1 else max(penalty_last_n, 0)
+    n = min(len(h), effective, ctx_size)
+    if n <= allowed_length:
+        return out
+    w = h[len(h) - n :]
+
+    def rat(i: int) -> int:  # llama.cpp's ring_buffer::rat: the i-th id from the end
+        return w[n - 1 - i]
+
+    brk = [tuple(int(t) for t in b) for b in (breakers or ()) if len(b) > 0]
+    # step 1: the most recent breaker limits the repeat length
+    rep_limit = n
+    for i in range(n):
+        longest = -1
+        for b in brk:
+            if b[0] != rat(i):
+                continue
+            tail = b[1:]
+            if (
+                len(tail) > longest
+                and len(tail) <= i
+                and all(tail[o] == rat(i - o - 1) for o in range(len(tail)))
+            ):
+                longest = len(tail)
+        if longest >= 0:
+            rep_limit = i - longest
+            break
+    if rep_limit < allowed_length:
+        return out
+    # step 2 (naive): repeat[e] = longest common suffix of w[:e + 1] and w, capped at rep_limit
+    repeat = [0] * n
+    for e in range(n - 1):
+        m = 0
+        while m <= e and w[e - m] == w[n - 1 - m]:
+            m += 1
+        repeat[e] = min(m, rep_limit)
+    # step 3: the token after each repeat that is long enough
+    max_repeat: dict[int, int] = {}
+    for e in range(n - 1):
+        r = repeat[e]
+        if r >= allowed_length:
+            tok = w[e + 1]
+            if tok not in max_repeat or max_repeat[tok] < r:
+                max_repeat[tok] = r
+    # step 4
+    max_exponent = int(DRY_FLOAT_MAX_LOG / math.log(base)) if base > 1.000001 else 0
+    single = {b[0] for b in brk if len(b) == 1}
+    for tok, r in max_repeat.items():
+        if tok in single or not 0 <= tok < out.size:
+            continue
+        e = r - allowed_length
+        if max_exponent > 0 and e > max_exponent:
+            e = max_exponent
+        out[tok] = multiplier * base**e
+    return out
+
+
+def no_repeat_ngram_bans(history, n: int) -> set[int]:
+    """The ids HF ``NoRepeatNGramLogitsProcessor(n)`` bans after ``history``
+    (transformers/generation/logits_process.py, 5.0.0 ``_get_ngrams`` /
+    ``_get_generated_ngrams`` and 5.24.0's rewrite agree): every n-gram of the history whose
+    first n - 1 ids equal the last n - 1 ids of the history bans its last id. Nothing when
+    n <= 0 (off) or the history is shorter than n; n == 1 bans every id of the history."""
+    n = int(n)
+    h = [int(t) for t in clean_history(history)]
+    if n <= 0 or len(h) < n:
+        return set()
+    prefix = h[len(h) - n + 1 :] if n > 1 else []
+    return {h[s + n - 1] for s in range(len(h) - n + 1) if h[s : s + n - 1] == prefix}
+
+
+def sequence_bias_amounts(history, vocab: int, sequence_bias, rule: str = "prefix") -> np.ndarray:
+    """The additive bias HF ``SequenceBiasLogitsProcessor(sequence_bias)`` adds after
+    ``history``, float64 (V,); -inf entries ban.
+
+    A length-1 sequence always adds its bias. A sequence of length L > 1 adds its bias to its
+    last id when the history ends with its first L - 1 ids, except that it is skipped when
+    ``rule == "sequence"``: L > len(history) (transformers 5.0.0 and earlier);
+    ``rule == "prefix"``: L - 1 > len(history) (transformers 5.24.0, where the processor was
+    vectorised by prefix length, and ours). The two differ only when len(history) == L - 1 and the
+    whole history is the prefix. Several matching sequences add up.
+    """
+    if rule not in ("sequence", "prefix"):
+        raise ValueError(f"rule must be 'sequence' or 'prefix', got {rule!r}")
+    out = np.zeros(int(vocab), dtype=np.float64)
+    h = [int(t) for t in clean_history(history)]
+    items = sequence_bias.items() if isinstance(sequence_bias, dict) else sequence_bias
+    for seq, bias in items:
+        seq = _id_tuple(seq, "sequence_bias", vocab)
+        bias = float(bias)
+        if len(seq) == 1:
+            out[seq[0]] += bias
+            continue
+        limit = len(seq) if rule == "sequence" else len(seq) - 1
+        if limit > len(h):
+            continue
+        if tuple(h[len(h) - len(seq) + 1 :]) == seq[:-1]:
+            out[seq[-1]] += bias
+    return out
+
+
+def bad_words_bans(history, vocab: int, bad_words_ids, rule: str = "prefix") -> np.ndarray:
+    """HF ``NoBadWordsLogitsProcessor(bad_words_ids)``: ``sequence_bias_amounts`` with -inf
+    for every sequence (it is a SequenceBiasLogitsProcessor with -inf biases)."""
+    seqs = {_id_tuple(s, "bad_words_ids", vocab): -np.inf for s in bad_words_ids}
+    return sequence_bias_amounts(history, vocab, seqs, rule)
+
+
+def _is_id(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _id_tuple(seq, name: str, vocab: int | None = None) -> tuple[int, ...]:
+    """A token-id sequence (list / tuple / array of ints; an int is a length-1 sequence)."""
+    if isinstance(seq, (str, bytes)):
+        raise ValueError(f"{name}: strings need a tokenizer (generate / the CLI): {seq!r}")  # noqa: TRY004
+    if _is_id(seq):
+        seq = (seq,)
+    if len(seq) == 0:
+        raise ValueError(f"{name}: empty sequence")
+    arr = np.asarray(seq)
+    if arr.dtype.kind in "USO" and not all(_is_id(t) for t in arr.reshape(-1).tolist()):
+        raise ValueError(f"{name}: a sequence holds something other than token ids: {seq!r}")
+    if arr.dtype.kind not in "iuO":
+        raise ValueError(f"{name}: token ids must be integers: {seq!r}")
+    out = tuple(int(t) for t in arr.reshape(-1).tolist())
+    if len(out) == 0:
+        raise ValueError(f"{name}: empty sequence")
+    if any(t < 0 for t in out) or (vocab is not None and any(t >= vocab for t in out)):
+        raise ValueError(f"{name}: token id out of range [0, {vocab}): {out}")
+    return out
+
+
+def _depth(obj) -> int | None:
+    """0 for an id, 1 for a sequence of ids, 2 for a sequence of sequences; None if empty."""
+    if _is_id(obj):
+        return 0
+    if isinstance(obj, (str, bytes)):
+        return 1  # a string breaker / bad word: a sequence (rejected later, naming it)
+    if isinstance(obj, np.ndarray):
+        return obj.ndim if obj.size else None
+    items = list(obj)
+    for it in items:
+        d = _depth(it)
+        if d is not None:
+            return d + 1
+    return None
+
+
+def _per_row_sequences(value, batch: int, name: str, vocab: int) -> list[list[tuple]]:
+    """None | a sequence of id sequences | a list of B such -> B lists of id tuples."""
+    if value is None:
+        return [[] for _ in range(batch)]
+    if isinstance(value, (str, bytes)):
+        raise ValueError(f"{name}: a list of token-id sequences, not a string")  # noqa: TRY004
+    items = list(value)
+    if _depth(items) == 3:  # one sequence of sequences per row
+        if len(items) != batch:
+            raise ValueError(f"{name}: {len(items)} per-row entries for {batch} rows")
+        return [
+            [_id_tuple(s, name, vocab) for s in (row if row is not None else [])] for row in items
+        ]
+    seqs = [_id_tuple(s, name, vocab) for s in items]
+    return [list(seqs) for _ in range(batch)]
+
+
+def _per_row_bias_dicts(value, batch: int, vocab: int) -> list[dict]:
+    if value is None:
+        return [{} for _ in range(batch)]
+    if isinstance(value, dict):
+        rows = [value] * batch
+    else:
+        rows = list(value)
+        if len(rows) != batch or not all(r is None or isinstance(r, dict) for r in rows):
+            raise ValueError("sequence_bias: a dict or a list of B dicts")
+    return [
+        {_id_tuple(k, "sequence_bias", vocab): float(v) for k, v in (r or {}).items()} for r in rows
+    ]
+
+
+def _history_rows(hist_params: dict, batch: int, vocab: int, rule: str) -> list[dict]:
+    """The issue 16 keywords -> one dict per row (empty when none is given, so that a call
+    without them builds exactly the rows it always did)."""
+    rows: list[dict] = [{} for _ in range(batch)]
+    if not hist_params:
+        return rows
+    for name, off in HISTORY_PARAMS.items():
+        values = _per_row(hist_params.get(name), batch, off)
+        for i, v in enumerate(values):
+            rows[i][name] = v
+    for i, v in enumerate(rows):
+        if int(v["mirostat"]) != 0:
+            raise ValueError("mirostat is stateful: the stateless oracle refuses it "
+                             "(use mirostat_step), as ts.sample / ts.probs do")  # fmt: skip
+        _check_history_values(v)
+    breakers = _per_row_sequences(
+        hist_params.get("dry_sequence_breakers"), batch, "dry_sequence_breakers", vocab
+    )
+    bad = _per_row_sequences(hist_params.get("bad_words_ids"), batch, "bad_words_ids", vocab)
+    bias = _per_row_bias_dicts(hist_params.get("sequence_bias"), batch, vocab)
+    for i in range(batch):
+        rows[i]["dry_sequence_breakers"] = breakers[i]
+        rows[i]["bad_words_ids"] = bad[i]
+        rows[i]["sequence_bias"] = bias[i]
+        rows[i]["sequence_bias_rule"] = rule
+    return rows
+
+
+def _whole(v) -> bool:
+    return float(v) == int(v)
+
+
+def _check_history_values(p: dict) -> None:
+    """The spec's valid ranges (ts raises ts.SamplingError outside them; so does the oracle,
+    as ValueError)."""
+    checks = [
+        ("penalty_last_n", _whole(p["penalty_last_n"]) and p["penalty_last_n"] >= -1),
+        ("dry_multiplier", math.isfinite(p["dry_multiplier"]) and p["dry_multiplier"] >= 0),
+        ("dry_base", math.isfinite(p["dry_base"]) and p["dry_base"] >= 1),
+        ("dry_allowed_length", _whole(p["dry_allowed_length"]) and p["dry_allowed_length"] >= 0),
+        ("dry_penalty_last_n", _whole(p["dry_penalty_last_n"]) and p["dry_penalty_last_n"] >= -1),
+        ("no_repeat_ngram_size",
+         _whole(p["no_repeat_ngram_size"]) and p["no_repeat_ngram_size"] >= 0),
+        ("mirostat", p["mirostat"] in (0, 1, 2)),
+        ("mirostat_tau", math.isfinite(p["mirostat_tau"]) and p["mirostat_tau"] >= 0),
+        ("mirostat_eta", math.isfinite(p["mirostat_eta"]) and p["mirostat_eta"] >= 0),
+    ]  # fmt: skip
+    for name, ok in checks:
+        if not ok:
+            raise ValueError(f"{name}: invalid value {p[name]!r}")
+
+
+def history_terms(vocab: int, hist, p: dict):
+    """One row's issue 16 terms: (the history the penalties count, the extra additive bias or
+    None, the DRY amounts or None). With none of the keywords in ``p`` this is
+    (``hist``, None, None): the section 2 / 9 results are unchanged.
+
+    Pipeline (the spec of issue 16): logit_bias, then sequence_bias + bad_words_ids + the
+    no-repeat-n-gram bans (one additive term, -inf bans) -> repetition -> frequency /
+    presence (over the last ``penalty_last_n`` ids) -> DRY (over the whole history, windowed
+    by ``dry_penalty_last_n``) -> k-scaling (over the penalty window) -> the stages."""
+    if "penalty_last_n" not in p:
+        return hist, None, None
+    h = clean_history(hist)
+    window = penalty_window(h, p["penalty_last_n"])
+    extra = np.zeros(vocab, dtype=np.float64)
+    rule = p.get("sequence_bias_rule", "prefix")
+    if p["sequence_bias"]:
+        extra += sequence_bias_amounts(h, vocab, p["sequence_bias"], rule)
+    if p["bad_words_ids"]:
+        extra += bad_words_bans(h, vocab, p["bad_words_ids"], rule)
+    bans = no_repeat_ngram_bans(h, int(p["no_repeat_ngram_size"]))
+    if bans:
+        extra[sorted(bans)] = -np.inf
+    dry = None
+    if float(p["dry_multiplier"]) != 0.0:
+        d = dry_penalties(h, vocab, p["dry_multiplier"], p["dry_base"], p["dry_allowed_length"],
+                          p["dry_penalty_last_n"], p["dry_sequence_breakers"])  # fmt: skip
+        dry = d if d.any() else None
+    return window, (extra if extra.any() else None), dry
+
+
+# -- mirostat ---------------------------------------------------------------------------------
+
+
+@dataclass
+class MirostatStep:
+    """One mirostat step on a row (see ``mirostat_step``)."""
+
+    probs: np.ndarray  # the renormalised distribution over the kept set (zeros elsewhere)
+    keep: np.ndarray  # bool (V,)
+    mu: float  # mu before the step
+    version: int
+    tau: float
+    eta: float
+    k: float | None = None  # v1: the k of the formula (before int / clamping)
+    s_hat: float | None = None  # v1
+    ambiguous: bool = False  # the kept set is within rounding of another one
+    alternatives: list = field(default_factory=list)  # other kept sets (bool arrays) then
+
+    def new_mu(self, chosen: int, keep: np.ndarray | None = None) -> float:
+        """mu <- mu - eta * (-log2(p_chosen) - tau), p_chosen under the renormalised
+        distribution of ``keep`` (default: this step's kept set)."""
+        q = self.probs if keep is None else _renormalise(self._p, keep)
+        pc = float(q[int(chosen)])
+        if pc <= 0.0:
+            raise ValueError(f"mirostat: chosen id {chosen} is outside the kept set")
+        return self.mu - self.eta * (-math.log2(pc) - self.tau)
+
+    def candidate_mus(self, chosen: int) -> list[float]:
+        """new_mu for this step's kept set and every alternative that keeps ``chosen``."""
+        sets = [self.keep] + list(self.alternatives)
+        return [self.new_mu(chosen, s) for s in sets if s[int(chosen)]]
+
+    _p: np.ndarray = field(default=None, repr=False)  # the distribution before truncation
+
+
+def _renormalise(p: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    q = np.where(keep, p, 0.0)
+    return q / q.sum()
+
+
+def mirostat_step(
+    logits, mu: float, version: int, tau: float = 5.0, eta: float = 0.1, vocab: int | None = None,
+    m: int = MIROSTAT_M, rel_tol: float | None = None,
+) -> MirostatStep:  # fmt: skip
+    """One mirostat truncation on the logits left after every stage (-inf = removed), float64.
+
+    From llama.cpp src/llama-sampling.cpp (commit 0344068cf112e524eb3fbdbd58c171870b63e56c),
+    ``llama_sampler_mirostat_apply`` (v1, m = 100, n_vocab = V) and
+    ``llama_sampler_mirostat_v2_apply`` (v2), on the distribution p = softmax of the finite
+    logits (our spec: llama.cpp's candidate array also holds -inf entries; we use the n
+    finite tokens):
+
+    - v1: sort p descending; s_hat = sum_{i < min(m-1, n-1)} t_i b_i / sum t_i^2 with
+      t_i = ln((i+2)/(i+1)), b_i = ln(p_i / p_{i+1}); eps = s_hat - 1;
+      k = (eps 2^mu / (1 - V^-eps))^(1/s_hat); keep the top max(int(k), 1) tokens (ties at
+      the boundary kept; a non-finite k keeps 1; k > n keeps all).
+    - v2: keep the tokens with -log2(p) <= mu, at least the most probable (and its ties).
+
+    Then renormalise; ``new_mu(chosen)`` = mu - eta (-log2 q_chosen - tau). ``ambiguous`` is
+    set when a float32 implementation could keep another set: v1 when k lies within
+    ``rel_tol`` (relative; default 1e-4) of an integer that changes the count, v2 when a
+    surprise lies within ``rel_tol`` (1 + |mu|) of mu (default 2e-5); ``alternatives`` then
+    lists the other sets.
+    """
+    if rel_tol is None:  # float32 probabilities: -log2 p within ~2e-6, k within ~1e-5 (relative)
+        rel_tol = 1e-4 if version == 1 else 2e-5
+    z = np.asarray(_as_numpy(logits), dtype=np.float64).reshape(-1)
+    V = z.size if vocab is None else int(vocab)
+    fin = z > -np.inf
+    if not fin.any():
+        raise ValueError("mirostat: no finite logit")
+    zmax = z[fin].max()
+    e = np.where(fin, np.exp(np.where(fin, z - zmax, 0.0)), 0.0)
+    p = e / e.sum()
+    idx = np.flatnonzero(fin)
+    order = idx[np.lexsort((idx, -p[idx]))]  # descending p, ties by lower id
+    ps = p[order]
+    n = order.size
+
+    def top(count: int) -> np.ndarray:
+        count = min(max(int(count), 1), n)
+        return fin & (p >= ps[count - 1])
+
+    step = MirostatStep(probs=None, keep=None, mu=float(mu), version=int(version),
+                        tau=float(tau), eta=float(eta), _p=p)  # fmt: skip
+    alts: list[np.ndarray] = []
+    if version == 1:
+        num = den = 0.0
+        for i in range(min(m - 1, n - 1)):
+            t = math.log((i + 2) / (i + 1))
+            with np.errstate(divide="ignore"):
+                b = float(np.log(ps[i] / ps[i + 1])) if ps[i + 1] > 0 else math.inf
+            num += t * b
+            den += t * t
+        with np.errstate(all="ignore"):
+            s_hat = np.float64(num) / np.float64(den) if den > 0 else np.float64(np.nan)
+            eps_hat = s_hat - 1.0
+            k = np.power(eps_hat * np.power(2.0, float(mu)) / (1.0 - np.power(float(V), -eps_hat)),
+                         1.0 / s_hat)  # fmt: skip
+        k = float(k)
+        step.k, step.s_hat = k, float(s_hat)
+        count = max(int(k), 1) if math.isfinite(k) else 1
+        keep = top(count)
+        if math.isfinite(k) and k >= 1.0 - rel_tol:
+            lo, hi = math.floor(k * (1 - rel_tol)), math.floor(k * (1 + rel_tol))
+            for c in {max(lo, 1), max(hi, 1)} - {count}:
+                alt = top(c)
+                if not np.array_equal(alt, keep):
+                    alts.append(alt)
+    elif version == 2:
+        with np.errstate(divide="ignore"):
+            surprise = np.where(fin, -np.log2(np.where(fin, p, 1.0)), np.inf)
+        keep = fin & (surprise <= mu)
+        keep |= fin & (p == ps[0])
+        tol = rel_tol * (1.0 + abs(float(mu)))
+        near = fin & (np.abs(surprise - mu) <= tol) & (p != ps[0])
+        if near.any():
+            lo = fin & (surprise <= mu - tol) | (fin & (p == ps[0]))
+            hi = fin & (surprise <= mu + tol) | (fin & (p == ps[0]))
+            for alt in (lo, hi):
+                if not np.array_equal(alt, keep):
+                    alts.append(alt)
+    else:
+        raise ValueError(f"mirostat version must be 1 or 2, got {version}")
+    step.keep = keep
+    step.probs = _renormalise(p, keep)
+    step.alternatives = alts
+    step.ambiguous = bool(alts)
+    return step

@@ -149,8 +149,10 @@ class Call:
         )
 
     def probs_of_same(self) -> Any:
-        """`ts.probs` with this call's distribution arguments, for the support check."""
-        return ts.probs(self.logits, **self.params, history=self.history, logit_bias=self.bias)
+        """`ts.probs` with this call's distribution arguments, for the support check. Without
+        mirostat (stateful, a Sampler's only): its truncation only narrows that support."""
+        params = {k: v for k, v in self.params.items() if k != "mirostat"}
+        return ts.probs(self.logits, **params, history=self.history, logit_bias=self.bias)
 
 
 def _weighted(draw: Any, table: list[tuple[int, Any]]) -> Any:
@@ -290,6 +292,15 @@ VALID = {
     "xtc_probability": [None, 0.0, 0.5, 1.0],
     "xtc_threshold": [None, 0.0, 0.1, 0.5, 1.0],
     "min_tokens_to_keep": [None, 0, 1, 2, 50, 10**6],
+    "penalty_last_n": [None, -1, 0, 1, 3, 64, 10**6],
+    "dry_multiplier": [None, 0.0, 0.8, 2.0, 1e30],
+    "dry_base": [None, 1.0, 1.75, 3.0, 1e30],
+    "dry_allowed_length": [None, 0, 1, 2, 5],
+    "dry_penalty_last_n": [None, -1, 0, 2, 64],
+    "no_repeat_ngram_size": [None, 0, 1, 2, 3, 10**6],
+    "mirostat": [None, 0, 1, 2],
+    "mirostat_tau": [None, 0.0, 5.0, 1e30],
+    "mirostat_eta": [None, 0.0, 0.1, 1e30],
 }
 
 
@@ -319,6 +330,15 @@ def param_ok(name: str, value: float) -> bool:
         "xtc_probability": 0 <= x <= 1,
         "xtc_threshold": 0 <= x <= 1,
         "min_tokens_to_keep": math.isfinite(x) and x >= 0 and x == int(x),
+        "penalty_last_n": math.isfinite(x) and x >= -1 and x == int(x),
+        "dry_multiplier": math.isfinite(x) and x >= 0,
+        "dry_base": math.isfinite(x) and x >= 1,
+        "dry_allowed_length": math.isfinite(x) and x >= 0 and x == int(x),
+        "dry_penalty_last_n": math.isfinite(x) and x >= -1 and x == int(x),
+        "no_repeat_ngram_size": math.isfinite(x) and x >= 0 and x == int(x),
+        "mirostat": x in (0, 1, 2),
+        "mirostat_tau": math.isfinite(x) and x >= 0,
+        "mirostat_eta": math.isfinite(x) and x >= 0,
     }[name]
 
 
@@ -366,6 +386,22 @@ def _scalar(draw: Any, name: str, call: Call) -> Any:
     if y is not None and not param_ok(name, float(y)) and call.b:
         call.must_fail.append(f"{name}={y!r} out of range")
     return y
+
+
+def _any_on(value: Any) -> bool:
+    """Whether a drawn parameter value (scalar or per-row, any container) is non-zero
+    somewhere; False for values that cannot be read as numbers (the call fails anyway)."""
+    if value is None:
+        return False
+    if hasattr(value, "cpu"):
+        value = value.cpu().numpy()
+    if isinstance(value, (list, tuple)):
+        value = [0 if x is None else x for x in value]
+    try:
+        a = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return bool(np.any((a != 0) & ~np.isnan(a)))
 
 
 def _param(draw: Any, name: str, call: Call) -> Any:
@@ -592,6 +628,9 @@ def calls(draw: Any) -> Call:
     for name in PER_ROW_KEYS:
         if draw(st.integers(0, 2)) == 0:
             call.params[name] = _param(draw, name, call)
+    if call.fn != "sampler" and call.b and _any_on(call.params.get("mirostat")):
+        # Mirostat keeps a state per row: only a Sampler takes it.
+        call.must_fail.append("mirostat without a Sampler")
     call.history = _history(draw, call)
     call.bias = _bias(draw, call)
     call.bias_at_call = draw(st.booleans())

@@ -117,8 +117,13 @@ def test_from_hf() -> None:
         0.5, 3e-4, 1e-3, 2, "hf")  # fmt: skip
     with pytest.raises(ValueError, match="num_beams=4"):
         SamplingParams.from_hf({"num_beams": 4})
-    with pytest.raises(ValueError, match="no_repeat_ngram_size=3"):
-        SamplingParams.from_hf({"no_repeat_ngram_size": 3})
+    with pytest.raises(ValueError, match="encoder_no_repeat_ngram_size=3"):
+        SamplingParams.from_hf({"encoder_no_repeat_ngram_size": 3})
+    # Issue 16's processors map (HF serialises sequence_bias as [[ids, bias], ...]).
+    p = SamplingParams.from_hf({"no_repeat_ngram_size": 3, "bad_words_ids": [[5], [1, 2]],
+                                "sequence_bias": [[[3, 4], -2.0]]})  # fmt: skip
+    assert (p.no_repeat_ngram_size, p.bad_words_ids) == (3, [[5], [1, 2]])
+    assert p.sequence_bias == {(3, 4): -2.0}
     assert SamplingParams.from_hf({"num_beams": 1}) == SamplingParams()
 
 
@@ -166,12 +171,17 @@ def test_from_llama_cpp() -> None:
     assert p.logit_bias == {15043: float("-inf"), 3: 1.5}
     assert SamplingParams.from_llama_cpp({"top_k": 0}).top_k is None
     assert SamplingParams.from_llama_cpp({"temperature": 0.7, "top_k": 40}).temperature == 0.7
-    with pytest.raises(ValueError, match="repeat_last_n=64"):
-        SamplingParams.from_llama_cpp({"repeat_last_n": 64})
-    with pytest.raises(ValueError, match="mirostat=2"):
-        SamplingParams.from_llama_cpp({"mirostat": 2})
-    with pytest.raises(ValueError, match="dry_multiplier=0.8"):
-        SamplingParams.from_llama_cpp({"dry_multiplier": 0.8})
+    assert SamplingParams.from_llama_cpp({"repeat_last_n": 64}).penalty_last_n == 64
+    # Mirostat: llama.cpp's chain is temperature + mirostat alone.
+    p = SamplingParams.from_llama_cpp({"mirostat": 2, "mirostat_tau": 3.0, "top_k": 40,
+                                       "repeat_penalty": 1.3, "temp": 0.7})  # fmt: skip
+    assert (p.mirostat, p.mirostat_tau, p.order, p.top_k, p.repetition_penalty) == (
+        2, 3.0, ("temperature",), None, 1.0)  # fmt: skip
+    p = SamplingParams.from_llama_cpp({"dry_multiplier": 0.8, "dry_base": 2.0,
+                                       "dry_sequence_breakers": ["\n"]})  # fmt: skip
+    assert (p.dry_multiplier, p.dry_base, p.dry_sequence_breakers) == (0.8, 2.0, ["\n"])
+    with pytest.raises(ValueError, match="dry after"):
+        SamplingParams.from_llama_cpp({"samplers": "top_k;dry", "dry_multiplier": 0.8})
     # The filters at temperature 1, the temperature last: llama.cpp's default chain.
     p = SamplingParams.from_llama_cpp({"temperature": 0.8, "top_p": 0.9, "min_keep": 2,
                                        "typical_p": 0.95, "top_n_sigma": -1.0,

@@ -54,8 +54,9 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "tokensampler.hf needs Hugging Face transformers: pip install transformers"
     ) from e
 
-from .params import SamplingParams
+from .params import PARAM_NAMES, SamplingParams
 from .sampling import SampleOutput, Sampler, _params, _run, _seeds
+from .words import resolve_strings
 
 __all__ = [
     "HFGeneration",
@@ -166,6 +167,9 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
         params: a `ts.SamplingParams` (None: built from the keywords).
         pad_token_id: when given, each row's leading run of this id (left padding) is left out
             of the history. None: every input id counts, as in Hugging Face's processors.
+        tokenizer: the model's tokenizer (ours or Hugging Face's), to tokenize ``bad_words``
+            and string DRY breakers (llama.cpp's default breakers when DRY is on); without
+            one, those take token ids only.
         penalize_prompt: False to count only the tokens generated so far.
         draw: draw with tokensampler instead of returning log-probabilities.
         **overrides: `SamplingParams` fields (temperature, top_k, top_p, min_p, the
@@ -185,9 +189,10 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
         pad_token_id: int | None = None,
         penalize_prompt: bool = True,
         draw: bool = False,
+        tokenizer: Any = None,
         **overrides: Any,
     ) -> None:
-        self.params = _params(params, overrides)
+        self.params = resolve_strings(_params(params, overrides), tokenizer)
         if self.params.on_invalid != "raise":
             raise ValueError(
                 "TokenSamplerLogitsProcessor: on_invalid='skip' is not supported (model.generate "
@@ -203,6 +208,10 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
         self._coin_seeds: Any = None
         self._prompt_len = 0
         self._last_shape: tuple[int, int] | None = None
+        # draw=False with mirostat: each row's state, and the last step's distribution that
+        # Hugging Face drew from (the next call sees which id it chose).
+        self._mu: np.ndarray | None = None
+        self._last_probs: np.ndarray | None = None
 
     @property
     def needs_history(self) -> bool:
@@ -239,6 +248,26 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
         self._last_shape = None
         self._sampler = None
         self._coin_seeds = None
+        self._mu = None
+
+    def _mirostat_mu(self, input_ids: torch.Tensor) -> np.ndarray:
+        """Each row's mirostat state for this step (draw=False): 2 tau at the first step,
+        then llama.cpp's update for the id Hugging Face drew from our last distribution."""
+        b = int(input_ids.shape[0])
+        m = self.params.matrix(b)
+
+        def column(name: str) -> np.ndarray:
+            return np.broadcast_to(m[:, PARAM_NAMES.index(name)], (b,)).astype(np.float64)
+
+        tau = column("mirostat_tau")
+        if self._mu is None or self._last_probs is None:
+            return 2.0 * tau
+        chosen = input_ids[:, -1].detach().cpu().numpy()
+        p = self._last_probs[np.arange(b), chosen].astype(np.float64)
+        with np.errstate(divide="ignore"):
+            surprise = -np.log2(p)
+        mu = self._mu - column("mirostat_eta") * (surprise - tau)
+        return np.where(column("mirostat") > 0, mu, self._mu)
 
     def _history(self, input_ids: torch.Tensor) -> torch.Tensor | None:
         if not self.needs_history:
@@ -268,6 +297,7 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
             self._prompt_len = shape[1]
             self._sampler = None
             self._coin_seeds = None
+            self._mu = None
         self._last_shape = shape
         hist = self._history(input_ids)
         if not self.draw:
@@ -275,9 +305,12 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
             if self._coin_seeds is None:
                 self._coin_seeds = _seeds(self._coin_seed())
                 self._step = 0
+            mu = self._mirostat_mu(input_ids) if self.params.mirostat_on else None
             lg, res = _run(scores, self.params, history=hist, seeds=self._coin_seeds,
-                           step=self._step, want_probs=True)  # fmt: skip
+                           step=self._step, want_probs=True, mirostat_mu=mu)  # fmt: skip
             self._step += 1
+            if mu is not None:
+                self._mu, self._last_probs = mu, res.probs
             return torch.log(lg.wrap(res.probs)).to(scores.dtype)
         if self._sampler is None:
             seed = secrets.randbits(64) if self.seed is None else self.seed
@@ -481,7 +514,7 @@ def generate(
     device = model.device
     ids, mask = ids.to(device), mask.to(device)
     if sampler is None:
-        sampler = Sampler(params, **overrides)
+        sampler = Sampler(resolve_strings(_params(params, overrides), tokenizer))
     elif params is not None or overrides:
         raise TypeError("give either a sampler or sampling parameters, not both")
     b, prompt_len = ids.shape

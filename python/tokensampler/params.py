@@ -456,16 +456,14 @@ class SamplingParams:
         ``do_sample=False`` is greedy (temperature 0), as `model.generate` decodes then; HF's
         own defaults for fields the config leaves out (e.g. top_k 50) are not filled in.
         Maps temperature, top_k, top_p, min_p, typical_p, epsilon_cutoff, eta_cutoff,
-        min_tokens_to_keep and repetition_penalty, in HF's order. Refused by name: processors
-        we do not implement when they are switched on (no_repeat_ngram_size, bad_words_ids,
-        sequence_bias, num_beams > 1, ...).
+        min_tokens_to_keep, repetition_penalty, no_repeat_ngram_size, bad_words_ids and
+        sequence_bias (a dict or HF's serialised list of ``[ids, bias]`` pairs), in HF's
+        order. Refused by name: processors we do not implement when they are switched on
+        (encoder_no_repeat_ngram_size, suppress_tokens, num_beams > 1, ...).
         """
         d = _as_dict(config)
         hf_off = {
-            "no_repeat_ngram_size": 0,
             "encoder_no_repeat_ngram_size": 0,
-            "bad_words_ids": None,
-            "sequence_bias": None,
             "suppress_tokens": None,
             "begin_suppress_tokens": None,
             "force_words_ids": None,
@@ -489,9 +487,15 @@ class SamplingParams:
             "eta_cutoff",
             "min_tokens_to_keep",
             "repetition_penalty",
+            "no_repeat_ngram_size",
+            "bad_words_ids",
         ):
             if d.get(name) is not None:
                 out[name] = d[name]
+        bias = d.get("sequence_bias")
+        if bias:
+            pairs = bias.items() if isinstance(bias, Mapping) else bias
+            out["sequence_bias"] = {tuple(ids): float(b) for ids, b in pairs}
         if d.get("do_sample") is False:
             out["temperature"] = 0.0
         if d.get("output_logits") or d.get("output_scores"):
@@ -503,10 +507,11 @@ class SamplingParams:
         """From a vLLM `SamplingParams` (or a dict of its fields).
 
         ``top_k`` -1 or 0 is off; ``logprobs=n`` asks for the n most probable ids (vLLM's
-        meaning); the order is vLLM's (``order="vllm"``: min_p before top_k / top_p). Fields
-        of the generation loop (max_tokens, stop, ...) are passed over. Refused by name:
-        n > 1, best_of, prompt_logprobs, allowed_token_ids, bad_words, structured outputs,
-        logits_processors, min_tokens.
+        meaning); the order is vLLM's (``order="vllm"``: min_p before top_k / top_p);
+        ``bad_words`` (strings, tokenized by `generate` as vLLM does). Fields of the
+        generation loop (max_tokens, stop, ...) are passed over. Refused by name: n > 1,
+        best_of, prompt_logprobs, allowed_token_ids, structured outputs, logits_processors,
+        min_tokens.
         """
         d = _as_dict(params)
         vllm_off = {
@@ -514,7 +519,6 @@ class SamplingParams:
             "best_of": None,
             "prompt_logprobs": None,
             "allowed_token_ids": None,
-            "bad_words": None,
             "structured_outputs": None,
             "guided_decoding": None,
             "logits_processors": None,
@@ -538,6 +542,8 @@ class SamplingParams:
             out["top_k"] = k
         if d.get("logit_bias"):
             out["logit_bias"] = {int(t): float(b) for t, b in d["logit_bias"].items()}
+        if d.get("bad_words"):
+            out["bad_words"] = list(d["bad_words"])
         if d.get("logprobs") is not None:
             out["logprobs"] = True
             out["top_logprobs"] = int(d["logprobs"])
@@ -584,26 +590,24 @@ class SamplingParams:
         ``temperature`` (or ``temp``, <= 0 is greedy), ``dynatemp_range``,
         ``dynatemp_exponent``, ``top_k`` (<= 0 off), ``top_p``, ``min_p``, ``typical_p``,
         ``top_n_sigma`` (<= 0 off), ``xtc_probability``, ``xtc_threshold``, ``min_keep``,
-        ``repeat_penalty``, ``frequency_penalty``, ``presence_penalty``, ``seed`` (-1 or
-        0xFFFFFFFF: random), ``logit_bias`` (a dict or llama.cpp's [[id, bias], ...] list;
-        ``false`` bans), and ``samplers`` (a list of names or a ";"-separated string, e.g.
-        "top_k;typ_p;top_p;min_p;temperature"); without it the order is llama.cpp's default
-        chain (``order="llama.cpp"``: the filters see the temperature-1 distribution). Fields
-        left out are not filled with llama.cpp's own defaults. Refused by name when switched
-        on: ``repeat_last_n`` other than -1 (our penalties read the whole history; llama.cpp's
-        default is 64), ``dry_multiplier``, ``mirostat``, ``n_probs``; a ``samplers`` entry we
-        do not have, or ``penalties`` placed after another stage while a penalty is on (ours
-        always run first).
+        ``repeat_penalty``, ``frequency_penalty``, ``presence_penalty``, ``repeat_last_n`` /
+        ``penalty_last_n`` (-1: the whole history, 0: none), ``dry_multiplier``,
+        ``dry_base``, ``dry_allowed_length``, ``dry_penalty_last_n``,
+        ``dry_sequence_breakers`` (strings, tokenized by `generate`), ``mirostat``,
+        ``mirostat_tau``, ``mirostat_eta``, ``seed`` (-1 or 0xFFFFFFFF: random),
+        ``logit_bias`` (a dict or llama.cpp's [[id, bias], ...] list; ``false`` bans), and
+        ``samplers`` (a list of names or a ";"-separated string, e.g.
+        "penalties;dry;top_k;typ_p;top_p;min_p;temperature"); without it the order is
+        llama.cpp's default chain (``order="llama.cpp"``: the filters see the temperature-1
+        distribution). With mirostat on, llama.cpp's chain is temperature then mirostat
+        alone, so every other stage, the penalties and DRY are off here too. Fields left
+        out are not filled with llama.cpp's own defaults (its ``repeat_last_n`` is 64, ours
+        -1; its ``dry_base`` 1.75 and ``dry_allowed_length`` 2 are ours too). Refused by
+        name: ``n_probs``; a ``samplers`` entry we do not have, or ``penalties`` / ``dry``
+        placed after another stage while on (ours always run first).
         """
         d = dict(params)
-        off = {
-            "repeat_last_n": -1,
-            "penalty_last_n": -1,
-            "dry_multiplier": 0.0,
-            "mirostat": 0,
-            "n_probs": 0,
-        }
-        _refuse("from_llama_cpp", {k: d[k] for k in off if k in d}, off)
+        _refuse("from_llama_cpp", {k: d[k] for k in ("n_probs",) if k in d}, {"n_probs": 0})
         out: dict[str, Any] = {"order": "llama.cpp"}
         t = d.get("temperature", d.get("temp"))
         if t is not None:
@@ -626,12 +630,30 @@ class SamplingParams:
             ("repetition_penalty", "repeat_penalty"),
             ("frequency_penalty", "frequency_penalty"),
             ("presence_penalty", "presence_penalty"),
+            ("penalty_last_n", "penalty_last_n"),
+            ("penalty_last_n", "repeat_last_n"),
+            ("dry_multiplier", "dry_multiplier"),
+            ("dry_base", "dry_base"),
+            ("dry_allowed_length", "dry_allowed_length"),
+            ("dry_penalty_last_n", "dry_penalty_last_n"),
+            ("dry_sequence_breakers", "dry_sequence_breakers"),
+            ("mirostat", "mirostat"),
+            ("mirostat_tau", "mirostat_tau"),
+            ("mirostat_eta", "mirostat_eta"),
         ):
             if d.get(theirs) is not None:
                 out[ours_name] = d[theirs]
         if out.get("xtc_threshold", 0.1) > 0.5:
             # llama.cpp switches XTC off above 0.5 (at most one token can reach it anyway).
             out.pop("xtc_probability", None)
+        if out.get("dry_base", 1.75) < 1.0:
+            # llama.cpp switches DRY off for a base below 1 (we refuse such a base).
+            out.pop("dry_multiplier", None)
+            out.pop("dry_base", None)
+        # llama.cpp clamps these windows below at 0 (-1 is "the context", our whole history).
+        for name in ("penalty_last_n", "dry_penalty_last_n"):
+            if name in out and out[name] < -1:
+                out[name] = 0
         seed = d.get("seed")
         if seed is not None and seed not in (-1, 0xFFFFFFFF):
             out["seed"] = seed
@@ -641,12 +663,19 @@ class SamplingParams:
             out["logit_bias"] = {
                 int(t): float("-inf") if b is False else float(b) for t, b in pairs
             }
-        if d.get("samplers") is not None:
-            penalties_on = any(
-                out.get(n) not in (None, KERNEL_PARAMS[n][0])
-                for n in ("repetition_penalty", "frequency_penalty", "presence_penalty")
-            )
-            order = _llama_cpp_order(d["samplers"], penalties_on)
+        if out.get("mirostat") not in (None, 0):
+            # common_sampler_init: temperature (plain, not temp_ext) then mirostat, nothing
+            # else but the logit bias.
+            kept = ("temperature", "mirostat", "mirostat_tau", "mirostat_eta", "seed",
+                    "logit_bias")  # fmt: skip
+            out = {n: v for n, v in out.items() if n in kept}
+            out["order"] = ("temperature",)
+        elif d.get("samplers") is not None:
+            on = {
+                name: any(out.get(n) not in (None, KERNEL_PARAMS[n][0]) for n in names)
+                for name, names in _LLAMA_CPP_PREFIX.items()
+            }
+            order, prefix = _llama_cpp_order(d["samplers"], on)
             out["order"] = order
             # llama.cpp runs only the samplers its chain names: a stage left out is off.
             stage_params = {
@@ -657,18 +686,28 @@ class SamplingParams:
                 "min_p": ("min_p",),
                 "typical_p": ("typical_p",),
                 "xtc": ("xtc_probability",),
+                **_LLAMA_CPP_PREFIX,
             }
             for stage, names in stage_params.items():
-                if stage not in order:
+                if stage not in order and stage not in prefix:
                     for name in names:
                         out.pop(name, None)
         return cls(**{**out, **overrides})
+
+
+# llama.cpp's samplers that always run first here (before every stage of the order), and the
+# fields that switch each on.
+_LLAMA_CPP_PREFIX: dict[str, tuple[str, ...]] = {
+    "penalties": ("repetition_penalty", "frequency_penalty", "presence_penalty"),
+    "dry": ("dry_multiplier",),
+}
 
 
 # llama.cpp's sampler names (common/sampling.cpp, `common_sampler_type_from_name`, including
 # its aliases) -> ours; None: a stage that always runs first here.
 _LLAMA_CPP_STAGES: dict[str, str | None] = {
     "penalties": None,
+    "dry": None,
     "top_n_sigma": "top_n_sigma",
     "top_k": "top_k",
     "top_p": "top_p",
@@ -684,32 +723,37 @@ _LLAMA_CPP_STAGES: dict[str, str | None] = {
 }
 
 
-def _llama_cpp_order(samplers: Any, penalties_on: bool) -> tuple[str, ...]:
-    """Our order for llama.cpp's ``samplers`` (a list of names or a ";"-separated string).
+def _llama_cpp_order(samplers: Any, on: Mapping[str, bool]) -> tuple[tuple[str, ...], set[str]]:
+    """Our order for llama.cpp's ``samplers`` (a list of names or a ";"-separated string), and
+    which of the samplers that run first here (penalties, dry) it names.
 
-    ``dry`` is passed over (DRY is refused when on); stages llama.cpp's chain leaves out are
-    off there, and epsilon / eta, which llama.cpp lacks, go at the end.
+    Stages llama.cpp's chain leaves out are off there; epsilon / eta, which llama.cpp lacks,
+    go at the end. ``penalties`` and ``dry`` may only come before every other stage while
+    they are on (`on`), since ours always run first (penalties, then DRY).
     """
     names = samplers.split(";") if isinstance(samplers, str) else list(samplers)
     order: list[str] = []
-    for i, name in enumerate(n.strip() for n in names):
-        if name == "dry" or not name:
+    prefix: set[str] = set()
+    for name in (n.strip() for n in names):
+        if not name:
             continue
         if name not in _LLAMA_CPP_STAGES:
             raise ValueError(f"from_llama_cpp: not supported: samplers entry {name!r}")
         ours = _LLAMA_CPP_STAGES[name]
         if ours is None:
-            if i > 0 and penalties_on and order:
+            dry_first = name == "penalties" and "dry" in prefix and on.get("dry")
+            if on.get(name) and (order or dry_first):
                 raise ValueError(
-                    "from_llama_cpp: not supported: penalties after another stage "
-                    "(our penalties always run first)"
+                    f"from_llama_cpp: not supported: {name} after another stage "
+                    "(ours run first: penalties, then DRY)"
                 )
+            prefix.add(name)
             continue
         if ours not in order:
             order.append(ours)
     placed = set(order)
     order += [s for s in ("epsilon_cutoff", "eta_cutoff") if s not in placed]
-    return tuple(order)
+    return tuple(order), prefix
 
 
 # One set of sequences per row (one row: every row's), each with its value.
