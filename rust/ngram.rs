@@ -78,11 +78,12 @@ mod tests {
             (&[0, 3], ninf),
         ];
         sequence_bias(&mut y, &[1, 2], seqs.iter().copied());
-        // [2, 3] matches (history ends with 2), [1, 2, 3] needs a history ending 1 2.
-        assert_eq!(y, vec![0.0, 0.5, 0.0, -1.0]);
-        let mut y = vec![0.0f64; 4];
-        sequence_bias(&mut y, &[1, 1, 2], seqs.iter().copied());
+        // [2, 3] matches (the history ends with 2) and so does [1, 2, 3]: the history is
+        // exactly its prefix; the biases add up.
         assert_eq!(y, vec![0.0, 0.5, 0.0, 1.0]);
+        let mut y = vec![0.0f64; 4];
+        sequence_bias(&mut y, &[2, 2], seqs.iter().copied());
+        assert_eq!(y, vec![0.0, 0.5, 0.0, -1.0]);
         let mut y = vec![0.0f64; 4];
         sequence_bias(&mut y, &[2, 0], seqs.iter().copied());
         assert_eq!(y, vec![0.0, 0.5, 0.0, ninf]);
