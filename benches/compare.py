@@ -20,6 +20,13 @@ transformers has the processor, the Hugging Face chain; and the same stages unde
 orders ``"vllm"`` / ``"llama.cpp"`` and a custom order, as ratios to the default order. These
 rows are ``n/a`` when the installed tokensampler lacks those keywords.
 
+Then (issue #16), at B=64, V=128256, float32, with a 4,096-token history per row (random ids
+with copied spans, so DRY and the n-gram ban find repeats): pipeline (c)'s stages and a light
+base (T 0.8 + top-k 50), each with and without DRY (0.8, token-id breakers) and
+``no_repeat_ngram_size=3``, and (c)'s stages with ``sequence_bias`` / ``bad_words_ids``;
+ratios to the base in one interleaved set, and the Hugging Face chain where transformers has
+the processor (it has no DRY).
+
 Usage::
 
     python benches/compare.py [--quick | --smoke] [--no-plot] [--out-dir benches/results]
@@ -884,6 +891,381 @@ def run_stages(grid: Grid, res: Results) -> None:
         log(f"  V={v:>6} B={b:>3} done ({time.perf_counter() - start:6.1f} s)")
 
 
+# ==== history-aware stages (issue #16) ========================================================
+
+# At float32, V = TARGET_V (else the grid's largest V) and B = `stage_batch`, with a history of
+# HIST16_LEN ids per row: one call of a base pipeline, and the same call with one history stage
+# added (DRY, no-repeat n-grams, sequence biases, multi-token bans). Each history stage is timed
+# as a ratio to its base in the same interleaved set, and where transformers has the processor,
+# against the Hugging Face chain `generate` builds for the same settings.
+HIST16_LEN = 4096
+# Token ids standing in for llama.cpp's default breakers ("\n", ":", '"', "*"; one id each, as
+# the single-token breakers a tokenizer gives them) and a two-id breaker; the history uses them.
+HIST16_BREAKERS: tuple[tuple[int, ...], ...] = ((198,), (25,), (1,), (9,), (510, 25))
+HIST16_BREAKER_EVERY = 60  # about one breaker id per this many history ids
+HIST16_SEQUENCES = 64  # sequences of the sequence_bias / bad_words_ids rows
+HIST16_DRY = 0.8
+HIST16_NGRAM = 3
+
+
+@dataclass(frozen=True)
+class HistRow:
+    """One call of the issue #16 rows: a base pipeline, plus at most one history stage."""
+
+    key: str
+    title: str  # the table's label
+    base: str  # the key of the row without the history stage (itself for a base row)
+    stage: str | None  # "dry" | "ngram" | "sequence_bias" | "bad_words" | None (a base row)
+    light: bool  # the light base (T 0.8 + top-k 50) instead of pipeline (c)'s stages
+
+
+def _hist_rows() -> tuple[HistRow, ...]:
+    rows = []
+    for light, tag, label in ((False, "", "(c) stages"), (True, "0", "T 0.8 + top-k 50")):
+        base = f"hist{tag}"
+        rows.append(HistRow(base, f"{label}, {HIST16_LEN}-token history", base, None, light))
+        rows.append(HistRow(f"l{tag}", f"{label} + DRY {HIST16_DRY}", base, "dry", light))
+        rows.append(
+            HistRow(f"m{tag}", f"{label} + no_repeat_ngram_size {HIST16_NGRAM}", base, "ngram",
+                    light)
+        )  # fmt: skip
+        if not light:
+            rows.append(
+                HistRow(f"n-bias{tag}", f"{label} + sequence_bias ({HIST16_SEQUENCES} seqs)",
+                        base, "sequence_bias", light)
+            )  # fmt: skip
+            rows.append(
+                HistRow(f"n-bad{tag}", f"{label} + bad_words_ids ({HIST16_SEQUENCES} seqs)",
+                        base, "bad_words", light)
+            )  # fmt: skip
+    return tuple(rows)
+
+
+HIST_ROWS = _hist_rows()
+HAS_HISTORY = "dry_multiplier" in TS_FIELDS  # the build has the stages of issue #16
+NO_HISTORY = "the installed tokensampler has no dry_multiplier / no_repeat_ngram_size keywords"
+
+
+@dataclass
+class HistCase:
+    """The inputs of the issue #16 rows: the logits of `make_logits`, a long history with
+    repeats, and the sequences of the sequence_bias / bad_words_ids rows."""
+
+    vocab: int
+    batch: int
+    logits: torch.Tensor
+    logits_np: np.ndarray
+    history: torch.Tensor  # (B, HIST16_LEN) int64
+    history_np: np.ndarray
+    breakers: list[list[int]]
+    sequences: list[list[int]]  # one set for every row (HF takes one set)
+    biases: list[float]
+
+
+def make_history(vocab: int, batch: int, length: int, seed: int = SEED) -> np.ndarray:
+    """(batch, length) ids like a model's output with repeats: runs of fresh random ids
+    (8-64 long) alternate with copies of earlier spans (4-64 long), breaker ids are sprinkled
+    in like newlines, and every row ends inside a copied span, so DRY finds a repeat at the
+    end and no_repeat_ngram_size bans tokens."""
+    rng = np.random.default_rng(seed * 7919 + vocab + batch)
+    heads = [b[0] for b in HIST16_BREAKERS if b[0] < vocab]
+    out = np.empty((batch, length), dtype=np.int64)
+    for r in range(batch):
+        row: list[int] = []
+        while len(row) < length - 32:
+            if len(row) >= 64 and rng.random() < 0.5:
+                start = int(rng.integers(0, len(row) - 4))
+                n = int(rng.integers(4, 65))
+                row.extend(row[start : start + n])
+            else:
+                fresh = rng.integers(0, vocab, int(rng.integers(8, 65))).tolist()
+                if heads:
+                    hit = rng.random(len(fresh)) < 1.0 / HIST16_BREAKER_EVERY
+                    fresh = [int(rng.choice(heads)) if h else t for t, h in zip(fresh, hit)]
+                row.extend(fresh)
+        start = int(rng.integers(0, max(1, len(row) - 64)))
+        while len(row) < length:  # end inside a repeat of an earlier span
+            row.extend(row[start : start + (length - len(row))])
+        out[r] = row[:length]
+    return out
+
+
+def make_hist_case(vocab: int, batch: int) -> HistCase:
+    base, _ = make_logits(vocab, batch)
+    hist = make_history(vocab, batch, HIST16_LEN)
+    rng = np.random.default_rng(SEED + vocab)
+    breakers = [list(b) for b in HIST16_BREAKERS if max(b) < vocab]
+    # A quarter single ids; the rest 2-4 ids, of which some end like a row's history (so they
+    # apply there) and the others at random spans of it.
+    seqs: list[list[int]] = []
+    for i in range(HIST16_SEQUENCES):
+        if i < HIST16_SEQUENCES // 4:
+            seqs.append([int(rng.integers(0, vocab))])
+            continue
+        n = int(rng.integers(2, 5))
+        r = i % batch
+        end = HIST16_LEN if i % 4 == 0 else int(rng.integers(n, HIST16_LEN))
+        seqs.append(hist[r, end - n + 1 : end].tolist() + [int(rng.integers(0, vocab))])
+    biases = rng.uniform(-4.0, 4.0, len(seqs)).round(2).tolist()
+    t = torch.from_numpy(hist)
+    return HistCase(vocab, batch, base, base.numpy(), t, hist, breakers, seqs, biases)
+
+
+def hist_ts_kwargs(case: HistCase, row: HistRow) -> dict[str, Any]:
+    kw: dict[str, Any] = {"temperature": 0.8, "top_k": 50}
+    if not row.light:
+        kw.update(repetition_penalty=1.2, top_p=0.9)
+    if row.stage == "dry":
+        kw.update(dry_multiplier=HIST16_DRY, dry_sequence_breakers=case.breakers)
+    elif row.stage == "ngram":
+        kw["no_repeat_ngram_size"] = HIST16_NGRAM
+    elif row.stage == "sequence_bias":
+        kw["sequence_bias"] = {tuple(s): b for s, b in zip(case.sequences, case.biases)}
+    elif row.stage == "bad_words":
+        kw["bad_words_ids"] = case.sequences
+    return kw
+
+
+def build_hist_ts(case: HistCase, row: HistRow, numpy_input: bool) -> Callable[[], Any]:
+    # The params are built once, as a generate loop's Sampler does; the call is timed.
+    p = ts.SamplingParams(**hist_ts_kwargs(case, row), seed=SEED)
+    x, h = (case.logits_np, case.history_np) if numpy_input else (case.logits, case.history)
+    return lambda: ts.sample(x, p, history=h)
+
+
+def hf_hist_processors(case: HistCase, row: HistRow) -> list[LogitsProcessor] | None:
+    """What `generate` builds for these settings, in its order (sequence bias first, then the
+    repetition penalty, the n-gram ban, the bad words, then the warpers); None for DRY."""
+    from transformers.generation.logits_process import (
+        NoBadWordsLogitsProcessor,
+        NoRepeatNGramLogitsProcessor,
+        SequenceBiasLogitsProcessor,
+    )
+
+    if row.stage == "dry":
+        return None
+    procs: list[LogitsProcessor] = []
+    if row.stage == "sequence_bias":
+        pairs = [[s, b] for s, b in zip(case.sequences, case.biases)]
+        procs.append(SequenceBiasLogitsProcessor(sequence_bias=pairs))
+    if not row.light:
+        procs.append(RepetitionPenaltyLogitsProcessor(1.2))
+    if row.stage == "ngram":
+        procs.append(NoRepeatNGramLogitsProcessor(HIST16_NGRAM))
+    if row.stage == "bad_words":
+        procs.append(NoBadWordsLogitsProcessor(case.sequences))
+    procs += [TemperatureLogitsWarper(0.8), TopKLogitsWarper(50)]
+    if not row.light:
+        procs.append(TopPLogitsWarper(0.9))
+    return procs
+
+
+def build_hist_hf(case: HistCase, row: HistRow) -> Callable[[], Any] | None:
+    procs = hf_hist_processors(case, row)
+    if procs is None:
+        return None
+    chain, x, input_ids = LogitsProcessorList(procs), case.logits, case.history
+
+    def step() -> torch.Tensor:
+        scores = chain(input_ids, x.to(copy=True, dtype=torch.float32))
+        return torch.multinomial(F.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+
+    return step
+
+
+HIST_IMPLS: tuple[tuple[str, str], ...] = (
+    ("ts_np", "tokensampler (numpy)"),
+    ("ts_torch", "tokensampler (torch)"),
+    ("hf", "HF chain + multinomial"),
+)
+
+
+def build_hist(case: HistCase, row: HistRow, impl: str) -> Callable[[], Any] | None:
+    if impl == "hf":
+        return build_hist_hf(case, row)
+    return build_hist_ts(case, row, numpy_input=impl == "ts_np")
+
+
+def hist_cell(grid: Grid) -> tuple[int, int]:
+    return (TARGET_V if TARGET_V in grid.vocab else max(grid.vocab)), stage_batch(grid)
+
+
+def check_history() -> list[str]:
+    """The guard of the issue #16 rows, on a small case (V = 1000, B = 4, the full history):
+    ids of the right shape and range (errors); the history makes every stage act, i.e. each
+    history stage changes tokensampler's distribution (else the row would time a no-op), and a
+    Hugging Face draw outside tokensampler's kept set (warnings)."""
+    warnings: list[str] = []
+    if not HAS_HISTORY:
+        return warnings
+    v, b = 1000, 4
+    case = make_hist_case(v, b)
+    for row in HIST_ROWS:
+        kw = hist_ts_kwargs(case, row)
+        pr = ts.probs(case.logits, history=case.history, **kw)
+        if row.stage is not None:
+            # The stage alone (at T = 1, no filter to hide its effect) changes every row.
+            base = next(r for r in HIST_ROWS if r.key == row.base)
+            alone = {k: x for k, x in kw.items() if k not in hist_ts_kwargs(case, base)}
+            got = ts.probs(case.logits, history=case.history, **alone)
+            acts = (got != ts.probs(case.logits)).any(dim=1)
+            if not bool(acts.all()):
+                warnings.append(
+                    f"row {row.key}: {row.stage} changes nothing in rows "
+                    f"{(~acts).nonzero().flatten().tolist()} of the guard's history"
+                )
+        for impl, label in HIST_IMPLS:
+            fn = build_hist(case, row, impl)
+            if fn is None:
+                continue
+            for _ in range(3):
+                where = f"{label}, float32, row {row.key}"
+                ids = _checked_ids(fn(), TS_TORCH, b, v, where)
+                if not bool((pr > 0).gather(1, ids[:, None]).all()):
+                    warnings.append(f"{where}: drew an id outside tokensampler's kept set")
+    return warnings
+
+
+def run_history(grid: Grid, res: Results) -> None:
+    """The issue #16 rows: one cell (`hist_cell`), every row and contender in one interleaved
+    `measure`, so each ratio to its base is taken in one run. All n/a without the keywords."""
+    v, b = hist_cell(grid)
+    f32 = "float32"
+    if not HAS_HISTORY:
+        for row in HIST_ROWS:
+            for impl, _ in HIST_IMPLS:
+                res.timings[(row.key, impl, f32, v, b)] = Timing(None, 0, "n/a")
+        return
+    start = time.perf_counter()
+    case = make_hist_case(v, b)
+    fns: dict[Key, Callable[[], Any]] = {}
+    for row in HIST_ROWS:
+        for impl, _ in HIST_IMPLS:
+            fn = build_hist(case, row, impl)
+            if fn is None:
+                res.timings[(row.key, impl, f32, v, b)] = Timing(None, 0, "n/a")
+            else:
+                fns[(row.key, impl, f32, v, b)] = fn
+    res.timings.update(measure(fns, grid))
+    log(f"  V={v:>6} B={b:>3} done ({time.perf_counter() - start:6.1f} s)")
+
+
+def history_targets(grid: Grid, res: Results) -> list[Target]:
+    """Issue #16: DRY and no_repeat_ngram_size over the 4,096-token history add ≤ 25 % to the
+    same call without them (judged on pipeline (c)'s stages; the light base, where the stage
+    is a larger share, is shown), and the n-gram ban is ≥ 50× faster than the HF chain. DRY
+    has no Hugging Face processor (reported alone); the sequence bias and bad words rows are
+    reported against Hugging Face without a goal."""
+    out: list[Target] = []
+    v, b = hist_cell(grid)
+    f32 = "float32"
+    here = v == TARGET_V and b == TARGET_B
+    cell = f"B={b}, V={v}, f32, {HIST16_LEN}-token history"
+
+    def t(key: str, impl: str = "ts_torch") -> Timing:
+        return res.get(key, impl, f32, v, b)
+
+    def missing(*ts_: Timing) -> str:
+        status = next((x.status for x in ts_ if x.median is None), "n/a")
+        return f"n/a ({NO_HISTORY})" if status == "n/a" and not HAS_HISTORY else status
+
+    for key, name in (
+        ("l", f"(l) DRY {HIST16_DRY}"),
+        ("m", f"(m) no_repeat_ngram_size {HIST16_NGRAM}"),
+    ):
+        with_, without = t(key).median, t("hist").median
+        r = _ratio(with_, without)
+        r0 = _ratio(t(f"{key}0").median, t("hist0").median)
+        if with_ is not None and without is not None:
+            ns = (with_ - without) / b / HIST16_LEN * 1e9
+            measured = (
+                f"{with_ / without:.2f}× ({_us(with_)} vs {_us(without)} µs/call; "
+                f"+{ns:.1f} ns per history id and row)"
+                + (f"; light base (T 0.8 + top-k 50): {r0:.2f}×" if r0 is not None else "")
+            )
+        else:
+            measured = missing(t(key), t("hist"))
+        out.append(
+            Target(
+                f"{name} vs the same call without it (pipeline (c)'s stages): {cell}",
+                "≤ 1.25×",
+                measured,
+                (r <= 1.25 if here else None) if r is not None else None,
+            )
+        )
+    dry = t("l")
+    out.append(
+        Target(
+            f"(l) DRY {HIST16_DRY} vs Hugging Face: {cell}",
+            "reported: transformers has no DRY processor (no peer installed)",
+            f"{_us(dry.median)} µs/call, {_us(dry.median / b)} µs/row"
+            if dry.median is not None
+            else missing(dry),
+            None,
+        )
+    )
+    for key, name, goal in (
+        ("m", f"(m) no_repeat_ngram_size {HIST16_NGRAM}", 50.0),
+        ("n-bias", f"(n) sequence_bias ({HIST16_SEQUENCES} sequences)", None),
+        ("n-bad", f"(n) bad_words_ids ({HIST16_SEQUENCES} sequences)", None),
+    ):
+        ours, hf = t(key), t(key, "hf")
+        r = _ratio(hf.median, ours.median)
+        out.append(
+            Target(
+                f"{name}, pipeline (c)'s stages: {cell} vs HF chain + multinomial",
+                f"≥ {goal:.0f}× faster" if goal is not None else "reported (no goal)",
+                f"{r:.1f}× faster ({_us(hf.median)} vs {_us(ours.median)} µs/call)"
+                if r is not None
+                else missing(ours, hf),
+                (r >= goal if here else None) if r is not None and goal is not None else None,
+            )
+        )
+    return out
+
+
+def render_history(grid: Grid, res: Results) -> list[str]:
+    """The section of the issue #16 rows (`run_history`)."""
+    v, b = hist_cell(grid)
+    f32 = "float32"
+    L = ["", "## History-aware stages (issue #16)", ""]
+    L.append(
+        f"float32, B = {b}, V = {v}, a {HIST16_LEN}-token history per row (random ids with "
+        "copied spans and breaker ids, each row ending inside a repeat, so DRY and the n-gram "
+        "ban have work to do); all rows and contenders in one interleaved set. Cells are µs "
+        "per row; in parentheses: HF ÷ tokensampler (torch) (>1 = tokensampler faster), and "
+        "for a history stage tokensampler (torch) ÷ the same call without it. Bases: pipeline "
+        "(c)'s stages (repetition penalty 1.2, T 0.8, top-k 50, top-p 0.9) and a light one "
+        f"(T 0.8 + top-k 50). DRY: multiplier {HIST16_DRY}, base 1.75, allowed length 2, "
+        f"breakers {[list(x) for x in HIST16_BREAKERS]} (token ids standing in for llama.cpp's "
+        f"defaults); sequence_bias / bad_words_ids: {HIST16_SEQUENCES} sequences of 1-4 ids. "
+        "The HF chain is what `generate` builds (`SequenceBiasLogitsProcessor`, "
+        "`RepetitionPenaltyLogitsProcessor`, `NoRepeatNGramLogitsProcessor`, "
+        "`NoBadWordsLogitsProcessor`, then the warpers), softmax, `torch.multinomial`; "
+        "transformers has no DRY (`n/a`)."
+    )
+    if not HAS_HISTORY:
+        L += ["", f"**All rows n/a: {NO_HISTORY}.**"]
+    L.append("")
+    head = ["row", "V", "B"] + [label for _, label in HIST_IMPLS] + ["÷ without the stage"]
+    L.append("| " + " | ".join(head) + " |")
+    L.append("|---|" + "---:|" * (len(head) - 1))
+    for row in HIST_ROWS:
+        cells = [row.title, f"{v}", f"{b}"]
+        t_ts = res.sec(row.key, "ts_torch", f32, v, b)
+        for impl, _ in HIST_IMPLS:
+            t = res.get(row.key, impl, f32, v, b)
+            if t.median is None:
+                cells.append(t.status)
+                continue
+            rr = _ratio(t.median, t_ts) if impl == "hf" else None
+            cells.append(_us(t.median / b) + (f" ({_fmt_ratio(rr)})" if rr is not None else ""))
+        rb = _ratio(t_ts, res.sec(row.base, "ts_torch", f32, v, b)) if row.stage else None
+        cells.append(f"{rb:.2f}×" if rb is not None else "–")
+        L.append("| " + " | ".join(cells) + " |")
+    return L
+
+
 # ==== analysis ================================================================================
 
 
@@ -1052,6 +1434,7 @@ def evaluate_targets(grid: Grid, res: Results) -> list[Target]:
         )
     )
     out.extend(stage_targets(grid, res))
+    out.extend(history_targets(grid, res))
     return out
 
 
@@ -1299,6 +1682,7 @@ def render(grid: Grid, res: Results, targets: list[Target]) -> str:
         for n in (1, 2):
             L.append(f"| {n} | {_us(res.threads[n])} | {res.threads[1] / res.threads[n]:.2f}× |")
     L.extend(render_stages(grid, res))
+    L.extend(render_history(grid, res))
     if res.warnings:
         L.append("")
         L.append("## Warnings of the correctness guard")
@@ -1489,7 +1873,7 @@ def main(argv: list[str] | None = None) -> int:
     meter = CpuMeter()
     t0 = time.perf_counter()
     log(f"compare.py: {grid.name} grid; correctness guard ...")
-    res.warnings = check_correctness() + check_stages()
+    res.warnings = check_correctness() + check_stages() + check_history()
     for w in res.warnings:
         log(f"  warning: {w}")
     log("timing the grid ...")
@@ -1498,6 +1882,8 @@ def main(argv: list[str] | None = None) -> int:
     run_threads(grid, res)
     log("stages and orders (issue #15) ..." if HAS_STAGES else f"stages and orders: {NO_STAGES}")
     run_stages(grid, res)
+    log("history-aware stages (issue #16) ..." if HAS_HISTORY else f"history stages: {NO_HISTORY}")
+    run_history(grid, res)
     res.wall = time.perf_counter() - t0
     res.others_during = meter.others()
     res.load = (load0, os.getloadavg()[0])

@@ -6,6 +6,7 @@ use crate::elem::Elem;
 use crate::error::SamplingError;
 use crate::params::RowParams;
 use crate::plan::process_row_dispatch;
+use crate::rng::uniforms;
 use crate::scratch::{with_scratch, Scratch};
 use crate::stages::{check_order, Stage};
 use rayon::prelude::*;
@@ -18,6 +19,26 @@ pub enum Seeds<'a> {
     Shared(u64),
     /// One seed per row (lane 0), so a row draws the same wherever it sits in the batch.
     PerRow(&'a [u64]),
+    /// Each row's seed and lane given outright (the positions of a speculative verification
+    /// each have a lane of their own: `verify.rs`).
+    Lanes {
+        /// One seed per row.
+        seeds: &'a [u64],
+        /// One lane per row.
+        lanes: &'a [u64],
+    },
+}
+
+impl Seeds<'_> {
+    /// Row `i`'s two uniforms of step `step` (the draw's, and a gambling stage's coin).
+    #[inline(always)]
+    pub(crate) fn uniforms(&self, i: usize, step: u64) -> (f64, f64) {
+        match *self {
+            Seeds::Shared(seed) => uniforms(seed, i as u64, step),
+            Seeds::PerRow(seeds) => uniforms(seeds[i], 0, step),
+            Seeds::Lanes { seeds, lanes } => uniforms(seeds[i], lanes[i], step),
+        }
+    }
 }
 
 /// A rectangular block of `rows` rows of `width` ids, row-major; negative ids are padding.
@@ -163,8 +184,11 @@ pub struct BatchRequest<'a, T> {
     /// A row with NaN or nothing left to sample gets id -1 (`valid: false`) instead of
     /// failing the call (`on_invalid="skip"`).
     pub skip_invalid: bool,
-    /// Biases of id sequences (Hugging Face `sequence_bias`; `-inf` for `bad_words_ids`).
+    /// Biases of id sequences (Hugging Face `sequence_bias`).
     pub sequence_bias: Option<Sequences<'a>>,
+    /// Multi-token bans (Hugging Face `bad_words_ids`: a sequence bias of `-inf`; values
+    /// unused).
+    pub bad_words: Option<Sequences<'a>>,
     /// DRY's sequence breakers.
     pub dry_breakers: Option<Sequences<'a>>,
     /// Each row's mirostat state `mu` (required when a row turns mirostat on).
@@ -194,6 +218,7 @@ impl<T> BatchRequest<'_, T> {
             token_ids: None,
             skip_invalid: false,
             sequence_bias: None,
+            bad_words: None,
             dry_breakers: None,
             mirostat_mu: None,
             dry_index: &[],
@@ -227,8 +252,9 @@ pub struct RowResult {
 }
 
 impl RowResult {
-    /// What a skipped invalid row reports.
-    fn invalid(top_n: usize, n_token_ids: usize) -> Self {
+    /// What a skipped invalid row reports (and a verification's positions past its last
+    /// emitted token).
+    pub(crate) fn invalid(top_n: usize, n_token_ids: usize) -> Self {
         RowResult {
             id: -1,
             logprob: f64::NAN,
@@ -242,7 +268,7 @@ impl RowResult {
     }
 }
 
-fn check_shapes<T>(
+pub(crate) fn check_shapes<T>(
     req: &BatchRequest<'_, T>,
     probs_len: Option<usize>,
 ) -> Result<usize, SamplingError> {
@@ -311,6 +337,9 @@ fn check_shapes<T>(
     if let Some(sb) = &req.sequence_bias {
         sb.check("sequence_bias", b, v)?;
     }
+    if let Some(bw) = &req.bad_words {
+        bw.check("bad_words_ids", b, v)?;
+    }
     if let Some(br) = &req.dry_breakers {
         br.check("dry_sequence_breakers", b, v)?;
     }
@@ -330,13 +359,21 @@ fn check_shapes<T>(
         }
         _ => {}
     }
-    if let Seeds::PerRow(s) = req.seeds {
-        if s.len() != b {
-            return Err(SamplingError::Shape(format!(
-                "{} seeds for a batch of {b}",
-                s.len()
-            )));
-        }
+    let n_seeds = match req.seeds {
+        Seeds::Shared(_) => b,
+        Seeds::PerRow(s) => s.len(),
+        Seeds::Lanes { seeds, lanes } if seeds.len() == lanes.len() => seeds.len(),
+        Seeds::Lanes { .. } => usize::MAX, // never a batch size: reported below
+    };
+    if n_seeds != b {
+        return Err(SamplingError::Shape(match req.seeds {
+            Seeds::Lanes { seeds, lanes } => format!(
+                "{} seeds and {} lanes for a batch of {b}",
+                seeds.len(),
+                lanes.len()
+            ),
+            _ => format!("{n_seeds} seeds for a batch of {b}"),
+        }));
     }
     if let Some(n) = probs_len {
         if n != b * v {
@@ -448,45 +485,65 @@ pub fn run_batch<T: Elem>(
     probs: Option<&mut [T::C]>,
 ) -> Result<Vec<RowResult>, SamplingError> {
     let v = check_shapes(req, probs.as_ref().map(|p| p.len()))?;
+    let b = req.rows.len();
+    let outs: Vec<Option<&mut [T::C]>> = match probs {
+        Some(p) if v > 0 => p.chunks_mut(v).map(Some).collect(),
+        _ => (0..b).map(|_| None).collect(),
+    };
+    let results = with_prepared(req, |req| {
+        par_map(outs, b * v, |i, out, s| row_or_skip(req, i, s, out))
+    })?;
+    results.into_iter().collect()
+}
+
+/// Checks the order and runs `f` on `req` with what a call prepares once for all its rows
+/// (the DRY breakers' index: usually one set broadcast to every row, and a string breaker
+/// may stand for thousands of id sequences). The shapes are the caller's to check first.
+pub(crate) fn with_prepared<T, R>(
+    req: &BatchRequest<'_, T>,
+    f: impl FnOnce(&BatchRequest<'_, T>) -> R,
+) -> Result<R, SamplingError> {
     check_order(req.order, req.params)?;
-    // The breakers are indexed once per call (usually one set broadcast to every row): a
-    // string breaker may stand for thousands of id sequences.
     let index: Vec<Breakers> = match req.dry_breakers {
         Some(br) if req.params.iter().any(|p| p.dry().is_on()) => (0..br.row_ends.len())
             .map(|r| Breakers::new(br.row(r).map(|(s, _)| s)))
             .collect(),
         _ => Vec::new(),
     };
-    let req = &BatchRequest {
+    Ok(f(&BatchRequest {
         dry_index: &index,
         ..*req
-    };
-    let b = req.rows.len();
-    let outs: Vec<Option<&mut [T::C]>> = match probs {
-        Some(p) if v > 0 => p.chunks_mut(v).map(Some).collect(),
-        _ => (0..b).map(|_| None).collect(),
-    };
-    let results: Vec<Result<RowResult, SamplingError>> =
-        if b >= 2 && b * v >= parallel_min_elements() {
-            let work = || {
-                outs.into_par_iter()
-                    .enumerate()
-                    .map(|(i, out)| with_scratch(|s| row_or_skip(req, i, s, out)))
-                    .collect()
-            };
-            match current_pool() {
-                Some(pool) => pool.install(work),
-                None => work(),
-            }
-        } else {
-            with_scratch(|s| {
-                outs.into_iter()
-                    .enumerate()
-                    .map(|(i, out)| row_or_skip(req, i, s, out))
-                    .collect()
-            })
+    }))
+}
+
+/// `f(i, unit, scratch)` for every unit, on the pool when the call reads at least
+/// [`PARALLEL_MIN_ELEMENTS`] logits (`elements`) in two or more units, else on this thread.
+pub(crate) fn par_map<U: Send, R: Send, F: crate::elem::Real>(
+    units: Vec<U>,
+    elements: usize,
+    f: impl Fn(usize, U, &mut Scratch<F>) -> R + Sync,
+) -> Vec<R> {
+    if units.len() >= 2 && elements >= parallel_min_elements() {
+        let work = || {
+            units
+                .into_par_iter()
+                .enumerate()
+                .map(|(i, u)| with_scratch(|s| f(i, u, s)))
+                .collect()
         };
-    results.into_iter().collect()
+        match current_pool() {
+            Some(pool) => pool.install(work),
+            None => work(),
+        }
+    } else {
+        with_scratch(|s| {
+            units
+                .into_iter()
+                .enumerate()
+                .map(|(i, u)| f(i, u, s))
+                .collect()
+        })
+    }
 }
 
 #[cfg(test)]

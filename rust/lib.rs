@@ -22,6 +22,7 @@ mod scratch;
 mod simd;
 pub mod softmax;
 pub mod stages;
+pub mod verify;
 
 #[cfg(feature = "python")]
 mod py;

@@ -5,7 +5,7 @@
 //! compute temperature, top-k, top-p and min-p in that order without writing the row; any
 //! other stage or order runs [`Plan::Ordered`] (the stages of `stages.rs`, one by one).
 
-use crate::batch::{BatchRequest, RowResult, Seeds};
+use crate::batch::{BatchRequest, RowResult};
 use crate::draw::{draw_dense, draw_dense_by, draw_sparse};
 use crate::dry::{self, Breakers};
 use crate::elem::{Elem, Real};
@@ -17,7 +17,6 @@ use crate::filter::{
 use crate::ngram::{add_bias, no_repeat_ngram, sequence_bias};
 use crate::params::RowParams;
 use crate::penalty::{apply_additive, apply_scaling, count_ids, valid_history, window};
-use crate::rng::uniforms;
 use crate::scratch::Scratch;
 #[cfg(target_arch = "x86_64")]
 use crate::simd::{simd_level, Simd};
@@ -39,6 +38,7 @@ fn modifies_row<T>(req: &BatchRequest<'_, T>, i: usize, p: &RowParams) -> bool {
     req.bias_ids
         .is_some_and(|b| b.row(i).iter().any(|&id| id >= 0))
         || req.sequence_bias.is_some_and(|sb| sb.any(i))
+        || req.bad_words.is_some_and(|bw| bw.any(i))
         || (req.history.is_some() && p.reads_history())
 }
 
@@ -79,6 +79,10 @@ fn modify_row<T: Elem>(
     }
     if let Some(sb) = req.sequence_bias {
         sequence_bias(&mut s.y, &s.seq, sb.row(i));
+    }
+    if let Some(bw) = req.bad_words {
+        let ban = f64::NEG_INFINITY;
+        sequence_bias(&mut s.y, &s.seq, bw.row(i).map(|(seq, _)| (seq, ban)));
     }
     if req.history.is_none() || !p.reads_history() {
         return Ok(());
@@ -470,10 +474,7 @@ fn draw_row<T: Elem, const FMA: bool>(
     modify_row(req, i, p, v, s)?;
 
     // The row's two uniforms of this step: the draw's, and a gambling stage's coin (XTC).
-    let stream = || match req.seeds {
-        Seeds::Shared(seed) => uniforms(seed, i as u64, req.step),
-        Seeds::PerRow(seeds) => uniforms(seeds[i], 0, req.step),
-    };
+    let stream = || req.seeds.uniforms(i, req.step);
     let u = || stream().0;
     let row = Row {
         i,

@@ -6,6 +6,7 @@ use crate::error::SamplingError as CoreError;
 use crate::params::{RowParams, N_PARAMS, PARAMS, PARAM_NAMES};
 use crate::pipeline::{self, BatchRequest, IdRows, RowResult, Seeds, Sequences};
 use crate::stages::{check_order, parse_order, Stage};
+use crate::verify::{verify_batch, DraftProbs, Drafts};
 use numpy::ndarray::ArrayView2;
 use numpy::{
     Element, PyArray1, PyArray2, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2,
@@ -158,14 +159,19 @@ struct Inputs<'a> {
     token_ids: Option<IdRows<'a>>,
     skip_invalid: bool,
     sequence_bias: Option<Sequences<'a>>,
+    bad_words: Option<Sequences<'a>>,
     dry_breakers: Option<Sequences<'a>>,
     mirostat_mu: Option<&'a [f64]>,
+    /// A speculative verification's drafts (the rows are then B × (K + 1) positions).
+    drafts: Option<Drafts<'a>>,
 }
 
 /// The outputs of a batch, as owned buffers that cross to Python without a copy.
 struct Outputs<F> {
     results: Vec<RowResult>,
     probs: Option<Vec<F>>,
+    /// A verification's accepted drafts per row.
+    accepted: Option<Vec<usize>>,
 }
 
 fn run_rows<T: Elem>(
@@ -190,6 +196,7 @@ fn run_rows<T: Elem>(
         token_ids: inputs.token_ids,
         skip_invalid: inputs.skip_invalid,
         sequence_bias: inputs.sequence_bias,
+        bad_words: inputs.bad_words,
         dry_breakers: inputs.dry_breakers,
         mirostat_mu: inputs.mirostat_mu,
         dry_index: &[],
@@ -201,8 +208,20 @@ fn run_rows<T: Elem>(
             let mut probs = want
                 .probs
                 .then(|| vec![<T::C as num_traits::Zero>::zero(); rows.len() * v]);
+            if let Some(drafts) = &inputs.drafts {
+                let (results, accepted) = verify_batch(&req, drafts)?;
+                return Ok(Outputs {
+                    results,
+                    probs: None,
+                    accepted: Some(accepted),
+                });
+            }
             let results = pipeline::run_batch(&req, probs.as_deref_mut())?;
-            Ok(Outputs { results, probs })
+            Ok(Outputs {
+                results,
+                probs,
+                accepted: None,
+            })
         })
     })
 }
@@ -260,6 +279,8 @@ struct RunResult {
     /// Each row's mirostat state after this step, (B,) float64 (NaN where mirostat is off),
     /// or None unless states were given.
     mirostat_mu: Option<Py<PyArray1<f64>>>,
+    /// A verification's accepted drafts per row, (B,) int64, or None for a plain call.
+    accepted: Option<Py<PyArray1<i64>>>,
 }
 
 #[pymethods]
@@ -297,8 +318,13 @@ impl RunResult {
     token_ids = None,
     on_invalid = "raise",
     sequence_bias = None,
+    bad_words = None,
     dry_breakers = None,
     mirostat_mu = None,
+    lanes = None,
+    spec_k = 0,
+    draft_ids = None,
+    draft_probs = None,
 ))]
 #[allow(clippy::too_many_arguments)]
 fn run<'py>(
@@ -321,8 +347,13 @@ fn run<'py>(
     token_ids: Option<PyReadonlyArray2<'py, i64>>,
     on_invalid: &str,
     sequence_bias: Option<SeqArrays<'py>>,
+    bad_words: Option<SeqArrays<'py>>,
     dry_breakers: Option<SeqArrays<'py>>,
     mirostat_mu: Option<PyReadonlyArray1<'py, f64>>,
+    lanes: Option<PyReadonlyArray1<'py, u64>>,
+    spec_k: usize,
+    draft_ids: Option<PyReadonlyArray1<'py, i64>>,
+    draft_probs: Option<Bound<'py, PyAny>>,
 ) -> PyResult<RunResult> {
     let params = param_rows(params.as_array())?;
     let order = order_of(order)?;
@@ -337,7 +368,46 @@ fn run<'py>(
     let seeds_slice = seeds
         .as_slice()
         .map_err(|_| PyValueError::new_err("seeds must be contiguous uint64"))?;
-    let seeds = if per_row_seeds {
+    let lanes_slice = match &lanes {
+        Some(l) => Some(
+            l.as_slice()
+                .map_err(|_| PyValueError::new_err("lanes must be contiguous uint64"))?,
+        ),
+        None => None,
+    };
+    let q32 = match &draft_probs {
+        Some(q) => q.cast::<PyArray1<f32>>().ok().map(|a| a.readonly()),
+        None => None,
+    };
+    let q64 = match &draft_probs {
+        Some(q) if q32.is_none() => Some(
+            q.cast::<PyArray1<f64>>()
+                .map_err(|_| {
+                    PyTypeError::new_err("draft_probs must cross as a 1-D float32 or float64 array")
+                })?
+                .readonly(),
+        ),
+        _ => None,
+    };
+    let contiguous = |_| PyValueError::new_err("draft arrays must be contiguous");
+    let drafts = match &draft_ids {
+        Some(ids) => Some(Drafts {
+            k: spec_k,
+            ids: ids.as_slice().map_err(contiguous)?,
+            probs: match (&q32, &q64) {
+                (Some(q), _) => Some(DraftProbs::F32(q.as_slice().map_err(contiguous)?)),
+                (None, Some(q)) => Some(DraftProbs::F64(q.as_slice().map_err(contiguous)?)),
+                (None, None) => None,
+            },
+        }),
+        None => None,
+    };
+    let seeds = if let Some(lanes) = lanes_slice {
+        Seeds::Lanes {
+            seeds: seeds_slice,
+            lanes,
+        }
+    } else if per_row_seeds {
         Seeds::PerRow(seeds_slice)
     } else {
         Seeds::Shared(
@@ -347,6 +417,7 @@ fn run<'py>(
         )
     };
     let sb_off = seq_offsets(&sequence_bias, "sequence_bias")?;
+    let bw_off = seq_offsets(&bad_words, "bad_words_ids")?;
     let br_off = seq_offsets(&dry_breakers, "dry_sequence_breakers")?;
     let inputs = Inputs {
         params: &params,
@@ -359,6 +430,7 @@ fn run<'py>(
         token_ids: id_rows(&token_ids)?,
         skip_invalid,
         sequence_bias: sequences(&sequence_bias, &sb_off, "sequence_bias")?,
+        bad_words: sequences(&bad_words, &bw_off, "bad_words_ids")?,
         dry_breakers: sequences(&dry_breakers, &br_off, "dry_sequence_breakers")?,
         mirostat_mu: match &mirostat_mu {
             Some(a) => Some(
@@ -367,6 +439,7 @@ fn run<'py>(
             ),
             None => None,
         },
+        drafts,
     };
     let want = Want {
         probs: want_probs,
@@ -391,7 +464,11 @@ fn run<'py>(
                 Some(p) => Some(vec2(py, p, rows.len(), v)?.into_any().unbind()),
                 None => None,
             };
-            finish(py, out.results, want, probs)
+            let mut result = finish(py, out.results, want, probs)?;
+            result.accepted = out.accepted.map(|a| {
+                PyArray1::from_vec(py, a.into_iter().map(|n| n as i64).collect()).unbind()
+            });
+            Ok(result)
         }};
     }
 
@@ -471,6 +548,7 @@ fn finish(
         },
         valid: want.skip.then(|| PyArray1::from_vec(py, valid).unbind()),
         mirostat_mu: want.mirostat.then(|| PyArray1::from_vec(py, mu).unbind()),
+        accepted: None,
     })
 }
 

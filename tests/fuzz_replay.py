@@ -313,7 +313,12 @@ def native_args(case: Case) -> tuple[tuple[Any, ...], dict[str, Any]]:
 def check_outcome(case: Case, out: Any) -> None:
     """The output contract the Rust target asserts, on the binding's outputs."""
     ids, lps, raw, top_ids, top_lps, probs = (
-        out.ids, out.logprobs, out.raw_logprobs, out.top_ids, out.top_logprobs, out.probs
+        out.ids,
+        out.logprobs,
+        out.raw_logprobs,
+        out.top_ids,
+        out.top_logprobs,
+        out.probs,
     )
     assert np.asarray(top_lps).shape == (case.b, case.top_n)
     ids = np.asarray(ids)

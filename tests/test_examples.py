@@ -30,8 +30,12 @@ def test_examples_are_all_collected() -> None:
 @pytest.mark.parametrize(
     "script",
     # hf_generate.py also runs in the transformers job (scripts/test.sh, oldest release).
-    [pytest.param(p, marks=pytest.mark.transformers) if "transformers" in NEEDS.get(p.name, ())
-     else p for p in EXAMPLES],
+    [
+        pytest.param(p, marks=pytest.mark.transformers)
+        if "transformers" in NEEDS.get(p.name, ())
+        else p
+        for p in EXAMPLES
+    ],
     ids=lambda p: p.name,
 )
 def test_example_runs(script: Path) -> None:

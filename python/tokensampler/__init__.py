@@ -10,6 +10,7 @@ from importlib import metadata as _metadata
 from ._native import SamplingError, get_num_threads
 from .params import SamplingParams
 from .sampling import SampleOutput, Sampler, probs, sample, set_num_threads
+from .verify import VerifyOutput, verify
 
 try:
     __version__ = _metadata.version("tokensampler")
@@ -21,9 +22,11 @@ __all__ = [
     "Sampler",
     "SamplingError",
     "SamplingParams",
+    "VerifyOutput",
     "__version__",
     "get_num_threads",
     "probs",
     "sample",
     "set_num_threads",
+    "verify",
 ]

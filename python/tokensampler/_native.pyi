@@ -65,6 +65,9 @@ class RunResult:
         """Whether each row was sampled (False: skipped as invalid, id -1), (B,) bool; None
         unless `on_invalid="skip"` (every row is then valid)."""
     @property
+    def accepted(self) -> npt.NDArray[np.int64] | None:
+        """A verification's accepted drafts per row, (B,) int64, or None for a plain call."""
+    @property
     def mirostat_mu(self) -> npt.NDArray[np.float64] | None:
         """Each row's mirostat state after this step, (B,) float64 (NaN where mirostat is off),
         or None unless states were given."""
@@ -98,16 +101,25 @@ def run(
     token_ids: npt.NDArray[np.int64] | None = None,
     on_invalid: str = "raise",
     sequence_bias: SeqArrays | None = None,
+    bad_words: SeqArrays | None = None,
     dry_breakers: SeqArrays | None = None,
     mirostat_mu: npt.NDArray[np.float64] | None = None,
+    lanes: npt.NDArray[np.uint64] | None = None,
+    spec_k: int = 0,
+    draft_ids: npt.NDArray[np.int64] | None = None,
+    draft_probs: npt.NDArray[np.float32] | npt.NDArray[np.float64] | None = None,
 ) -> RunResult:
     """Runs the pipeline on (B, V) logits (a bfloat16 batch crosses as a uint16 view with
     `is_bf16`). `params` is (1 or B, len(PARAMS)) in PARAM_NAMES order; `history`/`bias_ids`
     are (rows, width) int64 with negative padding; `seeds` is (1,) shared or (B,) per row.
     `order` is one preset name or a sequence of stage names (empty: "hf"). `raw_logprobs`
     and `probs` of the result are None unless asked for. `sequence_bias` (values: the biases,
-    -inf bans) and `dry_breakers` (no values) hold one set of sequences, or one per row;
-    `mirostat_mu` is (B,), required when a row turns mirostat on."""
+    -inf bans), `bad_words` (bans; values unused) and `dry_breakers` (values unused) hold one set of sequences, or one per row;
+    `mirostat_mu` is (B,), required when a row turns mirostat on. `lanes` (with one seed per
+    row) gives every row its own stream lane. With `draft_ids` ((B * spec_k,)) the rows are
+    B x (spec_k + 1) positions of a speculative verification (`draft_probs`: (B * spec_k * V,)
+    or None for one-hot drafts): `ids` / `logprobs` then hold each position's emitted token
+    (-1 / NaN after the last) and `accepted` each row's accepted drafts."""
 
 def check_params(
     params: npt.NDArray[np.float64] | Sequence[Sequence[float]],

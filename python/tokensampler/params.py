@@ -363,9 +363,10 @@ class SamplingParams:
                 raise TypeError("bad_words must be a list of strings (bad_words_ids takes ids)")
             object.__setattr__(self, "bad_words", tuple(self.bad_words))
         options: dict[str, Any] = {}
-        if bias is not None or bad is not None:
-            rows = _merge_rows(bias, [[(seq, -np.inf) for seq in row] for row in bad or []])
-            options["sequence_bias"] = _seq_arrays(rows)
+        if bias is not None:
+            options["sequence_bias"] = _seq_arrays(bias)
+        if bad is not None:
+            options["bad_words"] = _seq_arrays([[(seq, 0.0) for seq in row] for row in bad])
         if breakers is not None:
             unresolved = any(isinstance(s, str) for row in breakers for s in row)
             if not unresolved:
@@ -428,8 +429,10 @@ class SamplingParams:
             values = v if isinstance(v, tuple) else (v,)
             if any(e is not None and e != off for e in values):
                 return True
-        seqs = self.native_options.get("sequence_bias")
-        return bool(seqs is not None and len(seqs[0]) > len(seqs[1])) or bool(self.bad_words)
+        return bool(self.bad_words) or any(
+            seqs is not None and len(seqs[0]) > len(seqs[1])  # a sequence longer than one id
+            for seqs in (self.native_options.get(n) for n in ("sequence_bias", "bad_words"))
+        )
 
     @property
     def mirostat_on(self) -> bool:
@@ -815,19 +818,6 @@ def _sequence_rows(value: Any, what: str) -> _SeqRows | None:
             row.append((_ids(seq, what), float(b)))
         rows.append(row)
     return rows
-
-
-def _merge_rows(a: _SeqRows | None, b: _SeqRows) -> _SeqRows:
-    """Two sets of sequence rows as one: a single row is every row's."""
-    a = a or []
-    if not a or not b:
-        return a or b
-    if len(a) == 1 or len(b) == 1 or len(a) == len(b):
-        n = max(len(a), len(b))
-        return [a[i if len(a) > 1 else 0] + b[i if len(b) > 1 else 0] for i in range(n)]
-    raise ValueError(
-        f"sequence_bias has {len(a)} rows and bad_words_ids {len(b)}: give one set or one per row"
-    )
 
 
 def _seq_arrays(rows: _SeqRows) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -626,7 +626,10 @@ class Sampler:
         _seeds(seed)
         if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
             raise ValueError(f"state_dict step must be a whole number >= 0, got {step!r}")
-        mu_arr = None if mu is None else np.array(mu, dtype=np.float64).reshape(-1)
+        # Without mirostat there is no state to restore (mirostat_mu stays None).
+        mu_arr = None
+        if mu is not None and self.params.mirostat_on:
+            mu_arr = np.array(mu, dtype=np.float64).reshape(-1)
         with self._lock:
             self.seed = seed
             self._seeds.clear()
@@ -698,7 +701,12 @@ class Sampler:
         mu = None
         if locked:
             mu = self._mu
-            if mu is None or len(mu) != b:
+            if mu is not None and len(mu) != b:
+                raise ValueError(
+                    f"this Sampler holds mirostat states for {len(mu)} rows, and the logits "
+                    f"have {b}: reset() it for a new batch"
+                )
+            if mu is None:
                 # llama.cpp starts mu at 2 tau; a parameter row count that does not match
                 # the batch is the kernels' error to report.
                 tau = pm[:, _TAU_COLUMN] if len(pm) == b else np.full(b, pm[0, _TAU_COLUMN])
