@@ -27,6 +27,13 @@ base (T 0.8 + top-k 50), each with and without DRY (0.8, token-id breakers) and
 ratios to the base in one interleaved set, and the Hugging Face chain where transformers has
 the processor (it has no DRY).
 
+Then (issue #18), row (o): ``ts.verify`` at B=8, K=4, V=128256 (else the grid's largest V),
+float32 torch input, T=1, one-hot drafts (a prompt-lookup drafter), in two regimes on the
+same peaked target -- the drafts are the target's argmax tokens (all accepted; the rate is
+measured and stated) and random drafts (rejected at once) -- against ``ts.sample`` over the
+same B*(K+1) rows, in one interleaved set; a drafter with probabilities (``draft_probs``,
+random drafts from a random q) is reported alongside.
+
 Usage::
 
     python benches/compare.py [--quick | --smoke] [--no-plot] [--out-dir benches/results]
@@ -735,6 +742,7 @@ class Results:
     others_before: float = math.nan  # CPU share used by other processes just before the run
     others_during: float = math.nan  # ... and during the run
     load: tuple[float, float] = (math.nan, math.nan)  # 1-min load average at start, at end
+    verify_acceptance: dict[str, float] = field(default_factory=dict)  # row (o): rate per regime
 
     def get(self, what: str, impl: str, dtype: str, v: int, b: int) -> Timing:
         return self.timings.get((what, impl, dtype, v, b), Timing(None, 0, "n/a"))
@@ -1266,6 +1274,192 @@ def render_history(grid: Grid, res: Results) -> list[str]:
     return L
 
 
+# ==== speculative verification (issue #18) ===================================================
+
+# ts.verify at B = VERIFY_B rows of VERIFY_K drafts each (B * (K + 1) target positions), V =
+# TARGET_V (else the grid's largest V), float32 torch input, T = 1; the baseline is ts.sample
+# over the same B * (K + 1) rows, in the same interleaved set.
+VERIFY_B, VERIFY_K = 8, 4
+VERIFY_BOOST = 12.0  # added to each position's argmax: p(argmax) ~ 1, so its drafts stay
+HAS_VERIFY = hasattr(ts, "verify")
+NO_VERIFY = "the installed tokensampler has no ts.verify (issue #18)"
+
+
+@dataclass(frozen=True)
+class VerifyRow:
+    """One regime of row (o)."""
+
+    key: str
+    title: str
+    drafts: str  # "argmax" | "random"
+    draft_probs: bool  # a drafter with probabilities (random q) instead of one-hot drafts
+    goal: float | None  # ≤ goal × ts.sample over the same rows; None: reported only
+
+
+VERIFY_ROWS: tuple[VerifyRow, ...] = (
+    VerifyRow("o-acc", "(o) verify, drafts = the target's argmax (accepted)", "argmax", False,
+              1.5),
+    VerifyRow("o-rej", "(o) verify, random drafts (rejected at once)", "random", False, 1.5),
+    VerifyRow("o-rej-q", "(o) verify, random drafts + draft_probs (rejected at once)", "random",
+              True, None),
+)  # fmt: skip
+VERIFY_SAMPLE = "o-sample"  # `what` of the baseline: ts.sample over the B * (K + 1) rows
+
+
+@dataclass
+class VerifyCase:
+    """The inputs of row (o): a peaked (B, K + 1, V) target, drafts and a random q."""
+
+    vocab: int
+    target: torch.Tensor  # (B, K + 1, V) float32
+    drafts: dict[str, torch.Tensor]  # "argmax" / "random": (B, K) int64
+    q: torch.Tensor  # (B, K, V) float32, rows summing to 1
+
+
+def verify_cell(grid: Grid) -> int:
+    return TARGET_V if TARGET_V in grid.vocab else max(grid.vocab)
+
+
+def make_verify_case(vocab: int) -> VerifyCase:
+    b, k = VERIFY_B, VERIFY_K
+    base, _ = make_logits(vocab, b * (k + 1))
+    target = base.reshape(b, k + 1, vocab).clone()
+    best = target.argmax(-1)
+    target.scatter_add_(2, best[..., None], torch.full((b, k + 1, 1), VERIFY_BOOST))
+    g = torch.Generator().manual_seed(SEED + 18)
+    random = torch.randint(0, vocab, (b, k), generator=g)
+    random = torch.where(random == best[:, :k], (random + 1) % vocab, random)
+    q = torch.softmax(torch.randn(b, k, vocab, generator=g) * 2.0, -1)
+    return VerifyCase(vocab, target.contiguous(), {"argmax": best[:, :k], "random": random}, q)
+
+
+def build_verify(case: VerifyCase, row: VerifyRow) -> Callable[[], Any]:
+    x, d = case.target, case.drafts[row.drafts]
+    q = case.q if row.draft_probs else None
+    return lambda: ts.verify(x, d, q, seed=SEED)
+
+
+def build_verify_sample(case: VerifyCase) -> Callable[[], Any]:
+    x = case.target.reshape(-1, case.vocab)
+    return lambda: ts.sample(x, seed=SEED)
+
+
+def verify_acceptance(case: VerifyCase, row: VerifyRow) -> float:
+    """The share of drafts accepted (at the timed call's seed: the same every call)."""
+    return float(build_verify(case, row)().accepted.double().mean()) / VERIFY_K
+
+
+def check_verify() -> list[str]:
+    """The guard of row (o), on a small case (V = 1000): shapes and ranges (errors); greedy
+    verification of the argmax drafts keeps them all and gives the argmax bonus, and the
+    regimes accept what they are meant to (warnings)."""
+    warnings: list[str] = []
+    if not HAS_VERIFY:
+        return warnings
+    b, k, v = VERIFY_B, VERIFY_K, 1000
+    case = make_verify_case(v)
+    best = case.target.argmax(-1)
+    out = ts.verify(case.target, case.drafts["argmax"], temperature=0, seed=SEED)
+    if tuple(out.ids.shape) != (b, k + 1) or tuple(out.accepted.shape) != (b,):
+        raise AssertionError(f"ts.verify: shapes {tuple(out.ids.shape)}, {out.accepted.shape}")
+    if not torch.equal(out.ids, best) or not bool((out.accepted == k).all()):
+        raise AssertionError("ts.verify at T=0: argmax drafts not kept, or the bonus differs")
+    for row in VERIFY_ROWS:
+        got = build_verify(case, row)()
+        ids = got.ids
+        if not bool(((ids >= -1) & (ids < v)).all()):
+            raise AssertionError(f"row {row.key}: ids out of range {ids.tolist()}")
+        rate = verify_acceptance(case, row)
+        if (row.drafts == "argmax") != (rate > 0.5):
+            warnings.append(f"row {row.key}: acceptance {rate:.0%} on the guard's case")
+    return warnings
+
+
+def run_verify(grid: Grid, res: Results) -> dict[str, float]:
+    """Row (o): the regimes and the ts.sample baseline in one interleaved `measure`. Returns
+    each regime's acceptance rate (empty when n/a)."""
+    v, b, f32 = verify_cell(grid), VERIFY_B, "float32"
+    if not HAS_VERIFY:
+        for key in (*(r.key for r in VERIFY_ROWS), VERIFY_SAMPLE):
+            res.timings[(key, "ts_torch", f32, v, b)] = Timing(None, 0, "n/a")
+        return {}
+    start = time.perf_counter()
+    case = make_verify_case(v)
+    fns: dict[Key, Callable[[], Any]] = {
+        (VERIFY_SAMPLE, "ts_torch", f32, v, b): build_verify_sample(case)
+    }
+    for row in VERIFY_ROWS:
+        fns[(row.key, "ts_torch", f32, v, b)] = build_verify(case, row)
+    res.timings.update(measure(fns, grid))
+    log(f"  V={v:>6} B={b:>3} K={VERIFY_K} done ({time.perf_counter() - start:6.1f} s)")
+    return {row.key: verify_acceptance(case, row) for row in VERIFY_ROWS}
+
+
+def verify_targets(grid: Grid, res: Results) -> list[Target]:
+    """Issue #18: ts.verify ≤ 1.5× ts.sample over the same B·(K+1) rows, in both regimes
+    (judged at V = TARGET_V); the draft_probs regime is reported."""
+    out: list[Target] = []
+    v, b, f32 = verify_cell(grid), VERIFY_B, "float32"
+    here = v == TARGET_V
+    base = res.get(VERIFY_SAMPLE, "ts_torch", f32, v, b)
+    for row in VERIFY_ROWS:
+        t = res.get(row.key, "ts_torch", f32, v, b)
+        r = _ratio(t.median, base.median)
+        rate = res.verify_acceptance.get(row.key)
+        acc = f"; acceptance {rate:.0%}" if rate is not None else ""
+        out.append(
+            Target(
+                f"{row.title}: B={b}, K={VERIFY_K}, V={v}, f32 vs ts.sample over the same "
+                f"{b * (VERIFY_K + 1)} rows",
+                f"≤ {row.goal:.1f}×" if row.goal is not None else "reported (no goal)",
+                f"{r:.2f}× ({_us(t.median)} vs {_us(base.median)} µs/call{acc})"
+                if r is not None
+                else (NO_VERIFY if not HAS_VERIFY else t.status),
+                (r <= row.goal if here else None) if r is not None and row.goal else None,
+            )
+        )
+    return out
+
+
+def render_verify(grid: Grid, res: Results) -> list[str]:
+    """The section of row (o) (`run_verify`)."""
+    v, b, k, f32 = verify_cell(grid), VERIFY_B, VERIFY_K, "float32"
+    L = ["", "## Speculative verification (issue #18)", ""]
+    L.append(
+        f"`ts.verify`, float32 torch input, B = {b}, K = {k} drafts per row (B·(K+1) = "
+        f"{b * (k + 1)} target positions), V = {v}, T = 1, against `ts.sample` over the same "
+        f"{b * (k + 1)} rows, all in one interleaved set. The target is `make_logits`' rows "
+        f"with {VERIFY_BOOST:g} added to each position's argmax (p(argmax) ≈ 1). Regimes: the "
+        "drafts are the target's argmax tokens, one-hot (a prompt-lookup drafter whose drafts "
+        "hold: every position is processed and a bonus drawn), and random one-hot drafts "
+        "(rejected at the first position: one position processed, one residual draw); a "
+        "drafter with probabilities (random drafts, `draft_probs` = a random q) is reported "
+        "alongside. Acceptance: accepted drafts ÷ drafted, at the timed seed."
+    )
+    if not HAS_VERIFY:
+        L += ["", f"**All rows n/a: {NO_VERIFY}.**"]
+    L.append("")
+    L.append("| regime | V | B | K | acceptance | µs / call | µs / row (÷ B) | ÷ ts.sample |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+    base = res.get(VERIFY_SAMPLE, "ts_torch", f32, v, b)
+    rows: list[tuple[str, str, Timing, float | None]] = [
+        (f"ts.sample over the {b * (k + 1)} rows", VERIFY_SAMPLE, base, None)
+    ]
+    for row in VERIFY_ROWS:
+        t = res.get(row.key, "ts_torch", f32, v, b)
+        rows.append((row.title, row.key, t, _ratio(t.median, base.median)))
+    for title, key, t, r in rows:
+        rate = res.verify_acceptance.get(key)
+        if t.median is None:
+            L.append(f"| {title} | {v} | {b} | {k} | – | {t.status} | – | – |")
+            continue
+        L.append(
+            f"| {title} | {v} | {b} | {k} | {f'{rate:.0%}' if rate is not None else '–'} | "
+            f"{_us(t.median)} | {_us(t.median / b)} | {f'{r:.2f}×' if r is not None else '–'} |"
+        )
+    return L
+
+
 # ==== analysis ================================================================================
 
 
@@ -1435,6 +1629,7 @@ def evaluate_targets(grid: Grid, res: Results) -> list[Target]:
     )
     out.extend(stage_targets(grid, res))
     out.extend(history_targets(grid, res))
+    out.extend(verify_targets(grid, res))
     return out
 
 
@@ -1683,6 +1878,7 @@ def render(grid: Grid, res: Results, targets: list[Target]) -> str:
             L.append(f"| {n} | {_us(res.threads[n])} | {res.threads[1] / res.threads[n]:.2f}× |")
     L.extend(render_stages(grid, res))
     L.extend(render_history(grid, res))
+    L.extend(render_verify(grid, res))
     if res.warnings:
         L.append("")
         L.append("## Warnings of the correctness guard")
@@ -1830,6 +2026,7 @@ def to_json(grid: Grid, res: Results, targets: list[Target]) -> dict[str, Any]:
         "threads": {str(k): v for k, v in res.threads.items()},
         "threads_logits": res.threads_logits,
         "targets": [t.__dict__ for t in targets],
+        "verify_acceptance": res.verify_acceptance,
         "warnings": res.warnings,
     }
 
@@ -1873,7 +2070,7 @@ def main(argv: list[str] | None = None) -> int:
     meter = CpuMeter()
     t0 = time.perf_counter()
     log(f"compare.py: {grid.name} grid; correctness guard ...")
-    res.warnings = check_correctness() + check_stages() + check_history()
+    res.warnings = check_correctness() + check_stages() + check_history() + check_verify()
     for w in res.warnings:
         log(f"  warning: {w}")
     log("timing the grid ...")
@@ -1884,6 +2081,8 @@ def main(argv: list[str] | None = None) -> int:
     run_stages(grid, res)
     log("history-aware stages (issue #16) ..." if HAS_HISTORY else f"history stages: {NO_HISTORY}")
     run_history(grid, res)
+    log("speculative verification (issue #18) ..." if HAS_VERIFY else f"verify: {NO_VERIFY}")
+    res.verify_acceptance = run_verify(grid, res)
     res.wall = time.perf_counter() - t0
     res.others_during = meter.others()
     res.load = (load0, os.getloadavg()[0])

@@ -114,8 +114,7 @@ pub fn verify_batch<T: Elem>(
     let rows: Vec<usize> = (0..b).collect();
     let out = with_prepared(req, |req| {
         par_map(rows, b * positions * v, |_, row, s| {
-            let mut dist = vec![T::C::zero(); v];
-            verify_row(req, drafts, row, &mut dist, s)
+            verify_row(req, drafts, row, &mut Vec::new(), s).map_err(|e| batch_row(e, positions))
         })
     })?;
     let mut results = Vec::with_capacity(b * positions);
@@ -128,72 +127,139 @@ pub fn verify_batch<T: Elem>(
     Ok((results, accepted))
 }
 
-/// One row's verification: its positions in turn, up to the first rejection.
+/// One row's verification: its positions in turn, up to the first rejection; then the
+/// positions it did not need are still checked for NaN (bad input must not depend on luck).
 fn verify_row<T: Elem>(
     req: &BatchRequest<'_, T>,
     drafts: &Drafts<'_>,
     row: usize,
-    dist: &mut [T::C],
+    dist: &mut Vec<T::C>,
     s: &mut crate::scratch::Scratch<T::C>,
 ) -> Result<(Vec<RowResult>, usize), SamplingError> {
-    let (k, v) = (drafts.k, dist.len());
+    let k = drafts.k;
     let mut out: Vec<RowResult> = Vec::with_capacity(k + 1);
+    let mut accepted = k;
     for i in 0..=k {
         let r = row * (k + 1) + i;
-        // The position's own draw (from p_i, with its lane's draw uniform) is the bonus token
-        // at i = K; before that only its distribution is used.
-        let mut res = process_row_dispatch(req, r, s, Some(dist))?;
-        if i == k {
-            out.push(res);
+        let x = drafts.ids.get(row * k + i).map(|&x| x as usize);
+        let (res, accept) = match (x, drafts.probs) {
+            // The bonus token: the position's own draw from p_K.
+            (None, _) => (process_row_dispatch(req, r, s, None)?, false),
+            // A deterministic draft (q one-hot at x): accepting when the position's draw
+            // from p_i is x happens with probability p_i(x), and on a mismatch that draw is
+            // distributed as p_i without x, which is norm(max(0, p_i - q_i)). So the fast
+            // plans' draw alone verifies, with no distribution written.
+            (Some(x), None) => {
+                let res = process_row_dispatch(req, r, s, None)?;
+                let hit = res.id == x as i64;
+                (res, hit)
+            }
+            (Some(x), Some(q)) => {
+                draft_position(req, q, (row * k + i) * req.rows[r].len(), x, r, dist, s)?
+            }
+        };
+        out.push(res);
+        if x.is_some() && !accept {
+            accepted = i;
             break;
         }
-        let x = drafts.ids[row * k + i] as usize;
-        let q_at = |j: usize| match drafts.probs {
-            Some(q) => q.at((row * k + i) * v + j),
-            None => f64::from(u8::from(j == x)),
-        };
-        let (px, qx) = (dist[x].wide(), q_at(x));
-        let step = req.step;
-        let accept_u = |r: usize| {
-            let (seed, lane) = lane_of(req, r);
-            uniforms(seed, lane | ACCEPT_LANE_BIT, step).0
-        };
-        // u < p / q without dividing (q = 0: accepted whenever p > 0).
-        if accept_u(r) * qx < px {
-            res.id = x as i64;
-            res.logprob = px.ln();
-            out.push(res);
-            continue;
-        }
-        // Rejected: the residual norm(max(0, p - q)) by inverse CDF with the position's draw
-        // uniform; with no residual mass (only when p <= q everywhere, i.e. p = q up to
-        // rounding), the position's own draw from p stands.
-        let (seed, lane) = lane_of(req, r);
-        let u = uniforms(seed, lane, step).0;
-        let residual = |j: usize| (dist[j].wide() - q_at(j)).max(0.0);
-        let total: f64 = (0..v).map(residual).sum();
-        if total > 0.0 {
-            let target = u * total;
-            let mut acc = 0.0;
-            let mut id = (0..v).rev().find(|&j| residual(j) > 0.0).unwrap_or(0);
-            for j in 0..v {
-                let w = residual(j);
-                acc += w;
-                if w > 0.0 && target < acc {
-                    id = j;
-                    break;
-                }
-            }
-            res.id = id as i64;
-            res.logprob = dist[id].wide().ln();
-        }
-        out.push(res);
-        let accepted = i;
-        let (top_n, n_ids) = (req.top_n, req.token_ids.map_or(0, |t| t.width));
-        out.resize_with(k + 1, || RowResult::invalid(top_n, n_ids));
-        return Ok((out, accepted));
     }
-    Ok((out, k))
+    for i in out.len()..=k {
+        let x = req.rows[row * (k + 1) + i];
+        if crate::softmax::max_nan_by(x, T::load).1 {
+            return Err(SamplingError::NanInRow {
+                row: row * (k + 1) + i,
+            });
+        }
+    }
+    let (top_n, n_ids) = (req.top_n, req.token_ids.map_or(0, |t| t.width));
+    out.resize_with(k + 1, || RowResult::invalid(top_n, n_ids));
+    Ok((out, accepted))
+}
+
+/// The position at batch row `r` of a draft with probabilities `q` (its row from `qrow`):
+/// accepted when
+/// `u < p(x) / q(x)`, else the residual `norm(max(0, p - q))` drawn by inverse CDF with the
+/// position's draw uniform (with no residual mass, only when p <= q everywhere, i.e. p = q
+/// up to rounding, the position's own draw from p stands).
+#[allow(clippy::too_many_arguments)]
+fn draft_position<T: Elem>(
+    req: &BatchRequest<'_, T>,
+    q: DraftProbs<'_>,
+    qrow: usize,
+    x: usize,
+    r: usize,
+    dist: &mut Vec<T::C>,
+    s: &mut crate::scratch::Scratch<T::C>,
+) -> Result<(RowResult, bool), SamplingError> {
+    let v = req.rows[r].len();
+    dist.clear();
+    dist.resize(v, T::C::zero());
+    let mut res = process_row_dispatch(req, r, s, Some(dist))?;
+    let q_at = |j: usize| q.at(qrow + j);
+    let (px, qx) = (dist[x].wide(), q_at(x));
+    let (seed, lane) = lane_of(req, r);
+    // u < p / q without dividing (q = 0: accepted whenever p > 0).
+    if uniforms(seed, lane | ACCEPT_LANE_BIT, req.step).0 * qx < px {
+        res.id = x as i64;
+        res.logprob = px.ln();
+        return Ok((res, true));
+    }
+    let u = uniforms(seed, lane, req.step).0;
+    let residual = |j: usize| (dist[j].wide() - q_at(j)).max(0.0);
+    let total: f64 = (0..v).map(residual).sum();
+    if total > 0.0 {
+        let target = u * total;
+        let mut acc = 0.0;
+        let mut id = (0..v).rev().find(|&j| residual(j) > 0.0).unwrap_or(0);
+        for j in 0..v {
+            let w = residual(j);
+            acc += w;
+            if w > 0.0 && target < acc {
+                id = j;
+                break;
+            }
+        }
+        res.id = id as i64;
+        res.logprob = dist[id].wide().ln();
+    }
+    Ok((res, false))
+}
+
+/// An error about target row `r` (a position) named by its batch row `r / positions`.
+fn batch_row(e: SamplingError, positions: usize) -> SamplingError {
+    use SamplingError::*;
+    match e {
+        NanInRow { row } => NanInRow {
+            row: row / positions,
+        },
+        AllMasked { row } => AllMasked {
+            row: row / positions,
+        },
+        InvalidParameter {
+            name,
+            row,
+            value,
+            expected,
+        } => InvalidParameter {
+            name,
+            row: row / positions,
+            value,
+            expected,
+        },
+        TokenOutOfRange {
+            what,
+            row,
+            id,
+            vocab,
+        } => TokenOutOfRange {
+            what,
+            row: row / positions,
+            id,
+            vocab,
+        },
+        other => other,
+    }
 }
 
 /// Row `r`'s seed and lane: only [`crate::batch::Seeds::Lanes`] gives every position its own.

@@ -184,6 +184,12 @@ def _draft_probs(draft_probs: Any, b: int, k: int, v: int, single: bool) -> np.n
     out: np.ndarray = np.ascontiguousarray(q, dtype=dtype).reshape(-1)
     if not np.isfinite(out).all() or bool(np.any(out < 0)):
         raise ValueError("draft_probs must be finite and >= 0")
+    # A distribution, or acceptance (u < p / q) and the residual (p - q) are not the
+    # drafter's: float32 rows of a softmax sum to 1 within ~1e-6 * sqrt(V).
+    sums = out.reshape(-1, v).sum(axis=1, dtype=np.float64)
+    if v and bool(np.any(np.abs(sums - 1.0) > 1e-3)):
+        worst = float(sums[np.argmax(np.abs(sums - 1.0))])
+        raise ValueError(f"draft_probs rows must each sum to 1 (a distribution), got {worst:.6g}")
     return out
 
 
