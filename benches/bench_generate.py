@@ -7,6 +7,7 @@ drift on a noisy machine hits both; the median of the repeats is reported.
 
     python benches/bench_generate.py                      # markdown table on stdout
     python benches/bench_generate.py --write docs/generate-bench.md
+    python benches/bench_generate.py --speculative        # speculative decoding (issue 18)
 
 Reports tokens/s (new tokens / wall time of the whole call, prefill included), the ratio,
 time to first token, and the share of the wall time spent inside our sampling call.
@@ -36,7 +37,7 @@ HF = "HF `model.generate` (sample)"  # the baseline row every ratio is against
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=None, help="64 (128 with --speculative)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch", type=int, default=1, help="copies of the prompt per call")
     ap.add_argument("--temperature", type=float, default=0.8)
@@ -50,9 +51,18 @@ def main(argv: list[str] | None = None) -> int:
         "layers as one graph: minutes on a small CPU)",
     )
     ap.add_argument("--write", metavar="FILE", help="also write the markdown to FILE")
+    ap.add_argument(
+        "--speculative",
+        action="store_true",
+        help="instead: greedy speculative decoding (prompt lookup) against the plain loop and "
+        "HF's prompt_lookup_num_tokens, on a paragraph to repeat and on free text",
+    )
+    ap.add_argument("--k", type=int, default=8, help="draft tokens per step (--speculative)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.speculative:
+        return speculative(args)
 
     import tokensampler as ts
     import transformers
@@ -68,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = tok.encode(PROMPT)
     prompts = [PROMPT] * args.batch
     x = torch.tensor([ids] * args.batch)
-    n = args.new_tokens
+    n = args.new_tokens or 64
     kw = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
 
     def ours(m: Any) -> Callable[[], Row]:
@@ -161,6 +171,119 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.write, "w", encoding="utf-8") as f:
             f.write("## Generate loop: tokensampler vs Hugging Face\n\n")
             f.write("`python benches/bench_generate.py` on this project's 2-core CPU machine.\n\n")
+            f.write(text + "\n")
+    return 0
+
+
+PARAGRAPH = (
+    "The old lighthouse stood at the edge of the cliff for more than a century. Sailors "
+    "trusted its beam on stormy nights, and the keeper, a quiet man named Elias, climbed its "
+    "spiral stairs every evening to light the lamp. When the town finally replaced it with an "
+    "automatic beacon, Elias kept visiting, polishing the brass rails and watching the sea. "
+    "Children from the village would follow him up the hill, asking for stories about ships "
+    "he had saved, and he told them each one slowly, as if the storm were still outside."
+)
+REWRITE = "Repeat the following paragraph exactly, word for word:\n\n" + PARAGRAPH
+FREE = "Write a short story about a dragon who learns to cook."
+
+
+def speculative(args: Any) -> int:
+    """Greedy, `--new-tokens` (default 128 here) tokens, eos ignored on both sides, the chat
+    template applied to both prompts: tokens/s of the plain loop, of prompt lookup, and of HF
+    `model.generate(prompt_lookup_num_tokens=K)` on the same weights."""
+    import tokensampler as ts
+    import transformers
+    from tokensampler.generate import generate, prompt_token_ids
+    from tokensampler.hf import load_gguf
+    from tokensampler.model import default_model_path, load
+
+    n = args.new_tokens or 128
+    path = default_model_path()
+    model, tok = load(path, device="cpu", dtype="float32")
+    hf = load_gguf(path)
+
+    def ours(prompt: str, **kw: Any) -> Callable[[], tuple[float, float]]:
+        def run() -> tuple[float, float]:
+            t = time.perf_counter()
+            out = generate(model, tok, prompt, max_new_tokens=n, temperature=0, chat=True,
+                           ignore_eos=True, **kw)  # fmt: skip
+            dt = time.perf_counter() - t
+            assert out.stats.new_tokens == n
+            return n / dt, out.stats.acceptance_rate
+
+        return run
+
+    def theirs(prompt: str, **kw: Any) -> Callable[[], tuple[float, float]]:
+        x = torch.tensor(prompt_token_ids(tok, prompt, chat=True))
+
+        def run() -> tuple[float, float]:
+            with torch.inference_mode():
+                t = time.perf_counter()
+                out = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False,
+                                  max_new_tokens=n, min_new_tokens=n,
+                                  pad_token_id=tok.eos_token_ids[0], **kw)  # fmt: skip
+                dt = time.perf_counter() - t
+            assert out.shape[1] - x.shape[1] == n
+            return n / dt, float("nan")
+
+        return run
+
+    k = args.k
+    runners: dict[str, Callable[[], tuple[float, float]]] = {
+        "repeat: tokensampler, plain": ours(REWRITE),
+        f"repeat: tokensampler, prompt lookup (K={k})": ours(
+            REWRITE, speculative="prompt_lookup", num_speculative_tokens=k
+        ),
+        "repeat: HF, plain": theirs(REWRITE),
+        f"repeat: HF, prompt_lookup_num_tokens={k}": theirs(REWRITE, prompt_lookup_num_tokens=k),
+        "free text: tokensampler, plain": ours(FREE),
+        f"free text: tokensampler, prompt lookup (K={k})": ours(
+            FREE, speculative="prompt_lookup", num_speculative_tokens=k
+        ),
+    }
+    for run in runners.values():  # warm-up
+        run()
+    rows: dict[str, list[tuple[float, float]]] = {name: [] for name in runners}
+    for _ in range(args.repeats):
+        for name, run in runners.items():
+            rows[name].append(run())
+
+    def med(name: str, i: int = 0) -> float:
+        return statistics.median(r[i] for r in rows[name])
+
+    names = list(runners)
+    plain, look, hf_look = med(names[0]), med(names[1]), med(names[3])
+    free_plain, free_look = med(names[4]), med(names[5])
+    cpu = platform.processor() or platform.machine()
+    lines = [
+        (
+            f"Speculative decoding, greedy, {n} new tokens (eos ignored), chat template, "
+            f"SmolLM2-135M-Instruct float32 on the CPU ({cpu}, "
+            f"{torch.get_num_threads()} threads), torch "
+            f"{torch.__version__}, transformers {transformers.__version__}, tokensampler "
+            f"{ts.__version__}; median of {args.repeats} alternating runs after a warm-up."
+        ),
+        "",
+        "| run | tokens/s | drafts accepted |",
+        "|---|---:|---:|",
+    ]
+    for name in names:
+        rate = med(name, 1)
+        acc = "-" if math.isnan(rate) or "plain" in name else f"{rate:.0%}"
+        lines.append(f"| {name} | {med(name):.1f} | {acc} |")
+    lines += [
+        "",
+        f"- prompt lookup / plain loop, repeat: **{look / plain:.2f}x** (target >= 1.5x)",
+        f"- prompt lookup / HF prompt lookup: **{look / hf_look:.2f}x** (target >= 1.2x)",
+        (
+            f"- prompt lookup / plain loop, free text: **{free_look / free_plain:.2f}x** "
+            "(target >= 0.95x: it costs <= 5%)"
+        ),
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        with open(args.write, "w", encoding="utf-8") as f:
             f.write(text + "\n")
     return 0
 

@@ -7,6 +7,7 @@
 //! Z-function run backwards over it, not from a search per token of the vocabulary.
 
 use crate::elem::Real;
+use crate::patch::Logits;
 
 /// The sequence breakers of a row, indexed by their first token (the "head"; llama.cpp's
 /// processed multimap from head to tail).
@@ -78,7 +79,7 @@ pub(crate) struct DryScratch {
 
 /// Applies DRY to the row `y` for the history `history` (valid ids, oldest first).
 pub(crate) fn apply<F: Real>(
-    y: &mut [F],
+    y: &mut (impl Logits<F> + ?Sized),
     history: &[u32],
     breakers: &Breakers,
     d: &Dry,
@@ -185,8 +186,8 @@ pub(crate) fn apply<F: Real>(
             e = max_exponent;
         }
         let penalty = d.multiplier * d.base.powi(e as i32);
-        let v = &mut y[token as usize];
-        *v = *v - F::of(penalty);
+        let j = token as usize;
+        y.set(j, y.get(j) - F::of(penalty));
     }
 }
 
@@ -197,7 +198,7 @@ mod tests {
     fn run(hist: &[u32], vocab: usize, d: Dry, breakers: &[&[i64]]) -> Vec<f64> {
         let mut y = vec![0.0f64; vocab];
         let b = Breakers::new(breakers.iter().copied());
-        apply(&mut y, hist, &b, &d, &mut DryScratch::default());
+        apply(&mut y[..], hist, &b, &d, &mut DryScratch::default());
         y.iter().map(|v| -v).collect()
     }
 

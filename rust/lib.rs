@@ -14,6 +14,7 @@ pub mod error;
 pub mod filter;
 mod ngram;
 pub mod params;
+mod patch;
 pub mod penalty;
 pub mod pipeline;
 mod plan;

@@ -4,6 +4,7 @@
 //! sequence or per history id, never a pass over the vocabulary.
 
 use crate::elem::Real;
+use crate::patch::Logits;
 
 /// Adds `b` to the logit `e`: `-inf` bans, a banned or masked token stays masked, and NaN
 /// stays NaN so that the row check still sees bad input.
@@ -24,7 +25,7 @@ pub(crate) fn add_bias<F: Real>(e: &mut F, b: f64) {
 /// rule; up to 5.0 a sequence longer than the history was skipped even when the history was
 /// exactly its prefix).
 pub(crate) fn sequence_bias<'a, F: Real>(
-    y: &mut [F],
+    y: &mut (impl Logits<F> + ?Sized),
     history: &[u32],
     seqs: impl Iterator<Item = (&'a [i64], f64)>,
 ) {
@@ -39,7 +40,9 @@ pub(crate) fn sequence_bias<'a, F: Real>(
                     .zip(prefix)
                     .all(|(&h, &s)| h as i64 == s));
         if applies {
-            add_bias(&mut y[last as usize], bias);
+            let mut e = y.get(last as usize);
+            add_bias(&mut e, bias);
+            y.set(last as usize, e);
         }
     }
 }
@@ -47,7 +50,11 @@ pub(crate) fn sequence_bias<'a, F: Real>(
 /// Bans (`-inf`) every id that would complete an `n`-gram already in the history: the ids
 /// that followed an earlier occurrence of the history's last `n - 1` ids (with `n = 1`, every
 /// id of the history).
-pub(crate) fn no_repeat_ngram<F: Real>(y: &mut [F], history: &[u32], n: usize) {
+pub(crate) fn no_repeat_ngram<F: Real>(
+    y: &mut (impl Logits<F> + ?Sized),
+    history: &[u32],
+    n: usize,
+) {
     let len = history.len();
     if n == 0 || len + 1 < n {
         return;
@@ -55,9 +62,9 @@ pub(crate) fn no_repeat_ngram<F: Real>(y: &mut [F], history: &[u32], n: usize) {
     let prefix = &history[len + 1 - n..];
     for start in 0..(len + 1 - n) {
         if history[start..start + n - 1] == *prefix {
-            let e = &mut y[history[start + n - 1] as usize];
-            if !e.is_nan() {
-                *e = F::neg_infinity();
+            let j = history[start + n - 1] as usize;
+            if !y.get(j).is_nan() {
+                y.set(j, F::neg_infinity());
             }
         }
     }
@@ -77,19 +84,19 @@ mod tests {
             (&[1, 2, 3], 2.0),
             (&[0, 3], ninf),
         ];
-        sequence_bias(&mut y, &[1, 2], seqs.iter().copied());
+        sequence_bias(&mut y[..], &[1, 2], seqs.iter().copied());
         // [2, 3] matches (the history ends with 2) and so does [1, 2, 3]: the history is
         // exactly its prefix; the biases add up.
         assert_eq!(y, vec![0.0, 0.5, 0.0, 1.0]);
         let mut y = vec![0.0f64; 4];
-        sequence_bias(&mut y, &[2, 2], seqs.iter().copied());
+        sequence_bias(&mut y[..], &[2, 2], seqs.iter().copied());
         assert_eq!(y, vec![0.0, 0.5, 0.0, -1.0]);
         let mut y = vec![0.0f64; 4];
-        sequence_bias(&mut y, &[2, 0], seqs.iter().copied());
+        sequence_bias(&mut y[..], &[2, 0], seqs.iter().copied());
         assert_eq!(y, vec![0.0, 0.5, 0.0, ninf]);
         // A history that is exactly a sequence's prefix is enough (transformers 5.24).
         let mut y = vec![0.0f64; 4];
-        sequence_bias(&mut y, &[0], seqs.iter().copied());
+        sequence_bias(&mut y[..], &[0], seqs.iter().copied());
         assert_eq!(y, vec![0.0, 0.5, 0.0, ninf]);
     }
 
@@ -97,17 +104,17 @@ mod tests {
     fn no_repeat_ngram_bans_completions() {
         let ninf = f64::NEG_INFINITY;
         let mut y = vec![0.0f64; 5];
-        no_repeat_ngram(&mut y, &[0, 1, 2, 0, 1, 3, 0], 2);
+        no_repeat_ngram(&mut y[..], &[0, 1, 2, 0, 1, 3, 0], 2);
         // bigrams starting with 0: (0, 1) twice.
         assert_eq!(y, vec![0.0, ninf, 0.0, 0.0, 0.0]);
         let mut y = vec![0.0f64; 5];
-        no_repeat_ngram(&mut y, &[0, 1, 2, 0, 1, 3, 0, 1], 3);
+        no_repeat_ngram(&mut y[..], &[0, 1, 2, 0, 1, 3, 0, 1], 3);
         assert_eq!(y, vec![0.0, 0.0, ninf, ninf, 0.0]);
         let mut y = vec![0.0f64; 5];
-        no_repeat_ngram(&mut y, &[4, 2], 1);
+        no_repeat_ngram(&mut y[..], &[4, 2], 1);
         assert_eq!(y, vec![0.0, 0.0, ninf, 0.0, ninf]);
         let mut y = vec![0.0f64; 5];
-        no_repeat_ngram(&mut y, &[4, 2], 3);
+        no_repeat_ngram(&mut y[..], &[4, 2], 3);
         assert_eq!(y, vec![0.0; 5]);
     }
 }

@@ -8,6 +8,7 @@
 
 use crate::elem::Real;
 use crate::error::SamplingError;
+use crate::patch::Logits;
 use crate::softmax::min_finite;
 
 /// The history ids of a row in order: its non-negative ids (negative ids are padding,
@@ -96,16 +97,21 @@ impl Penalties {
 
 /// Applies the repetition and frequency/presence penalties to the row `y` in place, in the
 /// order of docs/design.md section 2 (DRY and then k-scaling, [`apply_scaling`], follow).
-pub fn apply_additive<F: Real>(y: &mut [F], counts: &[(u32, u32)], pen: &Penalties) {
+pub(crate) fn apply_additive<F: Real>(
+    y: &mut (impl Logits<F> + ?Sized),
+    counts: &[(u32, u32)],
+    pen: &Penalties,
+) {
     let r = F::of(pen.repetition);
     for &(id, c) in counts {
-        let v = &mut y[id as usize];
+        let mut v = y.get(id as usize);
         if pen.repetition != 1.0 {
-            *v = if *v > F::zero() { *v / r } else { *v * r };
+            v = if v > F::zero() { v / r } else { v * r };
         }
         if pen.frequency != 0.0 || pen.presence != 0.0 {
-            *v = *v - F::of(pen.frequency * c as f64 + pen.presence);
+            v = v - F::of(pen.frequency * c as f64 + pen.presence);
         }
+        y.set(id as usize, v);
     }
 }
 

@@ -16,6 +16,7 @@ use crate::filter::{
 };
 use crate::ngram::{add_bias, no_repeat_ngram, sequence_bias};
 use crate::params::RowParams;
+use crate::patch::{Logits, Patch};
 use crate::penalty::{apply_additive, apply_scaling, count_ids, valid_history, window};
 use crate::scratch::Scratch;
 #[cfg(target_arch = "x86_64")]
@@ -27,6 +28,7 @@ use crate::softmax::{
 };
 use crate::stages::{self, Stage, HF_ORDER};
 use num_traits::{Float, One, Zero};
+use std::collections::HashMap;
 
 /// Top-k runs on the streaming path (candidates only) while `k` is at most this share of V;
 /// above it, a selection on a copy and the dense path are cheaper.
@@ -42,18 +44,21 @@ fn modifies_row<T>(req: &BatchRequest<'_, T>, i: usize, p: &RowParams) -> bool {
         || (req.history.is_some() && p.reads_history())
 }
 
-/// Applies bias, bans, penalties and DRY to the loaded row `s.y` (of length `v`), in the order
-/// of docs/design.md section 9: logit bias, sequence bias and bad words, no-repeat n-grams,
-/// repetition and frequency/presence penalties, DRY, k-scaling. When [`modifies_row`] is
-/// false it only validates the history ids.
+/// Applies bias, bans, penalties and DRY to row `i` (of length `v`) through `y` (the loaded
+/// row, or a [`Patch`] over the stored one), in the order of docs/design.md section 9: logit
+/// bias, sequence bias and bad words, no-repeat n-grams, repetition and frequency/presence
+/// penalties, DRY. Returns whether the history counts for k-scaling are in `s.counts` (the
+/// caller applies it: it shifts the whole row). When [`modifies_row`] is false it only
+/// validates the ids.
 #[inline(always)]
 fn modify_row<T: Elem>(
     req: &BatchRequest<'_, T>,
     i: usize,
     p: &RowParams,
     v: usize,
+    y: &mut (impl Logits<T::C> + ?Sized),
     s: &mut Scratch<T::C>,
-) -> Result<(), SamplingError> {
+) -> Result<bool, SamplingError> {
     if let Some(bias) = req.bias_ids {
         let start = bias.start(i);
         for (n, &id) in bias.row(i).iter().enumerate() {
@@ -68,7 +73,9 @@ fn modify_row<T: Elem>(
                     vocab: v,
                 });
             }
-            add_bias(&mut s.y[id as usize], req.bias_values[start + n]);
+            let mut e = y.get(id as usize);
+            add_bias(&mut e, req.bias_values[start + n]);
+            y.set(id as usize, e);
         }
     }
     // Bad ids are an error even when no stage reads them, so a bug in the caller's
@@ -78,33 +85,47 @@ fn modify_row<T: Elem>(
         valid_history(h.row(i), v, i, &mut s.seq)?;
     }
     if let Some(sb) = req.sequence_bias {
-        sequence_bias(&mut s.y, &s.seq, sb.row(i));
+        sequence_bias(y, &s.seq, sb.row(i));
     }
     if let Some(bw) = req.bad_words {
         let ban = f64::NEG_INFINITY;
-        sequence_bias(&mut s.y, &s.seq, bw.row(i).map(|(seq, _)| (seq, ban)));
+        sequence_bias(y, &s.seq, bw.row(i).map(|(seq, _)| (seq, ban)));
     }
     if req.history.is_none() || !p.reads_history() {
-        return Ok(());
+        return Ok(false);
     }
-    no_repeat_ngram(&mut s.y, &s.seq, p.no_repeat_ngram_size);
-    let penalties = p.penalties();
+    no_repeat_ngram(y, &s.seq, p.no_repeat_ngram_size);
     let counted = p.penalties_on();
     if counted {
         count_ids(window(&s.seq, p.penalty_last_n), &mut s.hist, &mut s.counts);
-        apply_additive(&mut s.y, &s.counts, &penalties);
+        apply_additive(y, &s.counts, &p.penalties());
     }
     let dry = p.dry();
     if dry.is_on() {
         let r = if req.dry_index.len() == 1 { 0 } else { i };
         let none = Breakers::default();
         let breakers = req.dry_index.get(r).unwrap_or(&none);
-        dry::apply(&mut s.y, &s.seq, breakers, &dry, &mut s.dry);
+        dry::apply(y, &s.seq, breakers, &dry, &mut s.dry);
     }
-    if counted {
-        apply_scaling(&mut s.y, &s.counts, &penalties);
+    Ok(counted)
+}
+
+/// [`modify_row`] on the loaded row `s.y`, k-scaling included.
+#[inline(always)]
+fn modify_loaded<T: Elem>(
+    req: &BatchRequest<'_, T>,
+    i: usize,
+    p: &RowParams,
+    v: usize,
+    s: &mut Scratch<T::C>,
+) -> Result<(), SamplingError> {
+    let mut y = std::mem::take(&mut s.y);
+    let counted = modify_row(req, i, p, v, &mut y[..], s);
+    if let Ok(true) = counted {
+        apply_scaling(&mut y, &s.counts, &p.penalties());
     }
-    Ok(())
+    s.y = y;
+    counted.map(|_| ())
 }
 
 /// The streaming top-k of a row: on the row as stored (`x`) when `stored`, else on `y`.
@@ -458,20 +479,51 @@ fn draw_row<T: Elem, const FMA: bool>(
     // memory for nothing. An unmodified bf16 row whose first pass is a top-k scan is scanned
     // as bf16 (half the bytes); the dense path widens it afterwards, from cache. The ordered
     // plan rewrites its row, so it always works on the loaded copy.
+    // A sparse top-k row that bias, bans, penalties or DRY change (not k-scaling, which
+    // shifts the whole row) is still read where it lies: those stages write a patch of the
+    // ids they touch, which the top-k scan merges (`merge_patch`).
     let modifies = modifies_row(req, i, p);
-    let direct = if modifies || plan == Plan::Ordered {
+    let in_place = matches!(plan, Plan::SparseTopK { .. })
+        && !p.penalties().scales_active()
+        && (T::as_compute(x).is_some() || T::scans_as_stored());
+    let patched = modifies && in_place;
+    let direct = if (modifies && !patched) || plan == Plan::Ordered {
         None
     } else {
         T::as_compute(x)
     };
-    let stored = plan.scans_first() && !modifies && T::scans_as_stored();
+    let stored = plan.scans_first() && (!modifies || patched) && T::scans_as_stored();
     // Greedy on an unmodified bf16 row reads the raw row too (widened as it is read).
     let greedy_raw = plan == Plan::Greedy && !modifies && direct.is_none() && T::WIDENS_IN_PLACE;
     if direct.is_none() && !stored && !greedy_raw {
         T::load_row(x, &mut s.y);
     }
     // NaN in the input stays NaN through bias and penalties, so one check after them suffices.
-    modify_row(req, i, p, v, s)?;
+    let mut patch = std::mem::take(&mut s.patch);
+    patch.clear();
+    let modified = if patched {
+        match modify_row(
+            req,
+            i,
+            p,
+            v,
+            &mut Patch {
+                x,
+                values: &mut patch,
+            },
+            s,
+        ) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    } else {
+        modify_loaded(req, i, p, v, s)
+    };
+    if let Err(e) = modified {
+        s.patch = patch;
+        return Err(e);
+    }
+    let patch_ref = if patched { Some(&patch) } else { None };
 
     // The row's two uniforms of this step: the draw's, and a gambling stage's coin (XTC).
     let stream = || req.seeds.uniforms(i, req.step);
@@ -507,12 +559,13 @@ fn draw_row<T: Elem, const FMA: bool>(
             let y = direct.unwrap_or(&loaded);
             match plan {
                 Plan::Greedy => greedy(&row, y, probs),
-                Plan::SparseTopK { order } => sparse_top_k(&row, y, order, s, probs, u),
+                Plan::SparseTopK { order } => sparse_top_k(&row, y, patch_ref, order, s, probs, u),
                 _ => dense::<T, FMA>(&row, y, plan, s, probs, u),
             }
         }
     };
     s.y = loaded;
+    s.patch = patch;
     drawn
 }
 
@@ -550,25 +603,31 @@ fn greedy<T: Elem>(
 
 /// [`Plan::SparseTopK`]: everything after the selection touches only the candidates.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn sparse_top_k<T: Elem>(
     row: &Row<'_, T>,
     y: &[T::C],
+    patch: Option<&HashMap<u32, T::C>>,
     order: FastOrder,
     s: &mut Scratch<T::C>,
     probs: Option<&mut [T::C]>,
     u: impl Fn() -> f64,
 ) -> Result<Drawn, SamplingError> {
     let p = row.p;
+    let extra = patch.map_or(0, |m| m.len());
     let nan = first_scan(
         y,
         row.x,
         row.stored,
-        p.top_k,
+        (p.top_k + extra).min(row.x.len()),
         &mut s.pairs,
         &mut s.sel,
         None,
     )
     .0;
+    if let Some(patch) = patch {
+        merge_patch(&mut s.pairs, patch, p.top_k, &mut s.sel);
+    }
     let m = s.pairs.iter().fold(T::C::neg_infinity(), |a, c| a.max(c.0));
     check_max(row.i, nan, m)?;
     let inv_t = inverse_temperature::<T::C>(p);
@@ -592,12 +651,44 @@ fn sparse_top_k<T: Elem>(
         // The kept candidates at the temperature, from their logits.
         for c in s.pairs.iter_mut() {
             let j = c.1 as usize;
-            c.0 = if row.stored { T::load(row.x[j]) } else { y[j] };
+            c.0 = match patch.and_then(|m| m.get(&c.1)) {
+                Some(&v) => v,
+                None if row.stored => T::load(row.x[j]),
+                None => y[j],
+            };
         }
         candidate_weights(&mut s.pairs, m, inv_t);
     }
     let total: f64 = s.pairs.iter().map(|c| c.0.wide()).sum();
     Ok(draw_from_pairs(&mut s.pairs, total, u(), probs, row.top_n))
+}
+
+/// Merges the patch of a modified row into the candidates of its unmodified top-(k + P)
+/// scan (P patched ids), leaving the patched row's top k, ties at the boundary kept. Exact:
+/// an unpatched id at or above the patched row's k-th value has at most k - 1 ids above it
+/// there, so at most k - 1 + P in the stored row, and the scan kept it.
+#[inline(always)]
+fn merge_patch<F: Real>(
+    cand: &mut Vec<(F, u32)>,
+    patch: &HashMap<u32, F>,
+    k: usize,
+    sel: &mut Vec<F>,
+) {
+    cand.retain(|c| !patch.contains_key(&c.1));
+    // Banned ids cannot be among the top k; NaN was already reported by the scan.
+    cand.extend(
+        patch
+            .iter()
+            .filter(|(_, &v)| v > F::neg_infinity())
+            .map(|(&j, &v)| (v, j)),
+    );
+    if cand.len() > k {
+        sel.clear();
+        sel.extend(cand.iter().map(|c| c.0));
+        let desc = |a: &F, b: &F| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal);
+        let kth = *sel.select_nth_unstable_by(k - 1, desc).1;
+        cand.retain(|c| c.0 >= kth);
+    }
 }
 
 /// [`Plan::Nucleus`] and [`Plan::Dense`]: the weights of the whole row, cut by top-p and

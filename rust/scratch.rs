@@ -17,6 +17,9 @@ pub(crate) struct Scratch<F> {
     /// The row's history ids (padding dropped), oldest first.
     pub(crate) seq: Vec<u32>,
     pub(crate) dry: crate::dry::DryScratch,
+    /// The new values of the ids a modified row's stages touched, when its plan reads the
+    /// stored row (`patch.rs`).
+    pub(crate) patch: std::collections::HashMap<u32, F>,
     pub(crate) counts: Vec<(u32, u32)>,
     pub(crate) keys: Vec<u64>,
     /// The row's mass estimated in its first read (top-p rows).

@@ -931,3 +931,32 @@ def test_mirostat_state_checks() -> None:
     off(x)
     assert off.mirostat_mu is None and off.state_dict()["mirostat_mu"] is None
     assert off.state_dict()["step"] == 5
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_in_place_sparse_top_k_equals_the_ordered_plan(dtype: Any) -> None:
+    """A sparse top-k row that bias, bans, penalties or DRY change is read in place with
+    those changes as a patch (rust/patch.rs, `merge_patch` in plan.rs). The same row through
+    the ordered plan (forced by a min_tokens_to_keep floor below k, which keeps the same set)
+    loads and rewrites the row: the distributions agree, and the drawn ids are in them."""
+    rng = np.random.default_rng(5)
+    b, v = 6, 4096
+    x = (rng.standard_normal((b, v)) * 2).astype(dtype)
+    hist = rng.integers(0, 40, size=(b, 300))
+    hist[:, 150:] = hist[:, :150]  # repeats for DRY and the n-gram bans
+    # Boost the history's ids so that the patched ids compete for the top k.
+    x[np.arange(b)[:, None], hist[:, :20]] += 6
+    kw: dict[str, Any] = {
+        "top_k": 12, "temperature": 0.9, "repetition_penalty": 1.4,
+        "frequency_penalty": 0.3, "dry_multiplier": 0.8, "no_repeat_ngram_size": 3,
+        "logit_bias": {int(hist[0, 0]): 3.0, 7: -np.inf}, "bad_words_ids": [[1], [2, 3]],
+        "sequence_bias": {(int(hist[0, -1]), 9): 5.0},
+    }  # fmt: skip
+    fast = ts.probs(x, history=hist, **kw)
+    ordered = ts.probs(x, history=hist, **kw, min_tokens_to_keep=2)
+    np.testing.assert_allclose(fast, ordered, rtol=1e-5, atol=1e-7)
+    assert ((fast > 0).sum(axis=1) >= 12).all()
+    # The draw is the sparse plan's own (its pairs), only its support is the plans' common
+    # ground (the ordered plan draws by inverse CDF in id order: another coupling).
+    ids = ts.Sampler(**kw, seed=list(range(b)))(x, history=hist)
+    assert (fast[np.arange(b), ids] > 0).all()

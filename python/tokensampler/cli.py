@@ -178,6 +178,30 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--ignore-eos", action="store_true", help="do not stop at the end-of-sequence token"
     )
+    sp = g.add_argument_group(
+        "speculative decoding (exact: the text has the plain loop's distribution; greedy gives "
+        "the same tokens)"
+    )
+    sp.add_argument(
+        "--speculative",
+        choices=("prompt_lookup",),
+        default=None,
+        help="draft by prompt lookup: the text's last n-gram matched against the prompt and "
+        "the text so far (fast for rewriting, extraction, code edits)",
+    )
+    sp.add_argument(
+        "--draft-model",
+        metavar="PATH",
+        default=None,
+        help="draft with this smaller model (same vocabulary; a folder or .gguf as --model)",
+    )
+    sp.add_argument(
+        "--num-speculative-tokens",
+        type=int,
+        default=4,
+        metavar="K",
+        help="tokens drafted per step (default 4; fewer while drafts keep failing)",
+    )
     d = g.add_argument_group("device")
     d.add_argument(
         "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)"
@@ -212,6 +236,12 @@ def _generate(args: argparse.Namespace) -> int:
         return _fail(f"{args.model}: no such file or directory")
     if args.max_new_tokens < 0:
         return _fail("--max-new-tokens must be >= 0")
+    if args.num_speculative_tokens < 1:
+        return _fail("--num-speculative-tokens must be >= 1")
+    if args.speculative is not None and args.draft_model is not None:
+        return _fail("--speculative and --draft-model: give one drafter")
+    if args.draft_model is not None and not os.path.exists(args.draft_model):
+        return _fail(f"{args.draft_model}: no such file or directory")
     if args.system is not None and args.chat is False:
         return _fail("--system needs the chat template; it cannot be used with --no-chat")
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
@@ -247,6 +277,9 @@ def _generate(args: argparse.Namespace) -> int:
         return _fail(f"--device {args.device}: CUDA is not available on this machine")
     try:
         model, tokenizer = load(args.model, device=device, dtype=args.dtype)
+        draft = None
+        if args.draft_model is not None:
+            draft, _ = load(args.draft_model, device=device, dtype=args.dtype)
     except (ModelLoadError, OSError) as e:
         return _fail(str(e))
     chat = bool(tokenizer.chat_template) if args.chat is None else args.chat
@@ -279,6 +312,9 @@ def _generate(args: argparse.Namespace) -> int:
             ignore_eos=args.ignore_eos,
             chat=chat,
             system=args.system,
+            speculative=args.speculative,
+            draft_model=draft,
+            num_speculative_tokens=args.num_speculative_tokens,
             **given,
         )
         out = sys.stdout
@@ -298,6 +334,8 @@ def _generate(args: argparse.Namespace) -> int:
     st = res.stats
     name = tokenizer.name or os.path.basename(str(args.model or "default"))
     compiled = "" if compile_time is None else f"compile {compile_time:.1f} s, "
+    if st.drafted:
+        compiled += f"drafts accepted {st.accepted}/{st.drafted} ({st.acceptance_rate:.0%}), "
     print(
         f"[{st.new_tokens} tokens, {st.tokens_per_second:.1f} tokens/s, {compiled}"
         f"time to first token {st.time_to_first_token * 1000:.0f} ms, "

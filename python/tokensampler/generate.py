@@ -32,7 +32,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -40,7 +40,8 @@ import torch
 from .model.common import DecoderLM
 from .model.tokenizer import IncrementalDecoder, Tokenizer
 from .params import SamplingParams
-from .sampling import Sampler, _params
+from .sampling import SampleOutput, Sampler, _params
+from .speculative import DraftModel, PromptLookup, SpeculativeStep
 from .words import resolve_strings
 
 if TYPE_CHECKING:
@@ -97,6 +98,13 @@ class GenerateStats:
     time_to_first_token: float = 0.0  # seconds from the call to the first sampled token
     total_time: float = 0.0  # seconds, tokenization to last token
     sample_time: float = 0.0  # seconds inside the sampler (Rust kernels + adapters)
+    drafted: int = 0  # speculative decoding: drafted tokens verified (summed over rows)
+    accepted: int = 0  # of those, accepted
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / drafted tokens (0 without speculation)."""
+        return self.accepted / self.drafted if self.drafted else 0.0
 
     @property
     def tokens_per_second(self) -> float:
@@ -268,6 +276,10 @@ def stream(
     chat: bool = False,
     system: str | None = None,
     penalize_prompt: bool = True,
+    speculative: Literal["prompt_lookup"] | None = None,
+    draft_model: DecoderLM | None = None,
+    num_speculative_tokens: int = 4,
+    prompt_lookup_max_ngram: int = 2,
     **overrides: Unpack[SamplingKwargs],
 ) -> GenerationStream:
     """Generate, yielding one `TokenEvent` per row per token as soon as it is sampled.
@@ -304,6 +316,14 @@ def stream(
     sp = resolve_strings(sampling_params(model, params, **overrides), tokenizer)
     sampler = Sampler(sp, logprobs=True)
     box: list[Generation] = []
+    drafter = _drafter(sp, speculative, draft_model, num_speculative_tokens,
+                       prompt_lookup_max_ngram)  # fmt: skip
+    if drafter is not None:
+        events = _speculative_loop(
+            model, tokenizer, ids, sampler, max_new_tokens, eos, stops, penalize_prompt,
+            sp.needs_history, t0, box, drafter, num_speculative_tokens,
+        )  # fmt: skip
+        return GenerationStream(events, box)
     events = _loop(
         model, tokenizer, ids, sampler, max_new_tokens, eos, stops, penalize_prompt,
         sp.needs_history, t0, box,
@@ -325,111 +345,250 @@ def _loop(
     t0: float,
     box: list[Generation],
 ) -> Iterator[TokenEvent]:
+    from .device import BRIDGE  # the one device bridge (copies, pinned buffers, syncs)
+
     B, P = len(ids), max(len(r) for r in ids)
     device = model.device
     stats = GenerateStats(prompt_tokens=sum(len(r) for r in ids))
-    # Left padding: pad slots hold token 0 (any valid id; the mask hides them) in the model
-    # input and -1 (ignored) in the penalty history.
-    idx = torch.zeros(B, P, dtype=torch.long)
-    history = np.full((B, P + max_new_tokens), -1, dtype=np.int64) if penalties else None
-    for b, r in enumerate(ids):
-        idx[b, P - len(r) :] = torch.tensor(r, dtype=torch.long)
-        if history is not None and penalize_prompt:
-            history[b, P - len(r) : P] = r
-    pad = torch.tensor([P - len(r) for r in ids], dtype=torch.long)
-
-    out_ids: list[list[int]] = [[] for _ in range(B)]
-    out_lps: list[list[float]] = [[] for _ in range(B)]
+    idx, pad, history = _prompt_block(ids, max_new_tokens, penalties, penalize_prompt)
     want_tls = sampler.params.logprob_token_ids is not None
-    out_tls: list[list[list[float]]] = [[] for _ in range(B)]
+    rows = _Rows(ids, tokenizer, history, eos, stops, max_new_tokens, stats, want_tls)
     # on_invalid="skip": a row with nothing to sample gets id -1, which must not reach the model
     skip = sampler.params.on_invalid == "skip"
-    texts = [""] * B  # decoded text so far (before any stop-string cut)
-    emitted = [0] * B  # characters of texts[b] already streamed
-    finish: list[str | None] = [None] * B
-    decoders = [IncrementalDecoder(tokenizer) for _ in range(B)] if tokenizer else []
-
-    def finished() -> Generation:
-        stats.total_time = time.perf_counter() - t0
-        for b in range(B):
-            if finish[b] is None:  # max_new_tokens == 0
-                finish[b] = "length"
-        return Generation(
-            texts=[texts[b][: emitted[b]] for b in range(B)],
-            token_ids=out_ids,
-            logprobs=out_lps,
-            finish_reasons=[f or "length" for f in finish],
-            prompt_token_ids=ids,
-            stats=stats,
-            token_logprobs=out_tls if want_tls else None,
-        )
-
     if max_new_tokens == 0:
-        box.append(finished())
+        box.append(rows.result(t0))
         return
 
     cache = model.new_kv_cache(B, _cache_len(P, max_new_tokens))
     logits = model(idx.to(device), kv_cache=cache, pad=pad.to(device), last_only=True)
     for step in range(max_new_tokens):
         ts = time.perf_counter()
-        res = sampler(logits[:, -1, :], history=history)  # (B, V) logits -> (B,) ids
+        # Per step, through the device bridge: the (B, V) logits go down in one copy (their
+        # own dtype) and one sync, the sampler reads them there and its outputs stay on the
+        # host with the bookkeeping; only the next input ids go up, in one copy, below.
+        host_logits = BRIDGE.to_host(logits[:, -1, :])
+        res = sampler(host_logits, history=history)  # (B, V) logits -> (B,) ids, on the host
         stats.sample_time += time.perf_counter() - ts
-        next_ids = res.ids  # (B,) on the model's device
-        id_list = next_ids.tolist()
+        id_arr = res.ids.numpy()
+        id_list = id_arr.tolist()
         lp_list = res.logprobs.tolist()
         tl_list = res.token_logprobs.tolist() if want_tls else None
         if step == 0:
             stats.time_to_first_token = time.perf_counter() - t0
-        last_step = step == max_new_tokens - 1
         for b in range(B):
-            if finish[b] is not None:
-                continue
-            tok, lp = int(id_list[b]), float(lp_list[b])
-            tls = [float(v) for v in tl_list[b]] if tl_list is not None else None
-            reason: str | None = None
-            if tok < 0:  # on_invalid="skip" and nothing to sample: the row ends, no token
-                reason = "invalid"
-            else:
-                out_ids[b].append(tok)
-                out_lps[b].append(lp)
-                if tls is not None:
-                    out_tls[b].append(tls)
-                stats.new_tokens += 1
-                if history is not None:
-                    history[b, P + step] = tok
-                if tok in eos:
-                    reason = "eos"
-                elif decoders:
-                    texts[b] += decoders[b].push(tok)
-            text = texts[b]
-            cut = len(text)
-            if stops and reason is None:
-                # Only the tail can hold a new match: the old text was checked already.
-                lo = max(0, emitted[b] - max(len(s) for s in stops))
-                hits = [i for i in (text.find(s, lo) for s in stops) if i >= 0]
-                if hits:
-                    cut, reason = min(hits), "stop"
-                    texts[b] = text = text[:cut]
-            if reason is None and last_step:
-                reason = "length"
-            if reason is None:
-                if decoders:
-                    cut = len(text) - (_holdback(text, stops) if stops else 0)
-            elif decoders and reason != "stop":
-                texts[b] = text = text + decoders[b].flush()
-                cut = len(text)
-            piece = text[emitted[b] : cut] if cut > emitted[b] else ""
-            emitted[b] = max(emitted[b], cut)
-            finish[b] = reason
-            yield TokenEvent(row=b, token_id=tok, text=piece, logprob=lp, finish_reason=reason,
-                             token_logprobs=tls)  # fmt: skip
-        if all(f is not None for f in finish):
+            if rows.finish[b] is None:
+                tls = [float(v) for v in tl_list[b]] if tl_list is not None else None
+                yield rows.push(b, int(id_list[b]), float(lp_list[b]), tls)
+        if all(f is not None for f in rows.finish):
             break
         if skip:
-            next_ids = next_ids.clamp(min=0)  # an ended row's input is never read again
-        logits = model(next_ids.view(B, 1), kv_cache=cache)  # (B, 1, V)
+            id_arr = np.maximum(id_arr, 0)  # an ended row's input is never read again
+        ts = time.perf_counter()
+        next_ids = BRIDGE.to_device([id_arr.reshape(B, 1)], device)[0]
+        stats.sample_time += time.perf_counter() - ts
+        logits = model(next_ids, kv_cache=cache)  # (B, 1, V)
         stats.steps += 1
-    box.append(finished())
+    box.append(rows.result(t0))
+
+
+def _prompt_block(
+    ids: list[list[int]], max_new_tokens: int, penalties: bool, penalize_prompt: bool
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None]:
+    """The left-padded prompts (B, P), their padding (B,), and the history for the stages
+    that read it (B, P + max_new_tokens, -1 where empty) or None.
+
+    Pad slots hold token 0 in the model input (any valid id: the mask hides them) and -1
+    (ignored) in the history.
+    """
+    b, p = len(ids), max(len(r) for r in ids)
+    idx = torch.zeros(b, p, dtype=torch.long)
+    history = np.full((b, p + max_new_tokens), -1, dtype=np.int64) if penalties else None
+    for i, r in enumerate(ids):
+        idx[i, p - len(r) :] = torch.tensor(r, dtype=torch.long)
+        if history is not None and penalize_prompt:
+            history[i, p - len(r) : p] = r
+    pad = torch.tensor([p - len(r) for r in ids], dtype=torch.long)
+    return idx, pad, history
+
+
+def _drafter(
+    sp: SamplingParams,
+    speculative: str | None,
+    draft_model: DecoderLM | None,
+    k: int,
+    max_ngram: int,
+) -> PromptLookup | DraftModel | None:
+    """The drafter `stream`'s speculative options ask for, after checking they fit."""
+    if speculative is None and draft_model is None:
+        return None
+    if speculative not in (None, "prompt_lookup"):
+        raise ValueError(f"speculative must be 'prompt_lookup' or None, got {speculative!r}")
+    if speculative is not None and draft_model is not None:
+        raise ValueError("give speculative='prompt_lookup' or a draft_model, not both")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"num_speculative_tokens must be a whole number >= 1, got {k!r}")
+    refused = {
+        "mirostat": sp.mirostat_on,
+        "logprob_token_ids": sp.logprob_token_ids is not None,
+        'logprobs_mode="raw"': sp.logprobs_mode != "processed",
+        'on_invalid="skip"': sp.on_invalid != "raise",
+    }
+    on = [name for name, is_on in refused.items() if is_on]
+    if on:
+        raise ValueError(f"speculative decoding does not support {', '.join(on)}")
+    if draft_model is not None:
+        return DraftModel(draft_model)
+    return PromptLookup(max_ngram)
+
+
+class _Rows:
+    """The per-row bookkeeping of a generate loop: ids, log-probabilities, history for the
+    penalties, decoded text, stop strings, finish reasons, and the `TokenEvent` of every
+    token, one token at a time (the speculative loop emits several per step)."""
+
+    def __init__(
+        self,
+        ids: list[list[int]],
+        tokenizer: Tokenizer | None,
+        history: np.ndarray | None,
+        eos: set[int],
+        stops: list[str],
+        max_new_tokens: int,
+        stats: GenerateStats,
+        want_token_logprobs: bool = False,
+    ) -> None:
+        b = len(ids)
+        self.prompt_ids, self.history, self.eos, self.stops = ids, history, eos, stops
+        self.p = max(len(r) for r in ids)
+        self.max_new_tokens, self.stats = max_new_tokens, stats
+        self.out_ids: list[list[int]] = [[] for _ in range(b)]
+        self.out_lps: list[list[float]] = [[] for _ in range(b)]
+        self.want_tls = want_token_logprobs
+        self.out_tls: list[list[list[float]]] = [[] for _ in range(b)]
+        self.texts = [""] * b  # decoded text so far (before any stop-string cut)
+        self.emitted = [0] * b  # characters of texts[b] already streamed
+        self.finish: list[str | None] = [None] * b
+        self.decoders = [IncrementalDecoder(tokenizer) for _ in range(b)] if tokenizer else []
+
+    def push(self, b: int, tok: int, lp: float, tls: list[float] | None = None) -> TokenEvent:
+        """Row b's next token (-1: nothing to sample, under on_invalid="skip"): its event,
+        with the finish reason when the row ends here."""
+        reason: str | None = None
+        if tok < 0:  # the row ends, no token
+            reason = "invalid"
+        else:
+            self.out_ids[b].append(tok)
+            self.out_lps[b].append(lp)
+            if tls is not None:
+                self.out_tls[b].append(tls)
+            self.stats.new_tokens += 1
+            if self.history is not None:
+                self.history[b, self.p + len(self.out_ids[b]) - 1] = tok
+            if tok in self.eos:
+                reason = "eos"
+            elif self.decoders:
+                self.texts[b] += self.decoders[b].push(tok)
+        text = self.texts[b]
+        cut = len(text)
+        stops = self.stops
+        if stops and reason is None:
+            # Only the tail can hold a new match: the old text was checked already.
+            lo = max(0, self.emitted[b] - max(len(s) for s in stops))
+            hits = [i for i in (text.find(s, lo) for s in stops) if i >= 0]
+            if hits:
+                cut, reason = min(hits), "stop"
+                self.texts[b] = text = text[:cut]
+        if reason is None and len(self.out_ids[b]) >= self.max_new_tokens:
+            reason = "length"
+        if reason is None:
+            if self.decoders:
+                cut = len(text) - (_holdback(text, stops) if stops else 0)
+        elif self.decoders and reason != "stop":
+            self.texts[b] = text = text + self.decoders[b].flush()
+            cut = len(text)
+        piece = text[self.emitted[b] : cut] if cut > self.emitted[b] else ""
+        self.emitted[b] = max(self.emitted[b], cut)
+        self.finish[b] = reason
+        return TokenEvent(row=b, token_id=tok, text=piece, logprob=lp, finish_reason=reason,
+                          token_logprobs=tls)  # fmt: skip
+
+    def sequences(self) -> list[list[int]]:
+        """Each row's prompt plus what it generated."""
+        return [p + o for p, o in zip(self.prompt_ids, self.out_ids)]
+
+    def result(self, t0: float) -> Generation:
+        self.stats.total_time = time.perf_counter() - t0
+        b = len(self.out_ids)
+        return Generation(
+            texts=[self.texts[i][: self.emitted[i]] for i in range(b)],
+            token_ids=self.out_ids,
+            logprobs=self.out_lps,
+            finish_reasons=[f or "length" for f in self.finish],
+            prompt_token_ids=self.prompt_ids,
+            stats=self.stats,
+            token_logprobs=self.out_tls if self.want_tls else None,
+        )
+
+
+@torch.inference_mode()
+def _speculative_loop(
+    model: DecoderLM,
+    tokenizer: Tokenizer | None,
+    ids: list[list[int]],
+    sampler: Sampler,
+    max_new_tokens: int,
+    eos: set[int],
+    stops: list[str],
+    penalize_prompt: bool,
+    penalties: bool,
+    t0: float,
+    box: list[Generation],
+    drafter: PromptLookup | DraftModel,
+    k: int,
+) -> Iterator[TokenEvent]:
+    """The generate loop with speculative steps (tokensampler.speculative): the first token
+    is sampled from the prefill as usual, then every step verifies drafts."""
+    b, p = len(ids), max(len(r) for r in ids)
+    device = model.device
+    stats = GenerateStats(prompt_tokens=sum(len(r) for r in ids))
+    idx, pad, history = _prompt_block(ids, max_new_tokens, penalties, penalize_prompt)
+    rows = _Rows(ids, tokenizer, history, eos, stops, max_new_tokens, stats)
+    if max_new_tokens == 0:
+        box.append(rows.result(t0))
+        return
+    cache_len = _cache_len(p, max_new_tokens + k + 1)
+    cache = model.new_kv_cache(b, cache_len)
+    if isinstance(drafter, DraftModel):
+        drafter.start(b, cache_len, pad.to(drafter.model.device))
+    logits = model(idx.to(device), kv_cache=cache, pad=pad.to(device), last_only=True)
+    ts_ = time.perf_counter()
+    first = sampler(logits[:, -1, :], history=history)
+    assert isinstance(first, SampleOutput)
+    stats.sample_time += time.perf_counter() - ts_
+    stats.time_to_first_token = time.perf_counter() - t0
+    spec = SpeculativeStep(model, cache, sampler.params, sampler.seed, drafter, k)
+    emitted = [[(int(t), float(lp))] for t, lp in zip(first.ids.tolist(), first.logprobs.tolist())]
+    while True:
+        for row in range(b):
+            for tok, lp in emitted[row]:
+                if rows.finish[row] is None:
+                    yield rows.push(row, tok, lp)
+        if all(f is not None for f in rows.finish):
+            break
+        finished = [f is not None for f in rows.finish]
+        emitted = spec.step(_full(idx, rows), rows.sequences(), finished, history)
+        stats.steps += 1
+    stats.sample_time += spec.stats.verify_time
+    stats.drafted, stats.accepted = spec.stats.drafted, spec.stats.accepted
+    box.append(rows.result(t0))
+
+
+def _full(idx: torch.Tensor, rows: _Rows) -> torch.Tensor:
+    """The left-padded prompts plus every row's generated ids (rows of one length: the
+    speculative loop keeps running rows in step)."""
+    n = max(len(o) for o in rows.out_ids)
+    gen = torch.tensor([o + [0] * (n - len(o)) for o in rows.out_ids], dtype=torch.long)
+    return torch.cat([idx, gen.view(len(rows.out_ids), n)], dim=1)
 
 
 def generate(
@@ -445,6 +604,10 @@ def generate(
     chat: bool = False,
     system: str | None = None,
     penalize_prompt: bool = True,
+    speculative: Literal["prompt_lookup"] | None = None,
+    draft_model: DecoderLM | None = None,
+    num_speculative_tokens: int = 4,
+    prompt_lookup_max_ngram: int = 2,
     **overrides: Unpack[SamplingKwargs],
 ) -> Generation:
     """Generate continuations of one or more prompts.
@@ -468,6 +631,14 @@ def generate(
         chat: render each text prompt as a user message with the model's chat template.
         system: system message for chat (default: whatever the template does).
         penalize_prompt: the penalties also count the prompt's tokens (HF's convention).
+        speculative: "prompt_lookup" drafts by matching the text's last n-gram (up to
+            `prompt_lookup_max_ngram` tokens) against the prompt and the text so far;
+            `draft_model` (another `tokensampler.model` with the same vocabulary) drafts
+            instead. Either way `num_speculative_tokens` (K) drafts are verified per forward
+            pass with `tokensampler.verify`: the text has exactly the plain loop's
+            distribution (greedy: the plain greedy tokens), and `stats` counts the drafted
+            and accepted tokens. Not with mirostat, `logprob_token_ids`,
+            ``logprobs_mode="raw"`` or ``on_invalid="skip"``.
 
     Returns:
         A `Generation`: texts, token_ids, logprobs, finish_reasons, prompt_token_ids, stats
@@ -477,7 +648,9 @@ def generate(
     s = stream(
         model, tokenizer, prompts, params=params, max_new_tokens=max_new_tokens, stop=stop,
         eos_token_id=eos_token_id, ignore_eos=ignore_eos, chat=chat, system=system,
-        penalize_prompt=penalize_prompt, **overrides,
+        penalize_prompt=penalize_prompt, speculative=speculative, draft_model=draft_model,
+        num_speculative_tokens=num_speculative_tokens,
+        prompt_lookup_max_ngram=prompt_lookup_max_ngram, **overrides,
     )  # fmt: skip
     for _ in s:
         pass

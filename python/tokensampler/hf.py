@@ -54,6 +54,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
         "tokensampler.hf needs Hugging Face transformers: pip install transformers"
     ) from e
 
+from .device import BRIDGE
 from .params import PARAM_NAMES, SamplingParams
 from .sampling import SampleOutput, Sampler, _params, _run, _seeds
 from .words import resolve_strings
@@ -311,7 +312,9 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
             self._step += 1
             if mu is not None:
                 self._mu, self._last_probs = mu, res.probs
-            return torch.log(lg.wrap(res.probs)).to(scores.dtype)
+            if lg.device is None:  # CPU scores: the distribution is already where they are
+                return torch.log(lg.wrap(res.probs)).to(scores.dtype)
+            return _scatter_kept(res.probs, scores, lg.device)
         if self._sampler is None:
             seed = secrets.randbits(64) if self.seed is None else self.seed
             self._sampler = Sampler(self.params, seed=seed)
@@ -330,6 +333,31 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
         if any(e is not None and 0 < e < 1 for e in (v if isinstance(v, tuple) else (v,))):
             return int(torch.randint(0, 2**62, (1,)).item())
         return 0
+
+
+def _scatter_kept(probs: np.ndarray, scores: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``log(probs)`` as a tensor like `scores` on `device`, built there: only the kept ids
+    and their probabilities (B x K, K the largest kept set) go up, in one copy, and are
+    scattered into a tensor of -inf (not a dense B x V copy): 8 bytes per kept entry, so
+    less than a dense float32 copy while fewer than half the ids are kept."""
+    b = probs.shape[0]
+    rows, cols = np.nonzero(probs > 0)
+    counts = np.bincount(rows, minlength=b)
+    k = max(int(counts.max(initial=0)), 1)
+    starts = np.cumsum(counts) - counts
+    # Short rows repeat their first kept entry (scattering the same value twice is exact); a
+    # row with nothing kept (none under on_invalid="raise") gets id 0 at probability 0.
+    first = np.zeros(b, dtype=np.int32)  # int32 crosses in half the bytes; V < 2**31
+    has = counts > 0
+    first[has] = cols[starts[has]]
+    ids = np.repeat(first[:, None], k, axis=1)
+    vals = np.repeat(probs[np.arange(b), ids[:, 0]][:, None], k, axis=1)
+    pos = np.arange(len(rows)) - starts[rows]
+    ids[rows, pos] = cols
+    vals[rows, pos] = probs[rows, cols]
+    ids_d, vals_d = BRIDGE.to_device([ids, vals], device)
+    out = torch.full(scores.shape, float("-inf"), dtype=scores.dtype, device=scores.device)
+    return out.scatter_(1, ids_d.long(), torch.log(vals_d).to(scores.dtype))
 
 
 # ==== route 3: our own loop on the model's forward ============================================
@@ -511,8 +539,8 @@ def generate(
     eos = _eos_ids(model, eos_token_id)
     pad = _pad_id(model, tokenizer, pad_token_id, eos)
     ids, mask = _prompts(prompts, attention_mask, tokenizer, pad)
+    ids, mask = ids.cpu(), mask.cpu()  # prompts given on a device: read once, on the host
     device = model.device
-    ids, mask = ids.to(device), mask.to(device)
     if sampler is None:
         sampler = Sampler(resolve_strings(_params(params, overrides), tokenizer))
     elif params is not None or overrides:
@@ -520,26 +548,31 @@ def generate(
     b, prompt_len = ids.shape
     needs_history = sampler.params.needs_history
     skip = sampler.params.on_invalid == "skip"
+    # The bookkeeping stays on the host, where the sampled ids arrive: per step, the logits go
+    # down (one copy, one sync) and the next input ids go up (one copy); nothing else crosses.
     # on_invalid="skip": the step at which a row had nothing to sample (id -1), else -1
-    invalid_at = torch.full((b,), -1, dtype=torch.long, device=device)
+    invalid_at = np.full(b, -1, dtype=np.int64)
     # One buffer for the penalties' history: -1 (ignored by the kernels) for padding.
-    hist = torch.full((b, prompt_len + max_new_tokens), -1, dtype=torch.long, device=device)
-    if penalize_prompt:
-        hist[:, :prompt_len] = ids.masked_fill(mask == 0, -1)
-
-    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    hist: np.ndarray | None = None
+    if needs_history:
+        hist = np.full((b, prompt_len + max_new_tokens), -1, dtype=np.int64)
+        if penalize_prompt:
+            hist[:, :prompt_len] = ids.masked_fill(mask == 0, -1).numpy()
     # An all-ones mask carries no information; Hugging Face drops it too, and without it the
     # attention takes the plain causal path.
-    full_mask: torch.Tensor | None = None if bool(mask.all()) else mask
+    all_ones = bool(mask.all())
+    ids, mask = ids.to(device), mask.to(device)
+    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    full_mask: torch.Tensor | None = None if all_ones else mask
     forward_args = _forward_parameters(model)
     cache_name = _cache_argument(forward_args)
     extra: dict[str, Any] = {}
     if "logits_to_keep" in forward_args:
         extra["logits_to_keep"] = 1
 
-    eos_t = torch.tensor(eos, dtype=torch.long, device=device)
-    finished = torch.zeros(b, dtype=torch.bool, device=device)
-    new: list[torch.Tensor] = []
+    eos_np = np.array(eos, dtype=np.int64)
+    finished = np.zeros(b, dtype=bool)
+    new: list[np.ndarray] = []
     cur, past = ids, None
     for step in range(max_new_tokens):
         out = model(
@@ -551,34 +584,36 @@ def generate(
             **extra,
         )
         past = getattr(out, cache_name)
-        logits = out.logits[:, -1, :]
-        h = hist[:, : prompt_len + step] if needs_history else None
-        res = sampler(logits, history=h)
-        nxt = (res.ids if isinstance(res, SampleOutput) else res).to(device)
+        logits = BRIDGE.to_host(out.logits[:, -1, :])
+        h = hist[:, : prompt_len + step] if hist is not None else None
+        res = sampler(logits, history=h)  # host logits: the ids come back on the host
+        nxt = np.asarray((res.ids if isinstance(res, SampleOutput) else res).numpy())
         if skip:
             bad = (nxt < 0) & ~finished
-            invalid_at.masked_fill_(bad, step)
+            invalid_at[bad] = step
             ended = finished | bad  # every -1 is in a row that ends or has ended
         else:
-            ended = finished
-        nxt = nxt.masked_fill(ended, pad)
+            ended = finished.copy()
+        nxt = np.where(ended, pad, nxt).astype(np.int64)
         new.append(nxt)
-        hist[:, prompt_len + step] = nxt.masked_fill(ended, -1)
+        if hist is not None:
+            hist[:, prompt_len + step] = np.where(ended, -1, nxt)
         if eos:
-            finished |= torch.isin(nxt, eos_t)
+            finished |= np.isin(nxt, eos_np)
         finished |= ended
-        if (eos or skip) and bool(finished.all()):
+        if ((eos or skip) and bool(finished.all())) or step == max_new_tokens - 1:
             break
-        cur = nxt[:, None]
+        cur = BRIDGE.to_device([nxt[:, None]], device)[0]
         position_ids = position_ids[:, -1:] + 1
         if full_mask is not None:
             full_mask = torch.cat([full_mask, full_mask.new_ones((b, 1))], dim=1)
 
-    gen = torch.stack(new, dim=1) if new else ids.new_zeros((b, 0))
+    gen_np = np.stack(new, axis=1) if new else np.zeros((b, 0), dtype=np.int64)
+    gen = BRIDGE.to_device([gen_np], device)[0]
     token_ids: list[list[int]] = []
     finish_reasons: list[str] = []
     eos_set = set(eos)
-    for row, at in zip(gen.tolist(), invalid_at.tolist(), strict=True):
+    for row, at in zip(gen_np.tolist(), invalid_at.tolist(), strict=True):
         if at >= 0:
             token_ids.append(row[:at])
             finish_reasons.append("invalid")

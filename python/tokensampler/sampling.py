@@ -6,8 +6,9 @@ history / bias arrays) from another thread while a call is running.
 
 Buffers: numpy arrays and CPU tensors are read in place (no copy) as long as their last axis
 is contiguous; otherwise the rows are copied once. bfloat16 tensors cross as a zero-copy
-uint16 view. CUDA tensors are copied to pinned host memory, sampled, and the ids are
-returned on the tensor's device.
+uint16 view. Tensors on a device go through `tokensampler.device.BRIDGE`: one copy of the
+logits to a reused (pinned) host buffer in their own dtype, the synchronization of the device
+type, and one copy back of the outputs asked for, on the tensor's device.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, overload
 import numpy as np
 
 from . import _native
+from .device import BRIDGE
 from .params import _OFF, PARAM_NAMES, SamplingParams, _scalar
 
 if TYPE_CHECKING:
@@ -146,13 +148,11 @@ class _Logits:
         if t.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
             raise TypeError(f"logits must be float32, float64, float16 or bfloat16, got {t.dtype}")
         t = t.detach()
-        if t.device.type != "cpu":
+        if BRIDGE.is_device(t):
+            # One copy in the logits' own dtype into a reused (pinned) host buffer, and the
+            # synchronization of the device's type, before numpy reads it.
             self.device = t.device
-            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=torch.cuda.is_available())
-            host.copy_(t, non_blocking=True)
-            if t.device.type == "cuda":
-                torch.cuda.current_stream(t.device).synchronize()
-            t = host
+            t = BRIDGE.to_host(t)
         if t.dtype == torch.bfloat16:
             self.is_bf16 = True
             bits: np.ndarray = t.view(torch.int16).numpy().view(np.uint16)
@@ -162,14 +162,16 @@ class _Logits:
 
     def wrap(self, a: np.ndarray | None) -> Any:
         """Returns a kernel output in the caller's array type, squeezed for 1-D logits."""
-        if a is None:
-            return None
+        return self.wrap_all([a])[0]
+
+    def wrap_all(self, arrays: list[np.ndarray | None]) -> list[Any]:
+        """`wrap` of several outputs; for device logits, all of them go back in one copy."""
         if self.squeeze:
-            a = a[0, ...]  # a 0-d array, not a numpy scalar, so torch keeps shape ()
+            # 0-d arrays, not numpy scalars, so torch keeps shape ()
+            arrays = [None if a is None else a[0, ...] for a in arrays]
         if not self.is_torch:
-            return a[()] if a.ndim == 0 else a
-        out = _torch().from_numpy(a if a.flags.c_contiguous else a.copy())
-        return out if self.device is None else out.to(self.device)
+            return [None if a is None else a[()] if a.ndim == 0 else a for a in arrays]
+        return BRIDGE.to_device(arrays, self.device)
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -507,15 +509,21 @@ def sample(
 def _result(lg: _Logits, out: _native.RunResult, p: SamplingParams) -> Any:
     if not p.logprobs and not p.top_logprobs and p.logprob_token_ids is None:
         return lg.wrap(out.ids)
+    valid = out.valid if out.valid is not None else np.ones(out.ids.shape[0], dtype=bool)
+    # The outputs asked for (None where not), back on the logits' device in one copy.
     return SampleOutput(
-        lg.wrap(out.ids),
-        lg.wrap(out.logprobs),
-        lg.wrap(out.raw_logprobs),
-        lg.wrap(out.top_ids),
-        lg.wrap(out.top_logprobs),
-        lg.wrap(out.ranks),
-        lg.wrap(out.token_logprobs),
-        lg.wrap(out.valid if out.valid is not None else np.ones(out.ids.shape[0], dtype=bool)),
+        *lg.wrap_all(
+            [
+                out.ids,
+                out.logprobs,
+                out.raw_logprobs,
+                out.top_ids,
+                out.top_logprobs,
+                out.ranks,
+                out.token_logprobs,
+                valid,
+            ]
+        )
     )
 
 

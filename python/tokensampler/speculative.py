@@ -15,8 +15,9 @@ section 12). Drafters:
 Batches: rows accept different numbers of drafts, but a KV cache holds one length for all
 rows, so every row emits the smallest count of the step (a row that accepted more keeps only
 that many of its accepted drafts; they are samples of the target all the same, and the rest
-is drafted again). Back-off: when drafts keep failing the draft length shrinks (to none), and
-grows again when they are accepted, so text without repeats costs little.
+is drafted again). Back-off: when drafts keep failing (a moving average of the accepted share
+below 20%), drafting pauses except for a short probe now and then, so text without repeats
+costs little.
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ if TYPE_CHECKING:
     from .params import SamplingParams
 
 __all__ = ["DraftModel", "PromptLookup", "SpeculativeStep"]
+
+# The back-off (`SpeculativeStep.step`): the weight of the newest step in the moving average
+# of the accepted share of the drafts; below PAUSE_BELOW drafting pauses, except for a probe
+# of PROBE_TOKENS drafts every PROBE_EVERY steps.
+RATE_WEIGHT = 0.3
+PAUSE_BELOW = 0.2
+PROBE_EVERY = 8
+PROBE_TOKENS = 2
 
 
 class PromptLookup:
@@ -165,6 +174,7 @@ class SpeculativeStep:
         self.model, self.cache, self.params, self.seed = model, cache, params, seed
         self.drafter, self.k = drafter, k
         self.k_now = k  # the current draft length (back-off)
+        self.rate = 0.5  # moving average of the accepted share of the drafts
         self.calls = 0  # the step of the verification streams
         self.stats = SpeculativeStats()
 
@@ -224,15 +234,21 @@ class SpeculativeStep:
             d.fed = min(d.fed, tokens.shape[1] + m - 1)
             d.cache.pos = d.fed
         if kd:
+            kept = sum(min(int(acc[i]), kd) for i in running)
             self.stats.drafted += kd * len(running)
-            self.stats.accepted += int(sum(min(int(acc[i]), kd) for i in running))
-            # Back-off: shrink the draft when nothing was accepted, grow it when all was.
-            if all(acc[i] == 0 for i in running):
-                self.k_now = max(0, self.k_now - 1)
-            elif all(acc[i] == kd for i in running):
-                self.k_now = min(self.k, self.k_now + 2)
-        elif self.calls % 8 == 0 and self.k_now == 0:
-            self.k_now = 1  # probe again now and then
+            self.stats.accepted += kept
+            # Back-off: a moving average of the accepted share of the drafts. Drafting pays
+            # while it is high; below PAUSE_BELOW a failing draft only adds tokens to the
+            # forward pass, so drafting pauses and probes with PROBE_TOKENS drafts every
+            # PROBE_EVERY steps.
+            rate = kept / (kd * len(running))
+            self.rate = (1 - RATE_WEIGHT) * self.rate + RATE_WEIGHT * rate
+        if self.rate >= PAUSE_BELOW:
+            self.k_now = self.k
+        elif self.calls % PROBE_EVERY == 0:
+            self.k_now = min(self.k, PROBE_TOKENS)
+        else:
+            self.k_now = 0
         return [
             [(int(emitted[r, j]), float(lps[r, j])) for j in range(m)] for r in range(len(seqs))
         ]
