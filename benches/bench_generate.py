@@ -188,8 +188,8 @@ FREE = "Write a short story about a dragon who learns to cook."
 
 
 def speculative(args: Any) -> int:
-    """Greedy, `--new-tokens` (default 128 here) tokens, eos ignored on both sides, the chat
-    template applied to both prompts: tokens/s of the plain loop, of prompt lookup, and of HF
+    """Greedy, `--new-tokens` (default 128 here) tokens, eos banned on both sides (HF:
+    min_new_tokens), the chat template applied to both prompts: tokens/s of the plain loop, of prompt lookup, and of HF
     `model.generate(prompt_lookup_num_tokens=K)` on the same weights."""
     import tokensampler as ts
     import transformers
@@ -205,8 +205,11 @@ def speculative(args: Any) -> int:
     def ours(prompt: str, **kw: Any) -> Callable[[], tuple[float, float]]:
         def run() -> tuple[float, float]:
             t = time.perf_counter()
+            # eos banned, as HF's min_new_tokens does: both sides then write the same text
+            # (ignore_eos would emit eos and continue with a chat turn instead).
             out = generate(model, tok, prompt, max_new_tokens=n, temperature=0, chat=True,
-                           ignore_eos=True, **kw)  # fmt: skip
+                           logit_bias={e: float("-inf") for e in tok.eos_token_ids},
+                           **kw)  # fmt: skip
             dt = time.perf_counter() - t
             assert out.stats.new_tokens == n
             return n / dt, out.stats.acceptance_rate
@@ -257,7 +260,7 @@ def speculative(args: Any) -> int:
     cpu = platform.processor() or platform.machine()
     lines = [
         (
-            f"Speculative decoding, greedy, {n} new tokens (eos ignored), chat template, "
+            f"Speculative decoding, greedy, {n} new tokens (eos banned), chat template, "
             f"SmolLM2-135M-Instruct float32 on the CPU ({cpu}, "
             f"{torch.get_num_threads()} threads), torch "
             f"{torch.__version__}, transformers {transformers.__version__}, tokensampler "

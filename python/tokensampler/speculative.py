@@ -47,7 +47,7 @@ __all__ = ["DraftModel", "PromptLookup", "SpeculativeStep"]
 # of PROBE_TOKENS drafts every PROBE_EVERY steps.
 RATE_WEIGHT = 0.3
 PAUSE_BELOW = 0.2
-PROBE_EVERY = 8
+PROBE_EVERY = 16
 PROBE_TOKENS = 2
 
 
@@ -174,7 +174,7 @@ class SpeculativeStep:
         self.model, self.cache, self.params, self.seed = model, cache, params, seed
         self.drafter, self.k = drafter, k
         self.k_now = k  # the current draft length (back-off)
-        self.rate = 0.5  # moving average of the accepted share of the drafts
+        self.rate = 0.3  # moving average of the accepted share of the drafts (a prior)
         self.calls = 0  # the step of the verification streams
         self.stats = SpeculativeStats()
 
