@@ -8,7 +8,6 @@
 //! shifts the whole row, so a row with it on is always loaded.)
 
 use crate::elem::{Elem, Real};
-use std::collections::HashMap;
 
 /// A row the modifying stages read and write one id at a time.
 pub(crate) trait Logits<F> {
@@ -29,24 +28,75 @@ impl<F: Real> Logits<F> for [F] {
     }
 }
 
-/// The touched ids of a row stored as `x`, with their new values.
+/// The new values of the ids a row's stages touched: a list, and a dense index of it over
+/// the vocabulary (no hashing: a history of thousands of ids costs a few ns per id). The
+/// index is cleared id by id, so reusing it costs nothing per vocabulary entry.
+#[derive(Debug, Default)]
+pub(crate) struct PatchBuf<F> {
+    /// `slot[j]`: 1 + the position of id `j` in `ids`, or 0.
+    slot: Vec<u32>,
+    pub(crate) ids: Vec<u32>,
+    pub(crate) vals: Vec<F>,
+}
+
+impl<F: Copy> PatchBuf<F> {
+    /// Empties the patch, for a row of `v` ids.
+    pub(crate) fn reset(&mut self, v: usize) {
+        for &j in &self.ids {
+            self.slot[j as usize] = 0;
+        }
+        self.ids.clear();
+        self.vals.clear();
+        if self.slot.len() < v {
+            self.slot.resize(v, 0);
+        }
+    }
+
+    /// The number of touched ids.
+    pub(crate) fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// The new value of id `j`, if it was touched.
+    #[inline(always)]
+    pub(crate) fn get(&self, j: usize) -> Option<F> {
+        match self.slot[j] {
+            0 => None,
+            n => Some(self.vals[n as usize - 1]),
+        }
+    }
+
+    #[inline(always)]
+    fn set(&mut self, j: usize, v: F) {
+        match self.slot[j] {
+            0 => {
+                self.ids.push(j as u32);
+                self.vals.push(v);
+                self.slot[j] = self.ids.len() as u32;
+            }
+            n => self.vals[n as usize - 1] = v,
+        }
+    }
+}
+
+/// A row stored as `x` seen through its patch.
 pub(crate) struct Patch<'a, T: Elem> {
     /// The row as stored.
     pub(crate) x: &'a [T],
     /// The new values of the touched ids.
-    pub(crate) values: &'a mut HashMap<u32, T::C>,
+    pub(crate) buf: &'a mut PatchBuf<T::C>,
 }
 
 impl<T: Elem> Logits<T::C> for Patch<'_, T> {
     #[inline(always)]
     fn get(&self, j: usize) -> T::C {
-        self.values
-            .get(&(j as u32))
-            .copied()
-            .unwrap_or_else(|| self.x[j].load())
+        match self.buf.get(j) {
+            Some(v) => v,
+            None => self.x[j].load(),
+        }
     }
     #[inline(always)]
     fn set(&mut self, j: usize, v: T::C) {
-        self.values.insert(j as u32, v);
+        self.buf.set(j, v);
     }
 }

@@ -16,7 +16,7 @@ use crate::filter::{
 };
 use crate::ngram::{add_bias, no_repeat_ngram, sequence_bias};
 use crate::params::RowParams;
-use crate::patch::{Logits, Patch};
+use crate::patch::{Logits, Patch, PatchBuf};
 use crate::penalty::{apply_additive, apply_scaling, count_ids, valid_history, window};
 use crate::scratch::Scratch;
 #[cfg(target_arch = "x86_64")]
@@ -28,11 +28,14 @@ use crate::softmax::{
 };
 use crate::stages::{self, Stage, HF_ORDER};
 use num_traits::{Float, One, Zero};
-use std::collections::HashMap;
 
 /// Top-k runs on the streaming path (candidates only) while `k` is at most this share of V;
 /// above it, a selection on a copy and the dense path are cheaper.
 const SPARSE_TOP_K_DIVISOR: usize = 8;
+
+/// A sparse top-k row modified in at most this many ids (or k, if larger) is read in place
+/// with a patch; beyond, widening the top-k scan by the patch costs more than loading the row.
+const MAX_PATCH: usize = 256;
 
 /// Whether bias, bans, penalties or another history stage change row `i` (otherwise it can
 /// be read in place).
@@ -481,12 +484,23 @@ fn draw_row<T: Elem, const FMA: bool>(
     // plan rewrites its row, so it always works on the loaded copy.
     // A sparse top-k row that bias, bans, penalties or DRY change (not k-scaling, which
     // shifts the whole row) is still read where it lies: those stages write a patch of the
-    // ids they touch, which the top-k scan merges (`merge_patch`).
+    // ids they touch, which the top-k scan merges (`merge_patch`). A large patch (the
+    // repetition penalty over a long history) would widen the scan more than loading the
+    // row costs: then the row is loaded and the patch written into it.
     let modifies = modifies_row(req, i, p);
     let in_place = matches!(plan, Plan::SparseTopK { .. })
         && !p.penalties().scales_active()
         && (T::as_compute(x).is_some() || T::scans_as_stored());
-    let patched = modifies && in_place;
+    let mut patch = std::mem::take(&mut s.patch);
+    patch.reset(v);
+    if modifies && in_place {
+        let mut row = Patch { x, buf: &mut patch };
+        if let Err(e) = modify_row(req, i, p, v, &mut row, s) {
+            s.patch = patch;
+            return Err(e);
+        }
+    }
+    let patched = modifies && in_place && patch.len() <= MAX_PATCH.max(p.top_k);
     let direct = if (modifies && !patched) || plan == Plan::Ordered {
         None
     } else {
@@ -499,29 +513,15 @@ fn draw_row<T: Elem, const FMA: bool>(
         T::load_row(x, &mut s.y);
     }
     // NaN in the input stays NaN through bias and penalties, so one check after them suffices.
-    let mut patch = std::mem::take(&mut s.patch);
-    patch.clear();
-    let modified = if patched {
-        match modify_row(
-            req,
-            i,
-            p,
-            v,
-            &mut Patch {
-                x,
-                values: &mut patch,
-            },
-            s,
-        ) {
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
+    if modifies && in_place && !patched {
+        for (&j, &value) in patch.ids.iter().zip(&patch.vals) {
+            s.y[j as usize] = value;
         }
-    } else {
-        modify_loaded(req, i, p, v, s)
-    };
-    if let Err(e) = modified {
-        s.patch = patch;
-        return Err(e);
+    } else if !patched {
+        if let Err(e) = modify_loaded(req, i, p, v, s) {
+            s.patch = patch;
+            return Err(e);
+        }
     }
     let patch_ref = if patched { Some(&patch) } else { None };
 
@@ -607,7 +607,7 @@ fn greedy<T: Elem>(
 fn sparse_top_k<T: Elem>(
     row: &Row<'_, T>,
     y: &[T::C],
-    patch: Option<&HashMap<u32, T::C>>,
+    patch: Option<&PatchBuf<T::C>>,
     order: FastOrder,
     s: &mut Scratch<T::C>,
     probs: Option<&mut [T::C]>,
@@ -651,8 +651,8 @@ fn sparse_top_k<T: Elem>(
         // The kept candidates at the temperature, from their logits.
         for c in s.pairs.iter_mut() {
             let j = c.1 as usize;
-            c.0 = match patch.and_then(|m| m.get(&c.1)) {
-                Some(&v) => v,
+            c.0 = match patch.and_then(|m| m.get(j)) {
+                Some(v) => v,
                 None if row.stored => T::load(row.x[j]),
                 None => y[j],
             };
@@ -668,20 +668,14 @@ fn sparse_top_k<T: Elem>(
 /// an unpatched id at or above the patched row's k-th value has at most k - 1 ids above it
 /// there, so at most k - 1 + P in the stored row, and the scan kept it.
 #[inline(always)]
-fn merge_patch<F: Real>(
-    cand: &mut Vec<(F, u32)>,
-    patch: &HashMap<u32, F>,
-    k: usize,
-    sel: &mut Vec<F>,
-) {
-    cand.retain(|c| !patch.contains_key(&c.1));
+fn merge_patch<F: Real>(cand: &mut Vec<(F, u32)>, patch: &PatchBuf<F>, k: usize, sel: &mut Vec<F>) {
+    cand.retain(|c| patch.get(c.1 as usize).is_none());
     // Banned ids cannot be among the top k; NaN was already reported by the scan.
-    cand.extend(
-        patch
-            .iter()
-            .filter(|(_, &v)| v > F::neg_infinity())
-            .map(|(&j, &v)| (v, j)),
-    );
+    for (&j, &v) in patch.ids.iter().zip(&patch.vals) {
+        if v > F::neg_infinity() {
+            cand.push((v, j));
+        }
+    }
     if cand.len() > k {
         sel.clear();
         sel.extend(cand.iter().map(|c| c.0));

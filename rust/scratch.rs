@@ -19,7 +19,7 @@ pub(crate) struct Scratch<F> {
     pub(crate) dry: crate::dry::DryScratch,
     /// The new values of the ids a modified row's stages touched, when its plan reads the
     /// stored row (`patch.rs`).
-    pub(crate) patch: std::collections::HashMap<u32, F>,
+    pub(crate) patch: crate::patch::PatchBuf<F>,
     pub(crate) counts: Vec<(u32, u32)>,
     pub(crate) keys: Vec<u64>,
     /// The row's mass estimated in its first read (top-p rows).
