@@ -315,6 +315,7 @@ def stream(
     # token ids of this tokenizer.
     sp = resolve_strings(sampling_params(model, params, **overrides), tokenizer)
     sampler = Sampler(sp, logprobs=True)
+    sampler._lean = True  # the loop reads ids and log-probabilities, not ranks or raw ones
     box: list[Generation] = []
     drafter = _drafter(sp, speculative, draft_model, num_speculative_tokens,
                        prompt_lookup_max_ngram)  # fmt: skip

@@ -391,6 +391,7 @@ def _run(
     param_matrix: np.ndarray | None = None,
     logit_bias: Any = None,
     mirostat_mu: np.ndarray | None = None,
+    want_rank: bool = True,
 ) -> tuple[_Logits, _native.RunResult]:
     unresolved = p.unresolved_strings
     if unresolved is not None:
@@ -420,9 +421,13 @@ def _run(
         want_raw_logprob=want_raw,
         top_n=min(int(top_n), _TOP_N_CAP),
         mirostat_mu=mirostat_mu,
-        **p.native_options,
+        **(p.native_options if want_rank else _without_rank(p.native_options)),
     )
     return lg, out
+
+
+def _without_rank(options: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in options.items() if k != "want_rank"}
 
 
 @overload
@@ -608,6 +613,9 @@ class Sampler:
         self._matrix: dict[int, np.ndarray] = {}
         self._seeds: dict[int, tuple[np.ndarray, bool]] = {}
         self._mu: np.ndarray | None = None
+        # A generate loop reads the ids and their log-probabilities only: it switches off the
+        # raw log-probability and the rank, which `logprobs=True` would otherwise compute.
+        self._lean = False
 
     @property
     def mirostat_mu(self) -> np.ndarray | None:
@@ -726,10 +734,11 @@ class Sampler:
             logit_bias=logit_bias,
             seeds=seeds,
             step=step,
-            want_raw=p.logprobs,
+            want_raw=p.logprobs and not self._lean,
             top_n=p.top_logprobs,
             param_matrix=pm,
             mirostat_mu=mu,
+            want_rank=not self._lean,
         )
         if locked:
             self._mu = out.mirostat_mu

@@ -44,7 +44,7 @@ __all__ = ["DraftModel", "PromptLookup", "SpeculativeStep"]
 
 # The back-off (`SpeculativeStep.step`): the weight of the newest step in the moving average
 # of the accepted share of the drafts; below PAUSE_BELOW drafting pauses, except for a probe
-# of PROBE_TOKENS drafts every PROBE_EVERY steps.
+# of PROBE_TOKENS drafts after PROBE_EVERY steps (the wait doubles after each failed probe).
 RATE_WEIGHT = 0.3
 PAUSE_BELOW = 0.2
 PROBE_EVERY = 16
@@ -173,8 +173,10 @@ class SpeculativeStep:
             raise ValueError(f"num_speculative_tokens must be >= 0, got {k}")
         self.model, self.cache, self.params, self.seed = model, cache, params, seed
         self.drafter, self.k = drafter, k
-        self.k_now = k  # the current draft length (back-off)
-        self.rate = 0.3  # moving average of the accepted share of the drafts (a prior)
+        self.k_now = min(k, PROBE_TOKENS)  # the current draft length (back-off)
+        self.rate = PAUSE_BELOW  # moving average of the accepted share of the drafts
+        self.probe_every = PROBE_EVERY  # steps between probes while paused (doubling)
+        self.next_probe = 0
         self.calls = 0  # the step of the verification streams
         self.stats = SpeculativeStats()
 
@@ -240,15 +242,19 @@ class SpeculativeStep:
             # Back-off: a moving average of the accepted share of the drafts. Drafting pays
             # while it is high; below PAUSE_BELOW a failing draft only adds tokens to the
             # forward pass, so drafting pauses and probes with PROBE_TOKENS drafts every
-            # PROBE_EVERY steps.
+            # PROBE_EVERY steps (the first step is such a probe too).
+            # A failed probe doubles the wait for the next (up to 16 times PROBE_EVERY), so
+            # long text without repeats pays for few of them.
             rate = kept / (kd * len(running))
             self.rate = (1 - RATE_WEIGHT) * self.rate + RATE_WEIGHT * rate
-        if self.rate >= PAUSE_BELOW:
-            self.k_now = self.k
-        elif self.calls % PROBE_EVERY == 0:
+            if self.rate >= PAUSE_BELOW:
+                self.k_now, self.probe_every = self.k, PROBE_EVERY
+            else:
+                self.k_now = 0
+                self.next_probe = self.calls + self.probe_every
+                self.probe_every = min(2 * self.probe_every, 16 * PROBE_EVERY)
+        elif self.k_now == 0 and self.calls >= self.next_probe:
             self.k_now = min(self.k, PROBE_TOKENS)
-        else:
-            self.k_now = 0
         return [
             [(int(emitted[r, j]), float(lps[r, j])) for j in range(m)] for r in range(len(seqs))
         ]
