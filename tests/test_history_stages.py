@@ -87,6 +87,7 @@ from oracle import (
     penalty_window,
     sequence_bias_amounts,
 )
+from sampling_cases import impls, kernel_impl, oracle_impl
 
 seeds = st.integers(0, 2**63 - 1)
 
@@ -96,19 +97,8 @@ seeds = st.integers(0, 2**63 - 1)
 # ---------------------------------------------------------------------------------------------
 
 
-def _oracle(x, **kw):
-    kw.pop("seed", None)
-    return oracle_probs(x, **kw)
-
-
-def _kernel(x, **kw):
-    out = ts.probs(x, **kw)
-    if hasattr(out, "detach"):
-        out = out.detach().cpu().double().numpy()
-    return np.asarray(out, dtype=np.float64)
-
-
-IMPLS = [pytest.param(_oracle, id="oracle"), pytest.param(_kernel, id="ts")]
+_oracle, _kernel = oracle_impl, kernel_impl
+IMPLS = impls()
 
 
 def penalty_row_tolerance(trace: RowTrace, eps: float) -> tuple[np.ndarray, np.ndarray]:

@@ -69,7 +69,7 @@ from oracle import (
     oracle_rows,
     stage_rows,
 )
-from sampling_cases import Case, cases
+from sampling_cases import Case, cases, impls, kernel_impl, oracle_impl
 
 seeds = st.integers(0, 2**63 - 1)
 
@@ -85,19 +85,8 @@ def event(message: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _oracle(x, **kw):
-    kw.pop("seed", None)
-    return oracle_probs(x, **kw)
-
-
-def _kernel(x, **kw):
-    out = ts.probs(x, **kw)
-    if hasattr(out, "detach"):
-        out = out.detach().cpu().double().numpy()
-    return np.asarray(out, dtype=np.float64)
-
-
-IMPLS = [pytest.param(_oracle, id="oracle"), pytest.param(_kernel, id="ts")]
+_oracle, _kernel = oracle_impl, kernel_impl
+IMPLS = impls()
 
 
 def _torch():
