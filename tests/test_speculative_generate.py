@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import itertools
 from contextlib import redirect_stderr, redirect_stdout
@@ -49,15 +50,20 @@ REPEAT = "Repeat the following paragraph exactly:\n\n" + PARAGRAPH
 def test_prompt_lookup_drafts_what_hf_proposes(max_ngram: int) -> None:
     from transformers.generation.candidate_generator import PromptLookupCandidateGenerator
 
+    params = inspect.signature(PromptLookupCandidateGenerator.get_candidates).parameters
     rng = np.random.default_rng(max_ngram)
     for trial in range(300):
         n = int(rng.integers(1, 30))
         seq = rng.integers(0, 4, size=n).tolist()
         k = int(rng.integers(1, 6))
+        # An eos id that never occurs (transformers 5.0 requires one; it cuts drafts there).
         hf = PromptLookupCandidateGenerator(
-            num_output_tokens=k, max_matching_ngram_size=max_ngram, max_length=10**6
-        )
-        cand, _ = hf.get_candidates(torch.tensor([seq]))
+            eos_token_id=torch.tensor([999]), num_output_tokens=k,
+            max_matching_ngram_size=max_ngram, max_length=10**6,
+        )  # fmt: skip
+        # transformers 5.0 also takes `is_first_iteration` (which prompt lookup ignores).
+        extra = {"is_first_iteration": trial == 0} if "is_first_iteration" in params else {}
+        cand, _ = hf.get_candidates(torch.tensor([seq]), **extra)
         want = cand[0, n:].tolist()
         got = PromptLookup(max_ngram).draft([seq], k)[0]
         assert got == want, (trial, seq, k)
