@@ -74,7 +74,7 @@ class RunResult:
 
 # A set of id sequences per row: (ids, the end of each sequence, the end of each row's
 # sequences, one value per sequence or None), 1-D int64 / float64.
-SeqArrays: TypeAlias = tuple[
+_SeqArrays: TypeAlias = tuple[
     npt.NDArray[np.int64],
     npt.NDArray[np.int64],
     npt.NDArray[np.int64],
@@ -100,9 +100,9 @@ def run(
     want_rank: bool = False,
     token_ids: npt.NDArray[np.int64] | None = None,
     on_invalid: str = "raise",
-    sequence_bias: SeqArrays | None = None,
-    bad_words: SeqArrays | None = None,
-    dry_breakers: SeqArrays | None = None,
+    sequence_bias: _SeqArrays | None = None,
+    bad_words: _SeqArrays | None = None,
+    dry_breakers: _SeqArrays | None = None,
     mirostat_mu: npt.NDArray[np.float64] | None = None,
     lanes: npt.NDArray[np.uint64] | None = None,
     spec_k: int = 0,
