@@ -30,14 +30,21 @@ pub enum Seeds<'a> {
 }
 
 impl Seeds<'_> {
+    /// Row `i`'s seed and lane.
+    #[inline(always)]
+    pub(crate) fn lane(&self, i: usize) -> (u64, u64) {
+        match *self {
+            Seeds::Shared(seed) => (seed, i as u64),
+            Seeds::PerRow(seeds) => (seeds[i], 0),
+            Seeds::Lanes { seeds, lanes } => (seeds[i], lanes[i]),
+        }
+    }
+
     /// Row `i`'s two uniforms of step `step` (the draw's, and a gambling stage's coin).
     #[inline(always)]
     pub(crate) fn uniforms(&self, i: usize, step: u64) -> (f64, f64) {
-        match *self {
-            Seeds::Shared(seed) => uniforms(seed, i as u64, step),
-            Seeds::PerRow(seeds) => uniforms(seeds[i], 0, step),
-            Seeds::Lanes { seeds, lanes } => uniforms(seeds[i], lanes[i], step),
-        }
+        let (seed, lane) = self.lane(i);
+        uniforms(seed, lane, step)
     }
 }
 

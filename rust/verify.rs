@@ -198,7 +198,7 @@ fn draft_position<T: Elem>(
     let mut res = process_row_dispatch(req, r, s, Some(dist))?;
     let q_at = |j: usize| q.at(qrow + j);
     let (px, qx) = (dist[x].wide(), q_at(x));
-    let (seed, lane) = lane_of(req, r);
+    let (seed, lane) = req.seeds.lane(r);
     // u < p / q without dividing (q = 0: accepted whenever p > 0).
     if uniforms(seed, lane | ACCEPT_LANE_BIT, req.step).0 * qx < px {
         res.id = x as i64;
@@ -259,15 +259,6 @@ fn batch_row(e: SamplingError, positions: usize) -> SamplingError {
             vocab,
         },
         other => other,
-    }
-}
-
-/// Row `r`'s seed and lane: only [`crate::batch::Seeds::Lanes`] gives every position its own.
-fn lane_of<T>(req: &BatchRequest<'_, T>, r: usize) -> (u64, u64) {
-    match req.seeds {
-        crate::batch::Seeds::Shared(seed) => (seed, r as u64),
-        crate::batch::Seeds::PerRow(seeds) => (seeds[r], 0),
-        crate::batch::Seeds::Lanes { seeds, lanes } => (seeds[r], lanes[r]),
     }
 }
 

@@ -55,8 +55,8 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     ) from e
 
 from .device import BRIDGE
-from .params import PARAM_NAMES, SamplingParams
-from .sampling import SampleOutput, Sampler, _params, _run, _seeds
+from .params import SamplingParams
+from .sampling import SampleOutput, Sampler, _param_column, _params, _run, _seeds
 from .words import resolve_strings
 
 __all__ = [
@@ -258,7 +258,7 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
         m = self.params.matrix(b)
 
         def column(name: str) -> np.ndarray:
-            return np.broadcast_to(m[:, PARAM_NAMES.index(name)], (b,)).astype(np.float64)
+            return _param_column(m, b, name)
 
         tau = column("mirostat_tau")
         if self._mu is None or self._last_probs is None:

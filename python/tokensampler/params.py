@@ -351,8 +351,8 @@ class SamplingParams:
         object.__setattr__(self, "_native_options", options)
 
     def _sequence_options(self) -> dict[str, Any]:
-        """The sequence biases (with the bad words as -inf) and the DRY breakers as the
-        kernels take them; strings are left for `generate` to tokenize."""
+        """The sequence biases, the bad words and the DRY breakers as the kernels take them;
+        strings are left for `generate` to tokenize (and recorded for `unresolved_strings`)."""
         bias = _sequence_rows(self.sequence_bias, "sequence_bias")
         bad = _id_rows(self.bad_words_ids, "bad_words_ids", strings=False)
         breakers = _id_rows(self.dry_sequence_breakers, "dry_sequence_breakers", strings=True)
@@ -362,26 +362,29 @@ class SamplingParams:
             ):
                 raise TypeError("bad_words must be a list of strings (bad_words_ids takes ids)")
             object.__setattr__(self, "bad_words", tuple(self.bad_words))
+        unresolved = breakers is not None and any(
+            isinstance(s, str) for row in breakers for s in row
+        )
+        object.__setattr__(
+            self,
+            "_unresolved",
+            "bad_words" if self.bad_words else "dry_sequence_breakers" if unresolved else None,
+        )
         options: dict[str, Any] = {}
         if bias is not None:
             options["sequence_bias"] = _seq_arrays(bias)
         if bad is not None:
             options["bad_words"] = _seq_arrays([[(seq, 0.0) for seq in row] for row in bad])
-        if breakers is not None:
-            unresolved = any(isinstance(s, str) for row in breakers for s in row)
-            if not unresolved:
-                options["dry_breakers"] = _seq_arrays([[(s, 0.0) for s in row] for row in breakers])
+        if breakers is not None and not unresolved:
+            options["dry_breakers"] = _seq_arrays([[(s, 0.0) for s in row] for row in breakers])
         return options
 
     @property
     def unresolved_strings(self) -> str | None:
-        """The first field holding strings only a tokenizer can resolve (None if none)."""
-        if self.bad_words:
-            return "bad_words"
-        rows = _id_rows(self.dry_sequence_breakers, "dry_sequence_breakers", strings=True)
-        if rows is not None and any(isinstance(s, str) for row in rows for s in row):
-            return "dry_sequence_breakers"
-        return None
+        """The first field holding strings only a tokenizer can resolve (None if none);
+        found at construction, since every call asks."""
+        unresolved: str | None = self.__dict__["_unresolved"]
+        return unresolved
 
     @property
     def native_options(self) -> dict[str, Any]:

@@ -42,8 +42,6 @@ _U64 = (1 << 64) - 1
 # top_logprobs may exceed V (padding) up to _native.TOP_N_SLACK; the kernels refuse more.
 # Larger top_logprobs cross as this (refused by the kernels all the same): any Python int fits.
 _TOP_N_CAP = 2**62
-# Where mirostat's target surprise sits in a parameter row.
-_TAU_COLUMN = PARAM_NAMES.index("mirostat_tau")
 
 
 class _SampleTuple(NamedTuple):
@@ -234,6 +232,13 @@ def _param_matrix(values: tuple[Any, ...], b: int) -> np.ndarray:
                 f"{name} has shape {a.shape}: give a scalar or {b} values, one per row"
             )
     return out
+
+
+def _param_column(pm: np.ndarray, b: int, name: str) -> np.ndarray:
+    """Parameter `name` of each of `b` rows, float64, from a (1, N) or (b, N) matrix (another
+    row count is the kernels' error to report: the first row stands in until then)."""
+    col = pm[:, PARAM_NAMES.index(name)]
+    return np.asarray(col if len(col) == b else np.full(b, col[0]), dtype=np.float64)
 
 
 def _pad_rows(rows: list[np.ndarray], fill: float, dtype: Any) -> np.ndarray:
@@ -723,10 +728,7 @@ class Sampler:
                     f"have {b}: reset() it for a new batch"
                 )
             if mu is None:
-                # llama.cpp starts mu at 2 tau; a parameter row count that does not match
-                # the batch is the kernels' error to report.
-                tau = pm[:, _TAU_COLUMN] if len(pm) == b else np.full(b, pm[0, _TAU_COLUMN])
-                mu = 2.0 * np.asarray(tau, dtype=np.float64)
+                mu = 2.0 * _param_column(pm, b, "mirostat_tau")  # llama.cpp's start
         lg, out = _run(
             logits,
             p,

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _native
 from .params import SamplingParams
-from .sampling import _history, _logit_bias, _Logits, _params, _seeds, _torch
+from .sampling import _as_numpy, _history, _logit_bias, _Logits, _params, _seeds, _torch
 
 __all__ = ["VerifyOutput", "verify"]
 
@@ -153,16 +153,8 @@ def verify(
     return VerifyOutput(back(out_ids), back(np.asarray(accepted)), back(out_lps))
 
 
-def _host(x: Any) -> np.ndarray:
-    torch = _torch()
-    if torch is not None and isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        return np.asarray((x.float() if x.dtype in (torch.bfloat16, torch.float16) else x).numpy())
-    return np.asarray(x)
-
-
 def _draft_ids(draft_ids: Any, b: int, k: int, single: bool) -> np.ndarray:
-    ids = _host(draft_ids)
+    ids = _as_numpy(draft_ids)
     if ids.size and ids.dtype.kind not in "iu":
         raise TypeError(f"draft_ids must be integer token ids, got dtype {ids.dtype}")
     want = (k,) if single else (b, k)
@@ -174,7 +166,7 @@ def _draft_ids(draft_ids: Any, b: int, k: int, single: bool) -> np.ndarray:
 def _draft_probs(draft_probs: Any, b: int, k: int, v: int, single: bool) -> np.ndarray | None:
     if draft_probs is None:
         return None
-    q = _host(draft_probs)
+    q = _as_numpy(draft_probs)
     want = (k, v) if single else (b, k, v)
     if q.shape != want:
         raise ValueError(f"draft_probs must have shape {want}, got {q.shape}")
