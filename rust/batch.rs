@@ -1,6 +1,7 @@
 //! The batched driver: the request and result types, the shape checks, and the thread pool
 //! that runs rows in parallel (each row through `plan.rs`).
 
+use crate::bitmask::Bitmask;
 use crate::dry::Breakers;
 use crate::elem::Elem;
 use crate::error::SamplingError;
@@ -203,6 +204,8 @@ pub struct BatchRequest<'a, T> {
     /// `dry_breakers` indexed for the scan (one entry per row set): [`run_batch`] fills it,
     /// callers leave it empty.
     pub dry_index: &'a [Breakers],
+    /// Allowed tokens per row (structured output), or `None`.
+    pub token_bitmask: Option<Bitmask<'a>>,
 }
 
 impl<T> BatchRequest<'_, T> {
@@ -229,6 +232,7 @@ impl<T> BatchRequest<'_, T> {
             dry_breakers: None,
             mirostat_mu: None,
             dry_index: &[],
+            token_bitmask: None,
         }
     }
 }
@@ -349,6 +353,14 @@ pub(crate) fn check_shapes<T>(
     }
     if let Some(br) = &req.dry_breakers {
         br.check("dry_sequence_breakers", b, v)?;
+    }
+    if let Some(m) = &req.token_bitmask {
+        if m.words.len() != m.rows * m.width || (m.rows != b && m.rows != 1) {
+            return Err(SamplingError::Shape(format!(
+                "token_bitmask has {} rows for a batch of {b}",
+                m.rows
+            )));
+        }
     }
     match req.mirostat_mu {
         Some(mu) if mu.len() != b => {

@@ -7,7 +7,7 @@ use half::slice::HalfFloatSliceExt;
 use num_traits::Float;
 
 /// The floating type a row is computed in: `f64` for `f64` logits, `f32` for everything else.
-pub trait Real: Float + Default + Send + Sync + std::fmt::Debug + 'static {
+pub trait Real: Float + Default + Send + Sync + std::fmt::Debug + 'static + Elem<C = Self> {
     /// Converts from `f64` (rounding for `f32`).
     fn of(v: f64) -> Self;
     /// Widens to `f64`.

@@ -7,6 +7,7 @@
 //! SIMD-able scans are methods of the element traits in [`elem`].
 
 pub mod batch;
+pub mod bitmask;
 pub mod draw;
 pub mod dry;
 pub mod elem;

@@ -5,7 +5,8 @@
 //! compute temperature, top-k, top-p and min-p in that order without writing the row; any
 //! other stage or order runs [`Plan::Ordered`] (the stages of `stages.rs`, one by one).
 
-use crate::batch::{BatchRequest, RowResult};
+use crate::batch::{BatchRequest, RowResult, Seeds};
+use crate::bitmask::{self, Gathered};
 use crate::draw::{draw_dense, draw_dense_by, draw_sparse};
 use crate::dry::{self, Breakers};
 use crate::elem::{Elem, Real};
@@ -41,8 +42,10 @@ const MAX_PATCH: usize = 32;
 /// Whether bias, bans, penalties or another history stage change row `i` (otherwise it can
 /// be read in place).
 fn modifies_row<T>(req: &BatchRequest<'_, T>, i: usize, p: &RowParams) -> bool {
-    req.bias_ids
-        .is_some_and(|b| b.row(i).iter().any(|&id| id >= 0))
+    req.token_bitmask.is_some()
+        || req
+            .bias_ids
+            .is_some_and(|b| b.row(i).iter().any(|&id| id >= 0))
         || req.sequence_bias.is_some_and(|sb| sb.any(i))
         || req.bad_words.is_some_and(|bw| bw.any(i))
         || (req.history.is_some() && p.reads_history())
@@ -124,6 +127,9 @@ fn modify_loaded<T: Elem>(
     s: &mut Scratch<T::C>,
 ) -> Result<(), SamplingError> {
     let mut y = std::mem::take(&mut s.y);
+    if let Some(m) = req.token_bitmask {
+        bitmask::ban_disallowed(&mut y[..v], m.row(i));
+    }
     let counted = modify_row(req, i, p, v, &mut y[..], s);
     if let Ok(true) = counted {
         apply_scaling(&mut y, &s.counts, &p.penalties());
@@ -490,6 +496,7 @@ fn draw_row<T: Elem, const FMA: bool>(
     // row costs: then the row is loaded and the patch written into it.
     let modifies = modifies_row(req, i, p);
     let in_place = matches!(plan, Plan::SparseTopK { .. })
+        && req.token_bitmask.is_none()
         && !p.penalties().scales_active()
         && (T::as_compute(x).is_some() || T::scans_as_stored());
     let mut patch = std::mem::take(&mut s.patch);
@@ -1154,6 +1161,81 @@ unsafe fn process_row_avx2<T: Elem>(
     process_row::<T, true>(req, i, s, probs)
 }
 
+/// Whether row `i`'s mask is applied by gathering its `allowed` ids into a short row: when
+/// every output the call asks for lives in those ids, and no stage reads the vocabulary size
+/// (mirostat 1) or shifts the whole row (k-scaling).
+fn gathers<T>(req: &BatchRequest<'_, T>, i: usize, allowed: usize, probs: bool) -> bool {
+    let p = &req.params[if req.params.len() == 1 { 0 } else { i }];
+    !probs
+        && !req.raw_mode
+        && !req.want_rank
+        && !req.want_raw_logprob
+        && req.token_ids.is_none()
+        && req.top_n <= allowed
+        && p.mirostat != 1
+        && !p.penalties().scales_active()
+}
+
+/// Row `i` under its mask `words` with the allowed ids gathered (`bitmask.rs`): bias, bans,
+/// penalties and DRY write through [`Gathered`], then the short row runs as a batch of one
+/// with row `i`'s stream, and its ids are mapped back.
+fn gathered_row<T: Elem>(
+    req: &BatchRequest<'_, T>,
+    i: usize,
+    words: &[u32],
+    s: &mut Scratch<T::C>,
+) -> Result<RowResult, SamplingError> {
+    let x = req.rows[i];
+    let p = &req.params[if req.params.len() == 1 { 0 } else { i }];
+    let mut vals = std::mem::take(&mut s.gathered);
+    let mut ids = std::mem::take(&mut s.gathered_ids);
+    let mut prefix = std::mem::take(&mut s.gathered_prefix);
+    bitmask::gather(x, words, &mut vals, &mut ids, &mut prefix);
+    let mut g = Gathered {
+        vals: &mut vals,
+        row: words,
+        prefix: &prefix,
+    };
+    let out = match modify_row(req, i, p, x.len(), &mut g, s) {
+        Ok(_) => {
+            let (seed, lane) = req.seeds.lane(i);
+            let (seeds, lanes) = ([seed], [lane]);
+            let rows = [&vals[..]];
+            let params = std::slice::from_ref(p);
+            let sub = BatchRequest {
+                seeds: Seeds::Lanes {
+                    seeds: &seeds,
+                    lanes: &lanes,
+                },
+                step: req.step,
+                top_n: req.top_n,
+                order: req.order,
+                mirostat_mu: req.mirostat_mu.map(|mu| &mu[i..i + 1]),
+                ..BatchRequest::new(&rows, params)
+            };
+            process_row_dispatch::<T::C>(&sub, 0, s, None)
+        }
+        Err(e) => Err(e),
+    };
+    let out = match out {
+        Ok(mut r) => {
+            let at = |id: i64| if id >= 0 { ids[id as usize] as i64 } else { id };
+            r.id = at(r.id);
+            for t in r.top.iter_mut() {
+                t.0 = at(t.0);
+            }
+            Ok(r)
+        }
+        Err(SamplingError::NanInRow { .. }) => Err(SamplingError::NanInRow { row: i }),
+        Err(SamplingError::AllMasked { .. }) => Err(SamplingError::AllMasked { row: i }),
+        Err(e) => Err(e),
+    };
+    s.gathered = vals;
+    s.gathered_ids = ids;
+    s.gathered_prefix = prefix;
+    out
+}
+
 /// One row, compiled for the widest SIMD the CPU has: the same generic code, specialised
 /// three times, picked at run time so one wheel serves every x86-64 machine.
 pub(crate) fn process_row_dispatch<T: Elem>(
@@ -1162,6 +1244,16 @@ pub(crate) fn process_row_dispatch<T: Elem>(
     s: &mut Scratch<T::C>,
     probs: Option<&mut [T::C]>,
 ) -> Result<RowResult, SamplingError> {
+    if let Some(m) = req.token_bitmask {
+        let words = m.row(i);
+        let allowed = bitmask::count(words, req.rows[i].len());
+        if allowed == 0 {
+            return Err(SamplingError::AllMasked { row: i });
+        }
+        if gathers(req, i, allowed, probs.is_some()) {
+            return gathered_row(req, i, words, s);
+        }
+    }
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: each variant is called only when simd_level() found its features.

@@ -1,6 +1,7 @@
 //! Python bindings: type conversion, error mapping and GIL release only. Every kernel lives in
 //! the pure-Rust modules; nothing here computes.
 
+use crate::bitmask::Bitmask;
 use crate::elem::Elem;
 use crate::error::SamplingError as CoreError;
 use crate::params::{RowParams, N_PARAMS, PARAMS, PARAM_NAMES};
@@ -164,6 +165,7 @@ struct Inputs<'a> {
     mirostat_mu: Option<&'a [f64]>,
     /// A speculative verification's drafts (the rows are then B × (K + 1) positions).
     drafts: Option<Drafts<'a>>,
+    token_bitmask: Option<Bitmask<'a>>,
 }
 
 /// The outputs of a batch, as owned buffers that cross to Python without a copy.
@@ -200,6 +202,7 @@ fn run_rows<T: Elem>(
         dry_breakers: inputs.dry_breakers,
         mirostat_mu: inputs.mirostat_mu,
         dry_index: &[],
+        token_bitmask: inputs.token_bitmask,
     };
     let v = rows.first().map_or(0, |r| r.len());
     // Callers must not mutate the inputs while the GIL is released (documented in sampling.py).
@@ -325,6 +328,7 @@ impl RunResult {
     spec_k = 0,
     draft_ids = None,
     draft_probs = None,
+    token_bitmask = None,
 ))]
 #[allow(clippy::too_many_arguments)]
 fn run<'py>(
@@ -354,6 +358,7 @@ fn run<'py>(
     spec_k: usize,
     draft_ids: Option<PyReadonlyArray1<'py, i64>>,
     draft_probs: Option<Bound<'py, PyAny>>,
+    token_bitmask: Option<PyReadonlyArray2<'py, u32>>,
 ) -> PyResult<RunResult> {
     let params = param_rows(params.as_array())?;
     let order = order_of(order)?;
@@ -440,6 +445,16 @@ fn run<'py>(
             None => None,
         },
         drafts,
+        token_bitmask: match &token_bitmask {
+            Some(m) => Some(Bitmask {
+                words: m.as_slice().map_err(|_| {
+                    PyValueError::new_err("token_bitmask must be C-contiguous uint32")
+                })?,
+                width: m.shape()[1],
+                rows: m.shape()[0],
+            }),
+            None => None,
+        },
     };
     let want = Want {
         probs: want_probs,

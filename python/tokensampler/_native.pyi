@@ -108,6 +108,7 @@ def run(
     spec_k: int = 0,
     draft_ids: npt.NDArray[np.int64] | None = None,
     draft_probs: npt.NDArray[np.float32] | npt.NDArray[np.float64] | None = None,
+    token_bitmask: npt.NDArray[np.uint32] | None = None,
 ) -> RunResult:
     """Runs the pipeline on (B, V) logits (a bfloat16 batch crosses as a uint16 view with
     `is_bf16`). `params` is (1 or B, len(PARAMS)) in PARAM_NAMES order; `history`/`bias_ids`
@@ -119,7 +120,8 @@ def run(
     row) gives every row its own stream lane. With `draft_ids` ((B * spec_k,)) the rows are
     B x (spec_k + 1) positions of a speculative verification (`draft_probs`: (B * spec_k * V,)
     or None for one-hot drafts): `ids` / `logprobs` then hold each position's emitted token
-    (-1 / NaN after the last) and `accepted` each row's accepted drafts."""
+    (-1 / NaN after the last) and `accepted` each row's accepted drafts. `token_bitmask` is
+    (1 or B, W) uint32: row j's token t is allowed when bit t % 32 of word t // 32 is set."""
 
 def check_params(
     params: npt.NDArray[np.float64] | Sequence[Sequence[float]],

@@ -54,6 +54,9 @@ IdSequences = Sequence[Sequence[int]] | Sequence[Sequence[Sequence[int]]] | None
 Breakers = Sequence[str | Sequence[int]] | Sequence[Sequence[str | Sequence[int]]] | None
 # {id sequence: bias} for every row, or one such dict per row.
 SequenceBias = Mapping[tuple[int, ...], float] | Sequence[Mapping[tuple[int, ...], float]] | None
+# Allowed tokens: (ceil(V/32),) or (B, ceil(V/32)) int32/uint32 words, a numpy array or a
+# torch tensor (xgrammar's, llguidance's and outlines-core's format).
+TokenBitmask = _SupportsArray | None
 
 #: The order presets and the stage names a custom order takes (from the Rust table).
 ORDER_PRESETS: tuple[str, ...] = tuple(_native.ORDER_PRESETS)
@@ -96,6 +99,7 @@ class KernelKwargs(TypedDict, total=False):
     mirostat_eta: RowFloat
     order: Order
     logit_bias: LogitBias
+    token_bitmask: TokenBitmask
     seed: Seed
     on_invalid: OnInvalid
 
@@ -217,6 +221,11 @@ class SamplingParams:
             which must place every stage that is on.
         logit_bias: {id: bias}, one dict per row, or a dense (V,) / (B, V) array, added to
             the logits first; -inf bans a token.
+        token_bitmask: the allowed tokens, (ceil(V/32),) or (B, ceil(V/32)) int32 or uint32
+            words as xgrammar, llguidance and outlines-core produce them: token j is bit
+            j % 32 (least significant first) of word j // 32, 1 = allowed. Applied first,
+            like a ban; a shorter mask bans the ids beyond it, extra words are ignored, and a
+            row with no allowed token is invalid (see ``on_invalid``).
         seed: None (fresh OS entropy), an int, or one int per row (any int, taken mod
             2**64); a per-row seed makes a row's draw independent of its batch position.
         logprobs: also return the chosen tokens' log-probabilities and their ranks in the
@@ -266,6 +275,7 @@ class SamplingParams:
     mirostat_eta: RowFloat = 0.1
     order: Order = "hf"
     logit_bias: LogitBias = None
+    token_bitmask: TokenBitmask = None
     seed: Seed = None
     logprobs: bool = False
     top_logprobs: int = 0
@@ -274,7 +284,14 @@ class SamplingParams:
     on_invalid: OnInvalid = "raise"
 
     def __post_init__(self) -> None:
-        from .sampling import _TOP_N_CAP, _check_top_n, _logit_bias, _real_array, _seeds
+        from .sampling import (
+            _TOP_N_CAP,
+            _bitmask,
+            _check_top_n,
+            _logit_bias,
+            _real_array,
+            _seeds,
+        )
 
         rows: dict[str, int] = {}
         for name in PARAM_NAMES:
@@ -322,6 +339,7 @@ class SamplingParams:
         _check_top_n(self.top_logprobs)
         object.__setattr__(self, "logprobs", bool(self.logprobs))
         _logit_bias(self.logit_bias, None, None)
+        _bitmask(self.token_bitmask, None, None)
         b = next(iter(rows.values()), 1)
         m = self.matrix(b)  # (0, N) for per-row values of no rows: the options still checked
         _native.check_params(

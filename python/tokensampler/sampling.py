@@ -330,6 +330,35 @@ def _logit_bias(
     return ids, vals
 
 
+def _bitmask(mask: Any, b: int | None, v: int | None) -> np.ndarray | None:
+    """A `token_bitmask` as the kernels take it: (rows, W) uint32, rows 1 or B. b and v are
+    the batch and vocabulary sizes; None (in `SamplingParams`) skips the checks needing them."""
+    if mask is None:
+        return None
+    a = _as_numpy(mask)
+    if a.dtype not in (np.int32, np.uint32):
+        raise TypeError(
+            "token_bitmask must be int32 or uint32 words (the (B, ceil(V/32)) bitmask of "
+            f"xgrammar, llguidance and outlines-core), got {a.dtype}"
+        )
+    if a.ndim == 1:
+        a = a[None, :]
+    if a.ndim == 3 and b is None:
+        return a  # verify's (B, K + 1, W), one mask per position: verify.py checks it
+    if a.ndim != 2:
+        raise ValueError(f"token_bitmask must be (W,) or (B, W), W = ceil(V/32); got {a.shape}")
+    if b is not None and a.shape[0] not in (1, b):
+        raise ValueError(f"token_bitmask has {a.shape[0]} rows for a batch of {b}")
+    if v is not None and a.shape[1] >= v > 32:
+        # Extra words are allowed (a tokenizer's mask over a smaller model vocabulary), but
+        # one word per token is a per-token mask given where 32 tokens share a word.
+        raise ValueError(
+            f"token_bitmask has {a.shape[1]} words for a vocabulary of {v}: a bitmask holds 32 "
+            f"tokens per word ({-(-v // 32)} words); this looks like one entry per token"
+        )
+    return np.ascontiguousarray(a).view(np.uint32)
+
+
 def _check_top_n(top_n: Any) -> None:
     # The type here; the range (>= 0) with the other parameters, in Rust.
     if isinstance(top_n, bool) or not isinstance(top_n, (int, np.integer)):
@@ -397,6 +426,7 @@ def _run(
     logit_bias: Any = None,
     mirostat_mu: np.ndarray | None = None,
     want_rank: bool = True,
+    token_bitmask: Any = None,
 ) -> tuple[_Logits, _native.RunResult]:
     unresolved = p.unresolved_strings
     if unresolved is not None:
@@ -412,6 +442,7 @@ def _run(
     hist = _history(history, b)
     bias_ids, bias_vals = _logit_bias(p.logit_bias if logit_bias is None else logit_bias, b, v)
     s, per_row = seeds if seeds is not None else _seeds(p.seed)
+    mask = _bitmask(p.token_bitmask if token_bitmask is None else token_bitmask, b, v)
     out = _native.run(
         lg.array,
         is_bf16=lg.is_bf16,
@@ -426,6 +457,7 @@ def _run(
         want_raw_logprob=want_raw,
         top_n=min(int(top_n), _TOP_N_CAP),
         mirostat_mu=mirostat_mu,
+        token_bitmask=mask,
         **(p.native_options if want_rank else _without_rank(p.native_options)),
     )
     return lg, out
@@ -687,6 +719,7 @@ class Sampler:
         logit_bias: Any = None,
         *,
         keepdim: bool = False,
+        token_bitmask: Any = None,
     ) -> Any:
         """Samples the next ids for `logits` ((V,) or (B, V)).
 
@@ -696,18 +729,29 @@ class Sampler:
             logit_bias: overrides the Sampler's own logit_bias for this call.
             keepdim: return shape (B, 1) instead of (B,), so that
                 `torch.cat((idx, idx_next), dim=1)` works unchanged.
+            token_bitmask: this step's allowed tokens (a grammar matcher's bitmask),
+                overriding the Sampler's own.
         """
         if self.params.mirostat_on:
             # Each step's mu depends on the last one's draw: the steps run one at a time.
             with self._lock:
-                return self._call(logits, history, logit_bias, keepdim, self.step, True)
+                return self._call(
+                    logits, history, logit_bias, token_bitmask, keepdim, self.step, True
+                )
         with self._lock:
             step = self.step
             self.step += 1
-        return self._call(logits, history, logit_bias, keepdim, step, False)
+        return self._call(logits, history, logit_bias, token_bitmask, keepdim, step, False)
 
     def _call(
-        self, logits: Any, history: Any, logit_bias: Any, keepdim: bool, step: int, locked: bool
+        self,
+        logits: Any,
+        history: Any,
+        logit_bias: Any,
+        token_bitmask: Any,
+        keepdim: bool,
+        step: int,
+        locked: bool,
     ) -> Any:
         shape = np.shape(logits) if not hasattr(logits, "shape") else tuple(logits.shape)
         # Other shapes are rejected by _run with a ValueError; b only keys the caches.
@@ -741,6 +785,7 @@ class Sampler:
             param_matrix=pm,
             mirostat_mu=mu,
             want_rank=not self._lean,
+            token_bitmask=token_bitmask,
         )
         if locked:
             self._mu = out.mirostat_mu

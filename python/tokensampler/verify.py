@@ -21,7 +21,16 @@ import numpy as np
 
 from . import _native
 from .params import SamplingParams
-from .sampling import _as_numpy, _history, _logit_bias, _Logits, _params, _seeds, _torch
+from .sampling import (
+    _as_numpy,
+    _bitmask,
+    _history,
+    _logit_bias,
+    _Logits,
+    _params,
+    _seeds,
+    _torch,
+)
 
 __all__ = ["VerifyOutput", "verify"]
 
@@ -74,7 +83,10 @@ def verify(
             drafts are appended for the later positions).
         step: the step of the random streams (a generate loop advances it per call).
         **overrides: `SamplingParams` fields; ``seed`` (an int, or one per row: a row's
-            result then does not depend on its batch position).
+            result then does not depend on its batch position). ``token_bitmask`` may be
+            (W,) or (B, W) (the same allowed tokens at every position), or (B, K + 1, W)
+            ((K + 1, W) for one row): each position's own mask, from a grammar matcher
+            advanced through the drafts before it.
 
     Returns:
         A `VerifyOutput` (ids, accepted, logprobs). With ``temperature=0`` the emitted tokens
@@ -115,6 +127,7 @@ def verify(
     pos_lane = np.arange(1, positions + 1, dtype=np.uint64) << np.uint64(_POSITION_LANE_SHIFT)
     lanes = (row_lane[:, None] + pos_lane[None, :]).reshape(-1)
     flat_seeds = np.repeat(seeds if per_row else np.repeat(seeds, b), positions)
+    mask = _position_mask(p.token_bitmask, b, positions, v, single)
     options = {
         name: value
         for name, value in p.native_options.items()
@@ -136,6 +149,7 @@ def verify(
         spec_k=k,
         draft_ids=ids.reshape(-1),
         draft_probs=q,
+        token_bitmask=mask,
         **options,
     )
     out_ids = out.ids.reshape(b, positions)
@@ -151,6 +165,23 @@ def verify(
         return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
     return VerifyOutput(back(out_ids), back(np.asarray(accepted)), back(out_lps))
+
+
+def _position_mask(mask: Any, b: int, positions: int, v: int, single: bool) -> np.ndarray | None:
+    """The token bitmask as rows of the B x (K + 1) positions (one row broadcasts)."""
+    if mask is None:
+        return None
+    a = _as_numpy(mask)
+    per_position = a.ndim == (2 if single else 3)
+    if per_position:
+        if a.shape[-2] != positions or (not single and a.shape[0] != b):
+            want = f"({positions}, W)" if single else f"({b}, {positions}, W)"
+            raise ValueError(f"a per-position token_bitmask must be {want}, got {a.shape}")
+        a = a.reshape(-1, a.shape[-1])
+    rows = _bitmask(a, b * positions if per_position else b, v)
+    if rows is None or per_position or rows.shape[0] == 1:
+        return rows
+    return np.repeat(rows, positions, axis=0)
 
 
 def _draft_ids(draft_ids: Any, b: int, k: int, single: bool) -> np.ndarray:
