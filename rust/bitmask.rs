@@ -34,7 +34,7 @@ impl<'a> Bitmask<'a> {
 
 /// Word `w` of a row of vocabulary `v`, with the bits of ids `>= v` cleared.
 #[inline(always)]
-fn word(row: &[u32], w: usize, v: usize) -> u32 {
+pub(crate) fn word(row: &[u32], w: usize, v: usize) -> u32 {
     let x = row[w];
     let end = v - w * 32; // ids of this word below v (> 0 for the words that matter)
     if end >= 32 {
@@ -46,52 +46,52 @@ fn word(row: &[u32], w: usize, v: usize) -> u32 {
 
 /// The number of words that can allow an id below `v`.
 #[inline(always)]
-fn n_words(row: &[u32], v: usize) -> usize {
+pub(crate) fn n_words(row: &[u32], v: usize) -> usize {
     row.len().min(v.div_ceil(32))
-}
-
-/// Whether id `j` (below `v`) is allowed.
-#[inline(always)]
-pub(crate) fn allowed(row: &[u32], j: usize) -> bool {
-    row.get(j / 32).is_some_and(|&x| x >> (j % 32) & 1 == 1)
 }
 
 /// The number of allowed ids below `v`.
 pub(crate) fn count(row: &[u32], v: usize) -> usize {
-    (0..n_words(row, v))
-        .map(|w| word(row, w, v).count_ones() as usize)
-        .sum()
+    let n = n_words(row, v);
+    let Some(last) = n.checked_sub(1) else {
+        return 0;
+    };
+    crate::simd::popcount(&row[..last]) + word(row, last, v).count_ones() as usize
 }
 
-/// Copies the allowed logits of `x`, in id order, into `vals` and their ids into `ids`; and
-/// into `prefix` the number of allowed ids before each word (for [`Gathered`]).
-pub(crate) fn gather<T: Elem>(
+/// Appends the allowed logits of `x`, in id order, to `vals` and their ids to `ids` (both
+/// emptied first): the portable form of [`Elem::gather_allowed`].
+pub(crate) fn gather_portable<T: Elem>(
     x: &[T],
     row: &[u32],
     vals: &mut Vec<T::C>,
     ids: &mut Vec<u32>,
-    prefix: &mut Vec<u32>,
 ) {
     let v = x.len();
     vals.clear();
     ids.clear();
-    prefix.clear();
-    for w in 0..n_words(row, v) {
-        prefix.push(ids.len() as u32);
-        let mut bits = word(row, w, v);
-        if bits == u32::MAX {
-            // A run of 32 allowed ids: one contiguous copy (dense masks are mostly these).
-            let base = w * 32;
-            vals.extend(x[base..base + 32].iter().map(|e| e.load()));
-            ids.extend(base as u32..base as u32 + 32);
+    let n = n_words(row, v);
+    // Structured-output masks are mostly zero words: skip them 8 at a time.
+    let mut w = 0;
+    while w < n {
+        if w + 8 <= n && row[w..w + 8].iter().fold(0, |a, &b| a | b) == 0 {
+            w += 8;
             continue;
         }
-        while bits != 0 {
-            let j = w * 32 + bits.trailing_zeros() as usize;
+        let mut bits = word(row, w, v);
+        let base = w * 32;
+        if bits == u32::MAX {
+            // 32 allowed ids in a row: one contiguous copy (dense masks are mostly these).
+            vals.extend(x[base..base + 32].iter().map(|e| e.load()));
+            ids.extend(base as u32..base as u32 + 32);
+        }
+        while bits != 0 && bits != u32::MAX {
+            let j = base + bits.trailing_zeros() as usize;
             vals.push(x[j].load());
             ids.push(j as u32);
             bits &= bits - 1;
         }
+        w += 1;
     }
 }
 
@@ -116,33 +116,23 @@ pub(crate) fn ban_disallowed<F: Real>(y: &mut [F], row: &[u32]) {
 /// disallowed id reads `-inf` and ignores writes (every one of those stages leaves `-inf`
 /// where it is, so dropping the write is exact).
 pub(crate) struct Gathered<'a, F> {
+    /// The allowed logits, in id order.
     pub(crate) vals: &'a mut [F],
-    pub(crate) row: &'a [u32],
-    /// Allowed ids before each word.
-    pub(crate) prefix: &'a [u32],
-}
-
-impl<F: Real> Gathered<'_, F> {
-    /// The position of allowed id `j` in the gathered row.
-    #[inline(always)]
-    fn pos(&self, j: usize) -> Option<usize> {
-        let w = j / 32;
-        if w >= self.prefix.len() || !allowed(self.row, j) {
-            return None;
-        }
-        let below = self.row[w] & ((1u32 << (j % 32)) - 1);
-        Some(self.prefix[w] as usize + below.count_ones() as usize)
-    }
+    /// Their ids (ascending).
+    pub(crate) ids: &'a [u32],
 }
 
 impl<F: Real> Logits<F> for Gathered<'_, F> {
     #[inline(always)]
     fn get(&self, j: usize) -> F {
-        self.pos(j).map_or(F::neg_infinity(), |p| self.vals[p])
+        match self.ids.binary_search(&(j as u32)) {
+            Ok(p) => self.vals[p],
+            Err(_) => F::neg_infinity(),
+        }
     }
     #[inline(always)]
     fn set(&mut self, j: usize, v: F) {
-        if let Some(p) = self.pos(j) {
+        if let Ok(p) = self.ids.binary_search(&(j as u32)) {
             self.vals[p] = v;
         }
     }
@@ -151,68 +141,85 @@ impl<F: Real> Logits<F> for Gathered<'_, F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::elem::Elem;
 
-    fn mask_of(v: usize, allowed_ids: &[usize], words: usize) -> Vec<u32> {
+    fn mask_of(allowed_ids: &[usize], words: usize) -> Vec<u32> {
         let mut m = vec![0u32; words];
         for &j in allowed_ids {
             if j / 32 < words {
                 m[j / 32] |= 1 << (j % 32);
             }
         }
-        let _ = v;
         m
+    }
+
+    fn gathered(x: &[f32], m: &[u32]) -> (Vec<f32>, Vec<u32>) {
+        let (mut vals, mut ids) = (Vec::new(), Vec::new());
+        f32::gather_allowed(x, m, &mut vals, &mut ids);
+        let (mut pv, mut pi) = (Vec::new(), Vec::new());
+        gather_portable(x, m, &mut pv, &mut pi);
+        assert_eq!(
+            (&vals, &ids),
+            (&pv, &pi),
+            "SIMD and portable gathers differ"
+        );
+        (vals, ids)
     }
 
     #[test]
     fn bit_order_short_rows_and_padding_bits() {
         let v = 70; // 3 words, the last one partial
-        let ids = [0, 1, 31, 32, 63, 64, 69];
-        let m = mask_of(v, &ids, 3);
-        for j in 0..v {
-            assert_eq!(allowed(&m, j), ids.contains(&j), "{j}");
-        }
-        assert_eq!(count(&m, v), ids.len());
+        let x: Vec<f32> = (0..v).map(|j| j as f32).collect();
+        let want = [0u32, 1, 31, 32, 63, 64, 69];
+        let m = mask_of(&want.map(|j| j as usize), 3);
+        assert_eq!(gathered(&x, &m).1, want);
         // Bits past V are ignored; a short mask bans what it does not reach.
         let mut m2 = m.clone();
         m2[2] |= 1 << 20; // id 84 >= V
-        assert_eq!(count(&m2, v), ids.len());
-        assert_eq!(count(&m[..2], v), 5);
-        assert_eq!(count(&[], v), 0);
+        assert_eq!(gathered(&x, &m2).1, want);
+        assert_eq!(gathered(&x, &m[..2]).1, &want[..5]);
+        assert!(gathered(&x, &[]).1.is_empty());
     }
 
     #[test]
     fn gather_and_ban_agree_and_gathered_maps_ids() {
-        let v = 100;
-        let x: Vec<f32> = (0..v).map(|j| j as f32 * 0.5 - 3.0).collect();
-        let ids_in = [3usize, 4, 32, 33, 34, 35, 64, 99];
-        let mut m = mask_of(v, &ids_in, 4);
-        m[1] = u32::MAX; // a full word takes the run copy
-        let (mut vals, mut ids, mut prefix) = (Vec::new(), Vec::new(), Vec::new());
-        gather(&x[..], &m, &mut vals, &mut ids, &mut prefix);
-        let mut y = x.clone();
-        ban_disallowed(&mut y, &m);
-        let kept: Vec<(u32, f32)> = (0..v)
-            .filter(|&j| y[j].is_finite())
-            .map(|j| (j as u32, y[j]))
-            .collect();
-        assert_eq!(
-            kept,
-            ids.iter()
-                .copied()
-                .zip(vals.iter().copied())
-                .collect::<Vec<_>>()
-        );
-        let mut g = Gathered {
-            vals: &mut vals,
-            row: &m,
-            prefix: &prefix,
-        };
-        for j in 0..v {
-            assert_eq!(g.get(j), y[j], "{j}");
+        for v in [100usize, 1000, 4133] {
+            let x: Vec<f32> = (0..v).map(|j| j as f32 * 0.5 - 3.0).collect();
+            let ids_in: Vec<usize> = (0..v)
+                .filter(|j| (j * 7919) % 13 < 3 || j / 32 == 1)
+                .collect();
+            let mut m = mask_of(&ids_in, v.div_ceil(32));
+            let zero = 5 % m.len();
+            m[zero] = 0;
+            let (mut vals, ids) = gathered(&x, &m);
+            let mut y = x.clone();
+            ban_disallowed(&mut y, &m);
+            let kept: Vec<(u32, f32)> = (0..v)
+                .filter(|&j| y[j].is_finite())
+                .map(|j| (j as u32, y[j]))
+                .collect();
+            assert_eq!(
+                kept,
+                ids.iter()
+                    .copied()
+                    .zip(vals.iter().copied())
+                    .collect::<Vec<_>>()
+            );
+            let mut g = Gathered {
+                vals: &mut vals,
+                ids: &ids,
+            };
+            for (j, &yj) in y.iter().enumerate() {
+                assert_eq!(g.get(j), yj, "{j}");
+            }
+            let (a, b) = (
+                ids[0] as usize,
+                (0..v).find(|&j| !y[j].is_finite()).unwrap(),
+            );
+            g.set(a, 7.0);
+            g.set(b, 7.0); // disallowed: stays -inf
+            assert_eq!(g.get(a), 7.0);
+            assert_eq!(g.get(b), f32::NEG_INFINITY);
         }
-        g.set(64, 7.0);
-        g.set(5, 7.0); // disallowed: stays -inf
-        assert_eq!(g.get(64), 7.0);
-        assert_eq!(g.get(5), f32::NEG_INFINITY);
     }
 }

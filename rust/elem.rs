@@ -42,6 +42,26 @@ pub trait Real: Float + Default + Send + Sync + std::fmt::Debug + 'static + Elem
         let _ = est;
         (top_k_portable(y, |v| v, k, cand, sel), false)
     }
+    /// Whether [`Real::top_k_scan_masked`] has a kernel on this CPU (`f32` with AVX-512);
+    /// elsewhere a masked row is gathered (`bitmask.rs`).
+    #[inline(always)]
+    fn scans_masked() -> bool {
+        false
+    }
+    /// The candidates of [`Real::top_k_scan`] of `y` with the ids the token bitmask row
+    /// `words` disallows read as `-inf`, in the same read (a kernel reads 16 mask bits with
+    /// each 16 logits). Returns whether an allowed NaN was seen. The default masks a copy.
+    fn top_k_scan_masked(
+        y: &[Self],
+        words: &[u32],
+        k: usize,
+        cand: &mut Vec<(Self, u32)>,
+        sel: &mut Vec<Self>,
+    ) -> bool {
+        let mut masked = y.to_vec();
+        crate::bitmask::ban_disallowed(&mut masked, words);
+        Self::top_k_scan(&masked, k, cand, sel, None).0
+    }
     /// [`crate::softmax::exp_weights`]: the weights of `y` under `floor` and their block sums.
     #[inline(always)]
     fn exp_weights<const FMA: bool>(
@@ -122,6 +142,27 @@ impl Real for f32 {
         }
         let _ = est;
         (top_k_portable(y, |v| v, k, cand, sel), false)
+    }
+    #[inline(always)]
+    fn scans_masked() -> bool {
+        cfg!(target_arch = "x86_64") && avx512()
+    }
+    #[inline(always)]
+    fn top_k_scan_masked(
+        y: &[f32],
+        words: &[u32],
+        k: usize,
+        cand: &mut Vec<(f32, u32)>,
+        sel: &mut Vec<f32>,
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            // SAFETY: the CPU has AVX-512 (avx512()).
+            return unsafe { crate::simd::top_k_candidates_masked(y, words, k, cand, sel) };
+        }
+        let mut masked = y.to_vec();
+        crate::bitmask::ban_disallowed(&mut masked, words);
+        top_k_portable(&masked, |v| v, k, cand, sel)
     }
     #[inline(always)]
     fn exp_weights<const FMA: bool>(
@@ -274,6 +315,12 @@ pub trait Elem: Copy + Send + Sync + 'static {
     fn as_compute(_src: &[Self]) -> Option<&[Self::C]> {
         None
     }
+    /// The logits a token bitmask row allows, in id order, into `vals` and their ids into
+    /// `ids` (`bitmask.rs`).
+    #[inline(always)]
+    fn gather_allowed(x: &[Self], words: &[u32], vals: &mut Vec<Self::C>, ids: &mut Vec<u32>) {
+        crate::bitmask::gather_portable(x, words, vals, ids)
+    }
     /// Whether [`Elem::load`] is cheap enough (a shift) for a pass to widen as it reads,
     /// instead of converting the row first.
     const WIDENS_IN_PLACE: bool = false;
@@ -327,6 +374,15 @@ impl Elem for f32 {
     #[inline(always)]
     fn as_compute(src: &[f32]) -> Option<&[f32]> {
         Some(src)
+    }
+    #[inline(always)]
+    fn gather_allowed(x: &[f32], words: &[u32], vals: &mut Vec<f32>, ids: &mut Vec<u32>) {
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            // SAFETY: the CPU has AVX-512 (avx512()).
+            return unsafe { crate::simd::gather_allowed_f32(x, words, vals, ids) };
+        }
+        crate::bitmask::gather_portable(x, words, vals, ids)
     }
 }
 

@@ -127,9 +127,6 @@ fn modify_loaded<T: Elem>(
     s: &mut Scratch<T::C>,
 ) -> Result<(), SamplingError> {
     let mut y = std::mem::take(&mut s.y);
-    if let Some(m) = req.token_bitmask {
-        bitmask::ban_disallowed(&mut y[..v], m.row(i));
-    }
     let counted = modify_row(req, i, p, v, &mut y[..], s);
     if let Ok(true) = counted {
         apply_scaling(&mut y, &s.counts, &p.penalties());
@@ -138,20 +135,25 @@ fn modify_loaded<T: Elem>(
     counted.map(|_| ())
 }
 
-/// The streaming top-k of a row: on the row as stored (`x`) when `stored`, else on `y`.
-/// Returns (NaN seen, `est` filled): `est` (the inverse temperature and where to put the
-/// row's [`MassEstimate`]) is only filled by the AVX-512 scans, in the same read.
+/// The streaming top-k of a row: on the row as stored (`x`) when `stored`, else on `y`
+/// (under the token bitmask row `mask` when given). Returns (NaN seen, `est` filled): `est`
+/// (the inverse temperature and where to put the row's [`MassEstimate`]) is only filled by
+/// the AVX-512 scans, in the same read.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn first_scan<T: Elem>(
     y: &[T::C],
     x: &[T],
     stored: bool,
+    mask: Option<&[u32]>,
     k: usize,
     cand: &mut Vec<(T::C, u32)>,
     sel: &mut Vec<T::C>,
     est: Option<(f32, &mut MassEstimate)>,
 ) -> (bool, bool) {
-    if stored {
+    if let Some(words) = mask {
+        (T::C::top_k_scan_masked(y, words, k, cand, sel), false)
+    } else if stored {
         T::top_k_scan_stored(x, k, cand, sel, est)
     } else {
         T::C::top_k_scan(y, k, cand, sel, est)
@@ -376,6 +378,9 @@ struct Row<'r, T> {
     top_n: usize,
     /// The row's mirostat state (NaN without one).
     mu: f64,
+    /// A token bitmask row the sparse top-k plan's scan reads with the logits (only for an
+    /// otherwise unmodified row that plan takes: see `scans_mask`).
+    mask: Option<&'r [u32]>,
 }
 
 #[inline(always)]
@@ -384,6 +389,7 @@ fn process_row<T: Elem, const FMA: bool>(
     i: usize,
     s: &mut Scratch<T::C>,
     probs: Option<&mut [T::C]>,
+    mask: Option<&[u32]>,
 ) -> Result<RowResult, SamplingError> {
     let x = req.rows[i];
     let v = x.len();
@@ -400,7 +406,7 @@ fn process_row<T: Elem, const FMA: bool>(
     };
     // A match, not `Result::map`: a closure is compiled outside this function's target
     // features, and the FMA exp inside it became a libm call per element (25x slower).
-    let out = match draw_row::<T, FMA>(req, i, s, probs.as_deref_mut()) {
+    let out = match draw_row::<T, FMA>(req, i, s, probs.as_deref_mut(), mask) {
         Ok((id, logprob, top)) => {
             let mut out = row_outputs::<T, FMA>(req, i, s, probs.as_deref(), id, logprob, top);
             let p = &req.params[if req.params.len() == 1 { 0 } else { i }];
@@ -480,6 +486,7 @@ fn draw_row<T: Elem, const FMA: bool>(
     i: usize,
     s: &mut Scratch<T::C>,
     probs: Option<&mut [T::C]>,
+    mask: Option<&[u32]>,
 ) -> Result<Drawn, SamplingError> {
     let x = req.rows[i];
     let v = x.len();
@@ -494,7 +501,8 @@ fn draw_row<T: Elem, const FMA: bool>(
     // ids they touch, which the top-k scan merges (`merge_patch`). A larger patch (a
     // repetition penalty over a long history) would widen the scan more than loading the
     // row costs: then the row is loaded and the patch written into it.
-    let modifies = modifies_row(req, i, p);
+    // A mask read by the scan is the row's only change (`scans_mask`).
+    let modifies = mask.is_none() && modifies_row(req, i, p);
     let in_place = matches!(plan, Plan::SparseTopK { .. })
         && req.token_bitmask.is_none()
         && !p.penalties().scales_active()
@@ -526,6 +534,10 @@ fn draw_row<T: Elem, const FMA: bool>(
             s.y[j as usize] = value;
         }
     } else if !patched {
+        if let (true, Some(m)) = (modifies, req.token_bitmask) {
+            // The mask first, with the bans (docs/design.md section 11).
+            bitmask::ban_disallowed(&mut s.y[..v], m.row(i));
+        }
         if let Err(e) = modify_loaded(req, i, p, v, s) {
             s.patch = patch;
             return Err(e);
@@ -544,6 +556,7 @@ fn draw_row<T: Elem, const FMA: bool>(
         greedy_raw,
         top_n: req.top_n,
         mu: req.mirostat_mu.map_or(f64::NAN, |mu| mu[i]),
+        mask,
     };
     // The loaded row leaves the scratch while the plan borrows the rest (a move, no copy).
     let mut loaded = std::mem::take(&mut s.y);
@@ -627,6 +640,7 @@ fn sparse_top_k<T: Elem>(
         y,
         row.x,
         row.stored,
+        row.mask,
         (p.top_k + extra).min(row.x.len()),
         &mut s.pairs,
         &mut s.sel,
@@ -722,6 +736,7 @@ fn dense<T: Elem, const FMA: bool>(
             y,
             row.x,
             row.stored,
+            None,
             HEAD.min(v),
             &mut s.pairs,
             &mut s.sel,
@@ -913,7 +928,16 @@ fn head_nucleus<T: Elem, const FMA: bool>(
         // the head (as the nucleus plan does); a flat row, or no AVX-512, goes to the stages.
         let scaled = (filter_t.wide() as f32 * EST_SCALE).is_finite();
         let est = Some((filter_t.wide() as f32, &mut s.est));
-        let (nan, filled) = first_scan(y, row.x, false, HEAD.min(v), &mut s.pairs, &mut s.sel, est);
+        let (nan, filled) = first_scan(
+            y,
+            row.x,
+            false,
+            None,
+            HEAD.min(v),
+            &mut s.pairs,
+            &mut s.sel,
+            est,
+        );
         let m = head_max(&s.pairs);
         check_max(row.i, nan, m)?;
         if m == F::<T>::infinity() || !inv_t.is_finite() {
@@ -1144,8 +1168,9 @@ unsafe fn process_row_avx512<T: Elem>(
     i: usize,
     s: &mut Scratch<T::C>,
     probs: Option<&mut [T::C]>,
+    mask: Option<&[u32]>,
 ) -> Result<RowResult, SamplingError> {
-    process_row::<T, true>(req, i, s, probs)
+    process_row::<T, true>(req, i, s, probs, mask)
 }
 
 /// # Safety
@@ -1157,46 +1182,68 @@ unsafe fn process_row_avx2<T: Elem>(
     i: usize,
     s: &mut Scratch<T::C>,
     probs: Option<&mut [T::C]>,
+    mask: Option<&[u32]>,
 ) -> Result<RowResult, SamplingError> {
-    process_row::<T, true>(req, i, s, probs)
+    process_row::<T, true>(req, i, s, probs, mask)
 }
 
-/// Whether row `i`'s mask is applied by gathering its `allowed` ids into a short row: when
-/// every output the call asks for lives in those ids, and no stage reads the vocabulary size
+/// Whether row `i`'s mask may be applied by gathering its allowed ids into a short row: when
+/// every output the call asks for lives in those ids (the top log-probabilities too, if there
+/// are enough of them: checked after the gather), and no stage reads the vocabulary size
 /// (mirostat 1) or shifts the whole row (k-scaling).
-fn gathers<T>(req: &BatchRequest<'_, T>, i: usize, allowed: usize, probs: bool) -> bool {
+fn gathers<T>(req: &BatchRequest<'_, T>, i: usize, probs: bool) -> bool {
     let p = &req.params[if req.params.len() == 1 { 0 } else { i }];
     !probs
         && !req.raw_mode
         && !req.want_rank
         && !req.want_raw_logprob
         && req.token_ids.is_none()
-        && req.top_n <= allowed
         && p.mirostat != 1
         && !p.penalties().scales_active()
 }
 
-/// Row `i` under its mask `words` with the allowed ids gathered (`bitmask.rs`): bias, bans,
-/// penalties and DRY write through [`Gathered`], then the short row runs as a batch of one
-/// with row `i`'s stream, and its ids are mapped back.
+/// Whether row `i`'s mask `words` is read by the sparse top-k plan's first scan instead
+/// (`Real::top_k_scan_masked`): an `f32` row that nothing else modifies, on that plan, with a
+/// kernel for the scan, and with more allowed ids than a gather copies cheaply (V/16) and
+/// than k (the scan's candidates must be allowed ids).
+fn scans_mask<T: Elem>(req: &BatchRequest<'_, T>, i: usize, words: &[u32]) -> bool {
+    let x = req.rows[i];
+    let v = x.len();
+    let p = &req.params[if req.params.len() == 1 { 0 } else { i }];
+    let other = BatchRequest {
+        token_bitmask: None,
+        ..*req
+    };
+    T::as_compute(x).is_some()
+        && T::C::scans_masked()
+        && !modifies_row(&other, i, p)
+        && matches!(
+            plan::<T::C>(p, v, req.top_n > 0, req.order),
+            Plan::SparseTopK { .. }
+        )
+        && {
+            let allowed = bitmask::count(words, v);
+            allowed > v / 16 && allowed > p.top_k + req.top_n
+        }
+}
+
+/// Row `i` with its allowed logits gathered in `s.gathered` (ids in `s.gathered_ids`): bias,
+/// bans, penalties and DRY write through [`Gathered`], then the short row runs as a batch of
+/// one with row `i`'s stream, and its ids are mapped back.
 fn gathered_row<T: Elem>(
     req: &BatchRequest<'_, T>,
     i: usize,
-    words: &[u32],
     s: &mut Scratch<T::C>,
 ) -> Result<RowResult, SamplingError> {
-    let x = req.rows[i];
+    let v = req.rows[i].len();
     let p = &req.params[if req.params.len() == 1 { 0 } else { i }];
     let mut vals = std::mem::take(&mut s.gathered);
-    let mut ids = std::mem::take(&mut s.gathered_ids);
-    let mut prefix = std::mem::take(&mut s.gathered_prefix);
-    bitmask::gather(x, words, &mut vals, &mut ids, &mut prefix);
+    let ids = std::mem::take(&mut s.gathered_ids);
     let mut g = Gathered {
         vals: &mut vals,
-        row: words,
-        prefix: &prefix,
+        ids: &ids,
     };
-    let out = match modify_row(req, i, p, x.len(), &mut g, s) {
+    let out = match modify_row(req, i, p, v, &mut g, s) {
         Ok(_) => {
             let (seed, lane) = req.seeds.lane(i);
             let (seeds, lanes) = ([seed], [lane]);
@@ -1232,7 +1279,6 @@ fn gathered_row<T: Elem>(
     };
     s.gathered = vals;
     s.gathered_ids = ids;
-    s.gathered_prefix = prefix;
     out
 }
 
@@ -1244,26 +1290,31 @@ pub(crate) fn process_row_dispatch<T: Elem>(
     s: &mut Scratch<T::C>,
     probs: Option<&mut [T::C]>,
 ) -> Result<RowResult, SamplingError> {
+    let mut mask = None;
     if let Some(m) = req.token_bitmask {
-        let words = m.row(i);
-        let allowed = bitmask::count(words, req.rows[i].len());
-        if allowed == 0 {
-            return Err(SamplingError::AllMasked { row: i });
-        }
-        if gathers(req, i, allowed, probs.is_some()) {
-            return gathered_row(req, i, words, s);
+        if gathers(req, i, probs.is_some()) && scans_mask(req, i, m.row(i)) {
+            mask = Some(m.row(i));
+        } else if gathers(req, i, probs.is_some()) {
+            T::gather_allowed(req.rows[i], m.row(i), &mut s.gathered, &mut s.gathered_ids);
+            let allowed = s.gathered_ids.len();
+            if allowed == 0 {
+                return Err(SamplingError::AllMasked { row: i });
+            }
+            if req.top_n <= allowed {
+                return gathered_row(req, i, s);
+            }
         }
     }
     #[cfg(target_arch = "x86_64")]
     {
         // SAFETY: each variant is called only when simd_level() found its features.
         match simd_level() {
-            Simd::Avx512 => return unsafe { process_row_avx512(req, i, s, probs) },
-            Simd::Avx2 => return unsafe { process_row_avx2(req, i, s, probs) },
+            Simd::Avx512 => return unsafe { process_row_avx512(req, i, s, probs, mask) },
+            Simd::Avx2 => return unsafe { process_row_avx2(req, i, s, probs, mask) },
             Simd::Baseline => {}
         }
     }
-    process_row::<T, false>(req, i, s, probs)
+    process_row::<T, false>(req, i, s, probs, mask)
 }
 
 #[cfg(test)]
@@ -1626,6 +1677,7 @@ mod tests {
                 &row,
                 &row,
                 false,
+                None,
                 HEAD,
                 &mut cand,
                 &mut sel,

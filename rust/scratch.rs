@@ -29,11 +29,9 @@ pub(crate) struct Scratch<F> {
     pub(crate) wide: Vec<F>,
     /// The final distribution when the caller wants token log-probabilities but no `probs`.
     pub(crate) dist: Vec<F>,
-    /// A masked row's allowed logits, their ids, and the allowed ids before each mask word
-    /// (`bitmask.rs`).
+    /// A masked row's allowed logits and their ids (`bitmask.rs`).
     pub(crate) gathered: Vec<F>,
     pub(crate) gathered_ids: Vec<u32>,
-    pub(crate) gathered_prefix: Vec<u32>,
 }
 
 thread_local! {

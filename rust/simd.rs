@@ -46,6 +46,17 @@ pub(crate) fn simd_level() -> Simd {
     })
 }
 
+/// The number of set bits in `words`: with the POPCNT instruction where the CPU has it (the
+/// portable `count_ones` is a dozen instructions per word).
+pub(crate) fn popcount(words: &[u32]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if simd_level() != Simd::Baseline {
+        // SAFETY: every CPU with AVX2 has POPCNT.
+        return unsafe { x86::popcount(words) };
+    }
+    words.iter().map(|w| w.count_ones() as usize).sum()
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::compact;
@@ -245,6 +256,111 @@ mod x86 {
         out.set_len(n + c);
     }
 
+    /// [`super::popcount`] with POPCNT, 64 bits at a time.
+    ///
+    /// # Safety
+    /// The CPU must support POPCNT.
+    #[target_feature(enable = "popcnt")]
+    pub(super) unsafe fn popcount(words: &[u32]) -> usize {
+        let pairs = words.chunks_exact(2);
+        let rest: usize = pairs
+            .remainder()
+            .iter()
+            .map(|w| w.count_ones() as usize)
+            .sum();
+        let mut n = 0usize;
+        for p in pairs {
+            n += ((p[0] as u64) | (p[1] as u64) << 32).count_ones() as usize;
+        }
+        n + rest
+    }
+
+    /// The allowed ids of mask word `w` (all 32 below V) and their logits, written at
+    /// `pv` / `pi` from `k`; returns the new count.
+    ///
+    /// # Safety
+    /// `pv` and `pi` must be valid for writing `k + 16` entries per half-word written.
+    #[inline(always)]
+    unsafe fn gather_word(
+        x: &[f32],
+        row: &[u32],
+        w: usize,
+        pv: *mut f32,
+        pi: *mut u32,
+        mut k: usize,
+    ) -> usize {
+        let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let bits = row[w];
+        for half in 0..2 {
+            let m = (bits >> (16 * half)) as __mmask16;
+            if m == 0 {
+                continue;
+            }
+            let j = w * 32 + 16 * half;
+            let xv = _mm512_loadu_ps(x.as_ptr().add(j));
+            let idv = _mm512_add_epi32(iota, _mm512_set1_epi32(j as i32));
+            _mm512_storeu_ps(pv.add(k), _mm512_maskz_compress_ps(m, xv));
+            _mm512_storeu_si512(pi.add(k).cast(), _mm512_maskz_compress_epi32(m, idv));
+            k += m.count_ones() as usize;
+        }
+        k
+    }
+
+    /// AVX-512 twin of `bitmask::gather_portable` for `f32`: the nonzero words of the mask
+    /// found 16 at a time, then per half-word one compress of 16 logits and one of their ids
+    /// in registers, stored whole (no compress-store to memory: slow on AMD).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn gather_allowed_f32(
+        x: &[f32],
+        row: &[u32],
+        vals: &mut Vec<f32>,
+        ids: &mut Vec<u32>,
+    ) {
+        use crate::bitmask::{n_words, word};
+        let v = x.len();
+        let n = n_words(row, v);
+        vals.clear();
+        ids.clear();
+        // Every allowed id plus the 16 lanes a whole-vector store may write past the last.
+        vals.reserve(v + 16);
+        ids.reserve(v + 16);
+        let (pv, pi) = (vals.as_mut_ptr(), ids.as_mut_ptr());
+        let mut k = 0usize;
+        // The words whose 32 ids all lie below V take the vector path; the last, partial one
+        // the scalar loop.
+        let whole = n.min(v / 32);
+        let mut w = 0;
+        while w + 16 <= whole {
+            let wv = _mm512_loadu_si512(row.as_ptr().add(w).cast());
+            let mut nz = _mm512_test_epi32_mask(wv, wv);
+            while nz != 0 {
+                k = gather_word(x, row, w + nz.trailing_zeros() as usize, pv, pi, k);
+                nz &= nz - 1;
+            }
+            w += 16;
+        }
+        while w < whole {
+            k = gather_word(x, row, w, pv, pi, k);
+            w += 1;
+        }
+        for w in whole..n {
+            let mut bits = word(row, w, v);
+            while bits != 0 {
+                let j = w * 32 + bits.trailing_zeros() as usize;
+                pv.add(k).write(x[j]);
+                pi.add(k).write(j as u32);
+                k += 1;
+                bits &= bits - 1;
+            }
+        }
+        // SAFETY: the first k values and ids were written above.
+        vals.set_len(k);
+        ids.set_len(k);
+    }
+
     /// AVX-512 twin of `filter::top_k_candidates` for `f32`.
     ///
     /// # Safety
@@ -260,6 +376,39 @@ mod x86 {
         let p = y.as_ptr();
         let load = |j: usize| _mm512_loadu_ps(p.add(j));
         top_k_scan_with(y.len(), load, |j| y[j], k, cand, sel, est)
+    }
+
+    /// `filter::top_k_candidates` of an `f32` row with the ids the token bitmask row `words`
+    /// disallows read as `-inf`: each 16 logits come with their 16 mask bits as a masked load,
+    /// so the row is read once and the mask in the same pass (V/32 words).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn top_k_candidates_masked(
+        y: &[f32],
+        words: &[u32],
+        k: usize,
+        cand: &mut Vec<(f32, u32)>,
+        sel: &mut Vec<f32>,
+    ) -> bool {
+        let p = y.as_ptr();
+        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+        // The scan loads at multiples of 16: half a mask word each.
+        let bits = |j: usize| -> __mmask16 {
+            words
+                .get(j / 32)
+                .map_or(0, |&w| (w >> (j % 32)) as __mmask16)
+        };
+        let load = |j: usize| _mm512_mask_loadu_ps(ninf, bits(j), p.add(j));
+        let tail = |j: usize| {
+            if words.get(j / 32).is_some_and(|&w| w >> (j % 32) & 1 == 1) {
+                y[j]
+            } else {
+                f32::NEG_INFINITY
+            }
+        };
+        top_k_scan_with(y.len(), load, tail, k, cand, sel, None)
     }
 
     /// `filter::top_k_candidates` on a bfloat16 row (raw bits), widened in registers: the row
@@ -634,6 +783,6 @@ mod x86 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::{
-    exp_weights_bf16, exp_weights_f32, mass_above_and_collect, masses_above, top_k_candidates,
-    top_k_candidates_bf16,
+    exp_weights_bf16, exp_weights_f32, gather_allowed_f32, mass_above_and_collect, masses_above,
+    top_k_candidates, top_k_candidates_bf16, top_k_candidates_masked,
 };
