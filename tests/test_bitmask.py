@@ -290,3 +290,27 @@ def test_bad_masks_are_clear_errors(mask, err, match):
     if mask.dtype not in (np.int32, np.uint32):
         with pytest.raises(err, match=match):
             ts.SamplingParams(token_bitmask=mask)
+
+
+@pytest.mark.parametrize("density", [0.3, 0.9])
+@pytest.mark.parametrize("route", ["scan", "gather"])
+def test_dense_masks_on_both_routes_equal_the_oracle(density, route):
+    """A float32 top-k row with many allowed ids is read under its mask by the first scan;
+    the same row with a logit bias (which the scan does not take) is gathered. Both against
+    the oracle's top log-probabilities, at a vocabulary where the plan is the sparse top-k."""
+    rng = np.random.default_rng(int(density * 10))
+    b, v = 4, 32000
+    x = (rng.standard_normal((b, v)) * 2).astype(np.float32)
+    m = random_mask(rng, b, v, density)
+    allowed = allowed_of(m, v)
+    bias = {7: 0.5} if route == "gather" else None
+    kw = dict(temperature=0.8, top_k=50, top_p=0.9)
+    want = oracle_probs(x, logit_bias=np.where(allowed, 0.5 * (np.arange(v) == 7), -np.inf)
+                        if bias else ban_bias(allowed), **kw)  # fmt: skip
+    out = ts.sample(x, token_bitmask=m, logit_bias=bias, top_logprobs=5, seed=3, **kw)
+    for i in range(b):
+        assert want[i][int(out.ids[i])] > 0
+        np.testing.assert_allclose(
+            out.top_logprobs[i], np.log(want[i][out.top_ids[i]]), rtol=1e-4, atol=1e-5
+        )
+        np.testing.assert_array_equal(np.sort(out.top_ids[i]), np.sort(np.argsort(-want[i])[:5]))
