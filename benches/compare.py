@@ -1460,6 +1460,199 @@ def render_verify(grid: Grid, res: Results) -> list[str]:
     return L
 
 
+# ==== token bitmasks (issue #17) ==============================================================
+
+# At float32, B = TARGET_B and V = TARGET_V (else the grid's largest V): two bases, each
+# unmasked and under a token bitmask allowing MASK16_ALLOWED ids per row (a grammar's few
+# choices) or half the vocabulary (a free-text state). Against the CPU route structured
+# output takes today: xgrammar's `apply_token_bitmask_inplace` (CPU kernel) writing -inf into
+# a copy of the logits, then the Hugging Face chain + softmax + `torch.multinomial`.
+MASK16_ALLOWED = 16
+MASK_BASES: tuple[Pipeline, ...] = (
+    Pipeline("p", "(p) T 0.8 + top-k 50 + top-p 0.9", "(p) T 0.8 + top-k 50 + top-p 0.9", 0.8,
+             top_k=50, top_p=0.9),
+    Pipeline("q", "(q) T 1 + top-p 0.9", "(q) top-p 0.9", 1.0, top_p=0.9),
+)  # fmt: skip
+MASKS = (("16", f"{MASK16_ALLOWED} allowed ids"), ("half", "half the vocabulary allowed"))
+HAS_BITMASK = "token_bitmask" in getattr(ts.SamplingParams, "__dataclass_fields__", {})
+NO_BITMASK = "the installed tokensampler has no token_bitmask (issue #17)"
+try:
+    import xgrammar
+
+    HAS_XGRAMMAR = True
+except ImportError:  # the optional backend: its rows are n/a without it
+    HAS_XGRAMMAR = False
+
+
+def make_masks(vocab: int, batch: int, seed: int = SEED) -> dict[str, torch.Tensor]:
+    """(B, ceil(V/32)) int32 masks: MASK16_ALLOWED random ids per row, and random halves."""
+    g = np.random.default_rng(seed + 17)
+    words = -(-vocab // 32)
+    out = {}
+    for name, n in (("16", MASK16_ALLOWED), ("half", vocab // 2)):
+        m = np.zeros((batch, words), dtype=np.uint32)
+        for b in range(batch):
+            ids = g.choice(vocab, size=n, replace=False)
+            np.bitwise_or.at(
+                m[b], ids // 32, np.left_shift(np.uint32(1), (ids % 32).astype(np.uint32))
+            )
+        out[name] = torch.from_numpy(m.view(np.int32))
+    return out
+
+
+def build_masked_hf(case: Case, p: Pipeline, mask: torch.Tensor) -> Callable[[], Any] | None:
+    if not HAS_XGRAMMAR or not hf_applies(p):
+        return None
+    x = case.logits
+    procs: list[LogitsProcessor] = []
+    if p.temperature != 1.0:
+        procs.append(TemperatureLogitsWarper(p.temperature))
+    if p.top_k is not None:
+        procs.append(TopKLogitsWarper(p.top_k))
+    if p.top_p is not None:
+        procs.append(TopPLogitsWarper(p.top_p))
+    hf_chain = LogitsProcessorList(procs)
+
+    def step() -> torch.Tensor:
+        logits = x.to(copy=True, dtype=torch.float32)
+        xgrammar.apply_token_bitmask_inplace(logits, mask)
+        scores = hf_chain(case.history, logits)
+        return torch.multinomial(F.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+
+    return step
+
+
+def mask_cell(grid: Grid) -> tuple[int, int]:
+    return (TARGET_V if TARGET_V in grid.vocab else max(grid.vocab)), TARGET_B
+
+
+def check_bitmask() -> list[str]:
+    """The guard of rows (p)/(q) on a small case: masked draws are allowed ids (errors)."""
+    if not HAS_BITMASK:
+        return []
+    v, b = 1000, 8
+    base, hist = make_logits(v, b)
+    case = make_case(v, b, "float32", base, hist)
+    allowed = {}
+    for name, m in make_masks(v, b).items():
+        bits = ((m[:, :, None] >> torch.arange(32, dtype=torch.int32)) & 1).reshape(b, -1)[:, :v]
+        allowed[name] = bits.bool()
+        for p in MASK_BASES:
+            ids = ts.sample(case.logits, token_bitmask=m, seed=SEED, **p.ts_kwargs())
+            if not bool(allowed[name][torch.arange(b), ids].all()):
+                raise AssertionError(f"row ({p.key}) mask {name}: a disallowed id was drawn")
+    return []
+
+
+def run_bitmask(grid: Grid, res: Results) -> None:
+    """Rows (p)/(q): per base, unmasked, both masks, and xgrammar + HF, in one interleaved
+    `measure` per base."""
+    v, b = mask_cell(grid)
+    f32 = "float32"
+    keys = [(f"{p.key}-{m}", impl) for p in MASK_BASES for m in ("none", *dict(MASKS))
+            for impl in ("ts_torch", "hf")]  # fmt: skip
+    if not HAS_BITMASK:
+        for what, impl in keys:
+            res.timings[(what, impl, f32, v, b)] = Timing(None, 0, "n/a")
+        return
+    start = time.perf_counter()
+    base, hist = make_logits(v, b)
+    case = make_case(v, b, f32, base, hist)
+    masks = make_masks(v, b)
+    x = case.logits
+    for p in MASK_BASES:
+        kw = p.ts_kwargs()
+        plain = ts.SamplingParams(seed=SEED, **kw)
+        fns: dict[Key, Callable[[], Any]] = {
+            (f"{p.key}-none", "ts_torch", f32, v, b): lambda pr=plain: ts.sample(x, pr)
+        }
+        for name, m in masks.items():
+            params = plain.replace(token_bitmask=m)
+            fns[(f"{p.key}-{name}", "ts_torch", f32, v, b)] = lambda pr=params: ts.sample(x, pr)
+            hf = build_masked_hf(case, p, m)
+            if hf is not None:
+                fns[(f"{p.key}-{name}", "hf", f32, v, b)] = hf
+            else:
+                res.timings[(f"{p.key}-{name}", "hf", f32, v, b)] = Timing(None, 0, "n/a")
+        res.timings.update(measure(fns, grid))
+    log(f"  V={v:>6} B={b:>3} done ({time.perf_counter() - start:6.1f} s)")
+
+
+def bitmask_targets(grid: Grid, res: Results) -> list[Target]:
+    """Issue #17, judged on base (p) at B = TARGET_B, V = TARGET_V: a mask of 16 ids ≤ 0.5×
+    the unmasked call and ≥ 5× faster than xgrammar + the HF chain; half the vocabulary
+    ≤ 1.1× the unmasked call. Base (q) is reported."""
+    out: list[Target] = []
+    v, b = mask_cell(grid)
+    f32 = "float32"
+    here = v == TARGET_V and b in grid.batch
+    for p in MASK_BASES:
+        judged = p.key == "p"
+        none = res.get(f"{p.key}-none", "ts_torch", f32, v, b)
+        for name, label, goal in (("16", MASKS[0][1], 0.5), ("half", MASKS[1][1], 1.1)):
+            t = res.get(f"{p.key}-{name}", "ts_torch", f32, v, b)
+            r = _ratio(t.median, none.median)
+            out.append(
+                Target(
+                    f"{p.title}, {label}: B={b}, V={v}, f32 vs the same call unmasked",
+                    f"≤ {goal}×" if judged else "reported (no goal)",
+                    f"{r:.2f}× ({_us(t.median)} vs {_us(none.median)} µs/call)"
+                    if r is not None
+                    else (NO_BITMASK if not HAS_BITMASK else t.status),
+                    (r <= goal if here else None) if r is not None and judged else None,
+                )
+            )
+        t = res.get(f"{p.key}-16", "ts_torch", f32, v, b)
+        hf = res.get(f"{p.key}-16", "hf", f32, v, b)
+        r = _ratio(hf.median, t.median)
+        out.append(
+            Target(
+                f"{p.title}, {MASKS[0][1]}: B={b}, V={v}, f32 vs xgrammar "
+                "apply_token_bitmask_inplace (CPU) + HF chain + multinomial",
+                "≥ 5× faster" if judged else "reported (no goal)",
+                f"{r:.1f}× faster ({_us(hf.median)} vs {_us(t.median)} µs/call)"
+                if r is not None
+                else ("n/a (xgrammar not installed)" if not HAS_XGRAMMAR else hf.status),
+                (r >= 5.0 if here else None) if r is not None and judged else None,
+            )
+        )
+    return out
+
+
+def render_bitmask(grid: Grid, res: Results) -> list[str]:
+    """The section of rows (p)/(q) (`run_bitmask`)."""
+    v, b = mask_cell(grid)
+    f32 = "float32"
+    L = ["", "## Token bitmasks (issue #17)", ""]
+    L.append(
+        f"float32 torch input, B = {b}, V = {v}; per base, the call unmasked and under an int32 "
+        f"(B, ceil(V/32)) token bitmask allowing {MASK16_ALLOWED} random ids per row or a "
+        "random half of the vocabulary, all in one interleaved set. xgrammar + HF: "
+        "`xgrammar.apply_token_bitmask_inplace` (its CPU kernel) on a float32 copy, then the "
+        "Hugging Face warpers, softmax and `torch.multinomial`. Cells are µs per row; in "
+        "parentheses ÷ the unmasked call (tokensampler) and xgrammar + HF ÷ tokensampler."
+    )
+    if not HAS_BITMASK:
+        L += ["", f"**All rows n/a: {NO_BITMASK}.**"]
+    L.append("")
+    L.append("| base | mask | tokensampler (torch) | xgrammar + HF chain |")
+    L.append("|---|---|---:|---:|")
+    for p in MASK_BASES:
+        none = res.sec(f"{p.key}-none", "ts_torch", f32, v, b)
+        for name, label in (("none", "none"), *MASKS):
+            t = res.get(f"{p.key}-{name}", "ts_torch", f32, v, b)
+            hf = res.get(f"{p.key}-{name}", "hf", f32, v, b)
+            if t.median is None:
+                L.append(f"| {p.title} | {label} | {t.status} | {hf.status} |")
+                continue
+            r = _ratio(t.median, none) if name != "none" else None
+            rh = _ratio(hf.median, t.median)
+            cell = _us(t.median / b) + (f" ({r:.2f}×)" if r is not None else "")
+            hcell = (_us(hf.median / b) + f" ({_fmt_ratio(rh)})") if hf.median else "–"
+            L.append(f"| {p.title} | {label} | {cell} | {hcell} |")
+    return L
+
+
 # ==== analysis ================================================================================
 
 
@@ -1630,6 +1823,7 @@ def evaluate_targets(grid: Grid, res: Results) -> list[Target]:
     out.extend(stage_targets(grid, res))
     out.extend(history_targets(grid, res))
     out.extend(verify_targets(grid, res))
+    out.extend(bitmask_targets(grid, res))
     return out
 
 
@@ -1879,6 +2073,7 @@ def render(grid: Grid, res: Results, targets: list[Target]) -> str:
     L.extend(render_stages(grid, res))
     L.extend(render_history(grid, res))
     L.extend(render_verify(grid, res))
+    L.extend(render_bitmask(grid, res))
     if res.warnings:
         L.append("")
         L.append("## Warnings of the correctness guard")
@@ -2070,7 +2265,9 @@ def main(argv: list[str] | None = None) -> int:
     meter = CpuMeter()
     t0 = time.perf_counter()
     log(f"compare.py: {grid.name} grid; correctness guard ...")
-    res.warnings = check_correctness() + check_stages() + check_history() + check_verify()
+    res.warnings = (
+        check_correctness() + check_stages() + check_history() + check_verify() + check_bitmask()
+    )
     for w in res.warnings:
         log(f"  warning: {w}")
     log("timing the grid ...")
@@ -2083,6 +2280,8 @@ def main(argv: list[str] | None = None) -> int:
     run_history(grid, res)
     log("speculative verification (issue #18) ..." if HAS_VERIFY else f"verify: {NO_VERIFY}")
     res.verify_acceptance = run_verify(grid, res)
+    log("token bitmasks (issue #17) ..." if HAS_BITMASK else f"bitmasks: {NO_BITMASK}")
+    run_bitmask(grid, res)
     res.wall = time.perf_counter() - t0
     res.others_during = meter.others()
     res.load = (load0, os.getloadavg()[0])
