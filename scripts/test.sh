@@ -29,7 +29,7 @@ TOKENSAMPLER_NO_SIMD=1 "$PY" -m pytest -q -p no:cacheprovider \
   --ignore=tests/test_generate.py --ignore=tests/test_examples.py \
   --ignore=tests/test_bench_smoke.py --ignore=tests/test_wheel.py --ignore=tests/test_typing.py \
   --ignore=tests/test_speculative_generate.py --ignore=tests/test_history_generate.py \
-  --ignore=tests/test_words.py --ignore=tests/test_device_bridge.py
+  --ignore=tests/test_words.py --ignore=tests/test_device_bridge.py --ignore=tests/test_batch.py
 
 # The oldest end of the supported transformers range (requirements-oldest.lock). Only the
 # packages whose locked version differs from the main lock are installed, into a folder that

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .kv_cache import KVCache
+from .kv_cache import KVCache, attention_mask
 
 
 def default_device() -> torch.device:
@@ -134,6 +134,76 @@ def decode_attention(
     return (p.unsqueeze(-1) * v.unsqueeze(2)).sum(-2)  # (B, H, G, hs)
 
 
+# Row-invariant mode (`DecoderLM.set_row_invariant`): every matmul gets a multiple of this many
+# rows. Measured with torch 2.15's MKL on an AVX-512 EPYC: a (M, K) @ (K, N) product gives a
+# row bit-identical results at every M >= 4 that is a multiple of 4, with 1 to 4 threads, and
+# different results at M = 1 (a matrix-vector kernel), 2 and 3 (and, with 2 threads, at
+# M = 5-7 and 9-11).
+ROW_MULTIPLE = 4
+
+
+class RowInvariantLinear(nn.Linear):
+    """An `nn.Linear` whose result for a row does not depend on the other rows of the call:
+    the rows are padded with zeros to a multiple of `ROW_MULTIPLE` (see there) and run as one
+    2-D product. `set_row_invariant` swaps the class of a model's linears in and out; the
+    parameters are the same objects."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = x.size(-1)
+        flat = x.reshape(-1, k)
+        m = flat.size(0)
+        extra = -m % ROW_MULTIPLE
+        if extra:
+            flat = torch.cat([flat, flat.new_zeros(extra, k)])
+        y = F.linear(flat.contiguous(), self.weight, self.bias)
+        return y[:m].reshape(*x.shape[:-1], y.size(-1))
+
+
+def matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Unmasked attention of q (B, H, G, hs) over k, v (B, H, S, hs) as two matrix products
+    and a softmax: `row_attention`'s one-query case. SDPA's CPU kernel splits the keys of
+    so small a problem across threads, so its rounding changed with the thread count (at
+    S >= 8 on 2-4 threads, measured); this form gave the same bits on 1-4 threads."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.size(-1) ** -0.5)  # (B, H, G, S)
+    return torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, H, G, hs)
+
+
+AttendFn = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, bool], torch.Tensor
+]
+
+
+def row_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rows: list[int],
+    start: int,
+    attend: AttendFn,
+) -> torch.Tensor:
+    """Attention of left-padded rows, one row at a time over that row's own slots, so that
+    every row runs exactly the call it would run alone (B = 1, no padding): the same shapes,
+    the same kernel, the same summation order, whatever its neighbours and their lengths.
+
+    q (B, nh, T, hs) at slots start..start+T; k, v (B, nkv, start+T, hs); rows[b] the first
+    real slot of row b (its left padding). `attend(q, k, v, mask, is_causal)` is the model's
+    attention of one unpadded row. Returns (B, nh, T, hs); a padding query's output is zero
+    (no real token attends to it)."""
+    y = q.new_zeros(q.shape)
+    T = q.size(2)
+    for b, first in enumerate(rows):
+        q_from = max(0, first - start)  # the row's first real query
+        if q_from >= T:
+            continue
+        # The mask of this row alone, started at slot 0 of its own cache.
+        mask, is_causal = attention_mask(None, start + q_from - first, T - q_from)
+        y[b : b + 1, :, q_from:] = attend(
+            q[b : b + 1, :, q_from:], k[b : b + 1, :, first:], v[b : b + 1, :, first:],
+            mask, is_causal,
+        )  # fmt: skip
+    return y
+
+
 class DecoderLM(nn.Module):
     """Base class: a causal LM whose forward is `(idx, *, kv_cache, pad, last_only) -> logits`."""
 
@@ -144,6 +214,8 @@ class DecoderLM(nn.Module):
     lm_head: nn.Linear
     # All blocks of a one-token step with a cache, compiled by `compile_decode`; None: eager.
     _compiled_step: Callable[..., torch.Tensor] | None = None
+    # `set_row_invariant`: each row's logits independent of the rest of the batch.
+    row_invariant: bool = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -176,6 +248,8 @@ class DecoderLM(nn.Module):
         if not enabled:
             self._compiled_step = None
             return
+        if self.row_invariant:
+            raise ValueError("compile_decode does not work in row-invariant mode")
         _check_compile_support(self.device)
         # Only the slot is dynamic from the start; other sizes follow automatic dynamic shapes
         # (a second value makes them dynamic). `dynamic=True` would make every size
@@ -188,21 +262,51 @@ class DecoderLM(nn.Module):
             torch.compiler.config.dynamic_sources = f"{sources},{_SLOT_SOURCE}".lstrip(",")
         self._compiled_step = torch.compile(_decode_step())
 
-    def _blocks(self, x: torch.Tensor, kv_cache: KVCache | None, *args: Any) -> torch.Tensor:
+    def set_row_invariant(self, enabled: bool = True) -> None:
+        """Make every row's logits bit-identical to what that row gives alone (B = 1, no
+        padding), whatever the other rows of the batch, their number and their lengths.
+
+        Batched inference is not row-invariant by default: a matrix product's kernel (and so
+        its rounding) changes with the number of rows, and a left-padded row's attention
+        sums over other slots than it does alone. In this mode every `nn.Linear` pads its
+        rows to a multiple of `ROW_MULTIPLE` (`RowInvariantLinear`) and attention runs one
+        row at a time over the row's own slots (`row_attention`); the rest of a forward pass
+        (norms, RoPE, activations) is already row-wise. Used by `tokensampler.batch`, whose
+        output must not depend on which records share a batch. Costs: one attention call
+        per row and layer, and batch-1 matmuls run as 4-row ones. Not with
+        `compile_decode` (its fused kernels sum in their own order). `enabled=False` goes
+        back to the batched kernels."""
+        if enabled and self._compiled_step is not None:
+            raise ValueError("row-invariant mode does not work with compile_decode")
+        cls = RowInvariantLinear if enabled else nn.Linear
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                m.__class__ = cls
+        self.row_invariant = enabled
+
+    def _rows(self, pad: torch.Tensor | None, batch: int) -> list[int] | None:
+        """Per-row first slots for `row_attention` in row-invariant mode, else None."""
+        if not self.row_invariant:
+            return None
+        return [0] * batch if pad is None else [int(p) for p in pad.tolist()]
+
+    def _blocks(
+        self, x: torch.Tensor, kv_cache: KVCache | None, *args: Any, rows: list[int] | None = None
+    ) -> torch.Tensor:
         """Run x (B, T, C) through every block, each with its own cache views, then move the
-        cache past the T slots written."""
+        cache past the T slots written. `rows`: row-invariant attention (`_rows`)."""
         T = x.size(1)
         blocks = cast(nn.ModuleList, self.transformer.h)
         if kv_cache is None:
             for block in blocks:
-                x = block(x, *args, None, 0)
+                x = block(x, *args, None, 0, rows)
             return x
         pos = kv_cache.pos
         if T == 1 and self._compiled_step is not None:
             x = self._compiled_step(blocks, kv_cache.layers, x, pos, *args)
         else:
             for block, cache in zip(blocks, kv_cache.layers, strict=True):
-                x = block(x, *args, cache, pos)
+                x = block(x, *args, cache, pos, rows)
         kv_cache.advance(T)
         return x
 

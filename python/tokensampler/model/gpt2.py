@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import DecoderLM, _embedding, decode_attention
+from .common import DecoderLM, _embedding, decode_attention, matmul_attention, row_attention
 from .config import GPT2Config
 from .kv_cache import KVCache, attention_mask, cache_insert, positions
 
@@ -32,6 +32,7 @@ class CausalSelfAttention(nn.Module):
         is_causal: bool,
         cache: tuple[torch.Tensor, torch.Tensor] | None,
         pos: int,
+        rows: list[int] | None = None,
     ) -> torch.Tensor:
         B, T, C = x.size()
         nh, hs = self.n_head, C // self.n_head
@@ -41,13 +42,28 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
         if cache is not None:
             k, v = cache_insert(cache, pos, k, v)  # (B, nh, S, hs)
-        if T == 1:
+        if rows is not None:  # row-invariant mode: each row as if alone
+            y = row_attention(q, k, v, rows, pos, _attend)  # (B, nh, T, hs)
+        elif T == 1:
             y = decode_attention(q, k, v, mask)  # (B, nh, 1, hs)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
         out: torch.Tensor = self.c_proj(y)
         return out
+
+
+def _attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    is_causal: bool,
+) -> torch.Tensor:
+    """The attention `CausalSelfAttention.forward` runs for one unpadded row."""
+    if q.size(2) == 1:
+        return matmul_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
 
 
 class MLP(nn.Module):
@@ -76,8 +92,9 @@ class Block(nn.Module):
         is_causal: bool,
         cache: tuple[torch.Tensor, torch.Tensor] | None,
         pos: int,
+        rows: list[int] | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask, is_causal, cache, pos)
+        x = x + self.attn(self.ln_1(x), mask, is_causal, cache, pos, rows)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -139,7 +156,7 @@ class GPT2(DecoderLM):
         wpe = cast(nn.Embedding, self.transformer.wpe)
         ln_f = cast(nn.LayerNorm, self.transformer.ln_f)
         x: torch.Tensor = wte(idx) + wpe(pos)  # (B, T, C)
-        x = self._blocks(x, kv_cache, mask, is_causal)
+        x = self._blocks(x, kv_cache, mask, is_causal, rows=self._rows(pad, B))
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
         logits: torch.Tensor = self.lm_head(ln_f(x))  # (B, T, V)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import DecoderLM, _embedding, decode_attention
+from .common import DecoderLM, _embedding, decode_attention, matmul_attention, row_attention
 from .config import LlamaConfig
 from .kv_cache import KVCache, attention_mask, cache_insert, positions
 
@@ -99,6 +99,7 @@ class CausalSelfAttention(nn.Module):
         is_causal: bool,
         cache: tuple[torch.Tensor, torch.Tensor] | None,
         pos: int,
+        rows: list[int] | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.size()
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
@@ -110,7 +111,10 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
         if cache is not None:
             k, v = cache_insert(cache, pos, k, v)  # (B, nkv, S, hs)
-        if T == 1:
+        if rows is not None:  # row-invariant mode: each row as if alone
+            y = row_attention(q, k, v, rows, pos, self._attend)  # (B, nh, T, hs)
+            y = y.transpose(1, 2).reshape(B, T, nh * hs)
+        elif T == 1:
             # One query per row: fold the query heads of a group into its "sequence" axis so
             # every kv head is used as is, instead of repeating the cache n_head/n_kv times.
             # A padding mask (B, 1, 1, S) broadcasts over that axis unchanged.
@@ -123,6 +127,25 @@ class CausalSelfAttention(nn.Module):
             y = y.transpose(1, 2).reshape(B, T, nh * hs)  # (B, T, nh * hs)
         out: torch.Tensor = self.c_proj(y)
         return out
+
+    def _attend(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        mask: torch.Tensor | None,
+        is_causal: bool,
+    ) -> torch.Tensor:
+        """The attention `forward` runs for one unpadded row: q (1, nh, T, hs) against k, v
+        (1, nkv, S, hs), mask / is_causal as `attention_mask` gives them; (1, nh, T, hs)."""
+        B, nh, T, hs = q.shape
+        nkv = self.n_kv_head
+        if T == 1:
+            y = matmul_attention(q.reshape(B, nkv, nh // nkv, hs), k, v)  # (B, nkv, g, hs)
+            return y.reshape(B, nh, 1, hs)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=nkv != nh
+        )
 
 
 class MLP(nn.Module):
@@ -155,8 +178,9 @@ class Block(nn.Module):
         is_causal: bool,
         cache: tuple[torch.Tensor, torch.Tensor] | None,
         pos: int,
+        rows: list[int] | None = None,
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cos, sin, mask, is_causal, cache, pos)
+        x = x + self.attn(self.ln_1(x), cos, sin, mask, is_causal, cache, pos, rows)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -245,7 +269,7 @@ class Llama(DecoderLM):
             sin = self.rope_sin[pos].unsqueeze(2).to(dtype)  # (B, T, 1, hs)
         mask, is_causal = attention_mask(pad, start, T)
         x: torch.Tensor = wte(idx)  # (B, T, C)
-        x = self._blocks(x, kv_cache, cos, sin, mask, is_causal)
+        x = self._blocks(x, kv_cache, cos, sin, mask, is_causal, rows=self._rows(pad, B))
         if last_only:
             x = x[:, -1:, :]  # (B, 1, C)
         logits: torch.Tensor = self.lm_head(ln_f(x))  # (B, T, V)
