@@ -8,6 +8,7 @@ drift on a noisy machine hits both; the median of the repeats is reported.
     python benches/bench_generate.py                      # markdown table on stdout
     python benches/bench_generate.py --write docs/generate-bench.md
     python benches/bench_generate.py --speculative        # speculative decoding (issue 18)
+    python benches/bench_generate.py --structured         # structured output (issue 17)
 
 Reports tokens/s (new tokens / wall time of the whole call, prefill included), the ratio,
 time to first token, and the share of the wall time spent inside our sampling call.
@@ -58,11 +59,20 @@ def main(argv: list[str] | None = None) -> int:
         "HF's prompt_lookup_num_tokens, on a paragraph to repeat and on free text",
     )
     ap.add_argument("--k", type=int, default=8, help="draft tokens per step (--speculative)")
+    ap.add_argument(
+        "--structured",
+        action="store_true",
+        help="instead: constrained generation (a JSON schema, a regex, a Lark grammar; each "
+        "backend) against unconstrained generation of as many tokens with the same seed: "
+        "tokens/s, and the grammar backend's milliseconds per step",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.speculative:
         return speculative(args)
+    if args.structured:
+        return structured(args)
 
     import tokensampler as ts
     import transformers
@@ -282,6 +292,144 @@ def speculative(args: Any) -> int:
             f"- prompt lookup / plain loop, free text: **{free_look / free_plain:.2f}x** "
             "(target >= 0.95x: it costs <= 5%)"
         ),
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.write:
+        with open(args.write, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    return 0
+
+
+BENCH_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 24},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "email": {"type": "string", "maxLength": 40},
+        "address": {
+            "type": "object",
+            "properties": {
+                "street": {"type": "string", "maxLength": 32},
+                "city": {"type": "string", "maxLength": 24},
+                "zip": {"type": "integer", "minimum": 10000, "maximum": 99999},
+            },
+            "required": ["street", "city", "zip"],
+            "additionalProperties": False,
+        },
+        "hobbies": {"type": "array", "items": {"type": "string", "maxLength": 16}, "maxItems": 4},
+        "status": {"enum": ["active", "inactive", "banned"]},
+    },
+    "required": ["name", "age", "email", "address", "hobbies", "status"],
+    "additionalProperties": False,
+}
+BENCH_LARK = """
+start: list
+list: "[" [item ("," item)*] "]"
+item: NUMBER | list
+NUMBER: /[0-9]+/
+"""
+STRUCTURED_CASES: list[tuple[str, str, dict[str, Any]]] = [
+    ("JSON schema (nested object, array, enum)", "Invent a person and describe them as JSON.",
+     {"json_schema": BENCH_SCHEMA}),
+    ("regex (an ISO date and time)", "When did the first moon landing happen?",
+     {"regex": r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"}),
+    ("Lark grammar (nested lists)", "Write a long nested list of numbers, like [1,[2,3],[4]].",
+     {"grammar": BENCH_LARK}),
+]  # fmt: skip
+
+
+def structured(args: Any) -> int:
+    """Each case, each installed backend: the constrained call (it ends when the grammar is
+    complete, after n tokens) and an unconstrained call of the same prompt, seed and n tokens
+    (eos ignored), alternating; median tokens/s of each and their ratio; the backend's time
+    per step (mask fill + matcher advance, `GenerateStats.mask_ms_per_step`), and the
+    sampler's time per token with and without the mask. Setup (reading the vocabulary into
+    the backend, compiling the constraint) is timed apart, on a fresh tokenizer object."""
+    import importlib.util
+
+    import tokensampler as ts
+    from tokensampler.generate import generate
+    from tokensampler.model import Tokenizer, default_model_path, load
+    from tokensampler.structured import get_backend, row_constraints
+
+    path = default_model_path()
+    model, tok = load(path, device="cpu", dtype="float32")
+    backends = [b for b in ("llguidance", "xgrammar") if importlib.util.find_spec(b)]
+    kw: dict[str, Any] = dict(chat=True, temperature=args.temperature, top_p=args.top_p,
+                              seed=[1 + i for i in range(args.batch)])  # fmt: skip
+    setup: dict[str, tuple[float, float]] = {}
+    for backend in backends:
+        fresh = Tokenizer(tok.tokenizer, eos_token_ids=tok.eos_token_ids)
+        t = time.perf_counter()
+        be = get_backend(backend, fresh, model.vocab_size)
+        t_vocab = time.perf_counter() - t
+        t = time.perf_counter()
+        c = row_constraints(1, json_schema=BENCH_SCHEMA)[0]
+        assert c is not None
+        be.matcher(c)
+        setup[backend] = (t_vocab, time.perf_counter() - t)
+
+    # tokens/s, grammar ms/step, sampler ms/token, the longest row's new tokens
+    Result = tuple[float, float, float, int]
+
+    def run(prompt: str, n: int, **extra: Any) -> Result:
+        t = time.perf_counter()
+        out = generate(model, tok, [prompt] * args.batch, max_new_tokens=n, **kw, **extra)
+        dt = time.perf_counter() - t
+        st = out.stats
+        return (st.new_tokens / dt, st.mask_ms_per_step,
+                1000 * st.sample_time / max(st.steps + 1, 1),
+                max(len(r) for r in out.token_ids))  # fmt: skip
+
+    lines_rows: list[str] = []
+    ratios: list[float] = []
+    for label, prompt, constraint in STRUCTURED_CASES:
+        for backend in backends:
+            con = dict(constraint, structured_backend=backend)
+            first = run(prompt, args.new_tokens or 256, **con)  # warm-up; fixes n
+            n = first[3]
+            run(prompt, n, ignore_eos=True)
+            a: list[Result] = []
+            b: list[Result] = []
+            for _ in range(args.repeats):
+                a.append(run(prompt, n + 64, **con))
+                b.append(run(prompt, n, ignore_eos=True))
+            assert all(r[3] == first[3] for r in a), "constrained output changed between runs"
+
+            def med(rows: list[Result], i: int) -> float:
+                return statistics.median(r[i] for r in rows)
+
+            ratio = med(a, 0) / med(b, 0)
+            ratios.append(ratio)
+            lines_rows.append(
+                f"| {label} | {backend} | {n} | {med(a, 0):.1f} | {med(b, 0):.1f} | "
+                f"**{ratio:.2f}x** | {med(a, 1):.3f} | {med(a, 2):.2f} / {med(b, 2):.2f} |"
+            )
+    cpu = platform.processor() or platform.machine()
+    load_avg = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    lines = [
+        (
+            f"Structured output, SmolLM2-135M-Instruct float32 on the CPU ({cpu}, "
+            f"{torch.get_num_threads()} threads), batch {args.batch}, chat template, "
+            f"temperature {args.temperature}, top-p {args.top_p}, seeds 1..{args.batch}; torch "
+            f"{torch.__version__}, tokensampler {ts.__version__}; median of {args.repeats} "
+            "alternating runs after a warm-up. The unconstrained call generates as many tokens "
+            "(n per row, eos ignored) from the same prompt and seed. Load average at the end: "
+            f"{load_avg}."
+        ),
+        "",
+        (
+            "| constraint | backend | n | constrained tokens/s | unconstrained tokens/s | ratio "
+            "| grammar ms/step | sampler ms/token (masked / free) |"
+        ),
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+        *lines_rows,
+        "",
+        f"- constrained / unconstrained tokens/s: worst **{min(ratios):.2f}x** (target >= 0.8x)",
+        "- setup, once per tokenizer and backend (reading the 49152-token vocabulary, the "
+        "vocabulary check) and per constraint (compiling the JSON schema): "
+        + "; ".join(f"{name} {v:.2f} s + {c * 1000:.1f} ms" for name, (v, c) in setup.items()),
     ]
     text = "\n".join(lines)
     print(text)

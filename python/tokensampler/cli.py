@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__  # importlib.metadata, or 0.0.0 in a source tree without an install
 
@@ -61,6 +61,8 @@ examples:
   tokensampler generate "What is the capital of France?" --temperature 0
   tokensampler generate "Once upon a time" --no-chat --seed 7 --top-k 40 --min-p 0.05
   tokensampler generate "Hello" --model ./gpt2 --device cpu --dtype float32
+  tokensampler generate "Describe a cat as JSON." --json-schema cat.schema.json
+  tokensampler generate "Pick a date in 2024." --regex "2024-[01][0-9]-[0-3][0-9]"
 """
 
 
@@ -202,6 +204,36 @@ def _parser() -> argparse.ArgumentParser:
         metavar="K",
         help="tokens drafted per step (default 4; fewer while drafts keep failing)",
     )
+    so = g.add_argument_group(
+        "structured output (the text is constrained token by token; it ends when the "
+        "constraint is complete, with finish: stop)"
+    )
+    one = so.add_mutually_exclusive_group()
+    one.add_argument(
+        "--json-schema",
+        metavar="FILE",
+        default=None,
+        help="a JSON schema (a .json file): the output is a JSON value that validates with it",
+    )
+    one.add_argument(
+        "--regex",
+        metavar="PATTERN",
+        default=None,
+        help="a regular expression the whole output matches",
+    )
+    one.add_argument(
+        "--grammar",
+        metavar="FILE",
+        default=None,
+        help="a grammar file the output follows: Lark (defines 'start:') or GBNF, llama.cpp's "
+        "EBNF (defines 'root ::=')",
+    )
+    so.add_argument(
+        "--structured-backend",
+        choices=("llguidance", "xgrammar"),
+        default="llguidance",
+        help="the grammar engine (default llguidance; xgrammar needs the 'structured' extra)",
+    )
     d = g.add_argument_group("device")
     d.add_argument(
         "--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available, else cpu)"
@@ -223,12 +255,46 @@ def _parser() -> argparse.ArgumentParser:
         "runs (128: 14-15 s vs 9-10 s eager; 29-31 s on a first run). Needs torch >= 2.8 "
         "and, on the CPU, a C++ compiler",
     )
+    from .batch import add_parser as add_batch_parser
+
+    add_batch_parser(sub)  # `tokensampler batch`: its options live in batch.py
     return p
 
 
 def _fail(message: str) -> int:
     print(f"tokensampler: error: {message}", file=sys.stderr, flush=True)
     return EXIT_USAGE
+
+
+def _structured_options(args: argparse.Namespace) -> dict[str, Any] | str:
+    """`stream`'s structured-output keywords from --json-schema / --regex / --grammar (the
+    files read, the schema parsed), or the error message."""
+    import json
+
+    out: dict[str, Any] = {}
+    for flag, name in (("--json-schema", "json_schema"), ("--grammar", "grammar")):
+        path = getattr(args, name)
+        if path is None:
+            continue
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            return f"{flag} {path}: {e.strerror or e}"
+        if name == "json_schema":
+            try:
+                out[name] = json.loads(text)
+            except json.JSONDecodeError as e:
+                return f"--json-schema {path} is not valid JSON: {e}"
+        else:
+            out[name] = text
+    if args.regex is not None:
+        out["regex"] = args.regex
+    if out and (args.speculative is not None or args.draft_model is not None):
+        return f"--{next(iter(out)).replace('_', '-')} cannot be combined with speculative decoding"
+    if out:
+        out["structured_backend"] = args.structured_backend
+    return out
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -263,6 +329,9 @@ def _generate(args: argparse.Namespace) -> int:
         SamplingParams(**given, seed=args.seed)
     except (ValueError, TypeError) as e:
         return _fail(str(e))
+    structured = _structured_options(args)  # files read and JSON parsed before the model loads
+    if isinstance(structured, str):
+        return _fail(structured)
 
     import torch
 
@@ -315,6 +384,7 @@ def _generate(args: argparse.Namespace) -> int:
             speculative=args.speculative,
             draft_model=draft,
             num_speculative_tokens=args.num_speculative_tokens,
+            **structured,
             **given,
         )
         out = sys.stdout
@@ -330,12 +400,16 @@ def _generate(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(file=sys.stdout, flush=True)
         return _fail(str(e))
+    except ImportError as e:  # the structured-output backend's package (names its extra)
+        return _fail(str(e))
     res = events.result
     st = res.stats
     name = tokenizer.name or os.path.basename(str(args.model or "default"))
     compiled = "" if compile_time is None else f"compile {compile_time:.1f} s, "
     if st.drafted:
         compiled += f"drafts accepted {st.accepted}/{st.drafted} ({st.acceptance_rate:.0%}), "
+    if st.mask_steps:
+        compiled += f"grammar {st.mask_ms_per_step:.2f} ms/step, "
     print(
         f"[{st.new_tokens} tokens, {st.tokens_per_second:.1f} tokens/s, {compiled}"
         f"time to first token {st.time_to_first_token * 1000:.0f} ms, "
@@ -357,6 +431,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "batch":
+            from .batch import main as batch_main
+
+            return batch_main(args)
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130

@@ -25,6 +25,12 @@ Decisions (docs/model.md has the long form):
   no token added) while the other rows go on as if alone.
 - Every logit row goes through `tokensampler.Sampler` (Rust); on CUDA only the (B, V)
   last-position logits cross to the host, the sampled ids come back on the device.
+- Structured output (`json_schema=`, `regex=`, `grammar=`; tokensampler.structured): each
+  constrained row's matcher fills its words of a (B, ceil(V/32)) token bitmask before every
+  step (free rows are all ones) and the sampler applies it with the bans, before any other
+  stage; the sampled token then advances the matcher. A row whose grammar is complete (only
+  eos could follow) ends there with finish_reason "stop", without an eos token; an eos the
+  grammar allowed ends it as "eos", as usual.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from .model.tokenizer import IncrementalDecoder, Tokenizer
 from .params import SamplingParams
 from .sampling import SampleOutput, Sampler, _params
 from .speculative import DraftModel, PromptLookup, SpeculativeStep
+from .structured import BackendName, JsonSchemas, RowMasks, get_backend, row_constraints
 from .words import resolve_strings
 
 if TYPE_CHECKING:
@@ -85,7 +92,9 @@ class TokenEvent:
     # log-probability under the final (filtered) distribution; the unprocessed softmax's
     # with logprobs_mode="raw"
     logprob: float
-    finish_reason: str | None = None  # "eos" | "stop" | "length" | "invalid" on the last token
+    # "eos" | "stop" (a stop string, or the row's grammar complete) | "length" | "invalid",
+    # on the last token
+    finish_reason: str | None = None
     # the log-probabilities of `logprob_token_ids` at this step, when those were asked for
     token_logprobs: list[float] | None = None
 
@@ -100,6 +109,15 @@ class GenerateStats:
     sample_time: float = 0.0  # seconds inside the sampler (Rust kernels + adapters)
     drafted: int = 0  # speculative decoding: drafted tokens verified (summed over rows)
     accepted: int = 0  # of those, accepted
+    # structured output: seconds in the grammar backend (filling the constrained rows' mask
+    # words, advancing their matchers), and the steps that had a mask
+    mask_time: float = 0.0
+    mask_steps: int = 0
+
+    @property
+    def mask_ms_per_step(self) -> float:
+        """Milliseconds in the grammar backend per masked step (0 without structured output)."""
+        return 1000 * self.mask_time / self.mask_steps if self.mask_steps else 0.0
 
     @property
     def acceptance_rate(self) -> float:
@@ -280,6 +298,10 @@ def stream(
     draft_model: DecoderLM | None = None,
     num_speculative_tokens: int = 4,
     prompt_lookup_max_ngram: int = 2,
+    json_schema: JsonSchemas = None,
+    regex: str | Sequence[str | None] | None = None,
+    grammar: str | Sequence[str | None] | None = None,
+    structured_backend: BackendName = "llguidance",
     **overrides: Unpack[SamplingKwargs],
 ) -> GenerationStream:
     """Generate, yielding one `TokenEvent` per row per token as soon as it is sampled.
@@ -319,6 +341,13 @@ def stream(
     box: list[Generation] = []
     drafter = _drafter(sp, speculative, draft_model, num_speculative_tokens,
                        prompt_lookup_max_ngram)  # fmt: skip
+    masks = _row_masks(model, tokenizer, len(ids), eos, sp, json_schema, regex, grammar,
+                       structured_backend)  # fmt: skip
+    if masks is not None and drafter is not None:
+        raise ValueError(
+            "structured output (json_schema / regex / grammar) does not support speculative "
+            "decoding: give one or the other"
+        )
     if drafter is not None:
         events = _speculative_loop(
             model, tokenizer, ids, sampler, max_new_tokens, eos, stops, penalize_prompt,
@@ -327,9 +356,35 @@ def stream(
         return GenerationStream(events, box)
     events = _loop(
         model, tokenizer, ids, sampler, max_new_tokens, eos, stops, penalize_prompt,
-        sp.needs_history, t0, box,
+        sp.needs_history, t0, box, masks,
     )  # fmt: skip
     return GenerationStream(events, box)
+
+
+def _row_masks(
+    model: DecoderLM,
+    tokenizer: Tokenizer | None,
+    b: int,
+    eos: set[int],
+    sp: SamplingParams,
+    json_schema: JsonSchemas,
+    regex: str | Sequence[str | None] | None,
+    grammar: str | Sequence[str | None] | None,
+    backend: str,
+) -> RowMasks | None:
+    """The batch's structured-output masks, or None when no row is constrained. Everything
+    is checked here, before the first forward pass: the constraints (compiled once each),
+    the backend, and that the tokenizer fits the model (tokensampler.structured)."""
+    constraints = row_constraints(b, json_schema=json_schema, regex=regex, grammar=grammar)
+    if all(c is None for c in constraints):
+        return None
+    if tokenizer is None:
+        raise ValueError("structured output (json_schema / regex / grammar) needs the tokenizer")
+    # The backend's stop tokens are the loop's eos ids (the tokenizer's when eos is ignored:
+    # the grammar still needs an end); the tokenizer's own set shares the cached backend.
+    stop = None if not eos or eos == set(tokenizer.eos_token_ids) else sorted(eos)
+    be = get_backend(backend, tokenizer, model.vocab_size, stop)
+    return RowMasks(be, constraints, empty_is_error=sp.on_invalid == "raise")
 
 
 @torch.inference_mode()
@@ -345,6 +400,7 @@ def _loop(
     penalties: bool,
     t0: float,
     box: list[Generation],
+    masks: RowMasks | None = None,
 ) -> Iterator[TokenEvent]:
     from .device import BRIDGE  # the one device bridge (copies, pinned buffers, syncs)
 
@@ -363,12 +419,23 @@ def _loop(
     cache = model.new_kv_cache(B, _cache_len(P, max_new_tokens))
     logits = model(idx.to(device), kv_cache=cache, pad=pad.to(device), last_only=True)
     for step in range(max_new_tokens):
+        mask = None
+        running = [f is None for f in rows.finish]
+        if masks is not None and masks.constrains(running):
+            # Before the logits' copy (and its sync): on a GPU the mask is computed on the
+            # host while the forward pass still runs. Once the constrained rows have ended,
+            # the free rows left need no mask.
+            tm = time.perf_counter()
+            mask = masks.fill(running)
+            stats.mask_time += time.perf_counter() - tm
+            stats.mask_steps += 1
         ts = time.perf_counter()
         # Per step, through the device bridge: the (B, V) logits go down in one copy (their
         # own dtype) and one sync, the sampler reads them there and its outputs stay on the
         # host with the bookkeeping; only the next input ids go up, in one copy, below.
         host_logits = BRIDGE.to_host(logits[:, -1, :])
-        res = sampler(host_logits, history=history)  # (B, V) logits -> (B,) ids, on the host
+        # (B, V) logits -> (B,) ids, on the host; the mask is applied first, with the bans
+        res = sampler(host_logits, history=history, token_bitmask=mask)
         stats.sample_time += time.perf_counter() - ts
         id_arr = res.ids.numpy()
         id_list = id_arr.tolist()
@@ -379,7 +446,13 @@ def _loop(
         for b in range(B):
             if rows.finish[b] is None:
                 tls = [float(v) for v in tl_list[b]] if tl_list is not None else None
-                yield rows.push(b, int(id_list[b]), float(lp_list[b]), tls)
+                tok = int(id_list[b])
+                complete = False
+                if masks is not None and tok >= 0 and tok not in eos:
+                    tm = time.perf_counter()
+                    complete = masks.advance(b, tok)
+                    stats.mask_time += time.perf_counter() - tm
+                yield rows.push(b, tok, float(lp_list[b]), tls, complete)
         if all(f is not None for f in rows.finish):
             break
         if skip:
@@ -471,9 +544,12 @@ class _Rows:
         self.finish: list[str | None] = [None] * b
         self.decoders = [IncrementalDecoder(tokenizer) for _ in range(b)] if tokenizer else []
 
-    def push(self, b: int, tok: int, lp: float, tls: list[float] | None = None) -> TokenEvent:
+    def push(
+        self, b: int, tok: int, lp: float, tls: list[float] | None = None, complete: bool = False
+    ) -> TokenEvent:
         """Row b's next token (-1: nothing to sample, under on_invalid="skip"): its event,
-        with the finish reason when the row ends here."""
+        with the finish reason when the row ends here. `complete`: the row's grammar is
+        complete with this token (structured output), so the row ends with "stop"."""
         reason: str | None = None
         if tok < 0:  # the row ends, no token
             reason = "invalid"
@@ -492,19 +568,22 @@ class _Rows:
         text = self.texts[b]
         cut = len(text)
         stops = self.stops
+        stopped_by_string = False
         if stops and reason is None:
             # Only the tail can hold a new match: the old text was checked already.
             lo = max(0, self.emitted[b] - max(len(s) for s in stops))
             hits = [i for i in (text.find(s, lo) for s in stops) if i >= 0]
             if hits:
-                cut, reason = min(hits), "stop"
+                cut, reason, stopped_by_string = min(hits), "stop", True
                 self.texts[b] = text = text[:cut]
+        if reason is None and complete:
+            reason = "stop"  # before "length": the output is whole even on the last token
         if reason is None and len(self.out_ids[b]) >= self.max_new_tokens:
             reason = "length"
         if reason is None:
             if self.decoders:
                 cut = len(text) - (_holdback(text, stops) if stops else 0)
-        elif self.decoders and reason != "stop":
+        elif self.decoders and not stopped_by_string:
             self.texts[b] = text = text + self.decoders[b].flush()
             cut = len(text)
         piece = text[self.emitted[b] : cut] if cut > self.emitted[b] else ""
@@ -609,6 +688,10 @@ def generate(
     draft_model: DecoderLM | None = None,
     num_speculative_tokens: int = 4,
     prompt_lookup_max_ngram: int = 2,
+    json_schema: JsonSchemas = None,
+    regex: str | Sequence[str | None] | None = None,
+    grammar: str | Sequence[str | None] | None = None,
+    structured_backend: BackendName = "llguidance",
     **overrides: Unpack[SamplingKwargs],
 ) -> Generation:
     """Generate continuations of one or more prompts.
@@ -639,7 +722,18 @@ def generate(
             pass with `tokensampler.verify`: the text has exactly the plain loop's
             distribution (greedy: the plain greedy tokens), and `stats` counts the drafted
             and accepted tokens. Not with mirostat, `logprob_token_ids`,
-            ``logprobs_mode="raw"`` or ``on_invalid="skip"``.
+            ``logprobs_mode="raw"`` or ``on_invalid="skip"``, nor with structured output.
+        json_schema, regex, grammar: structured output (tokensampler.structured): a JSON
+            schema (a dict or its JSON text), a regular expression (the whole output matches
+            it), or a grammar (Lark when it defines ``start:``, else GBNF). Each is one value
+            for every row or a list with one per row, None for a free row; a row takes at
+            most one. A constrained row ends with finish_reason "stop" when its grammar is
+            complete (or "eos" when it samples an eos the grammar allows); a constraint the
+            backend rejects or that no token of the tokenizer can start raises
+            `tokensampler.structured.StructuredOutputError` (a ValueError) naming it, before
+            the first forward pass.
+        structured_backend: "llguidance" (default; the ``model`` extra) or "xgrammar" (the
+            ``structured`` extra).
 
     Returns:
         A `Generation`: texts, token_ids, logprobs, finish_reasons, prompt_token_ids, stats
@@ -651,7 +745,8 @@ def generate(
         eos_token_id=eos_token_id, ignore_eos=ignore_eos, chat=chat, system=system,
         penalize_prompt=penalize_prompt, speculative=speculative, draft_model=draft_model,
         num_speculative_tokens=num_speculative_tokens,
-        prompt_lookup_max_ngram=prompt_lookup_max_ngram, **overrides,
+        prompt_lookup_max_ngram=prompt_lookup_max_ngram, json_schema=json_schema, regex=regex,
+        grammar=grammar, structured_backend=structured_backend, **overrides,
     )  # fmt: skip
     for _ in s:
         pass

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import inspect
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from .device import BRIDGE
 from .params import SamplingParams
 from .sampling import SampleOutput, Sampler, _param_column, _params, _run, _seeds
+from .structured import JsonSchemas, StepBitmask
 from .words import resolve_strings
 
 __all__ = [
@@ -173,6 +174,15 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
             one, those take token ids only.
         penalize_prompt: False to count only the tokens generated so far.
         draw: draw with tokensampler instead of returning log-probabilities.
+        token_bitmask_fn: structured output: called with each step's ``input_ids``, it
+            returns that step's allowed tokens, a (B, ceil(V/32)) int32 bitmask (bit j % 32
+            of word j // 32 allows token j; a shorter mask bans the ids past it), or None;
+            the mask is applied first, with the bans. `tokensampler.structured.StepBitmask`
+            is one (a grammar matcher per row), or wrap xgrammar's / llguidance's own.
+        json_schema, regex, grammar, structured_backend: the same built in: a
+            `StepBitmask` for ``tokenizer`` (required then), as in
+            `tokensampler.generate.generate`. The constraint is checked here; once it is
+            complete the mask allows only eos, so `model.generate` ends the row there.
         **overrides: `SamplingParams` fields (temperature, top_k, top_p, min_p, the
             penalties, logit_bias, the stages and ``order``: scalars or one value per row of
             the generate batch; seed: the stream's seed (the draw's, and XTC's coin's): None,
@@ -191,9 +201,22 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
         penalize_prompt: bool = True,
         draw: bool = False,
         tokenizer: Any = None,
+        token_bitmask_fn: Callable[[torch.Tensor], Any] | None = None,
+        json_schema: JsonSchemas = None,
+        regex: str | Sequence[str | None] | None = None,
+        grammar: str | Sequence[str | None] | None = None,
+        structured_backend: str = "llguidance",
         **overrides: Any,
     ) -> None:
         self.params = resolve_strings(_params(params, overrides), tokenizer)
+        if json_schema is not None or regex is not None or grammar is not None:
+            if token_bitmask_fn is not None:
+                raise ValueError("give token_bitmask_fn or json_schema / regex / grammar, not both")
+            if tokenizer is None:
+                raise ValueError("json_schema / regex / grammar need the model's tokenizer=")
+            token_bitmask_fn = StepBitmask(tokenizer, json_schema=json_schema, regex=regex,
+                                           grammar=grammar, backend=structured_backend)  # fmt: skip
+        self.token_bitmask_fn = token_bitmask_fn
         if self.params.on_invalid != "raise":
             raise ValueError(
                 "TokenSamplerLogitsProcessor: on_invalid='skip' is not supported (model.generate "
@@ -238,7 +261,8 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
         return kw
 
     def reset(self, seed: Any = None) -> None:
-        """Forgets the prompt length and restarts the draw stream (reseeded when given).
+        """Forgets the prompt length and restarts the draw stream (reseeded when given) and
+        the structured-output matchers of a built-in `StepBitmask`.
 
         Args:
             seed: a new seed for ``draw=True``; None keeps the processor's own rule (the
@@ -250,6 +274,8 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
         self._sampler = None
         self._coin_seeds = None
         self._mu = None
+        if isinstance(self.token_bitmask_fn, StepBitmask):
+            self.token_bitmask_fn.reset()
 
     def _mirostat_mu(self, input_ids: torch.Tensor) -> np.ndarray:
         """Each row's mirostat state for this step (draw=False): 2 tau at the first step,
@@ -301,6 +327,7 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
             self._mu = None
         self._last_shape = shape
         hist = self._history(input_ids)
+        mask = self._bitmask(input_ids, int(scores.shape[-1]))
         if not self.draw:
             # ts.probs, at this step of the stream: XTC's coin is drawn anew at every step.
             if self._coin_seeds is None:
@@ -308,7 +335,8 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
                 self._step = 0
             mu = self._mirostat_mu(input_ids) if self.params.mirostat_on else None
             lg, res = _run(scores, self.params, history=hist, seeds=self._coin_seeds,
-                           step=self._step, want_probs=True, mirostat_mu=mu)  # fmt: skip
+                           step=self._step, want_probs=True, mirostat_mu=mu,
+                           token_bitmask=mask)  # fmt: skip
             self._step += 1
             if mu is not None:
                 self._mu, self._last_probs = mu, res.probs
@@ -318,11 +346,20 @@ class TokenSamplerLogitsProcessor(LogitsProcessor):
         if self._sampler is None:
             seed = secrets.randbits(64) if self.seed is None else self.seed
             self._sampler = Sampler(self.params, seed=seed)
-        ids = self._sampler(scores, history=hist, keepdim=True)
+        ids = self._sampler(scores, history=hist, keepdim=True, token_bitmask=mask)
         if isinstance(ids, SampleOutput):  # logprobs / logprob_token_ids asked: not ours to give
             ids = ids.ids
         out = torch.full_like(scores, float("-inf"))
         return out.scatter_(1, ids, 0.0)
+
+    def _bitmask(self, input_ids: torch.Tensor, v: int) -> Any:
+        """This step's token bitmask from `token_bitmask_fn`, or None."""
+        fn = self.token_bitmask_fn
+        if fn is None:
+            return None
+        if isinstance(fn, StepBitmask):
+            fn.check_vocab_size(v)
+        return fn(input_ids)
 
     def _coin_seed(self) -> Any:
         """The seed of XTC's coin with draw=False: the processor's, else one from torch's
