@@ -365,7 +365,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod probe {
+pub(crate) mod probe {
     use super::*;
 
     /// A history like the benchmark's (`benches/compare.py` `make_history`): fresh random ids

@@ -60,8 +60,19 @@ pub(crate) fn no_repeat_ngram<F: Real>(
         return;
     }
     let prefix = &history[len + 1 - n..];
+    let Some(&first) = prefix.first() else {
+        // n = 1: every id of the history is an n-gram of its own.
+        for &j in history {
+            if !y.get(j as usize).is_nan() {
+                y.set(j as usize, F::neg_infinity());
+            }
+        }
+        return;
+    };
     for start in 0..(len + 1 - n) {
-        if history[start..start + n - 1] == *prefix {
+        // The first id alone rules out almost every start: a tight compare loop, where a
+        // slice comparison per start was a call.
+        if history[start] == first && history[start..start + n - 1] == *prefix {
             let j = history[start + n - 1] as usize;
             if !y.get(j).is_nan() {
                 y.set(j, F::neg_infinity());
@@ -73,6 +84,17 @@ pub(crate) fn no_repeat_ngram<F: Real>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[ignore]
+    fn ngram_cost_probe() {
+        let mut y = vec![0.0f32; 128_256];
+        for r in 0..64u64 {
+            let h = crate::dry::probe::bench_history(4096, 128_256, 0x9E37_79B9 + r);
+            no_repeat_ngram(&mut y[..], &h, 3);
+        }
+        assert!(y.iter().any(|v| v.is_infinite()));
+    }
 
     #[test]
     fn sequence_bias_follows_hugging_face() {
