@@ -313,10 +313,12 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[Recorded]:
             seen.append(self.record)
 
         def __call__(self, logits: Any, history: Any = None, logit_bias: Any = None, *,
-                     keepdim: bool = False) -> Any:  # fmt: skip
+                     keepdim: bool = False, token_bitmask: Any = None) -> Any:  # fmt: skip
             self.record.logits.append(torch.as_tensor(logits).cpu().numpy().copy())
             self.record.hists.append(None if history is None else np.array(history))
-            return super().__call__(logits, history, logit_bias, keepdim=keepdim)
+            return super().__call__(
+                logits, history, logit_bias, keepdim=keepdim, token_bitmask=token_bitmask
+            )
 
     monkeypatch.setattr(gen, "Sampler", Recording)
     return seen

@@ -131,9 +131,11 @@ def recorded(monkeypatch: pytest.MonkeyPatch) -> list[Recorded]:
             seen.append(self.record)
 
         def __call__(self, logits: Any, history: Any = None, logit_bias: Any = None, *,
-                     keepdim: bool = False) -> Any:  # fmt: skip
+                     keepdim: bool = False, token_bitmask: Any = None) -> Any:  # fmt: skip
             self.record.logits.append(torch.as_tensor(logits).cpu().numpy().copy())
-            res = super().__call__(logits, history, logit_bias, keepdim=keepdim)
+            res = super().__call__(
+                logits, history, logit_bias, keepdim=keepdim, token_bitmask=token_bitmask
+            )
             self.record.ids.append(torch.as_tensor(res.ids).cpu().tolist())
             return res
 
