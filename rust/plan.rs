@@ -42,10 +42,8 @@ const MAX_PATCH: usize = 32;
 /// Whether bias, bans, penalties or another history stage change row `i` (otherwise it can
 /// be read in place).
 fn modifies_row<T>(req: &BatchRequest<'_, T>, i: usize, p: &RowParams) -> bool {
-    req.token_bitmask.is_some()
-        || req
-            .bias_ids
-            .is_some_and(|b| b.row(i).iter().any(|&id| id >= 0))
+    req.bias_ids
+        .is_some_and(|b| b.row(i).iter().any(|&id| id >= 0))
         || req.sequence_bias.is_some_and(|sb| sb.any(i))
         || req.bad_words.is_some_and(|bw| bw.any(i))
         || (req.history.is_some() && p.reads_history())
@@ -501,10 +499,13 @@ fn draw_row<T: Elem, const FMA: bool>(
     // ids they touch, which the top-k scan merges (`merge_patch`). A larger patch (a
     // repetition penalty over a long history) would widen the scan more than loading the
     // row costs: then the row is loaded and the patch written into it.
-    // A mask read by the scan is the row's only change (`scans_mask`).
-    let modifies = mask.is_none() && modifies_row(req, i, p);
+    // A row with a token bitmask here has it banned in its loaded copy, unless its scan
+    // reads the mask (`mask`, on a row nothing else modifies: `scans_mask`); gathered rows
+    // arrive as a request of their own, without one.
+    let banned = req.token_bitmask.filter(|_| mask.is_none());
+    let modifies = banned.is_some() || modifies_row(req, i, p);
     let in_place = matches!(plan, Plan::SparseTopK { .. })
-        && req.token_bitmask.is_none()
+        && banned.is_none()
         && !p.penalties().scales_active()
         && (T::as_compute(x).is_some() || T::scans_as_stored());
     let mut patch = std::mem::take(&mut s.patch);
@@ -534,7 +535,7 @@ fn draw_row<T: Elem, const FMA: bool>(
             s.y[j as usize] = value;
         }
     } else if !patched {
-        if let (true, Some(m)) = (modifies, req.token_bitmask) {
+        if let Some(m) = banned {
             // The mask first, with the bans (docs/design.md section 11).
             bitmask::ban_disallowed(&mut s.y[..v], m.row(i));
         }
@@ -1210,13 +1211,9 @@ fn scans_mask<T: Elem>(req: &BatchRequest<'_, T>, i: usize, words: &[u32]) -> bo
     let x = req.rows[i];
     let v = x.len();
     let p = &req.params[if req.params.len() == 1 { 0 } else { i }];
-    let other = BatchRequest {
-        token_bitmask: None,
-        ..*req
-    };
     T::as_compute(x).is_some()
         && T::C::scans_masked()
-        && !modifies_row(&other, i, p)
+        && !modifies_row(req, i, p)
         && matches!(
             plan::<T::C>(p, v, req.top_n > 0, req.order),
             Plan::SparseTopK { .. }
@@ -1291,11 +1288,15 @@ pub(crate) fn process_row_dispatch<T: Elem>(
     probs: Option<&mut [T::C]>,
 ) -> Result<RowResult, SamplingError> {
     let mut mask = None;
-    if let Some(m) = req.token_bitmask {
-        if gathers(req, i, probs.is_some()) && scans_mask(req, i, m.row(i)) {
-            mask = Some(m.row(i));
-        } else if gathers(req, i, probs.is_some()) {
-            T::gather_allowed(req.rows[i], m.row(i), &mut s.gathered, &mut s.gathered_ids);
+    if let Some(m) = req
+        .token_bitmask
+        .filter(|_| gathers(req, i, probs.is_some()))
+    {
+        let words = m.row(i);
+        if scans_mask(req, i, words) {
+            mask = Some(words);
+        } else {
+            T::gather_allowed(req.rows[i], words, &mut s.gathered, &mut s.gathered_ids);
             let allowed = s.gathered_ids.len();
             if allowed == 0 {
                 return Err(SamplingError::AllMasked { row: i });
