@@ -254,12 +254,7 @@ class Vocabulary:
         if size == 0:
             raise StructuredOutputError("the tokenizer has an empty vocabulary")
         v = size if vocab_size is None else int(vocab_size)
-        if size > v:
-            raise StructuredOutputError(
-                f"the tokenizer has {size} token ids but the model's logits have {v}: ids "
-                f"{v}..{size - 1} could be allowed by a grammar and never sampled. This "
-                "tokenizer does not belong to this model"
-            )
+        check_fits(size, v)
         bad = [i for i in eos if not 0 <= i < size]
         if bad:
             raise StructuredOutputError(f"eos id(s) {bad} are outside the tokenizer's {size} ids")
@@ -267,6 +262,17 @@ class Vocabulary:
             int(i) for i, t in tk.get_added_tokens_decoder().items() if getattr(t, "special", False)
         )
         return cls(tk, size, v, eos, special)
+
+
+def check_fits(size: int, vocab_size: int) -> None:
+    """Raises `StructuredOutputError` when a tokenizer of `size` ids has more than the
+    model's logits (`vocab_size`): it is not this model's tokenizer."""
+    if size > vocab_size:
+        raise StructuredOutputError(
+            f"the tokenizer has {size} token ids but the model's logits have {vocab_size}: ids "
+            f"{vocab_size}..{size - 1} could be allowed by a grammar and never sampled. This "
+            "tokenizer does not belong to this model"
+        )
 
 
 def _backend_tokenizer(tokenizer: Any) -> tuple[Any, tuple[int, ...]]:
@@ -879,12 +885,7 @@ class StepBitmask:
     def check_vocab_size(self, vocab_size: int) -> None:
         """Raises `StructuredOutputError` when the tokenizer has more ids than the model's
         logits (`vocab_size`) have: it is not this model's tokenizer."""
-        size = self.backend.vocab.size
-        if size > vocab_size:
-            raise StructuredOutputError(
-                f"the tokenizer has {size} token ids but the model's logits have {vocab_size}: "
-                "this tokenizer does not belong to this model"
-            )
+        check_fits(self.backend.vocab.size, vocab_size)
 
     def __call__(self, input_ids: Any) -> np.ndarray:
         ids = _as_id_rows(input_ids)
