@@ -293,10 +293,15 @@ def speculative(args: Any) -> int:
             "(target >= 0.95x: it costs <= 5%)"
         ),
     ]
+    return _report(lines, args.write)
+
+
+def _report(lines: list[str], path: str | None) -> int:
+    """Prints the report (markdown lines) and writes it to `path` when given."""
     text = "\n".join(lines)
     print(text)
-    if args.write:
-        with open(args.write, "w", encoding="utf-8") as f:
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
             f.write(text + "\n")
     return 0
 
@@ -431,12 +436,7 @@ def structured(args: Any) -> int:
         "vocabulary check) and per constraint (compiling the JSON schema): "
         + "; ".join(f"{name} {v:.2f} s + {c * 1000:.1f} ms" for name, (v, c) in setup.items()),
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        with open(args.write, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-    return 0
+    return _report(lines, args.write)
 
 
 if __name__ == "__main__":
