@@ -50,13 +50,22 @@ pub(crate) fn n_words(row: &[u32], v: usize) -> usize {
     row.len().min(v.div_ceil(32))
 }
 
-/// The number of allowed ids below `v`.
-pub(crate) fn count(row: &[u32], v: usize) -> usize {
+/// Whether more than `limit` ids below `v` are allowed. Counts 256 words (8,192 ids) at a
+/// time and stops once past `limit`: deciding a route on a half-allowed row reads a few
+/// hundred words, not all V/32.
+pub(crate) fn allows_more_than(row: &[u32], v: usize, limit: usize) -> bool {
     let n = n_words(row, v);
     let Some(last) = n.checked_sub(1) else {
-        return 0;
+        return false;
     };
-    crate::simd::popcount(&row[..last]) + word(row, last, v).count_ones() as usize
+    let mut allowed = 0;
+    for chunk in row[..last].chunks(256) {
+        allowed += crate::simd::popcount(chunk);
+        if allowed > limit {
+            return true;
+        }
+    }
+    allowed + word(row, last, v).count_ones() as usize > limit
 }
 
 /// Appends the allowed logits of `x`, in id order, to `vals` and their ids to `ids` (both
@@ -221,5 +230,121 @@ mod tests {
             assert_eq!(g.get(a), 7.0);
             assert_eq!(g.get(b), f32::NEG_INFINITY);
         }
+    }
+
+    /// The route check against a bit-by-bit count: at, just below and far from the count,
+    /// on short masks and bits past V.
+    #[test]
+    fn allows_more_than_counts_ids_below_v() {
+        let mut rnd = crate::test_util::uniforms(3);
+        for case in 0..40 {
+            let v = [70usize, 1000, 9000, 40_000][case % 4];
+            let words = v.div_ceil(32) - usize::from(case % 3 == 0);
+            let density = [0.5, 0.01, 1.0, 0.0, 0.9][case % 5];
+            let m: Vec<u32> = (0..words)
+                .map(|_| (0..32).fold(0u32, |a, b| a | u32::from(rnd() < density) << b))
+                .collect();
+            let n = (0..v)
+                .filter(|&j| j / 32 < m.len() && m[j / 32] >> (j % 32) & 1 == 1)
+                .count();
+            for limit in [0, n.saturating_sub(1), n, n + 1, v / 16, v] {
+                assert_eq!(
+                    allows_more_than(&m, v, limit),
+                    n > limit,
+                    "case {case} {limit}"
+                );
+            }
+        }
+    }
+
+    /// The masked scan equals the unmasked scan of the row with the disallowed ids banned:
+    /// candidates and NaN flag, with NaN under disallowed bits (never read), short masks and
+    /// rows that end mid-vector and mid-word.
+    #[test]
+    fn masked_scan_equals_scan_of_banned_row() {
+        let mut rnd = crate::test_util::uniforms(17);
+        for case in 0..48 {
+            let v = [100usize, 1000, 4133, 4096, 7, 65][case % 6];
+            let x: Vec<f32> = (0..v)
+                .map(|_| ((rnd() * 64.0).floor() / 8.0) as f32)
+                .collect();
+            let density = [0.5, 0.9, 0.05, 1.0][case % 4];
+            let words = v.div_ceil(32) - usize::from(case % 5 == 0 && v > 64);
+            let mut m: Vec<u32> = (0..words)
+                .map(|_| (0..32).fold(0u32, |a, b| a | u32::from(rnd() < density) << b))
+                .collect();
+            let mut y = x.clone();
+            // A NaN under a disallowed bit is never read; one under an allowed bit is seen.
+            let nan_at = (rnd() * v as f64) as usize;
+            y[nan_at] = f32::NAN;
+            let allowed = nan_at / 32 < m.len() && m[nan_at / 32] >> (nan_at % 32) & 1 == 1;
+            if case % 3 == 0 && nan_at / 32 < m.len() {
+                m[nan_at / 32] &= !(1 << (nan_at % 32));
+            }
+            let seen = case % 3 != 0 && allowed;
+            let k = [1usize, 5, 50][case % 3];
+            let mut banned = y.clone();
+            ban_disallowed(&mut banned, &m);
+            let (mut c1, mut s1, mut c2, mut s2) = (vec![], vec![], vec![], vec![]);
+            let nan1 = f32::top_k_scan_masked(&y, &m, k, &mut c1, &mut s1);
+            let (nan2, _) = f32::top_k_scan(&banned, k, &mut c2, &mut s2, None);
+            assert_eq!(nan1, seen, "case {case}");
+            assert_eq!(nan2, seen, "case {case}");
+            if !seen {
+                let key = |c: &mut Vec<(f32, u32)>| c.sort_by_key(|p| p.1);
+                key(&mut c1);
+                key(&mut c2);
+                assert_eq!(c1, c2, "case {case}");
+            }
+        }
+    }
+
+    /// For callgrind or a quick timing: the top-k scan of 64 rows of 128,256 logits, unmasked
+    /// and under a random half-vocabulary mask (`cargo test --release --lib masked_scan_probe
+    /// -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn masked_scan_probe() {
+        let (v, b) = (128_256usize, 64usize);
+        let mut rnd = crate::test_util::uniforms(5);
+        let rows: Vec<Vec<f32>> = (0..b)
+            .map(|_| (0..v).map(|_| (rnd() * 8.0) as f32).collect())
+            .collect();
+        let masks: Vec<Vec<u32>> = (0..b)
+            .map(|_| {
+                (0..v.div_ceil(32))
+                    .map(|_| (rnd() * 4294967296.0) as u32)
+                    .collect()
+            })
+            .collect();
+        let (mut c, mut s) = (Vec::new(), Vec::new());
+        let mut best = [f64::INFINITY; 3];
+        for _ in 0..20 {
+            let t = std::time::Instant::now();
+            for r in &rows {
+                f32::top_k_scan(r, 50, &mut c, &mut s, None);
+            }
+            best[0] = best[0].min(t.elapsed().as_secs_f64());
+            let t = std::time::Instant::now();
+            for (r, m) in rows.iter().zip(&masks) {
+                f32::top_k_scan_masked(r, m, 50, &mut c, &mut s);
+            }
+            best[1] = best[1].min(t.elapsed().as_secs_f64());
+            let t = std::time::Instant::now();
+            let mut n = 0;
+            for m in &masks {
+                n += usize::from(allows_more_than(m, v, v / 16));
+            }
+            assert_eq!(n, b);
+            best[2] = best[2].min(t.elapsed().as_secs_f64());
+        }
+        let us = best.map(|t| t * 1e6 / b as f64);
+        println!(
+            "per row: scan {:.2} us, masked scan {:.2} us ({:.3}x), route check {:.2} us",
+            us[0],
+            us[1],
+            us[1] / us[0],
+            us[2]
+        );
     }
 }

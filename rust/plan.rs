@@ -1218,10 +1218,7 @@ fn scans_mask<T: Elem>(req: &BatchRequest<'_, T>, i: usize, words: &[u32]) -> bo
             plan::<T::C>(p, v, req.top_n > 0, req.order),
             Plan::SparseTopK { .. }
         )
-        && {
-            let allowed = bitmask::count(words, v);
-            allowed > v / 16 && allowed > p.top_k + req.top_n
-        }
+        && bitmask::allows_more_than(words, v, (v / 16).max(p.top_k + req.top_n))
 }
 
 /// Row `i` with its allowed logits gathered in `s.gathered` (ids in `s.gathered_ids`): bias,

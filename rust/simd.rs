@@ -375,12 +375,13 @@ mod x86 {
     ) -> bool {
         let p = y.as_ptr();
         let load = |j: usize| _mm512_loadu_ps(p.add(j));
-        top_k_scan_with(y.len(), load, |j| y[j], k, cand, sel, est)
+        top_k_scan_with(y.len(), load, |j| y[j], every_lane(), k, cand, sel, est)
     }
 
     /// `filter::top_k_candidates` of an `f32` row with the ids the token bitmask row `words`
-    /// disallows read as `-inf`: each 16 logits come with their 16 mask bits as a masked load,
-    /// so the row is read once and the mask in the same pass (V/32 words).
+    /// disallows read as `-inf`: each 64 logits come with one 64-bit read of the mask, whose
+    /// 16-bit quarters mask the scan's compares (a disallowed lane is never compared, so its
+    /// NaN is not seen either). The row is read once and the mask in the same pass.
     ///
     /// # Safety
     /// The CPU must support AVX-512 F.
@@ -392,23 +393,33 @@ mod x86 {
         cand: &mut Vec<(f32, u32)>,
         sel: &mut Vec<f32>,
     ) -> bool {
+        let n = y.len();
+        let need = n.div_ceil(32);
+        if words.len() < need {
+            // A short mask bans what it does not reach: pad it with zero words, so that the
+            // scan reads whole words everywhere (rare: a model's padded vocabulary).
+            let mut padded = words.to_vec();
+            padded.resize(need, 0);
+            return top_k_candidates_masked(y, &padded, k, cand, sel);
+        }
         let p = y.as_ptr();
-        let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
-        // The scan loads at multiples of 16: half a mask word each.
-        let bits = |j: usize| -> __mmask16 {
-            words
-                .get(j / 32)
-                .map_or(0, |&w| (w >> (j % 32)) as __mmask16)
+        let w = words.as_ptr();
+        let load = |j: usize| _mm512_loadu_ps(p.add(j));
+        // The scan asks for 64 bits at multiples of 64 with j + 64 <= n, and for 16 at
+        // multiples of 16 with j + 16 <= n: whole words below ceil(n / 32), read unchecked.
+        // SAFETY: both reads stay below word ceil(n / 32) <= words.len() (checked above).
+        let bits = Bits {
+            b64: |j: usize| w.add(j / 32).cast::<u64>().read_unaligned(),
+            b16: |j: usize| (*w.add(j / 32) >> (j % 32)) as __mmask16,
         };
-        let load = |j: usize| _mm512_mask_loadu_ps(ninf, bits(j), p.add(j));
         let tail = |j: usize| {
-            if words.get(j / 32).is_some_and(|&w| w >> (j % 32) & 1 == 1) {
+            if words[j / 32] >> (j % 32) & 1 == 1 {
                 y[j]
             } else {
                 f32::NEG_INFINITY
             }
         };
-        top_k_scan_with(y.len(), load, tail, k, cand, sel, None)
+        top_k_scan_with(n, load, tail, bits, k, cand, sel, None)
     }
 
     /// `filter::top_k_candidates` on a bfloat16 row (raw bits), widened in registers: the row
@@ -427,23 +438,44 @@ mod x86 {
     ) -> bool {
         let load = |j: usize| load_bf16(y, j);
         let tail = |j: usize| f32::from_bits((y[j] as u32) << 16);
-        top_k_scan_with(y.len(), load, tail, k, cand, sel, est)
+        top_k_scan_with(y.len(), load, tail, every_lane(), k, cand, sel, est)
+    }
+
+    /// Which lanes [`top_k_scan`] compares: `b64(j)` the 64 logits from `j` (a multiple of
+    /// 64), `b16(j)` the 16 from `j` (a multiple of 16), bit `l` for logit `j + l`.
+    #[derive(Clone, Copy)]
+    struct Bits<B64, B16> {
+        b64: B64,
+        b16: B16,
+    }
+
+    /// Every lane: constant masks, so the masked compares compile to plain ones.
+    #[inline(always)]
+    fn every_lane() -> Bits<impl Fn(usize) -> u64, impl Fn(usize) -> __mmask16> {
+        Bits {
+            b64: |_| u64::MAX,
+            b16: |_| 0xFFFF,
+        }
     }
 
     /// [`top_k_scan`], compiled with the mass estimate only when one is asked for.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn top_k_scan_with(
         n: usize,
         load: impl Fn(usize) -> __m512,
         tail: impl Fn(usize) -> f32,
+        bits: Bits<impl Fn(usize) -> u64, impl Fn(usize) -> __mmask16>,
         k: usize,
         cand: &mut Vec<(f32, u32)>,
         sel: &mut Vec<f32>,
         est: Option<(f32, &mut MassEstimate)>,
     ) -> bool {
         match est {
-            None => top_k_scan::<false>(n, load, tail, k, cand, sel, 0.0, None),
-            Some((inv_t, e)) => top_k_scan::<true>(n, load, tail, k, cand, sel, inv_t, Some(e)),
+            None => top_k_scan::<false>(n, load, tail, bits, k, cand, sel, 0.0, None),
+            Some((inv_t, e)) => {
+                top_k_scan::<true>(n, load, tail, bits, k, cand, sel, inv_t, Some(e))
+            }
         }
     }
 
@@ -576,6 +608,7 @@ mod x86 {
         n: usize,
         load: impl Fn(usize) -> __m512,
         tail: impl Fn(usize) -> f32,
+        bits: Bits<impl Fn(usize) -> u64, impl Fn(usize) -> __mmask16>,
         k: usize,
         cand: &mut Vec<(f32, u32)>,
         sel: &mut Vec<f32>,
@@ -597,11 +630,13 @@ mod x86 {
         // threshold is still low, hits are frequent and a branch per vector mispredicts.
         while j < quad {
             let v = [load(j), load(j + 16), load(j + 32), load(j + 48)];
+            let lanes = (bits.b64)(j);
             let mut any: __mmask16 = 0;
             let mut ms = [0 as __mmask16; 4];
             for q in 0..4 {
-                nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v[q], v[q]);
-                ms[q] = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v[q], thr);
+                let on = (lanes >> (16 * q)) as __mmask16;
+                nan |= _mm512_mask_cmp_ps_mask::<_CMP_UNORD_Q>(on, v[q], v[q]);
+                ms[q] = _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(on, v[q], thr);
                 any |= ms[q];
                 if EST {
                     st.add(v[q]);
@@ -629,11 +664,12 @@ mod x86 {
         }
         while j < full {
             let v = load(j);
-            nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+            let on = (bits.b16)(j);
+            nan |= _mm512_mask_cmp_ps_mask::<_CMP_UNORD_Q>(on, v, v);
             if EST {
                 st.add(v);
             }
-            let m = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, thr);
+            let m = _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(on, v, thr);
             if m != 0 {
                 push_lanes(cand, m, v, j as u32);
                 if cand.len() >= cap {
