@@ -8,6 +8,7 @@
 
 use crate::elem::Real;
 use crate::patch::Logits;
+use crate::penalty::each_position_of;
 
 /// The sequence breakers of a row, indexed by their first token (the "head"; llama.cpp's
 /// processed multimap from head to tail).
@@ -128,14 +129,7 @@ pub(crate) fn apply<F: Real>(
     let cands = &mut s.cands;
     cands.clear();
     if d.allowed_length >= 1 {
-        let end = tokens[last];
-        cands.extend(
-            tokens[..last]
-                .iter()
-                .enumerate()
-                .filter(|&(_, &t)| t == end)
-                .map(|(p, _)| p),
-        );
+        each_position_of(&tokens[..last], tokens[last], |p| cands.push(p));
     }
     // 3. The id after a repeat of length >= allowed_length would extend it: keep the longest
     //    repeat per id.

@@ -5,6 +5,7 @@
 
 use crate::elem::Real;
 use crate::patch::Logits;
+use crate::penalty::each_position_of;
 
 /// Adds `b` to the logit `e`: `-inf` bans, a banned or masked token stays masked, and NaN
 /// stays NaN so that the row check still sees bad input.
@@ -69,16 +70,15 @@ pub(crate) fn no_repeat_ngram<F: Real>(
         }
         return;
     };
-    for start in 0..(len + 1 - n) {
-        // The first id alone rules out almost every start: a tight compare loop, where a
-        // slice comparison per start was a call.
-        if history[start] == first && history[start..start + n - 1] == *prefix {
+    // A start is ruled out by its first id almost always: find those first, then compare.
+    each_position_of(&history[..len + 1 - n], first, |start| {
+        if history[start..start + n - 1] == *prefix {
             let j = history[start + n - 1] as usize;
             if !y.get(j).is_nan() {
                 y.set(j, F::neg_infinity());
             }
         }
-    }
+    });
 }
 
 #[cfg(test)]
@@ -89,10 +89,23 @@ mod tests {
     #[ignore]
     fn ngram_cost_probe() {
         let mut y = vec![0.0f32; 128_256];
+        let (mut scan, mut check) = (0.0f32, 0.0f32);
+        let mut ids = Vec::new();
         for r in 0..64u64 {
             let h = crate::dry::probe::bench_history(4096, 128_256, 0x9E37_79B9 + r);
-            no_repeat_ngram(&mut y[..], &h, 3);
+            let wide: Vec<i64> = h.iter().map(|&t| t as i64).collect();
+            let t0 = std::time::Instant::now();
+            crate::penalty::valid_history(&wide, 128_256, 0, &mut ids).unwrap();
+            check += t0.elapsed().as_secs_f32();
+            let t0 = std::time::Instant::now();
+            no_repeat_ngram(&mut y[..], &ids, 3);
+            scan += t0.elapsed().as_secs_f32();
         }
+        eprintln!(
+            "per row: valid_history {:.2} us, no_repeat_ngram {:.2} us",
+            check / 64.0 * 1e6,
+            scan / 64.0 * 1e6
+        );
         assert!(y.iter().any(|v| v.is_infinite()));
     }
 
