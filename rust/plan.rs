@@ -1749,3 +1749,83 @@ mod tests {
         assert_eq!(run_batch(&r, None).unwrap()[0].id, 2);
     }
 }
+
+#[cfg(test)]
+mod stage_probe {
+    use crate::batch::run_batch;
+    use crate::params::RowParams;
+    use crate::test_util::{params, req};
+
+    /// For callgrind or a quick timing: 16 rows of 128,256 logits through T 0.7 and each of
+    /// typical-p, epsilon, eta, top-n-sigma and min-p + XTC (`cargo test --release --lib
+    /// stage_probe -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn stage_cost_probe() {
+        let (v, b) = (128_256usize, 16usize);
+        let mut rnd = crate::test_util::uniforms(9);
+        let rows: Vec<Vec<f32>> = (0..b)
+            .map(|_| {
+                (0..v)
+                    .map(|_| (((0..4).map(|_| rnd()).sum::<f64>() - 2.0) * 3.0) as f32)
+                    .collect()
+            })
+            .collect();
+        let refs: Vec<&[f32]> = rows.iter().map(|r| &r[..]).collect();
+        let base = params(0.7, 0, 1.0, 0.0);
+        let cases: [(&str, RowParams); 6] = [
+            ("T only", base),
+            (
+                "typical 0.9",
+                RowParams {
+                    typical_p: 0.9,
+                    ..base
+                },
+            ),
+            (
+                "epsilon 3e-4",
+                RowParams {
+                    epsilon_cutoff: 3e-4,
+                    ..base
+                },
+            ),
+            (
+                "eta 1e-3",
+                RowParams {
+                    eta_cutoff: 1e-3,
+                    ..base
+                },
+            ),
+            (
+                "top-n-sigma 1",
+                RowParams {
+                    top_n_sigma: 1.0,
+                    ..base
+                },
+            ),
+            (
+                "min-p 0.05 + xtc",
+                RowParams {
+                    min_p: 0.05,
+                    xtc_probability: 1.0,
+                    xtc_threshold: 0.1,
+                    ..base
+                },
+            ),
+        ];
+        let only = std::env::var("STAGE").ok();
+        for (name, p) in cases {
+            if only.as_deref().is_some_and(|o| o != name) {
+                continue;
+            }
+            let ps = [p];
+            let mut best = f64::INFINITY;
+            for _ in 0..5 {
+                let t = std::time::Instant::now();
+                run_batch(&req(&refs, &ps), None).unwrap();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            println!("{name}: {:.1} us per row", best * 1e6 / b as f64);
+        }
+    }
+}

@@ -633,11 +633,20 @@ pub(crate) fn typical_p<F: Real, const FMA: bool>(
     let mut m = [F::neg_infinity(); 16];
     if first.0 == F::neg_infinity() {
         // No floor: a branch-free pass.
-        for (zc, dc) in z.chunks_mut(16).zip(s.sel.chunks(16)) {
-            for (l, (v, &d)) in zc.iter_mut().zip(dc).enumerate() {
-                *v = if d > tau { F::neg_infinity() } else { *v };
-                m[l] = if *v > m[l] { *v } else { m[l] };
+        let cut = |v: &mut F, d: F, m: &mut F| {
+            *v = if d > tau { F::neg_infinity() } else { *v };
+            *m = if *v > *m { *v } else { *m };
+        };
+        // Whole chunks of 16 (`chunks_exact`): the loop vectorizes, which `chunks` did not.
+        let mut zc = z.chunks_exact_mut(16);
+        let mut dc = s.sel.chunks_exact(16);
+        for (zb, db) in (&mut zc).zip(&mut dc) {
+            for l in 0..16 {
+                cut(&mut zb[l], db[l], &mut m[l]);
             }
+        }
+        for (v, &d) in zc.into_remainder().iter_mut().zip(dc.remainder()) {
+            cut(v, d, &mut m[0]);
         }
     } else {
         for (j, (v, &d)) in z.iter_mut().zip(&s.sel).enumerate() {
@@ -653,6 +662,8 @@ pub(crate) fn typical_p<F: Real, const FMA: bool>(
 
 /// Buckets per round of [`key_threshold`]'s histogram.
 const KEY_BUCKETS: usize = 2048;
+/// Interleaved histograms of [`key_threshold`]'s first round.
+const KEY_LANES: usize = 8;
 /// A boundary bucket with at most this many tokens is sorted; a larger one is split again.
 const KEY_SORT_MAX: usize = 4096;
 
@@ -666,9 +677,9 @@ const KEY_SORT_MAX: usize = 4096;
 fn key_threshold<F: Real>(keys: &[F], kmax: F, w: &[F], target: f64, buf: &mut Vec<(F, u32)>) -> F {
     let mut mass_below = 0.0f64;
     let mut mass = vec![0.0f64; KEY_BUCKETS];
-    // Four interleaved histograms: consecutive tokens in one bucket do not wait on each
+    // KEY_LANES interleaved histograms: consecutive tokens in one bucket do not wait on each
     // other's read-modify-write.
-    let mut quad = vec![[0.0f64; 4]; KEY_BUCKETS];
+    let mut lanes = vec![[0.0f64; KEY_LANES]; KEY_BUCKETS];
     // Round one reads the key row in place (no copy); later rounds the boundary bucket.
     let mut range = (F::zero(), kmax);
     let mut first = true;
@@ -685,20 +696,27 @@ fn key_threshold<F: Real>(keys: &[F], kmax: F, w: &[F], target: f64, buf: &mut V
         let bucket = |k: F| (((k - lo) * scale).wide() as usize).min(top);
         mass.fill(0.0);
         if first {
-            quad.fill([0.0; 4]);
-            let mut kc = keys.chunks_exact(4);
-            let mut wc = w.chunks_exact(4);
+            lanes.fill([0.0; KEY_LANES]);
+            let mut kc = keys.chunks_exact(KEY_LANES);
+            let mut wc = w.chunks_exact(KEY_LANES);
             let weight = |k: F, wj: F| if k <= hi { wj.wide() } else { 0.0 };
-            for (k4, w4) in (&mut kc).zip(&mut wc) {
-                for l in 0..4 {
-                    quad[bucket(k4[l])][l] += weight(k4[l], w4[l]);
+            for (kb, wb) in (&mut kc).zip(&mut wc) {
+                // The buckets and weights of a chunk first (they vectorize), then the adds.
+                let mut at = [0usize; KEY_LANES];
+                let mut add = [0.0f64; KEY_LANES];
+                for l in 0..KEY_LANES {
+                    at[l] = bucket(kb[l]);
+                    add[l] = weight(kb[l], wb[l]);
+                }
+                for l in 0..KEY_LANES {
+                    lanes[at[l]][l] += add[l];
                 }
             }
             for (&k, &wj) in kc.remainder().iter().zip(wc.remainder()) {
-                quad[bucket(k)][0] += weight(k, wj);
+                lanes[bucket(k)][0] += weight(k, wj);
             }
-            for (mb, q) in mass.iter_mut().zip(&quad) {
-                *mb = (q[0] + q[1]) + (q[2] + q[3]);
+            for (mb, q) in mass.iter_mut().zip(&lanes) {
+                *mb = q.iter().sum();
             }
         } else {
             for &(k, j) in buf.iter() {
@@ -718,12 +736,26 @@ fn key_threshold<F: Real>(keys: &[F], kmax: F, w: &[F], target: f64, buf: &mut V
             let (b0, b1) = (F::of(chosen as f64), F::of(chosen as f64 + 1.0));
             let last = chosen == top;
             buf.clear();
-            for (j, &k) in keys.iter().enumerate() {
+            let inside = |k: F| {
                 let x = (k - lo) * scale;
-                if k <= hi && x >= b0 && (x < b1 || last) {
-                    buf.push((k, j as u32));
+                (k <= hi) & (x >= b0) & ((x < b1) | last)
+            };
+            // The bucket holds few of the row's tokens: 16 tests at once (branch-free, so
+            // they vectorize), and only a chunk with one of them is walked.
+            let mut chunks = keys.chunks_exact(16);
+            let mut base = 0;
+            for c in &mut chunks {
+                if c.iter().fold(false, |any, &k| any | inside(k)) {
+                    let hits = c.iter().enumerate().filter(|&(_, &k)| inside(k));
+                    buf.extend(hits.map(|(o, &k)| (k, (base + o) as u32)));
                 }
+                base += 16;
             }
+            let rest = chunks.remainder().iter().enumerate();
+            buf.extend(
+                rest.filter(|&(_, &k)| inside(k))
+                    .map(|(o, &k)| (k, (base + o) as u32)),
+            );
             first = false;
         } else {
             buf.retain(|c| bucket(c.0) == chosen);
