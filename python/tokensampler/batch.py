@@ -1000,7 +1000,7 @@ examples:
 
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """Add the `batch` command to the `tokensampler` CLI's subparsers (cli.py)."""
-    from .params import KERNEL_PARAMS, STAGES, SamplingParams
+    from .cli import add_sampling_options
 
     b: argparse.ArgumentParser = sub.add_parser(
         "batch",
@@ -1033,25 +1033,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "sampling defaults (a record's own fields win; not given: the model's recommended "
         "settings, else off)"
     )
-    for f in dataclasses.fields(SamplingParams):
-        if f.name in KERNEL_PARAMS:
-            _, integer, help_text = KERNEL_PARAMS[f.name]
-            s.add_argument(
-                f"--{f.name.replace('_', '-')}",
-                type=int if integer else float,
-                metavar="N" if integer else "X",
-                default=None,
-                help=help_text,
-            )
-    s.add_argument(
-        "--order",
-        default=None,
-        metavar="ORDER",
-        help=f"hf, vllm, llama.cpp, or stage names separated by commas ({', '.join(STAGES)})",
-    )
-    s.add_argument(
-        "--bad-words", nargs="+", metavar="WORD", default=None, help="words never to generate"
-    )
+    add_sampling_options(s, default_notes=False)  # the same options as generate
     s.add_argument(
         "--seed",
         type=int,
@@ -1143,16 +1125,10 @@ def _fail(message: str) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """`tokensampler batch`: run, then print the summary line; returns the exit status."""
-    from .params import KERNEL_PARAMS
+    from .cli import sampling_fields
 
-    sampling: dict[str, Any] = {n: getattr(args, n) for n in KERNEL_PARAMS}
-    sampling = {n: v for n, v in sampling.items() if v is not None}
-    if args.bad_words is not None:
-        sampling["bad_words"] = list(args.bad_words)
-    if args.order is not None:
-        order = [o.strip() for o in args.order.split(",")]
-        sampling["order"] = order[0] if len(order) == 1 else tuple(order)
     try:
+        sampling = sampling_fields(args)  # the run's defaults, parsed as generate parses them
         summary = run(
             args.input,
             args.output,

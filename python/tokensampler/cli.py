@@ -46,6 +46,88 @@ def _sampling_options() -> dict[str, tuple[type, str]]:
     return out
 
 
+def add_sampling_options(group: argparse._ArgumentGroup, *, default_notes: bool) -> None:
+    """Add the SamplingParams options of `tokensampler generate` and `tokensampler batch` to
+    `group`: one per kernel field, then --bad-words, --dry-sequence-breakers and --order
+    (`sampling_fields` reads them back). Each command adds its own --seed after them: the
+    seed of the draw in generate, the run seed in batch.
+
+    default_notes: end each kernel option's help with its default (generate; batch's group
+    title states the defaults once, since a record's own field wins over them).
+    """
+    from .params import KERNEL_PARAMS, STAGES
+
+    # One option per kernel field of SamplingParams, in its (pipeline) order, with the Rust
+    # table's help: a new parameter needs no line here.
+    for name, (typ, help_text) in _sampling_options().items():
+        if default_notes:
+            recommended = _EMBEDDED_RECOMMENDED.get(name)
+            # A field whose table value switches nothing off (T = 1, XTC's threshold) shows it.
+            off = "is off" in help_text or "no floor" in help_text
+            fallback = "off" if off else f"{KERNEL_PARAMS[name][0]}"
+            default = (
+                f"default: the model's recommended value{_smollm2(recommended)}, else {fallback}"
+            )
+            help_text = f"{help_text.rstrip('.')}; {default}"
+        group.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=typ,
+            metavar="N" if typ is int else "X",
+            default=None,  # not given: the model's recommended value, else off
+            help=help_text,
+        )
+    group.add_argument(
+        "--bad-words",
+        nargs="+",
+        metavar="WORD",
+        default=None,
+        help="words never to generate, tokenized with and without a leading space (vLLM's "
+        "bad_words)",
+    )
+    group.add_argument(
+        "--dry-sequence-breakers",
+        nargs="*",
+        metavar="TEXT",
+        default=None,
+        help="DRY's sequence breakers, tokenized as llama.cpp does (default: llama.cpp's "
+        "'\\n' ':' '\"' '*'; give none to have no breakers)",
+    )
+    group.add_argument(
+        "--order",
+        default=None,
+        metavar="ORDER",
+        help="the order of the stages after the penalties: hf (default), vllm (min-p before "
+        "top-k / top-p), llama.cpp (the filters at temperature 1, temperature last), or stage "
+        f"names separated by commas ({', '.join(STAGES)})",
+    )
+
+
+def _order(text: str) -> str | tuple[str, ...]:
+    """--order's value as SamplingParams takes it: one name is a preset (or a lone stage),
+    several are a custom order. Names are stripped and empty ones dropped, so that
+    "top_k, temperature" and a trailing comma mean what they look like."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError("--order needs a preset or stage names, got an empty value")
+    return names[0] if len(names) == 1 else tuple(names)
+
+
+def sampling_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The SamplingParams fields given as the options of `add_sampling_options`, keyed by
+    field name. An option not given is left out, so that the model's recommended value
+    applies (in batch, a record's own field wins over both). Raises ValueError for an
+    empty --order."""
+    given: dict[str, Any] = {name: getattr(args, name) for name in _sampling_options()}
+    given = {name: v for name, v in given.items() if v is not None}
+    # Strings, tokenized later by `generate` with the model's tokenizer (tokensampler.words).
+    for name in ("bad_words", "dry_sequence_breakers"):
+        if getattr(args, name) is not None:
+            given[name] = list(getattr(args, name))
+    if args.order is not None:
+        given["order"] = _order(args.order)
+    return given
+
+
 # What the model recommends is read at load time (model.generation_defaults: a GGUF's
 # general.sampling.* keys, a HF folder's generation_config.json; the embedded SmolLM2's from
 # the loader's table, quoted here as _EMBEDDED_RECOMMENDED).
@@ -72,8 +154,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .params import KERNEL_PARAMS, STAGES
-
     p = _Parser(
         prog="tokensampler",
         description="Exact, fast LLM token sampling in Rust; generate text with a local model.",
@@ -100,45 +180,7 @@ def _parser() -> argparse.ArgumentParser:
         "sampling (applied in --order's order; the default, hf: penalties, temperature, "
         "top-n-sigma, top-k, top-p, min-p, typical-p, epsilon, eta, xtc, draw)"
     )
-    # One option per kernel field of SamplingParams, in its (pipeline) order, with the Rust
-    # table's help: a new parameter needs no line here.
-    for name, (typ, help_text) in _sampling_options().items():
-        recommended = _EMBEDDED_RECOMMENDED.get(name)
-        # A field whose table value switches nothing off (T = 1, XTC's threshold) shows it.
-        off = "is off" in help_text or "no floor" in help_text
-        fallback = "off" if off else f"{KERNEL_PARAMS[name][0]}"
-        default = f"default: the model's recommended value{_smollm2(recommended)}, else {fallback}"
-        s.add_argument(
-            f"--{name.replace('_', '-')}",
-            type=typ,
-            metavar="N" if typ is int else "X",
-            default=None,  # not given: the model's recommended value, else off
-            help=f"{help_text.rstrip('.')}; {default}",
-        )
-    s.add_argument(
-        "--bad-words",
-        nargs="+",
-        metavar="WORD",
-        default=None,
-        help="words never to generate, tokenized with and without a leading space (vLLM's "
-        "bad_words)",
-    )
-    s.add_argument(
-        "--dry-sequence-breakers",
-        nargs="*",
-        metavar="TEXT",
-        default=None,
-        help="DRY's sequence breakers, tokenized as llama.cpp does (default: llama.cpp's "
-        "'\\n' ':' '\"' '*'; give none to have no breakers)",
-    )
-    s.add_argument(
-        "--order",
-        default=None,
-        metavar="ORDER",
-        help="the order of the stages after the penalties: hf (default), vllm (min-p before "
-        "top-k / top-p), llama.cpp (the filters at temperature 1, temperature last), or stage "
-        f"names separated by commas ({', '.join(STAGES)})",
-    )
+    add_sampling_options(s, default_notes=True)
     s.add_argument(
         "--seed",
         type=int,
@@ -314,17 +356,10 @@ def _generate(args: argparse.Namespace) -> int:
     if not prompt.strip():
         where = "the text read from stdin" if args.prompt == "-" else "PROMPT"
         return _fail(f"empty prompt: {where} is empty or only whitespace")
-    given = {name: getattr(args, name) for name in _sampling_options()}
-    given = {name: v for name, v in given.items() if v is not None}
-    for name in ("bad_words", "dry_sequence_breakers"):
-        if getattr(args, name) is not None:
-            given[name] = list(getattr(args, name))
-    if args.order is not None:
-        order = args.order.split(",")
-        given["order"] = order[0] if len(order) == 1 else tuple(o.strip() for o in order)
     from .params import SamplingParams
 
     try:
+        given = sampling_fields(args)
         # Check the given parameters before spending seconds on loading a model.
         SamplingParams(**given, seed=args.seed)
     except (ValueError, TypeError) as e:
