@@ -851,7 +851,20 @@ fn ordered<T: Elem, const FMA: bool>(
     check_max(row.i, nan, m)?;
     let live = &mut stages::Live::new(z, m);
     let keep = p.min_tokens_to_keep.max(1);
-    for &stage in order.iter().filter(|s| s.is_on(p)) {
+    let mut active = order.iter().filter(|s| s.is_on(p)).peekable();
+    while let Some(&stage) = active.next() {
+        // An epsilon or eta cutoff last (no floor, no mirostat after it) leaves the final
+        // weights in the same pass that cuts them (`cutoff_weights`).
+        let last_cutoff = active.peek().is_none() && keep == 1 && p.mirostat == 0;
+        if last_cutoff && matches!(stage, Stage::EpsilonCutoff | Stage::EtaCutoff) {
+            let (eps, eta) = match stage {
+                Stage::EpsilonCutoff => (Some(p.epsilon_cutoff), None),
+                _ => (None, Some(p.eta_cutoff)),
+            };
+            let total = stages::cutoff_weights::<_, FMA>(z, live, eps, eta, s);
+            let id = draw_dense(&s.w, &s.blocks, total, stream().0);
+            return Ok(dense_outputs(id, s, total, probs, row.top_n));
+        }
         match stage {
             Stage::Temperature => stages::temperature::<_, FMA>(z, live, p, s),
             Stage::TopNSigma => stages::top_n_sigma(z, live, p.top_n_sigma, keep, s),

@@ -16,7 +16,7 @@ use crate::error::SamplingError;
 use crate::filter::{by_prob, sorted_nucleus, top_k_candidates, top_p_cut, Cut};
 use crate::params::RowParams;
 use crate::scratch::Scratch;
-use crate::softmax::exp_weights;
+use crate::softmax::{exp_weight, exp_weights, sum_wide, BLOCK};
 /// The most probable tokens mirostat 1 fits its Zipf exponent to (llama.cpp's `m`).
 const MIROSTAT_M: usize = 100;
 
@@ -500,6 +500,28 @@ pub(crate) fn min_p<F: Real, const FMA: bool>(
     }
 }
 
+/// The weights of the live tokens (in `s.w`, as [`weights`] fills it), their total, and the
+/// weight a token must reach to pass epsilon (`epsilon = Some(eps)`: probability `eps`) or
+/// eta (`eta = Some(eta)`: `min(eta, sqrt(eta) exp(-H))`); `None` when neither is given.
+#[inline(always)]
+fn cutoff_weight<F: Real, const FMA: bool>(
+    z: &[F],
+    live: &Live<F>,
+    epsilon: Option<f64>,
+    eta: Option<f64>,
+    s: &mut Scratch<F>,
+) -> Option<(f64, F)> {
+    let total = weights::<F, FMA>(z, live, s);
+    let threshold = match (epsilon, eta) {
+        (Some(e), _) => e,
+        (None, Some(e)) => e.min(e.sqrt() * (-entropy(z, &s.w, live, total)).exp()),
+        (None, None) => return None,
+    };
+    // p_j >= t  <=>  w_j >= t * total: compared on the weights as computed; a logit worked
+    // out from the threshold would amplify rounding by the temperature.
+    Some((total, F::of(threshold * total)))
+}
+
 /// Epsilon (`epsilon = Some(eps)`) or eta (`eta = Some(eta)`) sampling: drops the tokens of
 /// probability below `eps`, or below `min(eta, sqrt(eta) exp(-H))`.
 #[inline(always)]
@@ -511,16 +533,10 @@ pub(crate) fn cutoff<F: Real, const FMA: bool>(
     keep: usize,
     s: &mut Scratch<F>,
 ) {
-    let total = weights::<F, FMA>(z, live, s);
-    let threshold = match (epsilon, eta) {
-        (Some(e), _) => e,
-        (None, Some(e)) => e.min(e.sqrt() * (-entropy(z, &s.w, live, total)).exp()),
-        (None, None) => return,
+    let Some((_, t)) = cutoff_weight::<F, FMA>(z, live, epsilon, eta, s) else {
+        return;
     };
-    // p_j >= t  <=>  w_j >= t * total: the smallest logit whose weight passes is the floor
-    // (weights grow with the logit), exact for the weights as computed; a logit worked out
-    // from the threshold would amplify rounding by the temperature.
-    let t = F::of(threshold * total);
+    // The smallest logit whose weight passes is the floor (weights grow with the logit).
     let mut lows = [F::infinity(); 16];
     let mut zc = z.chunks_exact(16);
     let mut wc = s.w.chunks_exact(16);
@@ -541,6 +557,49 @@ pub(crate) fn cutoff<F: Real, const FMA: bool>(
     let stage_lo = lows.iter().fold(live.m, |a, &b| a.min(b));
     let floor = keep_floor(z, live, keep, s);
     live.raise(stage_lo, floor);
+}
+
+/// [`cutoff`] as the row's last stage with no `keep` floor, fused with the final weights:
+/// the stage's own weights are kept where they pass and zeroed elsewhere, in one pass, and
+/// their total returned, where [`cutoff`] would find the floor in one pass and [`weights`]
+/// compute the same weights again (the same values bit for bit: the maximum and scale are
+/// unchanged, and the tokens at or above the floor are those whose weight passes, as weights
+/// grow with the logit). `s.blocks` is filled as [`weights`] fills it.
+#[inline(always)]
+pub(crate) fn cutoff_weights<F: Real, const FMA: bool>(
+    z: &[F],
+    live: &Live<F>,
+    epsilon: Option<f64>,
+    eta: Option<f64>,
+    s: &mut Scratch<F>,
+) -> f64 {
+    let Some((total, t)) = cutoff_weight::<F, FMA>(z, live, epsilon, eta, s) else {
+        return weights::<F, FMA>(z, live, s);
+    };
+    if t <= F::zero() {
+        return total;
+    }
+    // A threshold above the largest weight keeps the largest logits (the floor of `cutoff`
+    // is then the maximum), which is not quite "the largest weight": a logit just under the
+    // maximum may round to the same weight.
+    let top = t > exp_weight::<F, FMA>(live.m, live.m, live.scale);
+    s.blocks.clear();
+    let mut kept = 0.0;
+    for (wb, zb) in s.w.chunks_mut(BLOCK).zip(z.chunks(BLOCK)) {
+        if top {
+            for (w, &v) in wb.iter_mut().zip(zb) {
+                *w = if v >= live.m { *w } else { F::zero() };
+            }
+        } else {
+            for w in wb.iter_mut() {
+                *w = if *w >= t { *w } else { F::zero() };
+            }
+        }
+        let sum = sum_wide(wb);
+        s.blocks.push(sum);
+        kept += sum;
+    }
+    kept
 }
 
 /// Top-nσ: the logits at least `max - n σ`, σ the population standard deviation of the live
@@ -833,6 +892,47 @@ pub(crate) fn xtc<F: Real, const FMA: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fused last cutoff leaves the weights, block sums and total that `cutoff` then
+    /// `weights` leave, bit for bit: epsilon and eta, thresholds above the largest weight,
+    /// logits tied at and just under the maximum, masked tokens.
+    #[test]
+    fn cutoff_weights_equal_cutoff_then_weights() {
+        let mut rnd = crate::test_util::uniforms(23);
+        for case in 0..60 {
+            let v = [50usize, 1000, 3000][case % 3];
+            let mut z: Vec<f32> = (0..v).map(|_| ((rnd() - 0.5) * 12.0) as f32).collect();
+            let m = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            z[case % v] = m;
+            z[(case * 7 + 1) % v] = m - 1e-7;
+            z[(case * 3 + 2) % v] = f32::NEG_INFINITY;
+            let eps = [1e-4, 3e-3, 0.2, 0.9999][case % 4];
+            let (epsilon, eta) = if case % 2 == 0 {
+                (Some(eps), None)
+            } else {
+                (None, Some(eps))
+            };
+            let live = Live {
+                lo: if case % 5 == 0 {
+                    -2.0
+                } else {
+                    f32::NEG_INFINITY
+                },
+                m,
+                scale: [1.0f32, 1.0 / 0.7, 3.0][case % 3],
+            };
+            let mut s1 = Scratch::default();
+            let mut l1 = live;
+            cutoff::<f32, true>(&z, &mut l1, epsilon, eta, 1, &mut s1);
+            let t1 = weights::<f32, true>(&z, &l1, &mut s1);
+            let mut s2 = Scratch::default();
+            let t2 = cutoff_weights::<f32, true>(&z, &live, epsilon, eta, &mut s2);
+            assert_eq!(t1.to_bits(), t2.to_bits(), "case {case}");
+            assert_eq!(s1.blocks, s2.blocks, "case {case}");
+            let bits = |w: &[f32]| w.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&s1.w), bits(&s2.w), "case {case}");
+        }
+    }
 
     /// Runs one stage on the whole row `z`; returns the live set's mask and the live set.
     fn run(
