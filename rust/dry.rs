@@ -7,8 +7,8 @@
 //! Z-function run backwards over it, not from a search per token of the vocabulary.
 
 use crate::elem::Real;
+use crate::filter::each_position_where;
 use crate::patch::Logits;
-use crate::penalty::each_position_of;
 
 /// The sequence breakers of a row, indexed by their first token (the "head"; llama.cpp's
 /// processed multimap from head to tail).
@@ -129,7 +129,8 @@ pub(crate) fn apply<F: Real>(
     let cands = &mut s.cands;
     cands.clear();
     if d.allowed_length >= 1 {
-        each_position_of(&tokens[..last], tokens[last], |p| cands.push(p));
+        let end = tokens[last];
+        each_position_where(&tokens[..last], |t| t == end, |p| cands.push(p));
     }
     // 3. The id after a repeat of length >= allowed_length would extend it: keep the longest
     //    repeat per id.

@@ -4,8 +4,8 @@
 //! sequence or per history id, never a pass over the vocabulary.
 
 use crate::elem::Real;
+use crate::filter::each_position_where;
 use crate::patch::Logits;
-use crate::penalty::each_position_of;
 
 /// Adds `b` to the logit `e`: `-inf` bans, a banned or masked token stays masked, and NaN
 /// stays NaN so that the row check still sees bad input.
@@ -71,14 +71,18 @@ pub(crate) fn no_repeat_ngram<F: Real>(
         return;
     };
     // A start is ruled out by its first id almost always: find those first, then compare.
-    each_position_of(&history[..len + 1 - n], first, |start| {
-        if history[start..start + n - 1] == *prefix {
-            let j = history[start + n - 1] as usize;
-            if !y.get(j).is_nan() {
-                y.set(j, F::neg_infinity());
+    each_position_where(
+        &history[..len + 1 - n],
+        |id| id == first,
+        |start| {
+            if history[start..start + n - 1] == *prefix {
+                let j = history[start + n - 1] as usize;
+                if !y.get(j).is_nan() {
+                    y.set(j, F::neg_infinity());
+                }
             }
-        }
-    });
+        },
+    );
 }
 
 #[cfg(test)]

@@ -46,30 +46,6 @@ pub fn valid_history(
     Ok(())
 }
 
-/// Calls `f` with each position of `ids` that holds `x`, in order. The history stages look
-/// for one id in thousands and find it rarely: 16 ids are compared at once (a compare that
-/// vectorizes) and only a chunk that holds `x` is walked.
-#[inline(always)]
-pub(crate) fn each_position_of(ids: &[u32], x: u32, mut f: impl FnMut(usize)) {
-    let mut chunks = ids.chunks_exact(16);
-    let mut base = 0;
-    for c in &mut chunks {
-        if c.iter().fold(false, |any, &id| any | (id == x)) {
-            for (o, &id) in c.iter().enumerate() {
-                if id == x {
-                    f(base + o);
-                }
-            }
-        }
-        base += 16;
-    }
-    for (o, &id) in chunks.remainder().iter().enumerate() {
-        if id == x {
-            f(base + o);
-        }
-    }
-}
-
 /// The last `last_n` ids (llama.cpp's `repeat_last_n`): all of them for -1, none for 0.
 pub fn window(ids: &[u32], last_n: i64) -> &[u32] {
     match usize::try_from(last_n) {
@@ -178,9 +154,10 @@ fn apply<F: Real>(y: &mut [F], counts: &[(u32, u32)], pen: &Penalties) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::filter::each_position_where;
 
     /// Both routes of `valid_history` (no padding; padding or a bad id) and
-    /// `each_position_of` across whole chunks and the remainder, against plain filters.
+    /// `each_position_where` across whole chunks and the remainder, against plain filters.
     #[test]
     fn history_scans_equal_plain_filters() {
         let mut rnd = crate::test_util::uniforms(11);
@@ -200,7 +177,7 @@ mod tests {
             ));
             for x in 0..4u32 {
                 let mut got = Vec::new();
-                each_position_of(&want, x, |p| got.push(p));
+                each_position_where(&want, |id| id == x, |p| got.push(p));
                 let plain: Vec<usize> = (0..want.len()).filter(|&p| want[p] == x).collect();
                 assert_eq!(got, plain, "{len} {x}");
             }

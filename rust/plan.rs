@@ -853,17 +853,16 @@ fn ordered<T: Elem, const FMA: bool>(
     let keep = p.min_tokens_to_keep.max(1);
     let mut active = order.iter().filter(|s| s.is_on(p)).peekable();
     while let Some(&stage) = active.next() {
-        // An epsilon or eta cutoff last (no floor, no mirostat after it) leaves the final
-        // weights in the same pass that cuts them (`cutoff_weights`).
-        let last_cutoff = active.peek().is_none() && keep == 1 && p.mirostat == 0;
-        if last_cutoff && matches!(stage, Stage::EpsilonCutoff | Stage::EtaCutoff) {
-            let (eps, eta) = match stage {
-                Stage::EpsilonCutoff => (Some(p.epsilon_cutoff), None),
-                _ => (None, Some(p.eta_cutoff)),
-            };
-            let total = stages::cutoff_weights::<_, FMA>(z, live, eps, eta, s);
-            let id = draw_dense(&s.w, &s.blocks, total, stream().0);
-            return Ok(dense_outputs(id, s, total, probs, row.top_n));
+        if let Some(c) = stages::Cutoff::of(stage, p) {
+            if active.peek().is_none() && keep == 1 && p.mirostat == 0 {
+                // The last stage, with no floor or mirostat after it: the final weights
+                // come from the same pass that cuts them (`cutoff_weights`).
+                let total = stages::cutoff_weights::<_, FMA>(z, live, c, s);
+                let id = draw_dense(&s.w, &s.blocks, total, stream().0);
+                return Ok(dense_outputs(id, s, total, probs, row.top_n));
+            }
+            stages::cutoff::<_, FMA>(z, live, c, keep, s);
+            continue;
         }
         match stage {
             Stage::Temperature => stages::temperature::<_, FMA>(z, live, p, s),
@@ -872,12 +871,7 @@ fn ordered<T: Elem, const FMA: bool>(
             Stage::TopP => stages::top_p::<_, FMA>(z, live, p.top_p, keep, s),
             Stage::MinP => stages::min_p::<_, FMA>(z, live, p.min_p, keep, s),
             Stage::TypicalP => stages::typical_p::<_, FMA>(z, live, p.typical_p, keep, s),
-            Stage::EpsilonCutoff => {
-                stages::cutoff::<_, FMA>(z, live, Some(p.epsilon_cutoff), None, keep, s)
-            }
-            Stage::EtaCutoff => {
-                stages::cutoff::<_, FMA>(z, live, None, Some(p.eta_cutoff), keep, s)
-            }
+            Stage::EpsilonCutoff | Stage::EtaCutoff => {} // a Cutoff, above
             Stage::Xtc => {
                 let coin = stream().1;
                 let (prob, threshold) = (p.xtc_probability, p.xtc_threshold);

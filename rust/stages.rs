@@ -13,7 +13,9 @@
 
 use crate::elem::Real;
 use crate::error::SamplingError;
-use crate::filter::{by_prob, sorted_nucleus, top_k_candidates, top_p_cut, Cut};
+use crate::filter::{
+    by_prob, each_position_where, sorted_nucleus, top_k_candidates, top_p_cut, Cut,
+};
 use crate::params::RowParams;
 use crate::scratch::Scratch;
 use crate::softmax::{exp_weight, exp_weights, sum_wide, BLOCK};
@@ -36,7 +38,7 @@ pub(crate) fn mirostat<F: Real, const FMA: bool>(
     s: &mut Scratch<F>,
 ) {
     if version == 2 {
-        cutoff::<F, FMA>(z, live, Some((-mu).exp2()), None, 1, s);
+        cutoff::<F, FMA>(z, live, Cutoff::Epsilon((-mu).exp2()), 1, s);
         return;
     }
     weights::<F, FMA>(z, live, s);
@@ -500,42 +502,55 @@ pub(crate) fn min_p<F: Real, const FMA: bool>(
     }
 }
 
+/// A probability cutoff: epsilon (drop `p < eps`) or eta (drop `p < min(eta, sqrt(eta)
+/// exp(-H))`, `H` the entropy of the live tokens).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Cutoff {
+    Epsilon(f64),
+    Eta(f64),
+}
+
+impl Cutoff {
+    /// The cutoff `stage` applies with `p`'s value, if `stage` is one.
+    pub(crate) fn of(stage: Stage, p: &RowParams) -> Option<Self> {
+        match stage {
+            Stage::EpsilonCutoff => Some(Cutoff::Epsilon(p.epsilon_cutoff)),
+            Stage::EtaCutoff => Some(Cutoff::Eta(p.eta_cutoff)),
+            _ => None,
+        }
+    }
+}
+
 /// The weights of the live tokens (in `s.w`, as [`weights`] fills it), their total, and the
-/// weight a token must reach to pass epsilon (`epsilon = Some(eps)`: probability `eps`) or
-/// eta (`eta = Some(eta)`: `min(eta, sqrt(eta) exp(-H))`); `None` when neither is given.
+/// weight a token must reach to pass the cutoff `c`.
 #[inline(always)]
 fn cutoff_weight<F: Real, const FMA: bool>(
     z: &[F],
     live: &Live<F>,
-    epsilon: Option<f64>,
-    eta: Option<f64>,
+    c: Cutoff,
     s: &mut Scratch<F>,
-) -> Option<(f64, F)> {
+) -> (f64, F) {
     let total = weights::<F, FMA>(z, live, s);
-    let threshold = match (epsilon, eta) {
-        (Some(e), _) => e,
-        (None, Some(e)) => e.min(e.sqrt() * (-entropy(z, &s.w, live, total)).exp()),
-        (None, None) => return None,
+    let threshold = match c {
+        Cutoff::Epsilon(e) => e,
+        Cutoff::Eta(e) => e.min(e.sqrt() * (-entropy(z, &s.w, live, total)).exp()),
     };
     // p_j >= t  <=>  w_j >= t * total: compared on the weights as computed; a logit worked
     // out from the threshold would amplify rounding by the temperature.
-    Some((total, F::of(threshold * total)))
+    (total, F::of(threshold * total))
 }
 
-/// Epsilon (`epsilon = Some(eps)`) or eta (`eta = Some(eta)`) sampling: drops the tokens of
-/// probability below `eps`, or below `min(eta, sqrt(eta) exp(-H))`.
+/// Epsilon or eta sampling ([`Cutoff`]): drops the live tokens of probability under the
+/// cutoff's threshold.
 #[inline(always)]
 pub(crate) fn cutoff<F: Real, const FMA: bool>(
     z: &[F],
     live: &mut Live<F>,
-    epsilon: Option<f64>,
-    eta: Option<f64>,
+    c: Cutoff,
     keep: usize,
     s: &mut Scratch<F>,
 ) {
-    let Some((_, t)) = cutoff_weight::<F, FMA>(z, live, epsilon, eta, s) else {
-        return;
-    };
+    let (_, t) = cutoff_weight::<F, FMA>(z, live, c, s);
     // The smallest logit whose weight passes is the floor (weights grow with the logit).
     let mut lows = [F::infinity(); 16];
     let mut zc = z.chunks_exact(16);
@@ -569,13 +584,10 @@ pub(crate) fn cutoff<F: Real, const FMA: bool>(
 pub(crate) fn cutoff_weights<F: Real, const FMA: bool>(
     z: &[F],
     live: &Live<F>,
-    epsilon: Option<f64>,
-    eta: Option<f64>,
+    c: Cutoff,
     s: &mut Scratch<F>,
 ) -> f64 {
-    let Some((total, t)) = cutoff_weight::<F, FMA>(z, live, epsilon, eta, s) else {
-        return weights::<F, FMA>(z, live, s);
-    };
+    let (total, t) = cutoff_weight::<F, FMA>(z, live, c, s);
     if t <= F::zero() {
         return total;
     }
@@ -799,22 +811,8 @@ fn key_threshold<F: Real>(keys: &[F], kmax: F, w: &[F], target: f64, buf: &mut V
                 let x = (k - lo) * scale;
                 (k <= hi) & (x >= b0) & ((x < b1) | last)
             };
-            // The bucket holds few of the row's tokens: 16 tests at once (branch-free, so
-            // they vectorize), and only a chunk with one of them is walked.
-            let mut chunks = keys.chunks_exact(16);
-            let mut base = 0;
-            for c in &mut chunks {
-                if c.iter().fold(false, |any, &k| any | inside(k)) {
-                    let hits = c.iter().enumerate().filter(|&(_, &k)| inside(k));
-                    buf.extend(hits.map(|(o, &k)| (k, (base + o) as u32)));
-                }
-                base += 16;
-            }
-            let rest = chunks.remainder().iter().enumerate();
-            buf.extend(
-                rest.filter(|&(_, &k)| inside(k))
-                    .map(|(o, &k)| (k, (base + o) as u32)),
-            );
+            // The bucket holds few of the row's tokens: a branch per token would mispredict.
+            each_position_where(keys, inside, |j| buf.push((keys[j], j as u32)));
             first = false;
         } else {
             buf.retain(|c| bucket(c.0) == chosen);
@@ -949,10 +947,10 @@ mod tests {
             z[(case * 7 + 1) % v] = m - 1e-7;
             z[(case * 3 + 2) % v] = f32::NEG_INFINITY;
             let eps = [1e-4, 3e-3, 0.2, 0.9999][case % 4];
-            let (epsilon, eta) = if case % 2 == 0 {
-                (Some(eps), None)
+            let c = if case % 2 == 0 {
+                Cutoff::Epsilon(eps)
             } else {
-                (None, Some(eps))
+                Cutoff::Eta(eps)
             };
             let live = Live {
                 lo: if case % 5 == 0 {
@@ -965,10 +963,10 @@ mod tests {
             };
             let mut s1 = Scratch::default();
             let mut l1 = live;
-            cutoff::<f32, true>(&z, &mut l1, epsilon, eta, 1, &mut s1);
+            cutoff::<f32, true>(&z, &mut l1, c, 1, &mut s1);
             let t1 = weights::<f32, true>(&z, &l1, &mut s1);
             let mut s2 = Scratch::default();
-            let t2 = cutoff_weights::<f32, true>(&z, &live, epsilon, eta, &mut s2);
+            let t2 = cutoff_weights::<f32, true>(&z, &live, c, &mut s2);
             assert_eq!(t1.to_bits(), t2.to_bits(), "case {case}");
             assert_eq!(s1.blocks, s2.blocks, "case {case}");
             let bits = |w: &[f32]| w.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -1124,23 +1122,23 @@ mod tests {
     fn epsilon_and_eta() {
         let z = logs(&[0.5, 0.3, 0.15, 0.05]);
         let got = run(
-            |z, l, s| cutoff::<_, false>(z, l, Some(0.1), None, 1, s),
+            |z, l, s| cutoff::<_, false>(z, l, Cutoff::Epsilon(0.1), 1, s),
             &z,
         );
         assert_eq!(kept(got), [true, true, true, false]);
         let got = run(
-            |z, l, s| cutoff::<_, false>(z, l, Some(0.9), None, 1, s),
+            |z, l, s| cutoff::<_, false>(z, l, Cutoff::Epsilon(0.9), 1, s),
             &z,
         );
         assert_eq!(kept(got), [true, false, false, false]);
         let got = run(
-            |z, l, s| cutoff::<_, false>(z, l, Some(0.9), None, 3, s),
+            |z, l, s| cutoff::<_, false>(z, l, Cutoff::Epsilon(0.9), 3, s),
             &z,
         );
         assert_eq!(kept(got), [true, true, true, false]);
         // Eta: H = 1.1412 nats, sqrt(0.2) exp(-H) = 0.1429 < 0.2.
         let got = run(
-            |z, l, s| cutoff::<_, false>(z, l, None, Some(0.2), 1, s),
+            |z, l, s| cutoff::<_, false>(z, l, Cutoff::Eta(0.2), 1, s),
             &z,
         );
         assert_eq!(kept(got), [true, true, true, false]);
