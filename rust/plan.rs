@@ -12,8 +12,8 @@ use crate::dry::{self, Breakers};
 use crate::elem::{Elem, Real};
 use crate::error::SamplingError;
 use crate::filter::{
-    apply_cut, by_prob, cut_block_sums, kth_largest, mass_select, region_block_sums,
-    sorted_nucleus, top_k_candidates, top_p_cut, Cut, Nucleus, HEAD,
+    apply_cut, by_prob, cut_block_sums, each_position_where, kth_largest, mass_select,
+    region_block_sums, sorted_nucleus, top_k_candidates, top_p_cut, Cut, Nucleus, HEAD,
 };
 use crate::ngram::{add_bias, no_repeat_ngram, sequence_bias};
 use crate::params::RowParams;
@@ -158,6 +158,60 @@ fn first_scan<T: Elem>(
     }
 }
 
+/// At most this many tokens are collected as a row's min-p set by [`collect_min_p_set`]: a
+/// larger set is left to the exact path (its sort by id would cost more than that path).
+const MIN_P_SET_MAX: usize = 1024;
+
+/// Appends to `cand` every token of `x` whose weight `exp((x - m) inv_t)` can reach the min-p
+/// floor `min_p`, with its exact weight (the exp pass's), and says whether that set was
+/// complete (at most [`MIN_P_SET_MAX`] tokens, a floor the weights can represent). The
+/// threshold on the logits sits 1e-3 (plus 1e-4 relative) below the floor's in the exponent,
+/// far more than the exp's and the scaled difference's rounding, and is rounded down, so no
+/// token the exact path keeps is missed; the caller filters the weights by the floor itself.
+#[inline(always)]
+fn collect_min_p_set<Y: Copy, F: Real, const FMA: bool>(
+    x: &[Y],
+    load: &impl Fn(Y) -> F,
+    m: F,
+    inv_t: F,
+    min_p: f64,
+    cand: &mut Vec<(F, u32)>,
+) -> bool {
+    if min_p < 1e-30 {
+        return false; // near the weights' underflow
+    }
+    let arg = min_p.ln() * (1.0 + 1e-4) - 1e-3;
+    let exact = m.wide() + arg / inv_t.wide();
+    let mut thr = F::of(exact);
+    if !thr.is_finite() {
+        return false;
+    }
+    if thr.wide() > exact {
+        // The next value down (`key` is the bit pattern: a negative value's grows downwards).
+        thr = if thr > F::zero() {
+            F::from_key(thr.key() - 1)
+        } else if thr < F::zero() {
+            F::from_key(thr.key() + 1)
+        } else {
+            -F::min_positive_value()
+        };
+    }
+    let start = cand.len();
+    let mut over = false;
+    each_position_where(
+        x,
+        |v| load(v) >= thr,
+        |j| {
+            if cand.len() - start < MIN_P_SET_MAX {
+                cand.push((exp_weight::<F, FMA>(load(x[j]), m, inv_t), j as u32));
+            } else {
+                over = true;
+            }
+        },
+    );
+    !over
+}
+
 /// The nucleus of a peaked row (top-p without top-k) decided without the exact exp pass.
 ///
 /// `cand` holds on entry the ids of the head, every token whose logit is at least the
@@ -166,7 +220,10 @@ fn first_scan<T: Elem>(
 /// each estimated term is within `EST_REL` of its weight, the lane sums within 1e-5. When the
 /// head holds `top_p` of even the largest possible total and the cut among the head is the
 /// same at both ends of the bound, that is the cut the exact total gives (the cut only moves
-/// with the target). Then `cand` is left holding the kept pairs in id order and their mass is
+/// with the target). With min-p after top-p the row is also decided when the tokens at or
+/// above min-p's floor hold less than top_p of even the smallest possible total: min-p alone
+/// keeps them (a flat row's case; [`collect_min_p_set`] finds them when the head is too
+/// short). Then `cand` is left holding the kept pairs in id order and their mass is
 /// returned: what the exact path's sparse draw gets. `None` (a flat row, or a bound too loose
 /// to decide) leaves the exact path to run; `cand` still holds the head's ids.
 #[allow(clippy::too_many_arguments)]
@@ -203,6 +260,34 @@ fn peaked_nucleus<Y: Copy, F: Real, const FMA: bool>(
     let rest = all - head_est;
     let lo = head + (rest - slack).max(0.0) / (1.0 + EST_REL);
     let hi = head + (rest + slack) / (1.0 - EST_REL);
+    let floor = F::of(p.min_p);
+    if p.min_p > 0.0 {
+        // Min-p after top-p keeps the nucleus's tokens at or above the floor. When those
+        // tokens hold less than top_p of even the smallest possible total, the nucleus
+        // extends past them all and min-p alone decides: the common case for a flat row,
+        // whose nucleus is thousands of tokens and its min-p set a few. The min-p set is in
+        // the head when a head token is under the floor; otherwise it is collected after the
+        // head by one compare pass over the row.
+        let n_head = cand.len();
+        if head_min >= floor && !collect_min_p_set::<_, _, FMA>(x, &load, m, inv_t, p.min_p, cand) {
+            cand.truncate(n_head);
+        } else {
+            let from = if cand.len() > n_head { n_head } else { 0 };
+            let kept: f64 = cand[from..]
+                .iter()
+                .filter(|c| c.0 >= floor)
+                .map(|c| c.0.wide())
+                .sum();
+            // The margin covers the exact path's different summation order.
+            if kept < p.top_p * lo * (1.0 - 1e-9) {
+                cand.drain(..from);
+                cand.retain(|c| c.0 >= floor);
+                cand.sort_unstable_by_key(|c| c.1);
+                return Some(cand.iter().map(|c| c.0.wide()).sum());
+            }
+            cand.truncate(n_head);
+        }
+    }
     let target = p.top_p * hi;
     if head < target || target.is_nan() {
         return None;
@@ -216,7 +301,6 @@ fn peaked_nucleus<Y: Copy, F: Real, const FMA: bool>(
         tau: cut.0,
         tie_max: cut.1,
     };
-    let floor = F::of(p.min_p);
     cand.retain(|c| cut.keeps(c.0, c.1, floor));
     cand.sort_unstable_by_key(|c| c.1);
     Some(cand.iter().map(|c| c.0.wide()).sum())
@@ -967,17 +1051,24 @@ fn head_nucleus<T: Elem, const FMA: bool>(
             &mut s.w,
             &mut s.blocks,
         );
-        let (cut, _) = top_p_cut(
+        // `s.pairs` still holds the head's ids from the first read.
+        let (cut, nucleus) = top_p_cut(
             &s.w,
             total,
             p.top_p,
-            false,
+            true,
             &mut s.pairs,
             &mut s.sel,
             &mut s.keys,
             &mut s.blocks,
         );
         let floor = F::<T>::of(p.min_p);
+        if nucleus == Nucleus::Head && probs.is_none() && row.top_n == 0 {
+            // The nucleus is among the head (a flat row's estimate was too loose to say so):
+            // the kept pairs are drawn without another pass over the row.
+            s.pairs.retain(|c| cut.keeps(c.0, c.1, floor));
+            return finish_head::<T>(row, y, m, inv_t, order, s, probs, stream);
+        }
         s.blocks.clear();
         let mut total = 0.0;
         for (b, (wb, yb)) in s.w.chunks_mut(BLOCK).zip(y.chunks(BLOCK)).enumerate() {
@@ -1398,6 +1489,91 @@ mod tests {
         }
     }
 
+    /// Top-p then min-p (Hugging Face's and llama.cpp's orders) on rows whose nucleus is
+    /// large and whose min-p set is a cluster of 3 to 1,030 tokens, four of them near the
+    /// floor: the head plans (min-p decides from the head, or from the set collected by a
+    /// compare pass, or the flat route's head cut) give the ids and the kept mass (the
+    /// log-probability shows it) of the ordered plan (forced by a top-n-sigma that keeps
+    /// everything), for f32 and bf16 rows. The ordered min-p compares logits with the floor's
+    /// logit, the head plans weights with the floor: the two round differently within an ulp
+    /// of it, so against the ordered plan the four sit 1e-4 and 2e-4 either side of the floor
+    /// in the exponent; against the Nucleus plan's exact route (top_n = 1), which compares
+    /// weights too, they sit 1 and 2 ulps either side.
+    #[test]
+    fn min_p_after_top_p_decides_flat_rows_as_the_stages_do() {
+        let mut rnd = crate::test_util::uniforms(0x005e_ed0f_f1a7);
+        let mut case = 0;
+        for (v, cluster) in [(20_011, 3), (20_011, 63), (20_011, 65), (20_011, 300)]
+            .into_iter()
+            .chain([(20_011, 1_030), (130_003, 90)])
+        {
+            for (t, min_p, m) in [(0.7, 0.05, 5.0), (1.0, 0.3, 3.0), (1.6, 0.05, 8.0)] {
+                for (order, ulps) in [(&HF_ORDER[..], false), (&HF_ORDER, true)]
+                    .into_iter()
+                    .chain([(&LLAMA_CPP_ORDER[..], false)])
+                {
+                    case += 1;
+                    // The filters see the row at the temperature (HF) or at 1 (llama.cpp).
+                    let t_filter = if order == HF_ORDER { t } else { 1.0 };
+                    let edge = |off: f64| (m + (f64::ln(min_p) + off) * t_filter) as f32;
+                    let mut row: Vec<f32> = (0..v)
+                        .map(|_| (((0..4).map(|_| rnd()).sum::<f64>() - 2.0) * 2.0) as f32)
+                        .collect();
+                    for c in 0..cluster {
+                        let j = (rnd() * v as f64) as usize % v;
+                        let off = [-2.0, -1.0, 1.0, 2.0][c % 4];
+                        row[j] = match c {
+                            0 => m as f32,
+                            1..=4 if ulps => {
+                                f32::from_bits((edge(0.0).to_bits() as i64 + off as i64) as u32)
+                            }
+                            1..=4 => edge(off * 1e-4),
+                            _ => (m + f64::ln(min_p) * t_filter * rnd()) as f32,
+                        };
+                    }
+                    let bf: Vec<half::bf16> =
+                        row.iter().map(|&x| half::bf16::from_f32(x)).collect();
+                    let fast = [params(t, 0, 0.9, min_p)];
+                    let ordered = [RowParams {
+                        top_n_sigma: 1e30,
+                        ..fast[0]
+                    }];
+                    assert!(matches!(
+                        plan::<f32>(&fast[0], v, false, order),
+                        Plan::Nucleus { estimate: true } | Plan::HeadNucleus { .. }
+                    ));
+                    for step in 0..3 {
+                        let run = |top_n: usize, ps: &[RowParams], bf16: bool| {
+                            let (r32, r16) = ([&row[..]], [&bf[..]]);
+                            let out = if bf16 {
+                                let mut r = req(&r16, ps);
+                                (r.order, r.step, r.top_n) = (order, step, top_n);
+                                run_batch(&r, None)
+                            } else {
+                                let mut r = req(&r32, ps);
+                                (r.order, r.step, r.top_n) = (order, step, top_n);
+                                run_batch(&r, None)
+                            };
+                            let out = &out.unwrap()[0];
+                            (out.id, out.logprob)
+                        };
+                        for bf16 in [false, true] {
+                            let a = run(0, &fast, bf16);
+                            let b = if ulps {
+                                run(1, &fast, bf16)
+                            } else {
+                                run(0, &ordered, bf16)
+                            };
+                            assert_eq!(a.0, b.0, "case {case} bf16 {bf16} step {step}");
+                            let d = (a.1 - b.1).abs();
+                            assert!(d <= 1e-6, "case {case} bf16 {bf16}: {} {}", a.1, b.1);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Which plan for which parameters: the rules of `plan()`, one case each.
     #[test]
     fn plan_rules() {
@@ -1636,18 +1812,22 @@ mod tests {
     /// (the log-probability shows the kept mass) or decline.
     #[test]
     fn estimated_nucleus_near_cut_boundaries() {
-        let n = 20_011usize;
-        for s in 0..3000 {
-            let rest = 0.05 + 0.45 * s as f64 / 3000.0; // total weight of the n - 41 others
+        // A head of 1 + 40 x 0.1 and n - 41 others of total weight `rest`.
+        let boundary_row = |rest: f64| -> Vec<f32> {
+            let n = 20_011usize;
             let eps = rest / (n - 41) as f64;
-            let row: Vec<f32> = (0..n)
+            (0..n)
                 .map(|j| match j {
                     0 => 10.0,
                     1..=40 => (10.0 + 0.1f64.ln()) as f32,
                     // Distinct, or the head would take in every tie of the rest.
                     _ => (10.0 + eps.ln() + 0.02 * ((j % 97) as f64 / 97.0 - 0.5)) as f32,
                 })
-                .collect();
+                .collect()
+        };
+        for s in 0..3000 {
+            let rest = 0.05 + 0.45 * s as f64 / 3000.0;
+            let row = boundary_row(rest);
             let ps = [params(1.0, 0, 0.9, 0.0)];
             let rows = [&row[..]];
             let fast = req(&rows, &ps);
@@ -1659,6 +1839,29 @@ mod tests {
             );
             assert_eq!(a[0].id, b[0].id, "rest {rest}");
             assert!((a[0].logprob - b[0].logprob).abs() <= 1e-9, "rest {rest}");
+        }
+        // llama.cpp's order, min-p 0.05 after top-p: the min-p set (the 41) holds top_p of
+        // the total where the rest is 5 / 0.9 - 5, so around it the estimate cannot say
+        // whether min-p decides, and the flat route cuts the head (where the floor matters:
+        // the cut may take in some of the rest). Against the ordered plan (a top-n-sigma that
+        // keeps everything forces it).
+        for s in 0..600 {
+            let rest = 0.53 + 0.05 * s as f64 / 600.0;
+            let row = boundary_row(rest);
+            let fast = [params(0.7, 0, 0.9, 0.05)];
+            let ordered = [RowParams {
+                top_n_sigma: 1e30,
+                ..fast[0]
+            }];
+            let rows = [&row[..]];
+            let run = |ps: &[RowParams]| {
+                let mut r = req(&rows, ps);
+                r.order = &LLAMA_CPP_ORDER;
+                run_batch(&r, None).unwrap()[0].clone()
+            };
+            let (a, b) = (run(&fast), run(&ordered));
+            assert_eq!(a.id, b.id, "rest {rest}");
+            assert!((a.logprob - b.logprob).abs() <= 1e-9, "rest {rest}");
         }
     }
 
