@@ -336,6 +336,12 @@ pub(crate) enum Plan {
         /// The order of temperature, top-p and min-p.
         order: FastOrder,
     },
+    /// Temperature + top-nσ alone (in either order: σ is taken over the logits as they
+    /// are, so the two commute): the kept tokens, every logit at least `max - n σ`, are few
+    /// on a real row, so they are drawn from a list ([`sigma_head`]): the head's read, the
+    /// σ pass, and a compare pass when the kept tokens outside the head; no row copy, no exp
+    /// pass. More than [`SIGMA_MAX`] kept tokens leave the row to [`Plan::Ordered`].
+    TopNSigma,
     /// A stage the fast plans lack (typical-p, top-nσ, XTC, ...), a `min_tokens_to_keep`
     /// floor, or an order they do not follow: each stage in the call's order on the whole
     /// row ([`ordered`]), then the dense draw.
@@ -404,6 +410,26 @@ fn fast_order(p: &RowParams, order: &[Stage]) -> Option<FastOrder> {
     })
 }
 
+/// Whether top-nσ is the row's only stage besides a plain temperature ([`Plan::TopNSigma`]).
+#[inline(always)]
+fn sigma_only(p: &RowParams) -> bool {
+    let others = [
+        Stage::TopK,
+        Stage::TopP,
+        Stage::MinP,
+        Stage::TypicalP,
+        Stage::EpsilonCutoff,
+        Stage::EtaCutoff,
+        Stage::Xtc,
+    ];
+    Stage::TopNSigma.is_on(p)
+        && p.temperature > 0.0
+        && p.dynatemp_range <= 0.0
+        && p.mirostat == 0
+        && p.min_tokens_to_keep <= 1
+        && !others.iter().any(|s| s.is_on(p))
+}
+
 /// The plan of a row of `v` logits computed in `F` under the stage `order`. `wants_dist`:
 /// the caller asked for the final distribution (`probs` or top log-probabilities), which the
 /// estimate cannot give.
@@ -411,6 +437,9 @@ fn fast_order(p: &RowParams, order: &[Stage]) -> Option<FastOrder> {
 pub(crate) fn plan<F: Real>(p: &RowParams, v: usize, wants_dist: bool, order: &[Stage]) -> Plan {
     if p.temperature == 0.0 {
         return Plan::Greedy;
+    }
+    if sigma_only(p) {
+        return Plan::TopNSigma;
     }
     let Some(fast) = fast_order(p, order) else {
         return Plan::Ordered;
@@ -648,9 +677,15 @@ fn draw_row<T: Elem, const FMA: bool>(
     let mut probs = probs;
     let drawn = match (plan, direct) {
         (Plan::Ordered, _) => ordered::<T, FMA>(&row, &mut loaded, req.order, s, probs, stream),
-        (Plan::HeadNucleus { order }, direct) => {
+        (Plan::HeadNucleus { .. } | Plan::TopNSigma, direct) => {
             let y = direct.unwrap_or(&loaded);
-            match head_nucleus::<T, FMA>(&row, y, order, s, probs.as_deref_mut(), &stream) {
+            let head = match plan {
+                Plan::HeadNucleus { order } => {
+                    head_nucleus::<T, FMA>(&row, y, order, s, probs.as_deref_mut(), &stream)
+                }
+                _ => sigma_head::<T, FMA>(&row, y, s, probs.as_deref_mut(), &stream),
+            };
+            match head {
                 Ok(Some(drawn)) => Ok(drawn),
                 Ok(None) => {
                     if direct.is_some() {
@@ -1123,6 +1158,74 @@ fn finish_head<T: Elem>(
     )))
 }
 
+/// At most this many kept tokens are drawn from a list by [`sigma_head`].
+const SIGMA_MAX: usize = 16_384;
+
+/// [`Plan::TopNSigma`]: the stage's own σ pass over the row as it is (the ordered plan's, bit
+/// for bit), then the tokens at or above its floor with their exact weights, in id order,
+/// drawn as the dense draw would. `Ok(None)` (an infinite logit or inverse temperature, or
+/// more than [`SIGMA_MAX`] kept tokens) leaves the row to [`ordered`].
+#[inline(always)]
+fn sigma_head<T: Elem, const FMA: bool>(
+    row: &Row<'_, T>,
+    y: &[T::C],
+    s: &mut Scratch<T::C>,
+    probs: Option<&mut [T::C]>,
+    stream: &impl Fn() -> (f64, f64),
+) -> Result<Option<Drawn>, SamplingError> {
+    type F<T> = <T as Elem>::C;
+    let v = y.len();
+    let inv_t = inverse_temperature::<F<T>>(row.p);
+    let nan = top_k_candidates(y, HEAD.min(v), &mut s.pairs, &mut s.sel);
+    let m = s.pairs.iter().fold(F::<T>::neg_infinity(), |a, c| a.max(c.0));
+    check_max(row.i, nan, m)?;
+    if m == F::<T>::infinity() || !inv_t.is_finite() {
+        return Ok(None);
+    }
+    let mut live = stages::Live {
+        lo: F::<T>::neg_infinity(),
+        m,
+        scale: inv_t,
+    };
+    stages::top_n_sigma(y, &mut live, row.p.top_n_sigma, 1, s);
+    let lo = live.lo;
+    // Every token outside the head is under the head's smallest logit.
+    let head_min = s.pairs.iter().fold(F::<T>::infinity(), |a, c| a.min(c.0));
+    if head_min < lo || s.pairs.len() == v {
+        s.pairs.retain(|c| c.0 >= lo);
+        s.pairs.sort_unstable_by_key(|c| c.1);
+    } else {
+        s.pairs.clear();
+        let mut over = false;
+        each_position_where(
+            y,
+            |x| x >= lo,
+            |j| {
+                if s.pairs.len() < SIGMA_MAX {
+                    s.pairs.push((y[j], j as u32));
+                } else {
+                    over = true;
+                }
+            },
+        );
+        if over {
+            return Ok(None);
+        }
+    }
+    for c in s.pairs.iter_mut() {
+        c.0 = exp_weight::<F<T>, FMA>(c.0, m, inv_t);
+    }
+    let total = s.pairs.iter().map(|c| c.0.wide()).sum();
+    let u = stream().0;
+    Ok(Some(draw_from_pairs(
+        &mut s.pairs,
+        total,
+        u,
+        probs,
+        row.top_n,
+    )))
+}
+
 // ==== the stages the plans share =============================================================
 
 /// `1 / T` in the compute type (infinite for T = 0).
@@ -1567,6 +1670,70 @@ mod tests {
                             assert_eq!(a.0, b.0, "case {case} bf16 {bf16} step {step}");
                             let d = (a.1 - b.1).abs();
                             assert!(d <= 1e-6, "case {case} bf16 {bf16}: {} {}", a.1, b.1);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Temperature + top-nσ drawn from the kept list ([`Plan::TopNSigma`]) gives the ids and
+    /// log-probabilities of the ordered plan (forced by an epsilon cutoff of 1e-300, which
+    /// removes nothing here), in both stage orders, for f32 and bf16 rows with -inf and ties;
+    /// kept sets inside the head, outside it, and past the list's limit (n = 50: all).
+    #[test]
+    fn top_n_sigma_plan_equals_the_ordered_plan() {
+        let mut rnd = crate::test_util::uniforms(77);
+        for case in 0..36 {
+            let v = [4_000, 20_011, 130_003][case % 3];
+            let peaked = case % 4 < 2;
+            let row: Vec<f32> = (0..v)
+                .map(|_| {
+                    let g = ((0..4).map(|_| rnd()).sum::<f64>() - 2.0) * 3.0;
+                    let x = match () {
+                        _ if rnd() < 0.05 => f64::NEG_INFINITY,
+                        _ if peaked && rnd() < 1e-3 => g + 12.0,
+                        _ => g,
+                    };
+                    // Ties: a quarter of the row on a grid.
+                    (if case % 3 == 1 { (x * 4.0).round() / 4.0 } else { x }) as f32
+                })
+                .collect();
+            let bf: Vec<half::bf16> = row.iter().map(|&x| half::bf16::from_f32(x)).collect();
+            let n = [0.5, 1.0, 3.0, 50.0][case / 3 % 4];
+            let t = [0.3, 1.0, 2.5][case / 12 % 3];
+            let fast = [RowParams {
+                top_n_sigma: n,
+                ..params(t, 0, 1.0, 0.0)
+            }];
+            let ordered = [RowParams {
+                epsilon_cutoff: 1e-300,
+                ..fast[0]
+            }];
+            assert_eq!(plan::<f32>(&fast[0], v, true, &HF_ORDER), Plan::TopNSigma);
+            for order in [&HF_ORDER[..], &LLAMA_CPP_ORDER] {
+                for step in 0..3 {
+                    let run = |ps: &[RowParams], bf16: bool| {
+                        let (r32, r16) = ([&row[..]], [&bf[..]]);
+                        let out = if bf16 {
+                            let mut r = req(&r16, ps);
+                            (r.order, r.step, r.top_n) = (order, step, 2);
+                            run_batch(&r, None)
+                        } else {
+                            let mut r = req(&r32, ps);
+                            (r.order, r.step, r.top_n) = (order, step, 2);
+                            run_batch(&r, None)
+                        };
+                        out.unwrap()[0].clone()
+                    };
+                    for bf16 in [false, true] {
+                        let (a, b) = (run(&fast, bf16), run(&ordered, bf16));
+                        assert_eq!(a.id, b.id, "case {case} bf16 {bf16} step {step}");
+                        assert!((a.logprob - b.logprob).abs() <= 1e-9, "case {case}");
+                        assert_eq!(a.top.len(), b.top.len(), "case {case}");
+                        for (x, y) in a.top.iter().zip(&b.top) {
+                            assert_eq!(x.0, y.0, "case {case}: {:?} {:?}", a.top, b.top);
+                            assert!(x.1 == y.1 || (x.1 - y.1).abs() <= 1e-9, "case {case}");
                         }
                     }
                 }
