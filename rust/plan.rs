@@ -336,12 +336,12 @@ pub(crate) enum Plan {
         /// The order of temperature, top-p and min-p.
         order: FastOrder,
     },
-    /// Temperature + top-nσ alone (in either order: σ is taken over the logits as they
-    /// are, so the two commute): the kept tokens, every logit at least `max - n σ`, are few
-    /// on a real row, so they are drawn from a list ([`sigma_head`]): the head's read, the
-    /// σ pass, and a compare pass when the kept tokens outside the head; no row copy, no exp
-    /// pass. More than [`SIGMA_MAX`] kept tokens leave the row to [`Plan::Ordered`].
-    TopNSigma,
+    /// Temperature with logit floors (top-nσ, min-p) and then XTC, nothing else: the floors
+    /// keep few tokens on a real row, so they are listed (from the head, or by one compare
+    /// pass when they reach past it) and XTC and the draw run on the list ([`listed`]): no
+    /// row copy, no exp pass. More than [`LIST_MAX`] kept tokens leave the row to
+    /// [`Plan::Ordered`].
+    Listed,
     /// A stage the fast plans lack (typical-p, top-nσ, XTC, ...), a `min_tokens_to_keep`
     /// floor, or an order they do not follow: each stage in the call's order on the whole
     /// row ([`ordered`]), then the dense draw.
@@ -410,24 +410,30 @@ fn fast_order(p: &RowParams, order: &[Stage]) -> Option<FastOrder> {
     })
 }
 
-/// Whether top-nσ is the row's only stage besides a plain temperature ([`Plan::TopNSigma`]).
+/// Whether the row's stages are a plain temperature, logit floors (top-nσ, min-p; one at
+/// least) and XTC after them, with no keep floor ([`Plan::Listed`]).
 #[inline(always)]
-fn sigma_only(p: &RowParams) -> bool {
+fn listable(p: &RowParams, order: &[Stage]) -> bool {
     let others = [
         Stage::TopK,
         Stage::TopP,
-        Stage::MinP,
         Stage::TypicalP,
         Stage::EpsilonCutoff,
         Stage::EtaCutoff,
-        Stage::Xtc,
     ];
-    Stage::TopNSigma.is_on(p)
-        && p.temperature > 0.0
+    let floors = [Stage::TopNSigma, Stage::MinP];
+    let at = |s: Stage| order.iter().position(|&o| o == s);
+    let xtc_last = !Stage::Xtc.is_on(p)
+        || floors
+            .iter()
+            .all(|&f| !f.is_on(p) || at(f) < at(Stage::Xtc));
+    p.temperature > 0.0
         && p.dynatemp_range <= 0.0
         && p.mirostat == 0
         && p.min_tokens_to_keep <= 1
+        && floors.iter().any(|f| f.is_on(p))
         && !others.iter().any(|s| s.is_on(p))
+        && xtc_last
 }
 
 /// The plan of a row of `v` logits computed in `F` under the stage `order`. `wants_dist`:
@@ -438,8 +444,8 @@ pub(crate) fn plan<F: Real>(p: &RowParams, v: usize, wants_dist: bool, order: &[
     if p.temperature == 0.0 {
         return Plan::Greedy;
     }
-    if sigma_only(p) {
-        return Plan::TopNSigma;
+    if listable(p, order) {
+        return Plan::Listed;
     }
     let Some(fast) = fast_order(p, order) else {
         return Plan::Ordered;
@@ -677,13 +683,13 @@ fn draw_row<T: Elem, const FMA: bool>(
     let mut probs = probs;
     let drawn = match (plan, direct) {
         (Plan::Ordered, _) => ordered::<T, FMA>(&row, &mut loaded, req.order, s, probs, stream),
-        (Plan::HeadNucleus { .. } | Plan::TopNSigma, direct) => {
+        (Plan::HeadNucleus { .. } | Plan::Listed, direct) => {
             let y = direct.unwrap_or(&loaded);
             let head = match plan {
                 Plan::HeadNucleus { order } => {
                     head_nucleus::<T, FMA>(&row, y, order, s, probs.as_deref_mut(), &stream)
                 }
-                _ => sigma_head::<T, FMA>(&row, y, s, probs.as_deref_mut(), &stream),
+                _ => listed::<T, FMA>(&row, y, req.order, s, probs.as_deref_mut(), &stream),
             };
             match head {
                 Ok(Some(drawn)) => Ok(drawn),
@@ -1158,62 +1164,69 @@ fn finish_head<T: Elem>(
     )))
 }
 
-/// At most this many kept tokens are drawn from a list by [`sigma_head`].
-const SIGMA_MAX: usize = 16_384;
+/// At most this many kept tokens are drawn from a list by [`listed`].
+const LIST_MAX: usize = 16_384;
 
-/// [`Plan::TopNSigma`]: the stage's own σ pass over the row as it is (the ordered plan's, bit
-/// for bit), then the tokens at or above its floor with their exact weights, in id order,
-/// drawn as the dense draw would. `Ok(None)` (an infinite logit or inverse temperature, or
-/// more than [`SIGMA_MAX`] kept tokens) leaves the row to [`ordered`].
+/// [`Plan::Listed`]: the stages in `order` as the ordered plan runs them, the floors on the
+/// row as it is (top-nσ's own σ pass, min-p's logit floor: bit for bit the ordered plan's),
+/// then XTC and the draw on the list of the tokens at or above the floor, in id order, with
+/// their exact weights, drawn as the dense draw would. `Ok(None)` (an infinite logit or
+/// inverse temperature, or more than [`LIST_MAX`] kept tokens) leaves the row to [`ordered`].
 #[inline(always)]
-fn sigma_head<T: Elem, const FMA: bool>(
+fn listed<T: Elem, const FMA: bool>(
     row: &Row<'_, T>,
     y: &[T::C],
+    order: &[Stage],
     s: &mut Scratch<T::C>,
     probs: Option<&mut [T::C]>,
     stream: &impl Fn() -> (f64, f64),
 ) -> Result<Option<Drawn>, SamplingError> {
     type F<T> = <T as Elem>::C;
-    let v = y.len();
-    let inv_t = inverse_temperature::<F<T>>(row.p);
-    let nan = top_k_candidates(y, HEAD.min(v), &mut s.pairs, &mut s.sel);
-    let m = s.pairs.iter().fold(F::<T>::neg_infinity(), |a, c| a.max(c.0));
+    let p = row.p;
+    let nan = top_k_candidates(y, HEAD.min(y.len()), &mut s.pairs, &mut s.sel);
+    let m = s
+        .pairs
+        .iter()
+        .fold(F::<T>::neg_infinity(), |a, c| a.max(c.0));
     check_max(row.i, nan, m)?;
-    if m == F::<T>::infinity() || !inv_t.is_finite() {
+    if m == F::<T>::infinity() {
         return Ok(None);
     }
     let mut live = stages::Live {
         lo: F::<T>::neg_infinity(),
         m,
-        scale: inv_t,
+        scale: F::<T>::one(),
     };
-    stages::top_n_sigma(y, &mut live, row.p.top_n_sigma, 1, s);
-    let lo = live.lo;
-    // Every token outside the head is under the head's smallest logit.
-    let head_min = s.pairs.iter().fold(F::<T>::infinity(), |a, c| a.min(c.0));
-    if head_min < lo || s.pairs.len() == v {
-        s.pairs.retain(|c| c.0 >= lo);
-        s.pairs.sort_unstable_by_key(|c| c.1);
-    } else {
-        s.pairs.clear();
-        let mut over = false;
-        each_position_where(
-            y,
-            |x| x >= lo,
-            |j| {
-                if s.pairs.len() < SIGMA_MAX {
-                    s.pairs.push((y[j], j as u32));
-                } else {
-                    over = true;
+    // `s.pairs` holds the head's logits until the list replaces them.
+    let mut list_ready = false;
+    for &stage in order.iter().filter(|st| st.is_on(p)) {
+        match stage {
+            Stage::Temperature => {
+                live.scale = live.scale / F::<T>::of(p.temperature);
+                if !live.scale.is_finite() {
+                    return Ok(None);
                 }
-            },
-        );
-        if over {
-            return Ok(None);
+            }
+            Stage::TopNSigma => stages::top_n_sigma(y, &mut live, p.top_n_sigma, 1, s),
+            Stage::MinP => live.lo = live.lo.max(stages::logit_of_ratio(&live, p.min_p)),
+            Stage::Xtc => {
+                if !list_ready && !list_live(y, live.lo, &mut s.pairs) {
+                    return Ok(None);
+                }
+                list_ready = true;
+                let coin = stream().1;
+                if coin < p.xtc_probability {
+                    xtc_on_list::<F<T>, FMA>(&mut live, p.xtc_threshold, s);
+                }
+            }
+            _ => return Ok(None), // not a listed row (see `listable`)
         }
     }
+    if !list_ready && !list_live(y, live.lo, &mut s.pairs) {
+        return Ok(None);
+    }
     for c in s.pairs.iter_mut() {
-        c.0 = exp_weight::<F<T>, FMA>(c.0, m, inv_t);
+        c.0 = exp_weight::<F<T>, FMA>(y[c.1 as usize], live.m, live.scale);
     }
     let total = s.pairs.iter().map(|c| c.0.wide()).sum();
     let u = stream().0;
@@ -1224,6 +1237,68 @@ fn sigma_head<T: Elem, const FMA: bool>(
         probs,
         row.top_n,
     )))
+}
+
+/// Turns `pairs`, the head of `y` (its [`HEAD`] largest logits and their ties), into the
+/// list of every token at or above the finite floor `lo`, in id order, with its logit: from
+/// the head when a head token is under the floor (every token outside is under the head's
+/// smallest), else by one compare pass over `y`. False when more than [`LIST_MAX`] pass.
+#[inline(always)]
+fn list_live<F: Real>(y: &[F], lo: F, pairs: &mut Vec<(F, u32)>) -> bool {
+    let head_min = pairs.iter().fold(F::infinity(), |a, c| a.min(c.0));
+    if head_min < lo || pairs.len() == y.len() {
+        pairs.retain(|c| c.0 >= lo && c.0 > F::neg_infinity());
+        pairs.sort_unstable_by_key(|c| c.1);
+        return true;
+    }
+    pairs.clear();
+    let mut over = false;
+    each_position_where(
+        y,
+        |x| x >= lo,
+        |j| {
+            if pairs.len() < LIST_MAX {
+                pairs.push((y[j], j as u32));
+            } else {
+                over = true;
+            }
+        },
+    );
+    !over
+}
+
+/// [`stages::xtc`] (keep floor 1) on the list `s.pairs` of the live tokens (logits, in id
+/// order): the weights and their total as the exp pass gives them, then the tokens at or
+/// above `threshold` of the total, all but the least probable, leave the list.
+#[inline(always)]
+fn xtc_on_list<F: Real, const FMA: bool>(
+    live: &mut stages::Live<F>,
+    threshold: f64,
+    s: &mut Scratch<F>,
+) {
+    s.sel.clear();
+    s.sel.extend(
+        s.pairs
+            .iter()
+            .map(|c| exp_weight::<F, FMA>(c.0, live.m, live.scale)),
+    );
+    let total: f64 = s.sel.iter().map(|w| w.wide()).sum();
+    let t = threshold * total;
+    let above = |w: F| w.wide() >= t;
+    let n_above = s.sel.iter().filter(|&&w| above(w)).count();
+    if n_above < 2 {
+        return;
+    }
+    let least = s
+        .pairs
+        .iter()
+        .zip(&s.sel)
+        .filter(|(_, &w)| above(w))
+        .fold(F::infinity(), |a, (c, _)| a.min(c.0));
+    let mut w = s.sel.iter();
+    s.pairs
+        .retain(|c| !(w.next().is_some_and(|&wj| above(wj)) && c.0 > least));
+    live.m = least;
 }
 
 // ==== the stages the plans share =============================================================
@@ -1677,14 +1752,15 @@ mod tests {
         }
     }
 
-    /// Temperature + top-nσ drawn from the kept list ([`Plan::TopNSigma`]) gives the ids and
-    /// log-probabilities of the ordered plan (forced by an epsilon cutoff of 1e-300, which
-    /// removes nothing here), in both stage orders, for f32 and bf16 rows with -inf and ties;
-    /// kept sets inside the head, outside it, and past the list's limit (n = 50: all).
+    /// Temperature with top-nσ and / or min-p and XTC drawn from the kept list
+    /// ([`Plan::Listed`]) gives the ids, log-probabilities and top log-probabilities of the
+    /// ordered plan (forced by an epsilon cutoff of 1e-300, which removes nothing here), in
+    /// the three preset orders, for f32 and bf16 rows with -inf and ties; kept sets inside
+    /// the head, outside it, and past the list's limit (top-nσ 50: all).
     #[test]
-    fn top_n_sigma_plan_equals_the_ordered_plan() {
+    fn listed_plan_equals_the_ordered_plan() {
         let mut rnd = crate::test_util::uniforms(77);
-        for case in 0..36 {
+        for case in 0..48 {
             let v = [4_000, 20_011, 130_003][case % 3];
             let peaked = case % 4 < 2;
             let row: Vec<f32> = (0..v)
@@ -1692,26 +1768,68 @@ mod tests {
                     let g = ((0..4).map(|_| rnd()).sum::<f64>() - 2.0) * 3.0;
                     let x = match () {
                         _ if rnd() < 0.05 => f64::NEG_INFINITY,
-                        _ if peaked && rnd() < 1e-3 => g + 12.0,
+                        _ if peaked && rnd() < 1e-3 => g + 12.0 * rnd(),
                         _ => g,
                     };
-                    // Ties: a quarter of the row on a grid.
-                    (if case % 3 == 1 { (x * 4.0).round() / 4.0 } else { x }) as f32
+                    // Ties: the row on a grid.
+                    (if case % 3 == 1 {
+                        (x * 4.0).round() / 4.0
+                    } else {
+                        x
+                    }) as f32
                 })
                 .collect();
-            let bf: Vec<half::bf16> = row.iter().map(|&x| half::bf16::from_f32(x)).collect();
-            let n = [0.5, 1.0, 3.0, 50.0][case / 3 % 4];
-            let t = [0.3, 1.0, 2.5][case / 12 % 3];
-            let fast = [RowParams {
-                top_n_sigma: n,
-                ..params(t, 0, 1.0, 0.0)
+            let t = [0.3, 1.0, 2.5][case / 16 % 3];
+            let base = params(t, 0, 1.0, 0.0);
+            let fast = [match case / 3 % 6 {
+                0 => RowParams {
+                    top_n_sigma: [0.5, 1.0, 3.0][case % 3],
+                    ..base
+                },
+                1 => RowParams {
+                    top_n_sigma: 50.0,
+                    ..base
+                },
+                2 => RowParams {
+                    min_p: 0.05,
+                    xtc_probability: 1.0,
+                    xtc_threshold: 0.1,
+                    ..base
+                },
+                3 => RowParams {
+                    min_p: 0.01,
+                    xtc_probability: 0.5,
+                    xtc_threshold: 0.02,
+                    ..base
+                },
+                4 => RowParams {
+                    top_n_sigma: 2.0,
+                    min_p: 0.1,
+                    ..base
+                },
+                _ => RowParams {
+                    top_n_sigma: 1.5,
+                    xtc_probability: 1.0,
+                    xtc_threshold: 0.05,
+                    ..base
+                },
             }];
+            let mut row = row;
+            if fast[0].min_p > 0.0 {
+                // Two tokens exactly on min-p's floor: at the temperature (HF's and vLLM's
+                // orders) and at 1 (llama.cpp's), as the ordered plan computes it.
+                let m = row.iter().fold(f32::NEG_INFINITY, |a, &x| a.max(x)) as f64;
+                let scale = (1.0 / t as f32) as f64;
+                row[1] = (m + fast[0].min_p.ln() / scale) as f32;
+                row[2] = (m + fast[0].min_p.ln()) as f32;
+            }
+            let bf: Vec<half::bf16> = row.iter().map(|&x| half::bf16::from_f32(x)).collect();
             let ordered = [RowParams {
                 epsilon_cutoff: 1e-300,
                 ..fast[0]
             }];
-            assert_eq!(plan::<f32>(&fast[0], v, true, &HF_ORDER), Plan::TopNSigma);
-            for order in [&HF_ORDER[..], &LLAMA_CPP_ORDER] {
+            for order in [&HF_ORDER[..], &VLLM_ORDER, &LLAMA_CPP_ORDER] {
+                assert_eq!(plan::<f32>(&fast[0], v, true, order), Plan::Listed);
                 for step in 0..3 {
                     let run = |ps: &[RowParams], bf16: bool| {
                         let (r32, r16) = ([&row[..]], [&bf[..]]);
@@ -1767,9 +1885,11 @@ mod tests {
             plan::<f64>(&params(1e-40, 0, 0.9, 0.0), v, false, &HF_ORDER),
             est(false)
         );
-        // The rest is dense: no filter, min-p alone, a dense top-k alone.
+        // Min-p alone is a logit floor: the listed plan.
+        assert_eq!(pl(1.0, 0, 1.0, 0.1, false), Plan::Listed);
+        assert_eq!(pl(0.7, 0, 1.0, 0.1, true), Plan::Listed);
+        // The rest is dense: no filter, a dense top-k alone.
         assert_eq!(pl(1.0, 0, 1.0, 0.0, false), Plan::Dense);
-        assert_eq!(pl(1.0, 0, 1.0, 0.1, false), Plan::Dense);
         assert_eq!(pl(1.0, 126, 1.0, 0.0, true), Plan::Dense);
         // The top-k threshold is V / 8, rounded down.
         assert_eq!(
@@ -1805,15 +1925,25 @@ mod tests {
         };
         assert_eq!(pl(nucleus_min_p, &VLLM_ORDER), head(true, false));
         assert_eq!(pl(nucleus_min_p, &LLAMA_CPP_ORDER), head(false, true));
-        // A dense top-k, or min-p without top-p, under llama.cpp's order: the stages.
+        // A dense top-k under llama.cpp's order: the stages. Min-p without top-p: listed.
         assert_eq!(
             pl(params(0.7, 200, 0.9, 0.1), &LLAMA_CPP_ORDER),
             Plan::Ordered
         );
-        assert_eq!(
-            pl(params(0.7, 0, 1.0, 0.1), &LLAMA_CPP_ORDER),
-            Plan::Ordered
-        );
+        assert_eq!(pl(params(0.7, 0, 1.0, 0.1), &LLAMA_CPP_ORDER), Plan::Listed);
+        // XTC before a floor (a custom order) is not listed; a keep floor neither.
+        let min_p_xtc = RowParams {
+            xtc_probability: 1.0,
+            ..params(0.7, 0, 1.0, 0.1)
+        };
+        assert_eq!(pl(min_p_xtc, &HF_ORDER), Plan::Listed);
+        let xtc_first = [Stage::Xtc, Stage::Temperature, Stage::MinP];
+        assert_eq!(pl(min_p_xtc, &xtc_first), Plan::Ordered);
+        let keep2 = RowParams {
+            min_tokens_to_keep: 2,
+            ..min_p_xtc
+        };
+        assert_eq!(pl(keep2, &HF_ORDER), Plan::Ordered);
         // Where the stages on commute, every preset stays on the fast plans.
         for order in [&HF_ORDER[..], &VLLM_ORDER, &LLAMA_CPP_ORDER] {
             assert_eq!(pl(params(0.7, 50, 1.0, 0.0), order), sparse(false, false));

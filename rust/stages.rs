@@ -358,7 +358,7 @@ fn first_n<F: Real>(
 /// The logit `m + ln(q) / scale` below which a token's probability is under `q` times the
 /// largest's.
 #[inline(always)]
-fn logit_of_ratio<F: Real>(live: &Live<F>, q: f64) -> F {
+pub(crate) fn logit_of_ratio<F: Real>(live: &Live<F>, q: f64) -> F {
     F::of(live.m.wide() + q.ln() / live.scale.wide())
 }
 
@@ -624,12 +624,14 @@ pub(crate) fn top_n_sigma<F: Real>(
     keep: usize,
     s: &mut Scratch<F>,
 ) {
-    // Deviations from the maximum, in 16 f64 lanes (branch-free, so they vectorise): sum,
-    // sum of squares and count in one read.
+    // Deviations from the maximum, in 32 f64 lanes (branch-free, so they vectorise; 32, not
+    // 16, so that four chains of adds per sum hide the adds' latency): sum, sum of squares
+    // and count in one read.
+    const L: usize = 32;
     let m = live.m.wide();
-    let (mut sum, mut sq, mut count) = ([0.0f64; 16], [0.0f64; 16], [0.0f64; 16]);
+    let (mut sum, mut sq, mut count) = ([0.0f64; L], [0.0f64; L], [0.0f64; L]);
     let lo = live.lo.max(F::min_value());
-    let mut chunks = z.chunks_exact(16);
+    let mut chunks = z.chunks_exact(L);
     for c in &mut chunks {
         for (lane, &v) in c.iter().enumerate() {
             // Masked tokens (-inf, or under the floor) count 0; vectorises without branches.
