@@ -734,7 +734,7 @@ pub(crate) fn typical_p<F: Real, const FMA: bool>(
 }
 
 /// Buckets per round of [`key_threshold`]'s histogram.
-const KEY_BUCKETS: usize = 2048;
+const KEY_BUCKETS: usize = 512;
 /// Interleaved histograms of [`key_threshold`]'s first round.
 const KEY_LANES: usize = 8;
 /// A boundary bucket with at most this many tokens is sorted; a larger one is split again.
@@ -765,8 +765,15 @@ fn key_threshold<F: Real>(keys: &[F], kmax: F, w: &[F], target: f64, buf: &mut V
         // In the compute type: monotone in the key, which is all a bucket index needs.
         let scale = F::of((KEY_BUCKETS - 1) as f64) / (hi - lo);
         let top = KEY_BUCKETS - 1;
-        // `as` saturates (an infinite key lands in the top bucket), and costs no branch.
-        let bucket = |k: F| (((k - lo) * scale).wide() as usize).min(top);
+        // Clamped first (an infinite key lands in the top bucket, NaN in bucket 0, as a
+        // saturating `as` would put them), so the unchecked conversion is exact and the
+        // chunk's indices vectorize (a saturating `as` compiled to a scalar convert and two
+        // branches per token).
+        let bucket = |k: F| {
+            let x = ((k - lo) * scale).wide().max(0.0).min(top as f64);
+            // SAFETY: x is finite and in [0, top] (max/min return the non-NaN operand).
+            unsafe { x.to_int_unchecked::<i32>() as usize }
+        };
         mass.fill(0.0);
         if first {
             lanes.fill([0.0; KEY_LANES]);
