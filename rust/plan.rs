@@ -1153,15 +1153,20 @@ fn finish_head<T: Elem>(
         candidate_weights(&mut s.pairs, m, inv_t);
     }
     s.pairs.sort_unstable_by_key(|c| c.1);
-    let total = s.pairs.iter().map(|c| c.0.wide()).sum();
-    let u = stream().0;
-    Ok(Some(draw_from_pairs(
-        &mut s.pairs,
-        total,
-        u,
-        probs,
-        row.top_n,
-    )))
+    Ok(Some(draw_kept(&mut s.pairs, stream().0, probs, row.top_n)))
+}
+
+/// The draw from `pairs`, the kept tokens' weights in id order: their total, then
+/// [`draw_from_pairs`] (the dense draw's inverse CDF over the kept tokens only).
+#[inline(always)]
+fn draw_kept<F: Real>(
+    pairs: &mut [(F, u32)],
+    u: f64,
+    probs: Option<&mut [F]>,
+    top_n: usize,
+) -> Drawn {
+    let total = pairs.iter().map(|c| c.0.wide()).sum();
+    draw_from_pairs(pairs, total, u, probs, top_n)
 }
 
 /// At most this many kept tokens are drawn from a list by [`listed`].
@@ -1228,15 +1233,7 @@ fn listed<T: Elem, const FMA: bool>(
     for c in s.pairs.iter_mut() {
         c.0 = exp_weight::<F<T>, FMA>(y[c.1 as usize], live.m, live.scale);
     }
-    let total = s.pairs.iter().map(|c| c.0.wide()).sum();
-    let u = stream().0;
-    Ok(Some(draw_from_pairs(
-        &mut s.pairs,
-        total,
-        u,
-        probs,
-        row.top_n,
-    )))
+    Ok(Some(draw_kept(&mut s.pairs, stream().0, probs, row.top_n)))
 }
 
 /// Turns `pairs`, the head of `y` (its [`HEAD`] largest logits and their ties), into the
