@@ -196,14 +196,30 @@ fn collect_min_p_set<Y: Copy, F: Real, const FMA: bool>(
             -F::min_positive_value()
         };
     }
-    let start = cand.len();
+    let weight = |v: Y| exp_weight::<F, FMA>(load(v), m, inv_t);
+    push_at_least(x, load, thr, MIN_P_SET_MAX, weight, cand)
+}
+
+/// Appends `(value(x_j), j)` to `pairs` for every `j` with `load(x_j) >= thr`, in id order,
+/// and says whether they were at most `max` (beyond it nothing more is appended): the one
+/// compare pass that lists the tokens above a floor.
+#[inline(always)]
+fn push_at_least<Y: Copy, F: Real>(
+    x: &[Y],
+    load: impl Fn(Y) -> F,
+    thr: F,
+    max: usize,
+    value: impl Fn(Y) -> F,
+    pairs: &mut Vec<(F, u32)>,
+) -> bool {
+    let start = pairs.len();
     let mut over = false;
     each_position_where(
         x,
         |v| load(v) >= thr,
         |j| {
-            if cand.len() - start < MIN_P_SET_MAX {
-                cand.push((exp_weight::<F, FMA>(load(x[j]), m, inv_t), j as u32));
+            if pairs.len() - start < max {
+                pairs.push((value(x[j]), j as u32));
             } else {
                 over = true;
             }
@@ -1249,19 +1265,7 @@ fn list_live<F: Real>(y: &[F], lo: F, pairs: &mut Vec<(F, u32)>) -> bool {
         return true;
     }
     pairs.clear();
-    let mut over = false;
-    each_position_where(
-        y,
-        |x| x >= lo,
-        |j| {
-            if pairs.len() < LIST_MAX {
-                pairs.push((y[j], j as u32));
-            } else {
-                over = true;
-            }
-        },
-    );
-    !over
+    push_at_least(y, |v| v, lo, LIST_MAX, |v| v, pairs)
 }
 
 /// [`stages::xtc`] (keep floor 1) on the list `s.pairs` of the live tokens (logits, in id
