@@ -1005,6 +1005,14 @@ fn ordered<T: Elem, const FMA: bool>(
             stages::cutoff::<_, FMA>(z, live, c, keep, s);
             continue;
         }
+        if stage == Stage::TypicalP && active.peek().is_none() && keep == 1 && p.mirostat == 0 {
+            // Likewise: the final weights are typical-p's own, when it keeps the maximum.
+            if let Some(total) = stages::typical_weights::<_, FMA>(z, live, p.typical_p, s) {
+                let id = draw_dense(&s.w, &s.blocks, total, stream().0);
+                return Ok(dense_outputs(id, s, total, probs, row.top_n));
+            }
+            continue;
+        }
         match stage {
             Stage::Temperature => stages::temperature::<_, FMA>(z, live, p, s),
             Stage::TopNSigma => stages::top_n_sigma(z, live, p.top_n_sigma, keep, s),
@@ -2335,5 +2343,47 @@ mod stage_probe {
             }
             println!("{name}: {:.1} us per row", best * 1e6 / b as f64);
         }
+    }
+
+    /// Typical-p alone on bench-like rows (a Gaussian bulk of std 2 and 32 boosted tokens, as
+    /// `benches/compare.py` makes them), one row per call (one thread), T 0.7: the median
+    /// time per row (`cargo test --release --lib typical_probe -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn typical_probe() {
+        let (v, b) = (128_256usize, 8usize);
+        let mut rnd = crate::test_util::uniforms(5);
+        let rows: Vec<Vec<f32>> = (0..b)
+            .map(|_| {
+                let mut r: Vec<f32> = (0..v)
+                    .map(|_| (((0..12).map(|_| rnd()).sum::<f64>() - 6.0) * 2.0) as f32)
+                    .collect();
+                let sharp = 0.6 + 0.4 * rnd();
+                for _ in 0..32 {
+                    let j = (rnd() * v as f64) as usize;
+                    r[j] += (sharp * (6.0 + 10.0 * rnd())) as f32;
+                }
+                r
+            })
+            .collect();
+        let p = RowParams {
+            typical_p: 0.9,
+            ..params(0.7, 0, 1.0, 0.0)
+        };
+        let ps = [p];
+        let mut times = Vec::new();
+        for _ in 0..25 {
+            for r in &rows {
+                let one = [&r[..]];
+                let t = std::time::Instant::now();
+                run_batch(&req(&one, &ps), None).unwrap();
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        println!(
+            "typical 0.9: {:.1} us per row (median)",
+            times[times.len() / 2] * 1e6
+        );
     }
 }

@@ -14,6 +14,8 @@ pub(crate) struct Scratch<F> {
     pub(crate) blocks: Vec<f64>,
     pub(crate) pairs: Vec<(F, u32)>,
     pub(crate) hist: Vec<u32>,
+    /// Keys and weights of the tokens near typical-p's threshold (`stages::list_threshold`).
+    pub(crate) keyed: Vec<(F, F)>,
     /// The row's history ids (padding dropped), oldest first.
     pub(crate) seq: Vec<u32>,
     pub(crate) dry: crate::dry::DryScratch,

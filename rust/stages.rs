@@ -286,11 +286,18 @@ pub(crate) fn weights<F: Real, const FMA: bool>(
 /// The entropy `-sum p log p` of the live tokens, from their weights `w` (of total `total`).
 #[inline(always)]
 fn entropy<F: Real>(z: &[F], w: &[F], live: &Live<F>, total: f64) -> f64 {
+    entropy_and_floor(z, w, live, total).0
+}
+
+/// [`entropy`], and the smallest live logit (infinite when none is live), in the same read.
+#[inline(always)]
+fn entropy_and_floor<F: Real>(z: &[F], w: &[F], live: &Live<F>, total: f64) -> (f64, F) {
     // 16 independent f64 lanes: they vectorise (one chain of adds would not).
     let mut acc = [0.0f64; 16];
+    let mut low = [F::infinity(); 16];
     let mut zc = z.chunks_exact(16);
     let mut wc = w.chunks_exact(16);
-    let m = live.m;
+    let (m, lo) = (live.m, live.lo);
     let term = |zj: F, wj: F| {
         if wj > F::zero() {
             (wj * (zj - m)).wide()
@@ -298,19 +305,27 @@ fn entropy<F: Real>(z: &[F], w: &[F], live: &Live<F>, total: f64) -> f64 {
             0.0
         }
     };
+    let low_of = |zj: F| {
+        if zj >= lo && zj > F::neg_infinity() {
+            zj
+        } else {
+            F::infinity()
+        }
+    };
     for (zb, wb) in (&mut zc).zip(&mut wc) {
         for l in 0..16 {
             acc[l] += term(zb[l], wb[l]);
+            low[l] = low[l].min(low_of(zb[l]));
         }
     }
-    let rest: f64 = zc
-        .remainder()
-        .iter()
-        .zip(wc.remainder())
-        .map(|(&zj, &wj)| term(zj, wj))
-        .sum();
+    let mut rest = 0.0;
+    for (&zj, &wj) in zc.remainder().iter().zip(wc.remainder()) {
+        rest += term(zj, wj);
+        low[0] = low[0].min(low_of(zj));
+    }
     // log p_j = (z_j - m) * scale - ln(total).
-    total.ln() - live.scale.wide() * (acc.iter().sum::<f64>() + rest) / total
+    let h = total.ln() - live.scale.wide() * (acc.iter().sum::<f64>() + rest) / total;
+    (h, low.iter().fold(F::infinity(), |a, &b| a.min(b)))
 }
 
 /// The logit of the `keep`-th most probable live token (the floor a stage may not raise the
@@ -595,20 +610,33 @@ pub(crate) fn cutoff_weights<F: Real, const FMA: bool>(
     // is then the maximum), which is not quite "the largest weight": a logit just under the
     // maximum may round to the same weight.
     let top = t > exp_weight::<F, FMA>(live.m, live.m, live.scale);
-    s.blocks.clear();
+    let (m, blocks) = (live.m, &mut s.blocks);
+    if top {
+        zero_weights_where(&mut s.w, z, |v, _| v >= m, blocks)
+    } else {
+        zero_weights_where(&mut s.w, z, |_, wj| wj >= t, blocks)
+    }
+}
+
+/// Zeroes the weights `w` of the tokens that `keep(logit, weight)` rejects and sums what is
+/// left per [`BLOCK`] into `blocks`, as [`weights`] fills them; returns the total. A stage
+/// that is the last one keeps the weights it computed instead of cutting the row and having
+/// [`weights`] compute them again.
+#[inline(always)]
+fn zero_weights_where<F: Real>(
+    w: &mut [F],
+    z: &[F],
+    keep: impl Fn(F, F) -> bool,
+    blocks: &mut Vec<f64>,
+) -> f64 {
+    blocks.clear();
     let mut kept = 0.0;
-    for (wb, zb) in s.w.chunks_mut(BLOCK).zip(z.chunks(BLOCK)) {
-        if top {
-            for (w, &v) in wb.iter_mut().zip(zb) {
-                *w = if v >= live.m { *w } else { F::zero() };
-            }
-        } else {
-            for w in wb.iter_mut() {
-                *w = if *w >= t { *w } else { F::zero() };
-            }
+    for (wb, zb) in w.chunks_mut(BLOCK).zip(z.chunks(BLOCK)) {
+        for (wj, &v) in wb.iter_mut().zip(zb) {
+            *wj = if keep(v, *wj) { *wj } else { F::zero() };
         }
         let sum = sum_wide(wb);
-        s.blocks.push(sum);
+        blocks.push(sum);
         kept += sum;
     }
     kept
@@ -668,179 +696,256 @@ pub(crate) fn typical_p<F: Real, const FMA: bool>(
     keep: usize,
     s: &mut Scratch<F>,
 ) {
-    let total = weights::<F, FMA>(z, live, s);
-    let h = entropy(z, &s.w, live, total);
-    // -log p_j - H = ((m - z_j) * scale + ln(total)) - H: the distance is |c - z_j| * scale.
-    let c = F::of(live.m.wide() + (total.ln() - h) / live.scale.wide());
-    // The distances, and their largest finite one, in one pass (16 lanes, branch-free).
-    let (lo, inf) = (live.lo, F::infinity());
-    s.sel.clear();
-    s.sel.resize(z.len(), inf);
-    let mut kmax = [F::zero(); 16];
-    for (zc, kc) in z.chunks(16).zip(s.sel.chunks_mut(16)) {
-        for (l, (&v, k)) in zc.iter().zip(kc.iter_mut()).enumerate() {
-            let live_v = v >= lo && v > F::neg_infinity();
-            let d = if live_v { (c - v).abs() } else { inf };
-            *k = d;
-            let df = if live_v { d } else { F::zero() };
-            kmax[l] = kmax[l].max(df);
-        }
-    }
-    let kmax = kmax
-        .iter()
-        .fold(F::zero(), |a, &b| if b > a { b } else { a });
-    let tau = key_threshold(&s.sel, kmax, &s.w, mass * total, &mut s.pairs);
+    let (c, tau) = typical_threshold::<F, FMA>(z, live, mass, s);
+    let key = typical_key(live, c);
     // The floor: the first `keep` by distance, ties by lower id (Hugging Face).
-    let mut first = (F::neg_infinity(), 0u32);
-    if keep > 1 && s.sel.iter().filter(|&&d| d <= tau).count() < keep {
-        s.pairs.clear();
-        let finite = s.sel.iter().enumerate().filter(|(_, d)| d.is_finite());
-        s.pairs.extend(finite.map(|(j, &d)| (d, j as u32)));
-        let asc = |a: &(F, u32), b: &(F, u32)| {
-            let by_key = a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal);
-            by_key.then(a.1.cmp(&b.1))
-        };
-        let n = keep.min(s.pairs.len());
-        first = *s.pairs.select_nth_unstable_by(n - 1, asc).1;
+    if keep <= 1 || z.iter().filter(|&&v| key(v) <= tau).count() >= keep {
+        return typical_cut(z, live, key, tau);
     }
-    let mut m = [F::neg_infinity(); 16];
-    if first.0 == F::neg_infinity() {
-        // No floor: a branch-free pass.
-        let cut = |v: &mut F, d: F, m: &mut F| {
-            *v = if d > tau { F::neg_infinity() } else { *v };
-            *m = if *v > *m { *v } else { *m };
-        };
-        // Whole chunks of 16 (`chunks_exact`): the loop vectorizes, which `chunks` did not.
-        let mut zc = z.chunks_exact_mut(16);
-        let mut dc = s.sel.chunks_exact(16);
-        for (zb, db) in (&mut zc).zip(&mut dc) {
-            for l in 0..16 {
-                cut(&mut zb[l], db[l], &mut m[l]);
-            }
+    s.pairs.clear();
+    let finite = z.iter().map(|&v| key(v)).enumerate();
+    s.pairs.extend(
+        finite
+            .filter(|(_, d)| d.is_finite())
+            .map(|(j, d)| (d, j as u32)),
+    );
+    let asc = |a: &(F, u32), b: &(F, u32)| {
+        let by_key = a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal);
+        by_key.then(a.1.cmp(&b.1))
+    };
+    let n = keep.min(s.pairs.len());
+    let first = *s.pairs.select_nth_unstable_by(n - 1, asc).1;
+    let mut m = F::neg_infinity();
+    for (j, v) in z.iter_mut().enumerate() {
+        let d = key(*v);
+        let floor = d < first.0 || (d == first.0 && j as u32 <= first.1);
+        if d > tau && !floor {
+            *v = F::neg_infinity();
         }
-        for (v, &d) in zc.into_remainder().iter_mut().zip(dc.remainder()) {
-            cut(v, d, &mut m[0]);
-        }
+        m = m.max(*v);
+    }
+    live.m = m;
+}
+
+/// Typical-p as the row's last stage, with no floor: when the largest logit is kept, the
+/// final weights are the ones typical-p computed, those of the cut tokens zeroed, and their
+/// total is returned (bit for bit what [`weights`] would give after the cut: the maximum,
+/// scale and floor are unchanged); `z` is not written. Otherwise the row is cut as
+/// [`typical_p`] cuts it, and `None`.
+#[inline(always)]
+pub(crate) fn typical_weights<F: Real, const FMA: bool>(
+    z: &mut [F],
+    live: &mut Live<F>,
+    mass: f64,
+    s: &mut Scratch<F>,
+) -> Option<f64> {
+    let (c, tau) = typical_threshold::<F, FMA>(z, live, mass, s);
+    let key = typical_key(live, c);
+    if key(live.m) <= tau {
+        return Some(zero_weights_where(
+            &mut s.w,
+            z,
+            |v, _| key(v) <= tau,
+            &mut s.blocks,
+        ));
+    }
+    typical_cut(z, live, key, tau);
+    None
+}
+
+/// Typical-p's centre `c` and threshold `τ`: token `j` is kept when `|c - z_j| <= τ`
+/// ([`typical_key`]); `s.w` holds the weights of the live tokens.
+///
+/// `-log p_j - H = ((m - z_j) * scale + ln(total)) - H`, so the key of token `j` is
+/// `|c - z_j|` (times `scale`): every pass works it out from the logit as it reads it, and
+/// no key row is written.
+#[inline(always)]
+fn typical_threshold<F: Real, const FMA: bool>(
+    z: &[F],
+    live: &Live<F>,
+    mass: f64,
+    s: &mut Scratch<F>,
+) -> (F, F) {
+    let total = weights::<F, FMA>(z, live, s);
+    let (h, z_min) = entropy_and_floor(z, &s.w, live, total);
+    let c = F::of(live.m.wide() + (total.ln() - h) / live.scale.wide());
+    let key = typical_key(live, c);
+    // `c - v` rounds monotonically in `v`: the largest finite key is at an end of the range.
+    let kmax = if z_min.is_finite() {
+        key(live.m).max(key(z_min))
     } else {
-        for (j, (v, &d)) in z.iter_mut().zip(&s.sel).enumerate() {
-            let floor = d < first.0 || (d == first.0 && j as u32 <= first.1);
-            if d > tau && !floor {
-                *v = F::neg_infinity();
-            }
-            m[0] = m[0].max(*v);
+        F::zero()
+    };
+    (
+        c,
+        key_threshold(z, key, kmax, &s.w, mass * total, &mut s.keyed),
+    )
+}
+
+/// Typical-p's key of a logit: its distance from `c`, infinite for a token not live.
+#[inline(always)]
+fn typical_key<F: Real>(live: &Live<F>, c: F) -> impl Fn(F) -> F + Copy {
+    let (lo, inf) = (live.lo, F::infinity());
+    move |v: F| {
+        if v >= lo && v > F::neg_infinity() {
+            (c - v).abs()
+        } else {
+            inf
         }
+    }
+}
+
+/// Writes `-inf` over the tokens whose key is above `tau`, in one branch-free pass.
+#[inline(always)]
+fn typical_cut<F: Real>(z: &mut [F], live: &mut Live<F>, key: impl Fn(F) -> F, tau: F) {
+    let mut m = [F::neg_infinity(); 16];
+    let cut = |v: &mut F, m: &mut F| {
+        *v = if key(*v) > tau { F::neg_infinity() } else { *v };
+        *m = if *v > *m { *v } else { *m };
+    };
+    // Whole chunks of 16 (`chunks_exact`): the loop vectorizes, which `chunks` did not.
+    let mut zc = z.chunks_exact_mut(16);
+    for zb in &mut zc {
+        for l in 0..16 {
+            cut(&mut zb[l], &mut m[l]);
+        }
+    }
+    for v in zc.into_remainder() {
+        cut(v, &mut m[0]);
     }
     live.m = m.iter().fold(F::neg_infinity(), |a, &b| a.max(b));
 }
 
 /// Buckets per round of [`key_threshold`]'s histogram.
 const KEY_BUCKETS: usize = 512;
-/// Interleaved histograms of [`key_threshold`]'s first round.
-const KEY_LANES: usize = 8;
-/// A boundary bucket with at most this many tokens is sorted; a larger one is split again.
-const KEY_SORT_MAX: usize = 4096;
+/// Interleaved histograms of [`key_threshold`]'s first round: consecutive tokens in one
+/// bucket do not wait on each other's read-modify-write. (`KEY_BUCKETS * KEY_LANES` is a
+/// power of two: an index masked by it needs no bounds check.)
+const KEY_LANES: usize = 4;
+/// A list of at most this many tokens is sorted; a longer one is split by a histogram.
+const KEY_SORT_MAX: usize = 64;
+
+/// The bucket of key `k` among [`KEY_BUCKETS`] over `[lo, ..]` (`scale` buckets per unit):
+/// clamped first (an infinite key lands in the top bucket, NaN in bucket 0, as a saturating
+/// `as` would put them), so the unchecked conversion is exact and a chunk's indices
+/// vectorize (a saturating `as` compiled to a scalar convert and two branches per token).
+#[inline(always)]
+fn key_bucket<F: Real>(k: F, lo: F, scale: F) -> usize {
+    let x = ((k - lo) * scale)
+        .wide()
+        .max(0.0)
+        .min((KEY_BUCKETS - 1) as f64);
+    // SAFETY: x is finite and in [0, KEY_BUCKETS - 1] (max/min return the non-NaN operand).
+    unsafe { x.to_int_unchecked::<i32>() as usize }
+}
+
+/// The first bucket of `mass` (a histogram) where `mass_below` plus the buckets so far
+/// reaches `target`, or the last; `mass_below` gains the buckets before it.
+#[inline(always)]
+fn boundary_bucket(mass: &[f64], mass_below: &mut f64, target: f64) -> usize {
+    let top = mass.len() - 1;
+    for (b, &mb) in mass.iter().enumerate() {
+        if *mass_below + mb >= target || b == top {
+            return b;
+        }
+        *mass_below += mb;
+    }
+    top
+}
 
 /// The smallest finite key `τ` such that the tokens with `key <= τ` hold at least `target`
-/// weight (the largest finite key if none does; `kmax` is it). Tokens with an infinite key
-/// do not count.
+/// weight (the largest finite key if none does; `kmax` is it), with `key(z_j)` token `j`'s
+/// key. Tokens with an infinite key do not count.
 ///
 /// A histogram of the keys (bucket index monotone in the key) finds the bucket where the
-/// mass is reached; its tokens are split again while many, then sorted. No sort of the row.
+/// mass is reached; its tokens are listed with their keys and weights, and
+/// [`list_threshold`] decides. No key row, no sort of the row.
 #[inline(always)]
-fn key_threshold<F: Real>(keys: &[F], kmax: F, w: &[F], target: f64, buf: &mut Vec<(F, u32)>) -> F {
-    let mut mass_below = 0.0f64;
-    let mut mass = vec![0.0f64; KEY_BUCKETS];
-    // KEY_LANES interleaved histograms: consecutive tokens in one bucket do not wait on each
-    // other's read-modify-write.
-    let mut lanes = vec![[0.0f64; KEY_LANES]; KEY_BUCKETS];
-    // Round one reads the key row in place (no copy); later rounds the boundary bucket.
-    let mut range = (F::zero(), kmax);
-    let mut first = true;
-    loop {
-        let (lo, hi) = range;
-        if hi <= lo {
-            // One key left: every remaining token ties.
-            return hi;
+fn key_threshold<F: Real>(
+    z: &[F],
+    key: impl Fn(F) -> F,
+    kmax: F,
+    w: &[F],
+    target: f64,
+    buf: &mut Vec<(F, F)>,
+) -> F {
+    if kmax <= F::zero() {
+        return kmax; // every finite key is 0: all tie
+    }
+    let scale = F::of((KEY_BUCKETS - 1) as f64) / kmax;
+    const SLOTS: usize = KEY_BUCKETS * KEY_LANES;
+    let mut hist = [0.0f64; SLOTS];
+    let (mut zc, mut wc) = (z.chunks_exact(16), w.chunks_exact(16));
+    for (zb, wb) in (&mut zc).zip(&mut wc) {
+        // The slots and weights of a chunk first (they vectorize), then the adds.
+        let mut at = [0u32; 16];
+        let mut add = [0.0f64; 16];
+        for l in 0..16 {
+            let k = key(zb[l]);
+            at[l] = (key_bucket(k, F::zero(), scale) * KEY_LANES + l % KEY_LANES) as u32;
+            // A product with 0 or 1 (weights are finite): a select compiled to a branch.
+            add[l] = (wb[l] * if k <= kmax { F::one() } else { F::zero() }).wide();
         }
-        // In the compute type: monotone in the key, which is all a bucket index needs.
-        let scale = F::of((KEY_BUCKETS - 1) as f64) / (hi - lo);
-        let top = KEY_BUCKETS - 1;
-        // Clamped first (an infinite key lands in the top bucket, NaN in bucket 0, as a
-        // saturating `as` would put them), so the unchecked conversion is exact and the
-        // chunk's indices vectorize (a saturating `as` compiled to a scalar convert and two
-        // branches per token).
-        let bucket = |k: F| {
-            let x = ((k - lo) * scale).wide().max(0.0).min(top as f64);
-            // SAFETY: x is finite and in [0, top] (max/min return the non-NaN operand).
-            unsafe { x.to_int_unchecked::<i32>() as usize }
-        };
-        mass.fill(0.0);
-        if first {
-            lanes.fill([0.0; KEY_LANES]);
-            let mut kc = keys.chunks_exact(KEY_LANES);
-            let mut wc = w.chunks_exact(KEY_LANES);
-            let weight = |k: F, wj: F| if k <= hi { wj.wide() } else { 0.0 };
-            for (kb, wb) in (&mut kc).zip(&mut wc) {
-                // The buckets and weights of a chunk first (they vectorize), then the adds.
-                let mut at = [0usize; KEY_LANES];
-                let mut add = [0.0f64; KEY_LANES];
-                for l in 0..KEY_LANES {
-                    at[l] = bucket(kb[l]);
-                    add[l] = weight(kb[l], wb[l]);
-                }
-                for l in 0..KEY_LANES {
-                    lanes[at[l]][l] += add[l];
-                }
-            }
-            for (&k, &wj) in kc.remainder().iter().zip(wc.remainder()) {
-                lanes[bucket(k)][0] += weight(k, wj);
-            }
-            for (mb, q) in mass.iter_mut().zip(&lanes) {
-                *mb = q.iter().sum();
-            }
-        } else {
-            for &(k, j) in buf.iter() {
-                mass[bucket(k)] += w[j as usize].wide();
-            }
+        for l in 0..16 {
+            hist[at[l] as usize & (SLOTS - 1)] += add[l];
         }
-        let mut chosen = top;
-        for (b, &mb) in mass.iter().enumerate() {
-            if mass_below + mb >= target || b == top {
-                chosen = b;
-                break;
-            }
-            mass_below += mb;
+    }
+    for (&v, &wj) in zc.remainder().iter().zip(wc.remainder()) {
+        let k = key(v);
+        if k <= kmax {
+            hist[key_bucket(k, F::zero(), scale) * KEY_LANES] += wj.wide();
         }
-        if first {
-            // The chosen bucket's keys lie in [b0, b1) of the scaled key: two comparisons.
-            let (b0, b1) = (F::of(chosen as f64), F::of(chosen as f64 + 1.0));
-            let last = chosen == top;
-            buf.clear();
-            let inside = |k: F| {
-                let x = (k - lo) * scale;
-                (k <= hi) & (x >= b0) & ((x < b1) | last)
-            };
-            // The bucket holds few of the row's tokens: a branch per token would mispredict.
-            each_position_where(keys, inside, |j| buf.push((keys[j], j as u32)));
-            first = false;
-        } else {
-            buf.retain(|c| bucket(c.0) == chosen);
-        }
-        if buf.len() <= KEY_SORT_MAX {
-            break;
-        }
+    }
+    let mut mass = [0.0f64; KEY_BUCKETS];
+    for (mb, q) in mass.iter_mut().zip(hist.chunks_exact(KEY_LANES)) {
+        *mb = q.iter().sum();
+    }
+    let mut mass_below = 0.0;
+    let chosen = boundary_bucket(&mass, &mut mass_below, target);
+    // The chosen bucket's keys lie in [b0, b1) of the scaled key: two comparisons.
+    let (b0, b1) = (F::of(chosen as f64), F::of(chosen as f64 + 1.0));
+    let last = chosen == KEY_BUCKETS - 1;
+    buf.clear();
+    let inside = |v: F| {
+        let k = key(v);
+        let x = k * scale;
+        (k <= kmax) & (x >= b0) & ((x < b1) | last)
+    };
+    // The bucket holds few of the row's tokens: a branch per token would mispredict.
+    each_position_where(z, inside, |j| buf.push((key(z[j]), w[j])));
+    list_threshold(buf, mass_below, target).unwrap_or(kmax)
+}
+
+/// The smallest key `τ` of the list `buf` (keys and weights, any order) such that
+/// `mass_below` plus the weight of the listed tokens with `key <= τ` reaches `target`, or the
+/// largest key if none does; `None` for an empty list. A list longer than [`KEY_SORT_MAX`]
+/// is split by a histogram of its keys until the boundary bucket's tokens are few, then
+/// those are sorted.
+#[inline(always)]
+fn list_threshold<F: Real>(buf: &mut Vec<(F, F)>, mut mass_below: f64, target: f64) -> Option<F> {
+    let mut mass = [0.0f64; KEY_BUCKETS];
+    while buf.len() > KEY_SORT_MAX {
         let lo = buf.iter().fold(F::infinity(), |a, c| a.min(c.0));
         let hi = buf.iter().fold(F::neg_infinity(), |a, c| a.max(c.0));
-        range = (lo, hi);
+        if hi <= lo {
+            break; // one key: every token ties
+        }
+        let scale = F::of((KEY_BUCKETS - 1) as f64) / (hi - lo);
+        mass.fill(0.0);
+        for &(k, wj) in buf.iter() {
+            mass[key_bucket(k, lo, scale)] += wj.wide();
+        }
+        let chosen = boundary_bucket(&mass, &mut mass_below, target);
+        buf.retain(|c| key_bucket(c.0, lo, scale) == chosen);
     }
     buf.sort_unstable_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
-    for &(k, j) in buf.iter() {
-        mass_below += w[j as usize].wide();
+    for &(k, wj) in buf.iter() {
+        mass_below += wj.wide();
         if mass_below >= target {
-            return k;
+            return Some(k);
         }
     }
-    buf.last().map_or(kmax, |c| c.0)
+    buf.last().map(|c| c.0)
 }
 
 /// XTC ("exclude top choices", llama.cpp `xtc`): when the row's `coin` falls below
