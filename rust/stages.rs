@@ -14,7 +14,7 @@
 use crate::elem::Real;
 use crate::error::SamplingError;
 use crate::filter::{
-    by_prob, each_position_where, sorted_nucleus, top_k_candidates, top_p_cut, Cut,
+    by_prob, each_position_where, sorted_nucleus, top_k_candidates, top_p_cut, Cut, HEAD,
 };
 use crate::params::RowParams;
 use crate::scratch::Scratch;
@@ -776,10 +776,14 @@ fn typical_threshold<F: Real, const FMA: bool>(
     } else {
         F::zero()
     };
-    (
-        c,
-        key_threshold(z, key, kmax, &s.w, mass * total, &mut s.keyed),
-    )
+    // The weights leave the scratch while the threshold borrows the rest (a move, no copy).
+    let w = std::mem::take(&mut s.w);
+    // An entropy of at most ln(4 HEAD) is the spread of at most 4 HEAD equal tokens: a peaked
+    // row. (A flat row of logits N(0, 2.86^2), as the benchmark's bulk at T 0.7: ln 2,100.)
+    let peaked = h <= (4.0 * HEAD as f64).ln();
+    let tau = key_threshold(z, key, kmax, &w, (mass * total, total), peaked, s);
+    s.w = w;
+    (c, tau)
 }
 
 /// Typical-p's key of a logit: its distance from `c`, infinite for a token not live.
@@ -853,15 +857,174 @@ fn boundary_bucket(mass: &[f64], mass_below: &mut f64, target: f64) -> usize {
     top
 }
 
+/// [`sampled_key_threshold`] samples one chunk of 16 tokens in this many.
+const KEY_STRIDE: usize = 4;
+/// [`sampled_key_threshold`] samples a row whose [`HEAD`] heaviest tokens hold at least this
+/// share of its mass ...
+const KEY_HEAD_SHARE: f64 = 0.5;
+/// ... and reads its bracket when the bracket's margin is at most this share of the target.
+const KEY_MARGIN_MAX: f64 = 0.02;
+
 /// The smallest finite key `τ` such that the tokens with `key <= τ` hold at least `target`
 /// weight (the largest finite key if none does; `kmax` is it), with `key(z_j)` token `j`'s
-/// key. Tokens with an infinite key do not count.
+/// key (`total`: the weight of every live token). Tokens with an infinite key do not count.
 ///
-/// A histogram of the keys (bucket index monotone in the key) finds the bucket where the
+/// A long `peaked` row (its mass in few tokens, which a sample bounds well) first tries a
+/// bracket from a sample ([`sampled_key_threshold`]), which is exact when it holds;
+/// otherwise, and for other rows, [`exact_key_threshold`].
+#[inline(always)]
+fn key_threshold<F: Real>(
+    z: &[F],
+    key: impl Fn(F) -> F + Copy,
+    kmax: F,
+    w: &[F],
+    (target, total): (f64, f64),
+    peaked: bool,
+    s: &mut Scratch<F>,
+) -> F {
+    if kmax <= F::zero() {
+        return kmax; // every finite key is 0: all tie
+    }
+    if peaked && z.len() >= 64 * 16 * KEY_STRIDE {
+        if let Some(tau) = sampled_key_threshold(z, key, kmax, w, (target, total), s) {
+            return tau;
+        }
+    }
+    exact_key_threshold(z, key, kmax, w, target, &mut s.keyed)
+}
+
+/// [`key_threshold`] from a bracket that a sample places: the [`HEAD`] heaviest tokens
+/// exactly, and of the others every [`KEY_STRIDE`]-th chunk of 16, in a histogram of the keys
+/// (the same buckets as [`exact_key_threshold`]'s); the bracket is the buckets where the
+/// estimated mass comes within four standard deviations of the sample (and 0.1%) of
+/// `target`. One exact read then takes the mass below the bracket and lists the tokens in
+/// it, and [`list_threshold`] decides, exactly. `None` when the read shows that the bracket
+/// misses the threshold (an unlucky sample, or a rounding): the caller takes the exact way.
+#[inline(always)]
+fn sampled_key_threshold<F: Real>(
+    z: &[F],
+    key: impl Fn(F) -> F + Copy,
+    kmax: F,
+    w: &[F],
+    (target, total): (f64, f64),
+    s: &mut Scratch<F>,
+) -> Option<F> {
+    let scale = F::of((KEY_BUCKETS - 1) as f64) / kmax;
+    let slot = |k: F| key_bucket(k, F::zero(), scale);
+    top_k_candidates(w, HEAD, &mut s.pairs, &mut s.sel);
+    // Every token outside the head weighs less than `head_min` (see `top_p_cut`).
+    let head_min = s.pairs.iter().fold(F::infinity(), |a, q| a.min(q.0));
+    let head: f64 = s.pairs.iter().map(|q| q.0.wide()).sum();
+    if head < KEY_HEAD_SHARE * total {
+        // A flat row: its mass is spread over many tokens, whose sample would place too wide
+        // a bracket to pay for its read.
+        return None;
+    }
+    let mut mass = [0.0f64; KEY_BUCKETS];
+    for &(wj, j) in s.pairs.iter() {
+        let k = key(z[j as usize]);
+        if k <= kmax {
+            mass[slot(k)] += wj.wide();
+        }
+    }
+    const SLOTS: usize = KEY_BUCKETS * KEY_LANES;
+    let mut hist = [0.0f64; SLOTS];
+    let mut sq = [0.0f64; 16];
+    let chunks = z.len() / 16;
+    let zs = z.chunks_exact(16).step_by(KEY_STRIDE);
+    let ws = w.chunks_exact(16).step_by(KEY_STRIDE);
+    let mut sampled = 0usize;
+    for (zb, wb) in zs.zip(ws) {
+        let mut at = [0u32; 16];
+        let mut add = [F::zero(); 16];
+        for l in 0..16 {
+            let k = key(zb[l]);
+            at[l] = (slot(k) * KEY_LANES + l % KEY_LANES) as u32;
+            let light = (k <= kmax) & (wb[l] < head_min);
+            add[l] = wb[l] * if light { F::one() } else { F::zero() };
+            sq[l] += (add[l] * add[l]).wide();
+        }
+        for l in 0..16 {
+            hist[at[l] as usize & (SLOTS - 1)] += add[l].wide();
+        }
+        sampled += 1;
+    }
+    // Each sampled chunk stands for `per` chunks (the last partial one left to the check).
+    let per = chunks as f64 / sampled as f64;
+    for (mb, q) in mass.iter_mut().zip(hist.chunks_exact(KEY_LANES)) {
+        *mb += per * q.iter().sum::<f64>();
+    }
+    let sd = per * sq.iter().sum::<f64>().sqrt();
+    let margin = 4.0 * sd + 1e-3 * target;
+    if margin > KEY_MARGIN_MAX * target {
+        return None;
+    }
+    // The bracket: from the first bucket where the estimate may reach the target to the
+    // first where it surely does.
+    let (mut cum, mut first, mut last) = (0.0, None, KEY_BUCKETS - 1);
+    for (b, &mb) in mass.iter().enumerate() {
+        cum += mb;
+        if first.is_none() && cum >= target - margin {
+            first = Some(b);
+        }
+        if cum >= target + margin {
+            last = b;
+            break;
+        }
+    }
+    let first = first.unwrap_or(KEY_BUCKETS - 1);
+    let (b0, b1) = (F::of(first as f64), F::of(last as f64 + 1.0));
+    let open = last == KEY_BUCKETS - 1;
+    // The exact read: the mass under the bracket in 16 f64 lanes, the bracket's tokens listed.
+    let mut under = [0.0f64; 16];
+    s.keyed.clear();
+    let keyed = &mut s.keyed;
+    let mut zc = z.chunks_exact(16);
+    let mut wc = w.chunks_exact(16);
+    let place = |v: F| {
+        let k = key(v);
+        let x = k * scale;
+        let fin = k <= kmax;
+        (k, fin & (x < b0), fin & (x >= b0) & ((x < b1) | open))
+    };
+    for (zb, wb) in (&mut zc).zip(&mut wc) {
+        let mut any = false;
+        for l in 0..16 {
+            let (_, below, inside) = place(zb[l]);
+            under[l] += (wb[l] * if below { F::one() } else { F::zero() }).wide();
+            any |= inside;
+        }
+        if any {
+            for l in 0..16 {
+                let (k, _, inside) = place(zb[l]);
+                if inside {
+                    keyed.push((k, wb[l]));
+                }
+            }
+        }
+    }
+    for (&v, &wj) in zc.remainder().iter().zip(wc.remainder()) {
+        let (k, below, inside) = place(v);
+        if below {
+            under[0] += wj.wide();
+        }
+        if inside {
+            keyed.push((k, wj));
+        }
+    }
+    let mass_below = under.iter().sum::<f64>();
+    let listed = keyed.iter().map(|q| q.1.wide()).sum::<f64>();
+    if mass_below >= target || mass_below + listed < target {
+        return None;
+    }
+    list_threshold(keyed, mass_below, target)
+}
+
+/// [`key_threshold`] from a histogram of every token's key: a histogram of the keys (bucket index monotone in the key) finds the bucket where the
 /// mass is reached; its tokens are listed with their keys and weights, and
 /// [`list_threshold`] decides. No key row, no sort of the row.
 #[inline(always)]
-fn key_threshold<F: Real>(
+fn exact_key_threshold<F: Real>(
     z: &[F],
     key: impl Fn(F) -> F,
     kmax: F,
@@ -869,31 +1032,24 @@ fn key_threshold<F: Real>(
     target: f64,
     buf: &mut Vec<(F, F)>,
 ) -> F {
-    if kmax <= F::zero() {
-        return kmax; // every finite key is 0: all tie
-    }
     let scale = F::of((KEY_BUCKETS - 1) as f64) / kmax;
     const SLOTS: usize = KEY_BUCKETS * KEY_LANES;
     let mut hist = [0.0f64; SLOTS];
-    let (mut zc, mut wc) = (z.chunks_exact(16), w.chunks_exact(16));
-    for (zb, wb) in (&mut zc).zip(&mut wc) {
-        // The slots and weights of a chunk first (they vectorize), then the adds.
-        let mut at = [0u32; 16];
-        let mut add = [0.0f64; 16];
-        for l in 0..16 {
-            let k = key(zb[l]);
-            at[l] = (key_bucket(k, F::zero(), scale) * KEY_LANES + l % KEY_LANES) as u32;
+    // By blocks of BLOCK: the slots and weights of a block first (a loop that vectorizes),
+    // then the adds, reading them back from L1 long after they were stored (extracting them
+    // from the vector registers, or reading them back right after the store, was slower).
+    let mut at = [0u16; BLOCK];
+    let mut add = [F::zero(); BLOCK];
+    for (zb, wb) in z.chunks(BLOCK).zip(w.chunks(BLOCK)) {
+        let n = zb.len();
+        for ((&v, &wj), (a, d)) in zb.iter().zip(wb).zip(at.iter_mut().zip(add.iter_mut())) {
+            let k = key(v);
+            *a = key_bucket(k, F::zero(), scale) as u16;
             // A product with 0 or 1 (weights are finite): a select compiled to a branch.
-            add[l] = (wb[l] * if k <= kmax { F::one() } else { F::zero() }).wide();
+            *d = wj * if k <= kmax { F::one() } else { F::zero() };
         }
-        for l in 0..16 {
-            hist[at[l] as usize & (SLOTS - 1)] += add[l];
-        }
-    }
-    for (&v, &wj) in zc.remainder().iter().zip(wc.remainder()) {
-        let k = key(v);
-        if k <= kmax {
-            hist[key_bucket(k, F::zero(), scale) * KEY_LANES] += wj.wide();
+        for (j, (&a, &d)) in at[..n].iter().zip(&add[..n]).enumerate() {
+            hist[(a as usize * KEY_LANES + j % KEY_LANES) & (SLOTS - 1)] += d.wide();
         }
     }
     let mut mass = [0.0f64; KEY_BUCKETS];
@@ -1169,6 +1325,27 @@ mod tests {
         assert_eq!(kept(z), [true, true, false, false]);
     }
 
+    /// Typical-p's kept set by a full sort of the distances (the reference).
+    fn typical_by_sort(z: &[f64], mass: f64) -> Vec<bool> {
+        let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+        let total: f64 = w.iter().sum();
+        let h = total.ln() - w.iter().zip(z).map(|(w, v)| w * (v - m)).sum::<f64>() / total;
+        let c = m + total.ln() - h;
+        let mut idx: Vec<usize> = (0..z.len()).collect();
+        idx.sort_by(|&a, &b| (c - z[a]).abs().partial_cmp(&(c - z[b]).abs()).unwrap());
+        let mut acc = 0.0;
+        let mut tau = 0.0;
+        for &j in &idx {
+            acc += w[j];
+            tau = (c - z[j]).abs();
+            if acc >= mass * total {
+                break;
+            }
+        }
+        z.iter().map(|v| (c - v).abs() <= tau).collect()
+    }
+
     /// The histogram path of typical-p (rows beyond KEY_SORT_MAX) equals a full sort.
     #[test]
     fn typical_large_rows_equal_a_sort() {
@@ -1180,25 +1357,35 @@ mod tests {
                 .collect();
             let mass = [0.2, 0.5, 0.9, 0.99][case % 4];
             let got = run(|z, l, s| typical_p::<_, false>(z, l, mass, 1, s), &z);
-            // Reference: sort by distance, cumulative mass.
-            let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-            let w: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
-            let total: f64 = w.iter().sum();
-            let h = total.ln() - w.iter().zip(&z).map(|(w, v)| w * (v - m)).sum::<f64>() / total;
-            let c = m + total.ln() - h;
-            let mut idx: Vec<usize> = (0..n).collect();
-            idx.sort_by(|&a, &b| (c - z[a]).abs().partial_cmp(&(c - z[b]).abs()).unwrap());
-            let mut acc = 0.0;
-            let mut tau = 0.0;
-            for &j in &idx {
-                acc += w[j];
-                tau = (c - z[j]).abs();
-                if acc >= mass * total {
-                    break;
+            assert_eq!(kept(got), typical_by_sort(&z, mass), "case {case}");
+        }
+    }
+
+    /// Peaked rows take the sampled bracket (`sampled_key_threshold`), and equal a full sort:
+    /// a bulk and boosted tokens of several strengths, some rows with the boosted tokens
+    /// only in chunks the sample skips (so that it misses their mass, and the exact read
+    /// must catch that).
+    #[test]
+    fn typical_peaked_rows_equal_a_sort() {
+        let mut rnd = crate::test_util::uniforms(12);
+        for case in 0..48 {
+            let n = 20_000 + case * 997;
+            let mut z: Vec<f64> = (0..n)
+                .map(|_| ((0..4).map(|_| rnd()).sum::<f64>() - 2.0) * 1.5)
+                .collect();
+            let boosted = [4, 32, 200, 1000][case % 4];
+            let strength = [8.0, 12.0, 20.0][case / 4 % 3];
+            let skipped = case / 12 % 2 == 1;
+            for _ in 0..boosted {
+                let mut j = (rnd() * n as f64) as usize;
+                if skipped && (j / 16).is_multiple_of(KEY_STRIDE) {
+                    j = (j + 16).min(n - 1);
                 }
+                z[j] += strength * (0.5 + rnd());
             }
-            let want: Vec<bool> = z.iter().map(|v| (c - v).abs() <= tau).collect();
-            assert_eq!(kept(got), want, "case {case}");
+            let mass = [0.2, 0.5, 0.9, 0.99][case / 2 % 4];
+            let got = run(|z, l, s| typical_p::<_, false>(z, l, mass, 1, s), &z);
+            assert_eq!(kept(got), typical_by_sort(&z, mass), "case {case}");
         }
     }
 

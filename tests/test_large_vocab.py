@@ -1,8 +1,8 @@
 """Real-sized vocabularies against the float64 oracle.
 
 The property tests keep V <= 5000 for speed; the fast paths only change shape above that:
-the streaming top-k's running threshold, and top-p's strided-sample bracket (a stride above
-1 starts at V = 8192). These cases check those paths on 32k-152k vocabularies with flat,
+the streaming top-k's running threshold, top-p's strided-sample bracket (a stride above
+1 starts at V = 8192), and typical-p's sampled bracket (rows of 4,096 tokens or more). These cases check those paths on 32k-152k vocabularies with flat,
 peaky, plateau and heavy-tailed rows, in float32 and bfloat16.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tokensampler as ts
-from oracle import EPS32, check_row, check_sampled, oracle_rows
+from oracle import EPS32, check_row, check_sampled, check_stage_row, oracle_rows, stage_rows
 
 
 def _rows(kind: str, b: int, v: int, rng: np.random.Generator) -> np.ndarray:
@@ -43,6 +43,15 @@ CASES = [
     dict(temperature=0.0),
 ]
 
+# Typical-p: a peaked row's threshold comes from a sampled bracket, a flat row's from the
+# histogram of every key (rust/stages.rs `key_threshold`).
+TYPICAL_CASES = [
+    dict(typical_p=0.9, temperature=0.7),
+    dict(typical_p=0.5),
+    dict(typical_p=0.99, temperature=1.5),
+    dict(typical_p=0.2, temperature=0.5),
+]
+
 
 @pytest.mark.parametrize("v", [32000, 128256, 151936])
 @pytest.mark.parametrize("kind", ["flat", "normal3", "peaky", "plateau", "gumbel"])
@@ -69,3 +78,22 @@ def test_bfloat16_large_vocab_equals_float32_of_same_values(kind: str) -> None:
         a = ts.probs(t, **params)
         b = ts.probs(t.float(), **params)
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("v", [32000, 128256])
+@pytest.mark.parametrize("kind", ["flat", "normal3", "peaky", "plateau", "gumbel", "boosted"])
+def test_large_vocab_typical_matches_oracle(v: int, kind: str) -> None:
+    rng = np.random.default_rng(v + 3 * len(kind))
+    if kind == "boosted":
+        # As benches/compare.py makes its rows: a bulk of std 2 and 32 boosted tokens per
+        # row, of strengths that leave some rows peaked and some not.
+        x = rng.standard_normal((6, v)) * 2
+        for r in range(6):
+            x[r, rng.integers(0, v, 32)] += (0.6 + 0.4 * rng.random()) * (6 + 10 * rng.random(32))
+        x = x.astype(np.float32)
+    else:
+        x = _rows(kind, 3, v, rng)
+    for params in TYPICAL_CASES:
+        got = ts.probs(x, **params)
+        for r, trace in enumerate(stage_rows(x, **params)):
+            check_stage_row(got[r], trace, f"V={v} {kind} {params} row {r}")
