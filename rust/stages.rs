@@ -1020,9 +1020,9 @@ fn sampled_key_threshold<F: Real>(
     list_threshold(keyed, mass_below, target)
 }
 
-/// [`key_threshold`] from a histogram of every token's key: a histogram of the keys (bucket index monotone in the key) finds the bucket where the
-/// mass is reached; its tokens are listed with their keys and weights, and
-/// [`list_threshold`] decides. No key row, no sort of the row.
+/// [`key_threshold`] from a histogram of every token's key (bucket index monotone in the
+/// key): it finds the bucket where the mass is reached; that bucket's tokens are listed with
+/// their keys and weights, and [`list_threshold`] decides. No key row, no sort of the row.
 #[inline(always)]
 fn exact_key_threshold<F: Real>(
     z: &[F],
