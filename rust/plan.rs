@@ -993,23 +993,27 @@ fn ordered<T: Elem, const FMA: bool>(
     let live = &mut stages::Live::new(z, m);
     let keep = p.min_tokens_to_keep.max(1);
     let mut active = order.iter().filter(|s| s.is_on(p)).peekable();
+    // The draw and outputs from the final weights in `s.w` (of total `total`).
+    let finish = |s: &mut Scratch<T::C>, total: f64, probs: Option<&mut [T::C]>| {
+        let id = draw_dense(&s.w, &s.blocks, total, stream().0);
+        Ok(dense_outputs(id, s, total, probs, row.top_n))
+    };
     while let Some(&stage) = active.next() {
+        // The last stage, with no floor or mirostat after it: a cutoff's or typical-p's final
+        // weights come from the pass that finds its cut (`cutoff_weights`, `typical_weights`).
+        let last = active.peek().is_none() && keep == 1 && p.mirostat == 0;
         if let Some(c) = stages::Cutoff::of(stage, p) {
-            if active.peek().is_none() && keep == 1 && p.mirostat == 0 {
-                // The last stage, with no floor or mirostat after it: the final weights
-                // come from the same pass that cuts them (`cutoff_weights`).
+            if last {
                 let total = stages::cutoff_weights::<_, FMA>(z, live, c, s);
-                let id = draw_dense(&s.w, &s.blocks, total, stream().0);
-                return Ok(dense_outputs(id, s, total, probs, row.top_n));
+                return finish(s, total, probs);
             }
             stages::cutoff::<_, FMA>(z, live, c, keep, s);
             continue;
         }
-        if stage == Stage::TypicalP && active.peek().is_none() && keep == 1 && p.mirostat == 0 {
-            // Likewise: the final weights are typical-p's own, when it keeps the maximum.
+        if stage == Stage::TypicalP && last {
+            // When it keeps the maximum; otherwise it has cut the row like `typical_p`.
             if let Some(total) = stages::typical_weights::<_, FMA>(z, live, p.typical_p, s) {
-                let id = draw_dense(&s.w, &s.blocks, total, stream().0);
-                return Ok(dense_outputs(id, s, total, probs, row.top_n));
+                return finish(s, total, probs);
             }
             continue;
         }
@@ -1032,8 +1036,7 @@ fn ordered<T: Elem, const FMA: bool>(
         stages::mirostat::<_, FMA>(z, live, p.mirostat, row.mu, s);
     }
     let total = stages::weights::<_, FMA>(z, live, s);
-    let id = draw_dense(&s.w, &s.blocks, total, stream().0);
-    Ok(dense_outputs(id, s, total, probs, row.top_n))
+    finish(s, total, probs)
 }
 
 /// [`Plan::HeadNucleus`]: temperature + top-p (+ min-p) in vLLM's or llama.cpp's order,
