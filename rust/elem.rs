@@ -1,6 +1,9 @@
 //! Element types the kernels read natively, and the arithmetic type each one computes in.
 
-use crate::filter::{mass_above_and_collect_portable, masses_above_portable, top_k_portable};
+use crate::filter::{
+    entropy_sum_portable, keep_keys_within_portable, key_bracket_portable,
+    mass_above_and_collect_portable, masses_above_portable, top_k_portable, KeyBracket, TypicalKey,
+};
 use crate::simd::{simd_level, Simd};
 use crate::softmax::{exp_weights_by, MassEstimate};
 use half::slice::HalfFloatSliceExt;
@@ -89,6 +92,33 @@ pub trait Real: Float + Default + Send + Sync + std::fmt::Debug + 'static + Elem
         blocks: &mut Vec<f64>,
     ) -> (f64, f64) {
         mass_above_and_collect_portable(w, lo, hi, buf, blocks)
+    }
+    /// [`crate::filter::key_bracket`] (`buf` and `blocks` already cleared).
+    #[inline(always)]
+    fn key_bracket(
+        z: &[Self],
+        w: &[Self],
+        r: &KeyBracket<Self>,
+        buf: &mut Vec<(Self, u32)>,
+        blocks: &mut Vec<f64>,
+    ) -> f64 {
+        key_bracket_portable(z, w, r, buf, blocks)
+    }
+    /// [`crate::filter::entropy_sum`].
+    #[inline(always)]
+    fn entropy_sum(z: &[Self], w: &[Self], m: Self, lo: Self) -> (f64, Self) {
+        entropy_sum_portable(z, w, m, lo)
+    }
+    /// [`crate::filter::keep_keys_within`] (`blocks` already cleared).
+    #[inline(always)]
+    fn keep_keys_within(
+        w: &mut [Self],
+        z: &[Self],
+        key: &TypicalKey<Self>,
+        tau: Self,
+        blocks: &mut Vec<f64>,
+    ) -> f64 {
+        keep_keys_within_portable(w, z, key, tau, blocks)
     }
 }
 
@@ -204,6 +234,45 @@ impl Real for f32 {
             return unsafe { crate::simd::mass_above_and_collect(w, lo, hi, buf, blocks) };
         }
         mass_above_and_collect_portable(w, lo, hi, buf, blocks)
+    }
+    #[inline(always)]
+    fn key_bracket(
+        z: &[f32],
+        w: &[f32],
+        r: &KeyBracket<f32>,
+        buf: &mut Vec<(f32, u32)>,
+        blocks: &mut Vec<f64>,
+    ) -> f64 {
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            // SAFETY: the CPU has AVX-512 (avx512()).
+            return unsafe { crate::simd::key_bracket(z, w, r, buf, blocks) };
+        }
+        key_bracket_portable(z, w, r, buf, blocks)
+    }
+    #[inline(always)]
+    fn entropy_sum(z: &[f32], w: &[f32], m: f32, lo: f32) -> (f64, f32) {
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            // SAFETY: the CPU has AVX-512 (avx512()).
+            return unsafe { crate::simd::entropy_sum(z, w, m, lo) };
+        }
+        entropy_sum_portable(z, w, m, lo)
+    }
+    #[inline(always)]
+    fn keep_keys_within(
+        w: &mut [f32],
+        z: &[f32],
+        key: &TypicalKey<f32>,
+        tau: f32,
+        blocks: &mut Vec<f64>,
+    ) -> f64 {
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            // SAFETY: the CPU has AVX-512 (avx512()).
+            return unsafe { crate::simd::keep_keys_within(w, z, key, tau, blocks) };
+        }
+        keep_keys_within_portable(w, z, key, tau, blocks)
     }
 }
 
@@ -558,6 +627,63 @@ mod tests {
                 "n {n}: {r0:?} {r1:?}"
             );
             assert_eq!(k0.len(), k1.len());
+        }
+    }
+
+    /// Typical-p's kernels (the bracket read, the entropy sum, the cut's zeroing) give the
+    /// portable loops' results bit for bit: sums, block sums, lists and weights.
+    #[test]
+    fn typical_kernels_equal_the_portable_loops() {
+        let mut rnd = crate::test_util::uniforms(0x7e_a1c4_11b0_93d5u64);
+        for n in [1usize, 15, 16, 17, 1000, 1024, 1040, 4097, 40_000] {
+            let z: Vec<f32> = (0..n)
+                .map(|_| match (rnd() * 20.0) as u32 {
+                    0 => f32::NEG_INFINITY,
+                    1 => 1.5, // plateaus, ties of keys
+                    _ => 12.0 * (rnd() as f32 - 0.5),
+                })
+                .collect();
+            let w: Vec<f32> = z.iter().map(|&v| (v - 6.0).exp()).collect();
+            for (lo, c) in [(f32::NEG_INFINITY, 1.0f32), (-2.0, 0.25), (1.5, 3.0)] {
+                let key = TypicalKey { lo, c };
+                let (e0, e1) = (
+                    entropy_sum_portable(&z, &w, 6.0, lo),
+                    f32::entropy_sum(&z, &w, 6.0, lo),
+                );
+                assert_eq!(e0.0.to_bits(), e1.0.to_bits(), "n {n}");
+                assert_eq!(e0.1.to_bits(), e1.1.to_bits(), "n {n}");
+                let kmax = 7.0;
+                let scale = 511.0 / kmax;
+                for (b0, b1, open) in [
+                    (40.0f32, 41.0, false),
+                    (0.0, 100.0, false),
+                    (300.0, 511.0, true),
+                ] {
+                    let r = KeyBracket {
+                        key,
+                        kmax,
+                        scale,
+                        b0,
+                        b1,
+                        open,
+                    };
+                    let (mut l0, mut l1, mut k0, mut k1) = (vec![], vec![], vec![], vec![]);
+                    let t0 = key_bracket_portable(&z, &w, &r, &mut l0, &mut k0);
+                    let t1 = f32::key_bracket(&z, &w, &r, &mut l1, &mut k1);
+                    assert_eq!(t0.to_bits(), t1.to_bits(), "n {n}");
+                    assert_eq!(k0, k1, "n {n}");
+                    assert_eq!(l0, l1, "n {n}");
+                }
+                for tau in [0.0f32, 1.25, 4.0, f32::INFINITY] {
+                    let (mut w0, mut w1) = (w.clone(), w.clone());
+                    let (mut k0, mut k1) = (vec![], vec![]);
+                    let t0 = keep_keys_within_portable(&mut w0, &z, &key, tau, &mut k0);
+                    let t1 = f32::keep_keys_within(&mut w1, &z, &key, tau, &mut k1);
+                    assert_eq!(t0.to_bits(), t1.to_bits(), "n {n}");
+                    assert_eq!(k0, k1, "n {n}");
+                    assert_eq!(w0, w1, "n {n}");
+                }
+            }
         }
     }
 

@@ -614,6 +614,213 @@ pub(crate) fn mass_above_and_collect_portable<F: Real>(
     (a, inside)
 }
 
+/// Typical-p's key of a logit: `|c - v|` for a live token (`v >= lo`, finite), `+inf` for
+/// the others (`stages::typical_threshold` says why it is the distance `|-log p - H|`).
+#[derive(Debug, Clone, Copy)]
+pub struct TypicalKey<F> {
+    pub(crate) lo: F,
+    pub(crate) c: F,
+}
+
+impl<F: Real> TypicalKey<F> {
+    /// The key of logit `v`.
+    #[inline(always)]
+    pub(crate) fn of(&self, v: F) -> F {
+        if v >= self.lo && v > F::neg_infinity() {
+            (self.c - v).abs()
+        } else {
+            F::infinity()
+        }
+    }
+}
+
+/// A bracket `[b0, b1)` of scaled typical-p keys `key * scale` (`open`: no upper end) for
+/// [`key_bracket`]; keys above `kmax` (the infinite ones) count nowhere.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyBracket<F> {
+    pub(crate) key: TypicalKey<F>,
+    pub(crate) kmax: F,
+    pub(crate) scale: F,
+    pub(crate) b0: F,
+    pub(crate) b1: F,
+    pub(crate) open: bool,
+}
+
+impl<F: Real> KeyBracket<F> {
+    /// The key of `v`, and whether it lies below the bracket, and inside it.
+    #[inline(always)]
+    pub(crate) fn place(&self, v: F) -> (F, bool, bool) {
+        let k = self.key.of(v);
+        let x = k * self.scale;
+        let fin = k <= self.kmax;
+        let inside = fin & (x >= self.b0) & ((x < self.b1) | self.open);
+        (k, fin & (x < self.b0), inside)
+    }
+}
+
+/// One read of the row `z` and its weights `w`: the weight of the tokens whose key lies
+/// below the bracket `r`, per [`BLOCK`] into `blocks` (16 `f64` lanes each, so every kernel
+/// sums alike) and in all (returned), and the `(key, id)` pairs of the tokens inside it, in
+/// id order, into `buf`.
+#[inline(always)]
+pub(crate) fn key_bracket<F: Real>(
+    z: &[F],
+    w: &[F],
+    r: &KeyBracket<F>,
+    buf: &mut Vec<(F, u32)>,
+    blocks: &mut Vec<f64>,
+) -> f64 {
+    buf.clear();
+    blocks.clear();
+    F::key_bracket(z, w, r, buf, blocks)
+}
+
+/// The portable loop of [`key_bracket`] (`Real::key_bracket`'s default and fallback); `buf`
+/// and `blocks` are already cleared.
+#[inline(always)]
+pub(crate) fn key_bracket_portable<F: Real>(
+    z: &[F],
+    w: &[F],
+    r: &KeyBracket<F>,
+    buf: &mut Vec<(F, u32)>,
+    blocks: &mut Vec<f64>,
+) -> f64 {
+    let mut total = 0.0;
+    for (b, (zb, wb)) in z.chunks(BLOCK).zip(w.chunks(BLOCK)).enumerate() {
+        let base = b * BLOCK;
+        let mut under = [0.0f64; 16];
+        let mut zc = zb.chunks_exact(16);
+        let mut wc = wb.chunks_exact(16);
+        for (c, (zs, ws)) in (&mut zc).zip(&mut wc).enumerate() {
+            let mut any = false;
+            for l in 0..16 {
+                let (_, below, inside) = r.place(zs[l]);
+                under[l] += (ws[l] * if below { F::one() } else { F::zero() }).wide();
+                any |= inside;
+            }
+            if any {
+                for (l, &v) in zs.iter().enumerate() {
+                    let (k, _, inside) = r.place(v);
+                    if inside {
+                        buf.push((k, (base + 16 * c + l) as u32));
+                    }
+                }
+            }
+        }
+        let at = base + zb.len() / 16 * 16;
+        for (l, (&v, &wj)) in zc.remainder().iter().zip(wc.remainder()).enumerate() {
+            let (k, below, inside) = r.place(v);
+            if below {
+                under[0] += wj.wide();
+            }
+            if inside {
+                buf.push((k, (at + l) as u32));
+            }
+        }
+        let sum = under.iter().sum::<f64>();
+        blocks.push(sum);
+        total += sum;
+    }
+    total
+}
+
+/// The entropy's sum `sum w_j (z_j - m)` over the tokens of positive weight (16 `f64`
+/// lanes, then the tail), and the smallest live logit (`z_j >= lo`, finite; `+inf` when
+/// none), in one read.
+#[inline(always)]
+pub(crate) fn entropy_sum<F: Real>(z: &[F], w: &[F], m: F, lo: F) -> (f64, F) {
+    F::entropy_sum(z, w, m, lo)
+}
+
+/// The portable loop of [`entropy_sum`] (`Real::entropy_sum`'s default and fallback).
+#[inline(always)]
+pub(crate) fn entropy_sum_portable<F: Real>(z: &[F], w: &[F], m: F, lo: F) -> (f64, F) {
+    // 16 independent f64 lanes: they vectorise (one chain of adds would not).
+    let mut acc = [0.0f64; 16];
+    let mut low = [F::infinity(); 16];
+    let mut zc = z.chunks_exact(16);
+    let mut wc = w.chunks_exact(16);
+    let term = |zj: F, wj: F| {
+        if wj > F::zero() {
+            (wj * (zj - m)).wide()
+        } else {
+            0.0
+        }
+    };
+    let low_of = |zj: F| {
+        if zj >= lo && zj > F::neg_infinity() {
+            zj
+        } else {
+            F::infinity()
+        }
+    };
+    for (zb, wb) in (&mut zc).zip(&mut wc) {
+        for l in 0..16 {
+            acc[l] += term(zb[l], wb[l]);
+            low[l] = low[l].min(low_of(zb[l]));
+        }
+    }
+    let mut rest = 0.0;
+    for (&zj, &wj) in zc.remainder().iter().zip(wc.remainder()) {
+        rest += term(zj, wj);
+        low[0] = low[0].min(low_of(zj));
+    }
+    let low = low.iter().fold(F::infinity(), |a, &b| a.min(b));
+    (acc.iter().sum::<f64>() + rest, low)
+}
+
+/// Zeroes the weights `w` of the tokens whose key (of `z`) is above `tau`, and sums
+/// what is left per [`BLOCK`] into `blocks` (as `sum_wide` sums, bit for bit what the exp
+/// pass would give the kept tokens); returns the total.
+#[inline(always)]
+pub(crate) fn keep_keys_within<F: Real>(
+    w: &mut [F],
+    z: &[F],
+    key: &TypicalKey<F>,
+    tau: F,
+    blocks: &mut Vec<f64>,
+) -> f64 {
+    blocks.clear();
+    F::keep_keys_within(w, z, key, tau, blocks)
+}
+
+/// Zeroes the weights `w` of the tokens that `keep(logit, weight)` rejects and sums what is
+/// left per [`BLOCK`] into `blocks`, as [`weights`] fills them; returns the total. A stage
+/// that is the last one keeps the weights it computed instead of cutting the row and having
+/// [`weights`] compute them again.
+#[inline(always)]
+pub(crate) fn zero_weights_where<F: Real>(
+    w: &mut [F],
+    z: &[F],
+    keep: impl Fn(F, F) -> bool,
+    blocks: &mut Vec<f64>,
+) -> f64 {
+    blocks.clear();
+    let mut kept = 0.0;
+    for (wb, zb) in w.chunks_mut(BLOCK).zip(z.chunks(BLOCK)) {
+        for (wj, &v) in wb.iter_mut().zip(zb) {
+            *wj = if keep(v, *wj) { *wj } else { F::zero() };
+        }
+        let sum = sum_wide(wb);
+        blocks.push(sum);
+        kept += sum;
+    }
+    kept
+}
+
+/// The portable loop of [`keep_keys_within`] (`Real::keep_keys_within`'s default and
+/// fallback); `blocks` is already cleared.
+#[inline(always)]
+pub(crate) fn keep_keys_within_portable<F: Real>(
+    w: &mut [F],
+    z: &[F],
+    key: &TypicalKey<F>,
+    tau: F,
+    blocks: &mut Vec<f64>,
+) -> f64 {
+    zero_weights_where(w, z, |v, _| key.of(v) <= tau, blocks)
+}
+
 impl<F: Real> Cut<F> {
     /// Whether token `j` of weight `x` survives the cut and the min-p threshold `floor`.
     #[inline(always)]

@@ -61,6 +61,7 @@ pub(crate) fn popcount(words: &[u32]) -> usize {
 mod x86 {
     use super::compact;
     use crate::elem::{exp_f32_fma, EXP_POLY, LN2_HI, LN2_LO, LOG2E, ROUND};
+    use crate::filter::{KeyBracket, TypicalKey};
     use crate::softmax::{
         approx_exp, MassEstimate, BLOCK, EST_BIAS, EST_MAX_EXP2, EST_POLY, EST_SCALE,
     };
@@ -234,12 +235,22 @@ mod x86 {
     unsafe fn store_lanes(p: *mut (f32, u32), m: __mmask16, v: __m512, base: u32) -> usize {
         let iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let idv = _mm512_add_epi32(iota, _mm512_set1_epi32(base as i32));
-        let vals = _mm512_maskz_compress_ps(m, v);
-        let ids = _mm512_castsi512_ps(_mm512_maskz_compress_epi32(m, idv));
+        store_pairs(p.cast::<f32>(), m, v, _mm512_castsi512_ps(idv))
+    }
+
+    /// Writes the lanes of `a` and `b` selected by `m` at `p` as adjacent pairs `(a_l, b_l)`
+    /// (4-byte words) and returns how many: compress in registers, interleave, store two
+    /// whole vectors (16 pairs, whatever `m` holds).
+    ///
+    /// # Safety
+    /// `p` must be valid for writing 32 words.
+    #[inline(always)]
+    unsafe fn store_pairs(p: *mut f32, m: __mmask16, a: __m512, b: __m512) -> usize {
+        let vals = _mm512_maskz_compress_ps(m, a);
+        let ids = _mm512_maskz_compress_ps(m, b);
         let first = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
         let second =
             _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-        let p = p.cast::<f32>();
         _mm512_storeu_ps(p, _mm512_permutex2var_ps(vals, first, ids));
         _mm512_storeu_ps(p.add(16), _mm512_permutex2var_ps(vals, second, ids));
         m.count_ones() as usize
@@ -738,6 +749,226 @@ mod x86 {
         out
     }
 
+    /// The two halves of 16 `f32` lanes widened to `f64` (lanes 0-7, 8-15).
+    #[inline(always)]
+    unsafe fn widen(v: __m512) -> [__m512d; 2] {
+        [
+            _mm512_cvtps_pd(_mm512_castps512_ps256(v)),
+            _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                _mm512_castps_pd(v),
+            ))),
+        ]
+    }
+
+    /// Adds the lanes of `v` selected by `m`, widened, to the 16 `f64` lanes `acc`.
+    #[inline(always)]
+    unsafe fn add_wide(acc: &mut [__m512d; 2], m: __mmask16, v: __m512) {
+        for (h, x) in widen(v).into_iter().enumerate() {
+            acc[h] = _mm512_mask_add_pd(acc[h], (m >> (8 * h)) as u8, acc[h], x);
+        }
+    }
+
+    /// The 16 `f64` lanes of `acc` summed in lane order (as a portable `[f64; 16]` sums).
+    #[inline(always)]
+    unsafe fn lane_sum(acc: &[__m512d]) -> f64 {
+        let mut lanes = [0.0f64; 32];
+        for (h, &a) in acc.iter().enumerate() {
+            _mm512_storeu_pd(lanes.as_mut_ptr().add(8 * h), a);
+        }
+        lanes[..8 * acc.len()].iter().sum()
+    }
+
+    /// Typical-p's keys of 16 logits (`TypicalKey::of`): `|c - v|`, `+inf` where not live.
+    #[inline(always)]
+    unsafe fn keys(v: __m512, lo: __m512, c: __m512) -> __m512 {
+        let live = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(
+            _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, lo),
+            v,
+            _mm512_set1_ps(f32::NEG_INFINITY),
+        );
+        let abs = _mm512_castsi512_ps(_mm512_and_si512(
+            _mm512_castps_si512(_mm512_sub_ps(c, v)),
+            _mm512_set1_epi32(0x7fff_ffff),
+        ));
+        _mm512_mask_blend_ps(live, _mm512_set1_ps(f32::INFINITY), abs)
+    }
+
+    /// AVX-512 twin of `filter::key_bracket_portable` for `f32`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn key_bracket(
+        z: &[f32],
+        w: &[f32],
+        r: &KeyBracket<f32>,
+        buf: &mut Vec<(f32, u32)>,
+        blocks: &mut Vec<f64>,
+    ) -> f64 {
+        let n = z.len().min(w.len());
+        // Room for every token plus the 16-pair overhang of the last store.
+        buf.reserve(n + 16);
+        let out = buf.as_mut_ptr();
+        let mut k = 0usize;
+        let (lo, c, kmax) = (
+            _mm512_set1_ps(r.key.lo),
+            _mm512_set1_ps(r.key.c),
+            _mm512_set1_ps(r.kmax),
+        );
+        let (scale, b0, b1) = (
+            _mm512_set1_ps(r.scale),
+            _mm512_set1_ps(r.b0),
+            _mm512_set1_ps(r.b1),
+        );
+        let mut total = 0.0;
+        let mut start = 0;
+        while start < n {
+            let end = (start + BLOCK).min(n);
+            let full = start + (end - start) / 16 * 16;
+            let mut under = [_mm512_setzero_pd(); 2];
+            let mut j = start;
+            while j < full {
+                let v = _mm512_loadu_ps(z.as_ptr().add(j));
+                let key = keys(v, lo, c);
+                let x = _mm512_mul_ps(key, scale);
+                let fin = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(key, kmax);
+                let below = _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(fin, x, b0);
+                let from = _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(fin, x, b0);
+                let inside = if r.open {
+                    from
+                } else {
+                    _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(from, x, b1)
+                };
+                add_wide(&mut under, below, _mm512_loadu_ps(w.as_ptr().add(j)));
+                if inside != 0 {
+                    // SAFETY: k <= j, and the capacity is n + 16 pairs.
+                    k += store_lanes(out.add(k), inside, key, j as u32);
+                }
+                j += 16;
+            }
+            // The portable loop adds the block's tail to lane 0 before it sums the lanes.
+            let mut lanes = [0.0f64; 16];
+            for (h, &a) in under.iter().enumerate() {
+                _mm512_storeu_pd(lanes.as_mut_ptr().add(8 * h), a);
+            }
+            for at in full..end {
+                let (key, below, inside) = r.place(z[at]);
+                if below {
+                    lanes[0] += w[at] as f64;
+                }
+                if inside {
+                    out.add(k).write((key, at as u32));
+                    k += 1;
+                }
+            }
+            let sum = lanes.iter().sum::<f64>();
+            blocks.push(sum);
+            total += sum;
+            start = end;
+        }
+        // SAFETY: the first k pairs were written above.
+        buf.set_len(k);
+        total
+    }
+
+    /// AVX-512 twin of `filter::entropy_sum_portable` for `f32`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn entropy_sum(z: &[f32], w: &[f32], m: f32, lo: f32) -> (f64, f32) {
+        let n = z.len().min(w.len());
+        let (vm, vlo, ninf) = (
+            _mm512_set1_ps(m),
+            _mm512_set1_ps(lo),
+            _mm512_set1_ps(f32::NEG_INFINITY),
+        );
+        let inf = _mm512_set1_ps(f32::INFINITY);
+        let zero = _mm512_setzero_ps();
+        let mut acc = [_mm512_setzero_pd(); 2];
+        let mut low = inf;
+        let full = n / 16 * 16;
+        let mut j = 0;
+        while j < full {
+            let v = _mm512_loadu_ps(z.as_ptr().add(j));
+            let wv = _mm512_loadu_ps(w.as_ptr().add(j));
+            let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(wv, zero);
+            add_wide(&mut acc, pos, _mm512_mul_ps(wv, _mm512_sub_ps(v, vm)));
+            let live = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(
+                _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, vlo),
+                v,
+                ninf,
+            );
+            low = _mm512_mask_min_ps(low, live, low, v);
+            j += 16;
+        }
+        let mut rest = 0.0;
+        let mut least = _mm512_reduce_min_ps(low);
+        for (&zj, &wj) in z[full..n].iter().zip(&w[full..n]) {
+            if wj > 0.0 {
+                rest += (wj * (zj - m)) as f64;
+            }
+            if zj >= lo && zj > f32::NEG_INFINITY {
+                least = least.min(zj);
+            }
+        }
+        (lane_sum(&acc) + rest, least)
+    }
+
+    /// AVX-512 twin of `filter::keep_keys_within_portable` for `f32`: the block sums as
+    /// `sum_wide` takes them (32 lanes), as the exp pass does.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn keep_keys_within(
+        w: &mut [f32],
+        z: &[f32],
+        key: &TypicalKey<f32>,
+        tau: f32,
+        blocks: &mut Vec<f64>,
+    ) -> f64 {
+        let n = z.len().min(w.len());
+        let (lo, c, vtau) = (
+            _mm512_set1_ps(key.lo),
+            _mm512_set1_ps(key.c),
+            _mm512_set1_ps(tau),
+        );
+        let out = w.as_mut_ptr();
+        let mut total = 0.0;
+        let mut start = 0;
+        while start < n {
+            let end = (start + BLOCK).min(n);
+            let mut acc = [_mm512_setzero_pd(); 4];
+            let mut j = start;
+            while j + 32 <= end {
+                for h in 0..2 {
+                    let at = j + 16 * h;
+                    let v = _mm512_loadu_ps(z.as_ptr().add(at));
+                    let kept = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(keys(v, lo, c), vtau);
+                    let wv = _mm512_maskz_mov_ps(kept, _mm512_loadu_ps(out.add(at)));
+                    _mm512_storeu_ps(out.add(at), wv);
+                    let [a, b] = widen(wv);
+                    acc[2 * h] = _mm512_add_pd(acc[2 * h], a);
+                    acc[2 * h + 1] = _mm512_add_pd(acc[2 * h + 1], b);
+                }
+                j += 32;
+            }
+            let mut tail = 0.0f64;
+            for (k, &v) in z[j..end].iter().enumerate() {
+                let at = out.add(j + k);
+                let e = if key.of(v) <= tau { *at } else { 0.0 };
+                at.write(e);
+                tail += e as f64;
+            }
+            let s = lane_sum(&acc) + tail;
+            blocks.push(s);
+            total += s;
+            start = end;
+        }
+        total
+    }
+
     /// The 16 lanes summed in f64.
     #[inline(always)]
     unsafe fn widen_sum(v: __m512) -> f64 {
@@ -819,6 +1050,7 @@ mod x86 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::{
-    exp_weights_bf16, exp_weights_f32, gather_allowed_f32, mass_above_and_collect, masses_above,
-    top_k_candidates, top_k_candidates_bf16, top_k_candidates_masked,
+    entropy_sum, exp_weights_bf16, exp_weights_f32, gather_allowed_f32, keep_keys_within,
+    key_bracket, mass_above_and_collect, masses_above, top_k_candidates, top_k_candidates_bf16,
+    top_k_candidates_masked,
 };

@@ -14,11 +14,12 @@
 use crate::elem::Real;
 use crate::error::SamplingError;
 use crate::filter::{
-    by_prob, each_position_where, sorted_nucleus, top_k_candidates, top_p_cut, Cut, HEAD,
+    by_prob, entropy_sum, keep_keys_within, key_bracket, sorted_nucleus, top_k_candidates,
+    top_p_cut, zero_weights_where, Cut, KeyBracket, TypicalKey, HEAD,
 };
 use crate::params::RowParams;
 use crate::scratch::Scratch;
-use crate::softmax::{exp_weight, exp_weights, sum_wide, BLOCK};
+use crate::softmax::{exp_weight, exp_weights, BLOCK};
 /// The most probable tokens mirostat 1 fits its Zipf exponent to (llama.cpp's `m`).
 const MIROSTAT_M: usize = 100;
 
@@ -292,40 +293,9 @@ fn entropy<F: Real>(z: &[F], w: &[F], live: &Live<F>, total: f64) -> f64 {
 /// [`entropy`], and the smallest live logit (infinite when none is live), in the same read.
 #[inline(always)]
 fn entropy_and_floor<F: Real>(z: &[F], w: &[F], live: &Live<F>, total: f64) -> (f64, F) {
-    // 16 independent f64 lanes: they vectorise (one chain of adds would not).
-    let mut acc = [0.0f64; 16];
-    let mut low = [F::infinity(); 16];
-    let mut zc = z.chunks_exact(16);
-    let mut wc = w.chunks_exact(16);
-    let (m, lo) = (live.m, live.lo);
-    let term = |zj: F, wj: F| {
-        if wj > F::zero() {
-            (wj * (zj - m)).wide()
-        } else {
-            0.0
-        }
-    };
-    let low_of = |zj: F| {
-        if zj >= lo && zj > F::neg_infinity() {
-            zj
-        } else {
-            F::infinity()
-        }
-    };
-    for (zb, wb) in (&mut zc).zip(&mut wc) {
-        for l in 0..16 {
-            acc[l] += term(zb[l], wb[l]);
-            low[l] = low[l].min(low_of(zb[l]));
-        }
-    }
-    let mut rest = 0.0;
-    for (&zj, &wj) in zc.remainder().iter().zip(wc.remainder()) {
-        rest += term(zj, wj);
-        low[0] = low[0].min(low_of(zj));
-    }
+    let (sum, low) = entropy_sum(z, w, live.m, live.lo);
     // log p_j = (z_j - m) * scale - ln(total).
-    let h = total.ln() - live.scale.wide() * (acc.iter().sum::<f64>() + rest) / total;
-    (h, low.iter().fold(F::infinity(), |a, &b| a.min(b)))
+    (total.ln() - live.scale.wide() * sum / total, low)
 }
 
 /// The logit of the `keep`-th most probable live token (the floor a stage may not raise the
@@ -618,30 +588,6 @@ pub(crate) fn cutoff_weights<F: Real, const FMA: bool>(
     }
 }
 
-/// Zeroes the weights `w` of the tokens that `keep(logit, weight)` rejects and sums what is
-/// left per [`BLOCK`] into `blocks`, as [`weights`] fills them; returns the total. A stage
-/// that is the last one keeps the weights it computed instead of cutting the row and having
-/// [`weights`] compute them again.
-#[inline(always)]
-fn zero_weights_where<F: Real>(
-    w: &mut [F],
-    z: &[F],
-    keep: impl Fn(F, F) -> bool,
-    blocks: &mut Vec<f64>,
-) -> f64 {
-    blocks.clear();
-    let mut kept = 0.0;
-    for (wb, zb) in w.chunks_mut(BLOCK).zip(z.chunks(BLOCK)) {
-        for (wj, &v) in wb.iter_mut().zip(zb) {
-            *wj = if keep(v, *wj) { *wj } else { F::zero() };
-        }
-        let sum = sum_wide(wb);
-        blocks.push(sum);
-        kept += sum;
-    }
-    kept
-}
-
 /// Top-nσ: the logits at least `max - n σ`, σ the population standard deviation of the live
 /// logits (llama.cpp `top_n_sigma`). Invariant under temperature.
 #[inline(always)]
@@ -696,8 +642,9 @@ pub(crate) fn typical_p<F: Real, const FMA: bool>(
     keep: usize,
     s: &mut Scratch<F>,
 ) {
-    let (c, tau) = typical_threshold::<F, FMA>(z, live, mass, s);
-    let key = typical_key(live, c);
+    let (c, tau, _) = typical_threshold::<F, FMA>(z, live, mass, s);
+    let tk = typical_key(live, c);
+    let key = |v: F| tk.of(v);
     // The floor: the first `keep` by distance, ties by lower id (Hugging Face).
     if keep <= 1 || z.iter().filter(|&&v| key(v) <= tau).count() >= keep {
         return typical_cut(z, live, key, tau);
@@ -727,34 +674,71 @@ pub(crate) fn typical_p<F: Real, const FMA: bool>(
     live.m = m;
 }
 
+/// Typical-p's kept set as the row's last stage ([`typical_weights`]): the tokens whose key
+/// is at most `tau`, of weights `s.w` (the cut ones not zeroed) and total `total`, with
+/// `s.blocks` their sums per block.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TypicalKept<F> {
+    key: TypicalKey<F>,
+    tau: F,
+    pub(crate) total: f64,
+}
+
+impl<F: Real> TypicalKept<F> {
+    /// Whether the token of logit `v` is kept.
+    #[inline(always)]
+    pub(crate) fn keeps(&self, v: F) -> bool {
+        self.key.of(v) <= self.tau
+    }
+
+    /// Zeroes the cut tokens' weights in `s.w` and sums the blocks again as [`weights`]
+    /// would after the cut (bit for bit: the maximum, scale and floor are unchanged), for
+    /// the outputs that read the final weights; returns that total.
+    #[inline(always)]
+    pub(crate) fn zero_cut(&self, z: &[F], s: &mut Scratch<F>) -> f64 {
+        keep_keys_within(&mut s.w, z, &self.key, self.tau, &mut s.blocks)
+    }
+}
+
 /// Typical-p as the row's last stage, with no floor: when the largest logit is kept, the
-/// final weights are the ones typical-p computed, those of the cut tokens zeroed, and their
-/// total is returned (bit for bit what [`weights`] would give after the cut: the maximum,
-/// scale and floor are unchanged); `z` is not written. Otherwise the row is cut as
-/// [`typical_p`] cuts it, and `None`.
+/// final weights are the ones typical-p computed, the kept set is drawn from by its key
+/// ([`TypicalKept`]; the block sums come from the read that found the threshold, so no
+/// pass cuts the row), and `z` is not written. Otherwise the row is cut as [`typical_p`]
+/// cuts it, and `None`.
 #[inline(always)]
 pub(crate) fn typical_weights<F: Real, const FMA: bool>(
     z: &mut [F],
     live: &mut Live<F>,
     mass: f64,
     s: &mut Scratch<F>,
-) -> Option<f64> {
-    let (c, tau) = typical_threshold::<F, FMA>(z, live, mass, s);
+) -> Option<TypicalKept<F>> {
+    let (c, tau, read) = typical_threshold::<F, FMA>(z, live, mass, s);
     let key = typical_key(live, c);
-    if key(live.m) <= tau {
-        return Some(zero_weights_where(
-            &mut s.w,
-            z,
-            |v, _| key(v) <= tau,
-            &mut s.blocks,
-        ));
+    if key.of(live.m) > tau {
+        typical_cut(z, live, |v| key.of(v), tau);
+        return None;
     }
-    typical_cut(z, live, key, tau);
-    None
+    let mut kept = TypicalKept {
+        key,
+        tau,
+        total: 0.0,
+    };
+    // The read's blocks hold the mass below its bracket and `s.pairs` the bracket's tokens:
+    // with `tau` among them, the kept set is those below and the listed ones up to `tau`.
+    if read && s.pairs.iter().any(|q| q.0 == tau) {
+        for &(_, j) in s.pairs.iter().filter(|q| q.0 <= tau) {
+            s.blocks[j as usize / BLOCK] += s.w[j as usize].wide();
+        }
+        kept.total = s.blocks.iter().sum();
+    } else {
+        kept.total = kept.zero_cut(z, s);
+    }
+    Some(kept)
 }
 
 /// Typical-p's centre `c` and threshold `τ`: token `j` is kept when `|c - z_j| <= τ`
-/// ([`typical_key`]); `s.w` holds the weights of the live tokens.
+/// ([`typical_key`]); `s.w` holds the weights of the live tokens. Third: whether the blocks
+/// and pairs hold the read that placed `τ` ([`key_threshold`]).
 ///
 /// `-log p_j - H = ((m - z_j) * scale + ln(total)) - H`, so the key of token `j` is
 /// `|c - z_j|` (times `scale`): every pass works it out from the logit as it reads it, and
@@ -765,14 +749,14 @@ fn typical_threshold<F: Real, const FMA: bool>(
     live: &Live<F>,
     mass: f64,
     s: &mut Scratch<F>,
-) -> (F, F) {
+) -> (F, F, bool) {
     let total = weights::<F, FMA>(z, live, s);
     let (h, z_min) = entropy_and_floor(z, &s.w, live, total);
     let c = F::of(live.m.wide() + (total.ln() - h) / live.scale.wide());
     let key = typical_key(live, c);
     // `c - v` rounds monotonically in `v`: the largest finite key is at an end of the range.
     let kmax = if z_min.is_finite() {
-        key(live.m).max(key(z_min))
+        key.of(live.m).max(key.of(z_min))
     } else {
         F::zero()
     };
@@ -781,22 +765,15 @@ fn typical_threshold<F: Real, const FMA: bool>(
     // An entropy of at most ln(4 HEAD) is the spread of at most 4 HEAD equal tokens: a peaked
     // row. (A flat row of logits N(0, 2.86^2), as the benchmark's bulk at T 0.7: ln 2,100.)
     let peaked = h <= (4.0 * HEAD as f64).ln();
-    let tau = key_threshold(z, key, kmax, &w, (mass * total, total), peaked, s);
+    let (tau, read) = key_threshold(z, &key, kmax, &w, (mass * total, total), peaked, s);
     s.w = w;
-    (c, tau)
+    (c, tau, read)
 }
 
 /// Typical-p's key of a logit: its distance from `c`, infinite for a token not live.
 #[inline(always)]
-fn typical_key<F: Real>(live: &Live<F>, c: F) -> impl Fn(F) -> F + Copy {
-    let (lo, inf) = (live.lo, F::infinity());
-    move |v: F| {
-        if v >= lo && v > F::neg_infinity() {
-            (c - v).abs()
-        } else {
-            inf
-        }
-    }
+fn typical_key<F: Real>(live: &Live<F>, c: F) -> TypicalKey<F> {
+    TypicalKey { lo: live.lo, c }
 }
 
 /// Writes `-inf` over the tokens whose key is above `tau`, in one branch-free pass.
@@ -858,7 +835,7 @@ fn boundary_bucket(mass: &[f64], mass_below: &mut f64, target: f64) -> usize {
 }
 
 /// [`sampled_key_threshold`] samples one chunk of 16 tokens in this many.
-const KEY_STRIDE: usize = 4;
+const KEY_STRIDE: usize = 16;
 /// [`sampled_key_threshold`] samples a row whose [`HEAD`] heaviest tokens hold at least this
 /// share of its mass ...
 const KEY_HEAD_SHARE: f64 = 0.5;
@@ -871,26 +848,27 @@ const KEY_MARGIN_MAX: f64 = 0.02;
 ///
 /// A long `peaked` row (its mass in few tokens, which a sample bounds well) first tries a
 /// bracket from a sample ([`sampled_key_threshold`]), which is exact when it holds;
-/// otherwise, and for other rows, [`exact_key_threshold`].
+/// otherwise, and for other rows, [`exact_key_threshold`]. Second: whether `s.blocks` and
+/// `s.pairs` hold the last read ([`bracket_read`]) of the bracket `τ` came from.
 #[inline(always)]
 fn key_threshold<F: Real>(
     z: &[F],
-    key: impl Fn(F) -> F + Copy,
+    key: &TypicalKey<F>,
     kmax: F,
     w: &[F],
     (target, total): (f64, f64),
     peaked: bool,
     s: &mut Scratch<F>,
-) -> F {
+) -> (F, bool) {
     if kmax <= F::zero() {
-        return kmax; // every finite key is 0: all tie
+        return (kmax, false); // every finite key is 0: all tie
     }
     if peaked && z.len() >= 64 * 16 * KEY_STRIDE {
         if let Some(tau) = sampled_key_threshold(z, key, kmax, w, (target, total), s) {
-            return tau;
+            return (tau, true);
         }
     }
-    exact_key_threshold(z, key, kmax, w, target, &mut s.keyed)
+    (exact_key_threshold(z, key, kmax, w, target, s), true)
 }
 
 /// [`key_threshold`] from a bracket that a sample places: the [`HEAD`] heaviest tokens
@@ -903,7 +881,7 @@ fn key_threshold<F: Real>(
 #[inline(always)]
 fn sampled_key_threshold<F: Real>(
     z: &[F],
-    key: impl Fn(F) -> F + Copy,
+    key: &TypicalKey<F>,
     kmax: F,
     w: &[F],
     (target, total): (f64, f64),
@@ -922,7 +900,7 @@ fn sampled_key_threshold<F: Real>(
     }
     let mut mass = [0.0f64; KEY_BUCKETS];
     for &(wj, j) in s.pairs.iter() {
-        let k = key(z[j as usize]);
+        let k = key.of(z[j as usize]);
         if k <= kmax {
             mass[slot(k)] += wj.wide();
         }
@@ -938,7 +916,7 @@ fn sampled_key_threshold<F: Real>(
         let mut at = [0u32; 16];
         let mut add = [F::zero(); 16];
         for l in 0..16 {
-            let k = key(zb[l]);
+            let k = key.of(zb[l]);
             at[l] = (slot(k) * KEY_LANES + l % KEY_LANES) as u32;
             let light = (k <= kmax) & (wb[l] < head_min);
             add[l] = wb[l] * if light { F::one() } else { F::zero() };
@@ -973,51 +951,33 @@ fn sampled_key_threshold<F: Real>(
         }
     }
     let first = first.unwrap_or(KEY_BUCKETS - 1);
-    let (b0, b1) = (F::of(first as f64), F::of(last as f64 + 1.0));
-    let open = last == KEY_BUCKETS - 1;
-    // The exact read: the mass under the bracket in 16 f64 lanes, the bracket's tokens listed.
-    let mut under = [0.0f64; 16];
-    s.keyed.clear();
-    let keyed = &mut s.keyed;
-    let mut zc = z.chunks_exact(16);
-    let mut wc = w.chunks_exact(16);
-    let place = |v: F| {
-        let k = key(v);
-        let x = k * scale;
-        let fin = k <= kmax;
-        (k, fin & (x < b0), fin & (x >= b0) & ((x < b1) | open))
+    // The exact read: the mass under the bracket, the bracket's tokens listed.
+    let bracket = KeyBracket {
+        key: *key,
+        kmax,
+        scale,
+        b0: F::of(first as f64),
+        b1: F::of(last as f64 + 1.0),
+        open: last == KEY_BUCKETS - 1,
     };
-    for (zb, wb) in (&mut zc).zip(&mut wc) {
-        let mut any = false;
-        for l in 0..16 {
-            let (_, below, inside) = place(zb[l]);
-            under[l] += (wb[l] * if below { F::one() } else { F::zero() }).wide();
-            any |= inside;
-        }
-        if any {
-            for l in 0..16 {
-                let (k, _, inside) = place(zb[l]);
-                if inside {
-                    keyed.push((k, wb[l]));
-                }
-            }
-        }
-    }
-    for (&v, &wj) in zc.remainder().iter().zip(wc.remainder()) {
-        let (k, below, inside) = place(v);
-        if below {
-            under[0] += wj.wide();
-        }
-        if inside {
-            keyed.push((k, wj));
-        }
-    }
-    let mass_below = under.iter().sum::<f64>();
-    let listed = keyed.iter().map(|q| q.1.wide()).sum::<f64>();
+    let mass_below = bracket_read(z, w, &bracket, s);
+    let listed = s.keyed.iter().map(|q| q.1.wide()).sum::<f64>();
     if mass_below >= target || mass_below + listed < target {
         return None;
     }
-    list_threshold(keyed, mass_below, target)
+    list_threshold(&mut s.keyed, mass_below, target)
+}
+
+/// [`key_bracket`]'s read: the mass below the bracket (returned, and per block into
+/// `s.blocks`), the `(key, id)` pairs inside it into `s.pairs` and their `(key, weight)`
+/// into `s.keyed`.
+#[inline(always)]
+fn bracket_read<F: Real>(z: &[F], w: &[F], bracket: &KeyBracket<F>, s: &mut Scratch<F>) -> f64 {
+    let below = key_bracket(z, w, bracket, &mut s.pairs, &mut s.blocks);
+    s.keyed.clear();
+    s.keyed
+        .extend(s.pairs.iter().map(|&(k, j)| (k, w[j as usize])));
+    below
 }
 
 /// [`key_threshold`] from a histogram of every token's key (bucket index monotone in the
@@ -1026,11 +986,11 @@ fn sampled_key_threshold<F: Real>(
 #[inline(always)]
 fn exact_key_threshold<F: Real>(
     z: &[F],
-    key: impl Fn(F) -> F,
+    key: &TypicalKey<F>,
     kmax: F,
     w: &[F],
     target: f64,
-    buf: &mut Vec<(F, F)>,
+    s: &mut Scratch<F>,
 ) -> F {
     let scale = F::of((KEY_BUCKETS - 1) as f64) / kmax;
     const SLOTS: usize = KEY_BUCKETS * KEY_LANES;
@@ -1043,7 +1003,7 @@ fn exact_key_threshold<F: Real>(
     for (zb, wb) in z.chunks(BLOCK).zip(w.chunks(BLOCK)) {
         let n = zb.len();
         for ((&v, &wj), (a, d)) in zb.iter().zip(wb).zip(at.iter_mut().zip(add.iter_mut())) {
-            let k = key(v);
+            let k = key.of(v);
             *a = key_bucket(k, F::zero(), scale) as u16;
             // A product with 0 or 1 (weights are finite): a select compiled to a branch.
             *d = wj * if k <= kmax { F::one() } else { F::zero() };
@@ -1056,20 +1016,19 @@ fn exact_key_threshold<F: Real>(
     for (mb, q) in mass.iter_mut().zip(hist.chunks_exact(KEY_LANES)) {
         *mb = q.iter().sum();
     }
-    let mut mass_below = 0.0;
-    let chosen = boundary_bucket(&mass, &mut mass_below, target);
-    // The chosen bucket's keys lie in [b0, b1) of the scaled key: two comparisons.
-    let (b0, b1) = (F::of(chosen as f64), F::of(chosen as f64 + 1.0));
-    let last = chosen == KEY_BUCKETS - 1;
-    buf.clear();
-    let inside = |v: F| {
-        let k = key(v);
-        let x = k * scale;
-        (k <= kmax) & (x >= b0) & ((x < b1) | last)
+    let chosen = boundary_bucket(&mass, &mut 0.0, target);
+    // The chosen bucket's keys lie in [chosen, chosen + 1) of the scaled key; the read sums
+    // the mass below them as the sampled bracket's read does.
+    let bracket = KeyBracket {
+        key: *key,
+        kmax,
+        scale,
+        b0: F::of(chosen as f64),
+        b1: F::of(chosen as f64 + 1.0),
+        open: chosen == KEY_BUCKETS - 1,
     };
-    // The bucket holds few of the row's tokens: a branch per token would mispredict.
-    each_position_where(z, inside, |j| buf.push((key(z[j]), w[j])));
-    list_threshold(buf, mass_below, target).unwrap_or(kmax)
+    let mass_below = bracket_read(z, w, &bracket, s);
+    list_threshold(&mut s.keyed, mass_below, target).unwrap_or(kmax)
 }
 
 /// The smallest key `τ` of the list `buf` (keys and weights, any order) such that
