@@ -358,6 +358,10 @@ pub(crate) enum Plan {
     /// row copy, no exp pass. More than [`LIST_MAX`] kept tokens leave the row to
     /// [`Plan::Ordered`].
     Listed,
+    /// Temperature and then typical-p, nothing else, no keep floor: typical-p's passes and
+    /// the draw on the row as it lies ([`typical_last`]: no row copy); a row whose largest
+    /// logit typical-p cuts goes to [`Plan::Ordered`].
+    TypicalLast,
     /// A stage the fast plans lack (typical-p, top-nσ, XTC, ...), a `min_tokens_to_keep`
     /// floor, or an order they do not follow: each stage in the call's order on the whole
     /// row ([`ordered`]), then the dense draw.
@@ -452,6 +456,23 @@ fn listable(p: &RowParams, order: &[Stage]) -> bool {
         && xtc_last
 }
 
+/// Whether the row's stages are typical-p, after the temperature if any, and nothing else,
+/// with no keep floor ([`Plan::TypicalLast`]).
+#[inline(always)]
+fn typical_last_only(p: &RowParams, order: &[Stage]) -> bool {
+    let at = |s: Stage| order.iter().position(|&o| o == s);
+    let others = Stage::ALL
+        .iter()
+        .any(|&s| s != Stage::Temperature && s != Stage::TypicalP && s.is_on(p));
+    p.temperature > 0.0
+        && p.dynatemp_range <= 0.0
+        && p.mirostat == 0
+        && p.min_tokens_to_keep <= 1
+        && Stage::TypicalP.is_on(p)
+        && !others
+        && (!Stage::Temperature.is_on(p) || at(Stage::Temperature) < at(Stage::TypicalP))
+}
+
 /// The plan of a row of `v` logits computed in `F` under the stage `order`. `wants_dist`:
 /// the caller asked for the final distribution (`probs` or top log-probabilities), which the
 /// estimate cannot give.
@@ -462,6 +483,9 @@ pub(crate) fn plan<F: Real>(p: &RowParams, v: usize, wants_dist: bool, order: &[
     }
     if listable(p, order) {
         return Plan::Listed;
+    }
+    if typical_last_only(p, order) {
+        return Plan::TypicalLast;
     }
     let Some(fast) = fast_order(p, order) else {
         return Plan::Ordered;
@@ -699,11 +723,14 @@ fn draw_row<T: Elem, const FMA: bool>(
     let mut probs = probs;
     let drawn = match (plan, direct) {
         (Plan::Ordered, _) => ordered::<T, FMA>(&row, &mut loaded, req.order, s, probs, stream),
-        (Plan::HeadNucleus { .. } | Plan::Listed, direct) => {
+        (Plan::HeadNucleus { .. } | Plan::Listed | Plan::TypicalLast, direct) => {
             let y = direct.unwrap_or(&loaded);
             let head = match plan {
                 Plan::HeadNucleus { order } => {
                     head_nucleus::<T, FMA>(&row, y, order, s, probs.as_deref_mut(), &stream)
+                }
+                Plan::TypicalLast => {
+                    typical_last::<T, FMA>(&row, y, s, probs.as_deref_mut(), &stream)
                 }
                 _ => listed::<T, FMA>(&row, y, req.order, s, probs.as_deref_mut(), &stream),
             };
@@ -995,8 +1022,7 @@ fn ordered<T: Elem, const FMA: bool>(
     let mut active = order.iter().filter(|s| s.is_on(p)).peekable();
     // The draw and outputs from the final weights in `s.w` (of total `total`).
     let finish = |s: &mut Scratch<T::C>, total: f64, probs: Option<&mut [T::C]>| {
-        let id = draw_dense(&s.w, &s.blocks, total, stream().0);
-        Ok(dense_outputs(id, s, total, probs, row.top_n))
+        Ok(draw_final(s, total, probs, row.top_n, stream().0))
     };
     while let Some(&stage) = active.next() {
         // The last stage, with no floor or mirostat after it: a cutoff's or typical-p's final
@@ -1011,18 +1037,10 @@ fn ordered<T: Elem, const FMA: bool>(
             continue;
         }
         if stage == Stage::TypicalP && last {
-            // When it keeps the maximum; otherwise it has cut the row like `typical_p`.
-            if let Some(kept) = stages::typical_weights::<_, FMA>(z, live, p.typical_p, s) {
-                if probs.is_some() || row.top_n > 0 {
-                    // The outputs read the final weights: the cut ones are zeroed first.
-                    let total = kept.zero_cut(z, s);
-                    return finish(s, total, probs);
-                }
-                let (w, total) = (&s.w, kept.total);
-                let id = draw_dense_by(w, &s.blocks, total, stream().0, |_, j| {
-                    kept.keeps(z[j as usize])
-                });
-                return Ok((id, (w[id].wide() / total).ln(), Vec::new()));
+            // When it keeps the maximum; otherwise the row is cut like `typical_p` cuts it.
+            match stages::typical_weights::<_, FMA>(z, live, p.typical_p, s) {
+                Ok(kept) => return Ok(draw_typical(kept, z, s, probs, row.top_n, stream().0)),
+                Err(cut) => cut.apply(z, live),
             }
             continue;
         }
@@ -1046,6 +1064,65 @@ fn ordered<T: Elem, const FMA: bool>(
     }
     let total = stages::weights::<_, FMA>(z, live, s);
     finish(s, total, probs)
+}
+
+/// The dense draw from the final weights `s.w` (of total `total`, block sums `s.blocks`)
+/// and its outputs.
+#[inline(always)]
+fn draw_final<F: Real>(
+    s: &mut Scratch<F>,
+    total: f64,
+    probs: Option<&mut [F]>,
+    top_n: usize,
+    u: f64,
+) -> Drawn {
+    let id = draw_dense(&s.w, &s.blocks, total, u);
+    dense_outputs(id, s, total, probs, top_n)
+}
+
+/// The draw from typical-p's kept set as the last stage (its weights in `s.w`, the cut ones
+/// not zeroed): by key over the block sums, or, for outputs that read the final weights,
+/// after zeroing the cut ones ([`draw_final`]).
+#[inline(always)]
+fn draw_typical<F: Real>(
+    kept: stages::TypicalKept<F>,
+    z: &[F],
+    s: &mut Scratch<F>,
+    probs: Option<&mut [F]>,
+    top_n: usize,
+    u: f64,
+) -> Drawn {
+    if probs.is_some() || top_n > 0 {
+        let total = kept.zero_cut(z, s);
+        return draw_final(s, total, probs, top_n, u);
+    }
+    let (w, total) = (&s.w, kept.total);
+    let id = draw_dense_by(w, &s.blocks, total, u, |_, j| kept.keeps(z[j as usize]));
+    (id, (w[id].wide() / total).ln(), Vec::new())
+}
+
+/// [`Plan::TypicalLast`]: the temperature and then typical-p on the row as it lies (no copy:
+/// no stage writes it). `Ok(None)` (an infinite logit, or typical-p cutting the largest
+/// logit, which rewrites the row) leaves the row to [`ordered`].
+#[inline(always)]
+fn typical_last<T: Elem, const FMA: bool>(
+    row: &Row<'_, T>,
+    y: &[T::C],
+    s: &mut Scratch<T::C>,
+    probs: Option<&mut [T::C]>,
+    stream: &impl Fn() -> (f64, f64),
+) -> Result<Option<Drawn>, SamplingError> {
+    let (m, nan) = max_nan(y);
+    check_max(row.i, nan, m)?;
+    if m == T::C::infinity() {
+        return Ok(None);
+    }
+    let mut live = stages::Live::finite(m);
+    live.scale_by(row.p.temperature);
+    match stages::typical_weights::<_, FMA>(y, &live, row.p.typical_p, s) {
+        Ok(kept) => Ok(Some(draw_typical(kept, y, s, probs, row.top_n, stream().0))),
+        Err(_) => Ok(None),
+    }
 }
 
 /// [`Plan::HeadNucleus`]: temperature + top-p (+ min-p) in vLLM's or llama.cpp's order,
@@ -1880,6 +1957,78 @@ mod tests {
         }
     }
 
+    /// [`Plan::TypicalLast`] (the row as it lies, drawn by key from the bracket read's block
+    /// sums, or after zeroing the cut when top log-probabilities are asked for) gives the
+    /// ordered plan's draw: the same ids, log-probabilities and top log-probabilities, on
+    /// peaked and flat rows (the sampled bracket and the full histogram), ties, `-inf`, f32
+    /// and bf16. The ordered plan is forced by an epsilon cutoff that cuts nothing, after
+    /// typical-p in Hugging Face's order: it cuts the row and runs the exp pass again.
+    #[test]
+    fn typical_last_plan_equals_the_ordered_plan() {
+        let mut rnd = crate::test_util::uniforms(4242);
+        for case in 0..36 {
+            let v = [4_000, 20_011, 130_003][case % 3];
+            let sharp = [0.0, 0.6, 1.0][case / 3 % 3];
+            let mut row: Vec<f32> = (0..v)
+                .map(|_| {
+                    let (u1, u2) = (1.0 - rnd(), rnd());
+                    let g = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+                    let x = if rnd() < 0.03 {
+                        f64::NEG_INFINITY
+                    } else {
+                        2.0 * g
+                    };
+                    // Ties: the row on a grid.
+                    (if case % 4 == 1 {
+                        (x * 4.0).round() / 4.0
+                    } else {
+                        x
+                    }) as f32
+                })
+                .collect();
+            for _ in 0..32 {
+                let j = (rnd() * v as f64) as usize;
+                row[j] += (sharp * (6.0 + 10.0 * rnd())) as f32;
+            }
+            let bf: Vec<half::bf16> = row.iter().map(|&x| half::bf16::from_f32(x)).collect();
+            let fast = [RowParams {
+                typical_p: [0.2, 0.9, 0.99][case / 9 % 3],
+                ..params([0.7, 1.0, 2.5][case % 3], 0, 1.0, 0.0)
+            }];
+            let ordered = [RowParams {
+                epsilon_cutoff: 1e-300,
+                ..fast[0]
+            }];
+            assert_eq!(plan::<f32>(&fast[0], v, true, &HF_ORDER), Plan::TypicalLast);
+            assert_eq!(plan::<f32>(&ordered[0], v, true, &HF_ORDER), Plan::Ordered);
+            for (step, top_n) in [(0, 0), (1, 0), (2, 3)] {
+                let run = |ps: &[RowParams], bf16: bool| {
+                    let (r32, r16) = ([&row[..]], [&bf[..]]);
+                    let out = if bf16 {
+                        let mut r = req(&r16, ps);
+                        (r.step, r.top_n) = (step, top_n);
+                        run_batch(&r, None)
+                    } else {
+                        let mut r = req(&r32, ps);
+                        (r.step, r.top_n) = (step, top_n);
+                        run_batch(&r, None)
+                    };
+                    out.unwrap()[0].clone()
+                };
+                for bf16 in [false, true] {
+                    let (a, b) = (run(&fast, bf16), run(&ordered, bf16));
+                    assert_eq!(a.id, b.id, "case {case} bf16 {bf16} step {step}");
+                    assert!((a.logprob - b.logprob).abs() <= 1e-9, "case {case}");
+                    assert_eq!(a.top.len(), b.top.len(), "case {case}");
+                    for (x, y) in a.top.iter().zip(&b.top) {
+                        assert_eq!(x.0, y.0, "case {case}: {:?} {:?}", a.top, b.top);
+                        assert!(x.1 == y.1 || (x.1 - y.1).abs() <= 1e-9, "case {case}");
+                    }
+                }
+            }
+        }
+    }
+
     /// Which plan for which parameters: the rules of `plan()`, one case each.
     #[test]
     fn plan_rules() {
@@ -1982,12 +2131,33 @@ mod tests {
             pl(params(1.0, 0, 0.9, 0.1), &LLAMA_CPP_ORDER),
             Plan::Nucleus { estimate: true }
         );
-        // A new stage, or a floor on a filter, is ordered; T = 0 stays greedy.
+        // Typical-p after the temperature (or alone) reads the row as it lies; before the
+        // temperature, with another stage or with a floor, it is ordered.
         let typical = RowParams {
             typical_p: 0.9,
             ..Default::default()
         };
-        assert_eq!(pl(typical, &HF_ORDER), Plan::Ordered);
+        assert_eq!(pl(typical, &HF_ORDER), Plan::TypicalLast);
+        let hot = RowParams {
+            temperature: 0.7,
+            ..typical
+        };
+        assert_eq!(pl(hot, &HF_ORDER), Plan::TypicalLast);
+        assert_eq!(pl(hot, &LLAMA_CPP_ORDER), Plan::Ordered);
+        assert_eq!(pl(typical, &LLAMA_CPP_ORDER), Plan::TypicalLast);
+        let typical_k = RowParams { top_k: 40, ..hot };
+        assert_eq!(pl(typical_k, &HF_ORDER), Plan::Ordered);
+        let typical_keep = RowParams {
+            min_tokens_to_keep: 2,
+            ..hot
+        };
+        assert_eq!(pl(typical_keep, &HF_ORDER), Plan::Ordered);
+        // A new stage, or a floor on a filter, is ordered; T = 0 stays greedy.
+        let eps = RowParams {
+            epsilon_cutoff: 3e-4,
+            ..Default::default()
+        };
+        assert_eq!(pl(eps, &HF_ORDER), Plan::Ordered);
         let greedy = RowParams {
             temperature: 0.0,
             ..typical

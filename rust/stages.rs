@@ -254,10 +254,29 @@ impl<F: Real> Live<F> {
         } else {
             m
         };
+        Live::finite(m)
+    }
+
+    /// The whole row of finite maximum `m`, as stored (no stage yet).
+    #[inline(always)]
+    pub(crate) fn finite(m: F) -> Self {
         Live {
             lo: F::neg_infinity(),
             m,
             scale: F::one(),
+        }
+    }
+
+    /// Divides the logits by the temperature `t`; one too small for `F` (or 0) leaves the
+    /// largest logits, as the limit `t -> 0`.
+    #[inline(always)]
+    pub(crate) fn scale_by(&mut self, t: f64) {
+        let scale = self.scale / F::of(t);
+        if t <= 0.0 || !scale.is_finite() {
+            self.lo = self.m;
+            self.scale = F::one();
+        } else {
+            self.scale = scale;
         }
     }
 
@@ -382,13 +401,7 @@ pub(crate) fn temperature<F: Real, const FMA: bool>(
             return;
         }
     }
-    let scale = live.scale / F::of(t);
-    if t <= 0.0 || !scale.is_finite() {
-        live.lo = live.m;
-        live.scale = F::one();
-    } else {
-        live.scale = scale;
-    }
+    live.scale_by(t);
 }
 
 /// Top-k: the `max(k, keep)` largest live logits, ties at the boundary kept.
@@ -701,22 +714,21 @@ impl<F: Real> TypicalKept<F> {
 }
 
 /// Typical-p as the row's last stage, with no floor: when the largest logit is kept, the
-/// final weights are the ones typical-p computed, the kept set is drawn from by its key
-/// ([`TypicalKept`]; the block sums come from the read that found the threshold, so no
-/// pass cuts the row), and `z` is not written. Otherwise the row is cut as [`typical_p`]
-/// cuts it, and `None`.
+/// final weights are the ones typical-p computed and the kept set is drawn from by its key
+/// ([`TypicalKept`]; the block sums come from the read that found the threshold, so no pass
+/// cuts the row). `z` is not written: when the largest logit is cut (`Err`), the caller
+/// cuts the row ([`TypicalCut::apply`]) and the stages go on.
 #[inline(always)]
 pub(crate) fn typical_weights<F: Real, const FMA: bool>(
-    z: &mut [F],
-    live: &mut Live<F>,
+    z: &[F],
+    live: &Live<F>,
     mass: f64,
     s: &mut Scratch<F>,
-) -> Option<TypicalKept<F>> {
+) -> Result<TypicalKept<F>, TypicalCut<F>> {
     let (c, tau, read) = typical_threshold::<F, FMA>(z, live, mass, s);
     let key = typical_key(live, c);
     if key.of(live.m) > tau {
-        typical_cut(z, live, |v| key.of(v), tau);
-        return None;
+        return Err(TypicalCut { key, tau });
     }
     let mut kept = TypicalKept {
         key,
@@ -733,7 +745,23 @@ pub(crate) fn typical_weights<F: Real, const FMA: bool>(
     } else {
         kept.total = kept.zero_cut(z, s);
     }
-    Some(kept)
+    Ok(kept)
+}
+
+/// Typical-p's cut of a row whose largest logit it does not keep ([`typical_weights`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TypicalCut<F> {
+    key: TypicalKey<F>,
+    tau: F,
+}
+
+impl<F: Real> TypicalCut<F> {
+    /// Writes `-inf` over the cut tokens of `z`, as [`typical_p`] does.
+    #[inline(always)]
+    pub(crate) fn apply(&self, z: &mut [F], live: &mut Live<F>) {
+        let key = self.key;
+        typical_cut(z, live, |v| key.of(v), self.tau);
+    }
 }
 
 /// Typical-p's centre `c` and threshold `τ`: token `j` is kept when `|c - z_j| <= τ`
