@@ -1850,6 +1850,42 @@ mod tests {
         }
     }
 
+    /// Row `row` (f32, and as bf16) under the params `fast` and `slow` (a plan and the
+    /// ordered plan it must equal) at `(order, step, top_n)`: the same ids,
+    /// log-probabilities and top log-probabilities (to 1e-9).
+    fn same_draws(
+        row: &[f32],
+        fast: &[RowParams],
+        slow: &[RowParams],
+        (order, step, top_n): (&[Stage], u64, usize),
+        what: &str,
+    ) {
+        let bf: Vec<half::bf16> = row.iter().map(|&x| half::bf16::from_f32(x)).collect();
+        let run = |ps: &[RowParams], bf16: bool| {
+            let (r32, r16) = ([row], [&bf[..]]);
+            let out = if bf16 {
+                let mut r = req(&r16, ps);
+                (r.order, r.step, r.top_n) = (order, step, top_n);
+                run_batch(&r, None)
+            } else {
+                let mut r = req(&r32, ps);
+                (r.order, r.step, r.top_n) = (order, step, top_n);
+                run_batch(&r, None)
+            };
+            out.unwrap()[0].clone()
+        };
+        for bf16 in [false, true] {
+            let (a, b) = (run(fast, bf16), run(slow, bf16));
+            assert_eq!(a.id, b.id, "{what} bf16 {bf16}");
+            assert!((a.logprob - b.logprob).abs() <= 1e-9, "{what} bf16 {bf16}");
+            assert_eq!(a.top.len(), b.top.len(), "{what}");
+            for (x, y) in a.top.iter().zip(&b.top) {
+                assert_eq!(x.0, y.0, "{what}: {:?} {:?}", a.top, b.top);
+                assert!(x.1 == y.1 || (x.1 - y.1).abs() <= 1e-9, "{what}");
+            }
+        }
+    }
+
     /// Temperature with top-nσ and / or min-p and XTC drawn from the kept list
     /// ([`Plan::Listed`]) gives the ids, log-probabilities and top log-probabilities of the
     /// ordered plan (forced by an epsilon cutoff of 1e-300, which removes nothing here), in
@@ -1921,7 +1957,6 @@ mod tests {
                 row[1] = (m + fast[0].min_p.ln() / scale) as f32;
                 row[2] = (m + fast[0].min_p.ln()) as f32;
             }
-            let bf: Vec<half::bf16> = row.iter().map(|&x| half::bf16::from_f32(x)).collect();
             let ordered = [RowParams {
                 epsilon_cutoff: 1e-300,
                 ..fast[0]
@@ -1929,29 +1964,14 @@ mod tests {
             for order in [&HF_ORDER[..], &VLLM_ORDER, &LLAMA_CPP_ORDER] {
                 assert_eq!(plan::<f32>(&fast[0], v, true, order), Plan::Listed);
                 for step in 0..3 {
-                    let run = |ps: &[RowParams], bf16: bool| {
-                        let (r32, r16) = ([&row[..]], [&bf[..]]);
-                        let out = if bf16 {
-                            let mut r = req(&r16, ps);
-                            (r.order, r.step, r.top_n) = (order, step, 2);
-                            run_batch(&r, None)
-                        } else {
-                            let mut r = req(&r32, ps);
-                            (r.order, r.step, r.top_n) = (order, step, 2);
-                            run_batch(&r, None)
-                        };
-                        out.unwrap()[0].clone()
-                    };
-                    for bf16 in [false, true] {
-                        let (a, b) = (run(&fast, bf16), run(&ordered, bf16));
-                        assert_eq!(a.id, b.id, "case {case} bf16 {bf16} step {step}");
-                        assert!((a.logprob - b.logprob).abs() <= 1e-9, "case {case}");
-                        assert_eq!(a.top.len(), b.top.len(), "case {case}");
-                        for (x, y) in a.top.iter().zip(&b.top) {
-                            assert_eq!(x.0, y.0, "case {case}: {:?} {:?}", a.top, b.top);
-                            assert!(x.1 == y.1 || (x.1 - y.1).abs() <= 1e-9, "case {case}");
-                        }
-                    }
+                    let at = (order, step, 2);
+                    same_draws(
+                        &row,
+                        &fast,
+                        &ordered,
+                        at,
+                        &format!("case {case} step {step}"),
+                    );
                 }
             }
         }
@@ -1990,7 +2010,6 @@ mod tests {
                 let j = (rnd() * v as f64) as usize;
                 row[j] += (sharp * (6.0 + 10.0 * rnd())) as f32;
             }
-            let bf: Vec<half::bf16> = row.iter().map(|&x| half::bf16::from_f32(x)).collect();
             let fast = [RowParams {
                 typical_p: [0.2, 0.9, 0.99][case / 9 % 3],
                 ..params([0.7, 1.0, 2.5][case % 3], 0, 1.0, 0.0)
@@ -2002,29 +2021,14 @@ mod tests {
             assert_eq!(plan::<f32>(&fast[0], v, true, &HF_ORDER), Plan::TypicalLast);
             assert_eq!(plan::<f32>(&ordered[0], v, true, &HF_ORDER), Plan::Ordered);
             for (step, top_n) in [(0, 0), (1, 0), (2, 3)] {
-                let run = |ps: &[RowParams], bf16: bool| {
-                    let (r32, r16) = ([&row[..]], [&bf[..]]);
-                    let out = if bf16 {
-                        let mut r = req(&r16, ps);
-                        (r.step, r.top_n) = (step, top_n);
-                        run_batch(&r, None)
-                    } else {
-                        let mut r = req(&r32, ps);
-                        (r.step, r.top_n) = (step, top_n);
-                        run_batch(&r, None)
-                    };
-                    out.unwrap()[0].clone()
-                };
-                for bf16 in [false, true] {
-                    let (a, b) = (run(&fast, bf16), run(&ordered, bf16));
-                    assert_eq!(a.id, b.id, "case {case} bf16 {bf16} step {step}");
-                    assert!((a.logprob - b.logprob).abs() <= 1e-9, "case {case}");
-                    assert_eq!(a.top.len(), b.top.len(), "case {case}");
-                    for (x, y) in a.top.iter().zip(&b.top) {
-                        assert_eq!(x.0, y.0, "case {case}: {:?} {:?}", a.top, b.top);
-                        assert!(x.1 == y.1 || (x.1 - y.1).abs() <= 1e-9, "case {case}");
-                    }
-                }
+                let at = (&HF_ORDER[..], step, top_n);
+                same_draws(
+                    &row,
+                    &fast,
+                    &ordered,
+                    at,
+                    &format!("case {case} step {step}"),
+                );
             }
         }
     }

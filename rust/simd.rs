@@ -168,14 +168,6 @@ mod x86 {
             );
             _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(q, k))
         };
-        let widen = |e: __m512| {
-            [
-                _mm512_cvtps_pd(_mm512_castps512_ps256(e)),
-                _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
-                    _mm512_castps_pd(e),
-                ))),
-            ]
-        };
         let mut total = 0.0;
         let mut start = 0;
         while start < n {
@@ -193,10 +185,6 @@ mod x86 {
                 }
                 j += 32;
             }
-            let mut lanes = [0.0f64; 32];
-            for (h, &a) in acc.iter().enumerate() {
-                _mm512_storeu_pd(lanes.as_mut_ptr().add(8 * h), a);
-            }
             let mut tail_sum = 0.0f64;
             for k in j..end {
                 let v = tail(k);
@@ -208,7 +196,7 @@ mod x86 {
                 out.add(k).write(e);
                 tail_sum += e as f64;
             }
-            let s = lanes.iter().sum::<f64>() + tail_sum;
+            let s = lane_sum(&acc) + tail_sum;
             blocks.push(s);
             total += s;
             start = end;
@@ -972,10 +960,7 @@ mod x86 {
     /// The 16 lanes summed in f64.
     #[inline(always)]
     unsafe fn widen_sum(v: __m512) -> f64 {
-        let lo_half = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
-        let hi_half = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
-            _mm512_castps_pd(v),
-        )));
+        let [lo_half, hi_half] = widen(v);
         _mm512_reduce_add_pd(_mm512_add_pd(lo_half, hi_half))
     }
 
@@ -1009,15 +994,7 @@ mod x86 {
             while j < full {
                 let v = _mm512_loadu_ps(block.as_ptr().add(j));
                 let gt = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(v, vhi);
-                let halves = [
-                    _mm512_cvtps_pd(_mm512_castps512_ps256(v)),
-                    _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
-                        _mm512_castps_pd(v),
-                    ))),
-                ];
-                for (h, (acc, x)) in above.iter_mut().zip(halves).enumerate() {
-                    *acc = _mm512_mask_add_pd(*acc, (gt >> (8 * h)) as u8, *acc, x);
-                }
+                add_wide(&mut above, gt, v);
                 let inb = _mm512_mask_cmp_ps_mask::<_CMP_LE_OQ>(
                     _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, vlo),
                     v,

@@ -982,20 +982,32 @@ fn sampled_key_threshold<F: Real>(
     }
     let first = first.unwrap_or(KEY_BUCKETS - 1);
     // The exact read: the mass under the bracket, the bracket's tokens listed.
-    let bracket = KeyBracket {
+    let mass_below = bracket_read(z, w, &bucket_range(key, kmax, scale, first, last), s);
+    let listed = s.keyed.iter().map(|q| q.1.wide()).sum::<f64>();
+    if mass_below >= target || mass_below + listed < target {
+        return None;
+    }
+    list_threshold(&mut s.keyed, mass_below, target)
+}
+
+/// The bracket of the key-histogram buckets `first..=last` (`scale` buckets per unit of
+/// key; the top bucket has no upper end).
+#[inline(always)]
+fn bucket_range<F: Real>(
+    key: &TypicalKey<F>,
+    kmax: F,
+    scale: F,
+    first: usize,
+    last: usize,
+) -> KeyBracket<F> {
+    KeyBracket {
         key: *key,
         kmax,
         scale,
         b0: F::of(first as f64),
         b1: F::of(last as f64 + 1.0),
         open: last == KEY_BUCKETS - 1,
-    };
-    let mass_below = bracket_read(z, w, &bracket, s);
-    let listed = s.keyed.iter().map(|q| q.1.wide()).sum::<f64>();
-    if mass_below >= target || mass_below + listed < target {
-        return None;
     }
-    list_threshold(&mut s.keyed, mass_below, target)
 }
 
 /// [`key_bracket`]'s read: the mass below the bracket (returned, and per block into
@@ -1049,14 +1061,7 @@ fn exact_key_threshold<F: Real>(
     let chosen = boundary_bucket(&mass, &mut 0.0, target);
     // The chosen bucket's keys lie in [chosen, chosen + 1) of the scaled key; the read sums
     // the mass below them as the sampled bracket's read does.
-    let bracket = KeyBracket {
-        key: *key,
-        kmax,
-        scale,
-        b0: F::of(chosen as f64),
-        b1: F::of(chosen as f64 + 1.0),
-        open: chosen == KEY_BUCKETS - 1,
-    };
+    let bracket = bucket_range(key, kmax, scale, chosen, chosen);
     let mass_below = bracket_read(z, w, &bracket, s);
     list_threshold(&mut s.keyed, mass_below, target).unwrap_or(kmax)
 }
