@@ -378,9 +378,10 @@ mod x86 {
     }
 
     /// `filter::top_k_candidates` of an `f32` row with the ids the token bitmask row `words`
-    /// disallows read as `-inf`: each 64 logits come with one 64-bit read of the mask, whose
-    /// 16-bit quarters mask the scan's compares (a disallowed lane is never compared, so its
-    /// NaN is not seen either). The row is read once and the mask in the same pass.
+    /// disallows read as `-inf`: each 16 logits come with a 16-bit read of the mask straight
+    /// into a mask register, which masks the scan's compares (a disallowed lane never becomes
+    /// a candidate, and its NaN is not reported). The row is read once and the mask in the
+    /// same pass.
     ///
     /// # Safety
     /// The CPU must support AVX-512 F.
@@ -404,13 +405,11 @@ mod x86 {
         let p = y.as_ptr();
         let w = words.as_ptr();
         let load = |j: usize| _mm512_loadu_ps(p.add(j));
-        // The scan asks for 64 bits at multiples of 64 with j + 64 <= n, and for 16 at
-        // multiples of 16 with j + 16 <= n: whole words below ceil(n / 32), read unchecked.
-        // SAFETY: both reads stay below word ceil(n / 32) <= words.len() (checked above).
-        let bits = Bits {
-            b64: |j: usize| w.add(j / 32).cast::<u64>().read_unaligned(),
-            b16: |j: usize| (*w.add(j / 32) >> (j % 32)) as __mmask16,
-        };
+        // The scan asks for the 16 bits of logits j.. at multiples of 16 with j + 16 <= n: the
+        // (j / 16)-th 16-bit half word (x86 is little-endian: bit 0 of a word comes first), one
+        // mask-register load, no shifts.
+        // SAFETY: the reads stay below word ceil(n / 32) <= words.len() (checked above).
+        let lanes = |j: usize| w.cast::<u16>().add(j / 16).read_unaligned();
         let tail = |j: usize| {
             if words[j / 32] >> (j % 32) & 1 == 1 {
                 y[j]
@@ -418,7 +417,7 @@ mod x86 {
                 f32::NEG_INFINITY
             }
         };
-        top_k_scan_with(n, load, tail, bits, k, cand, sel, None)
+        top_k_scan_with(n, load, tail, lanes, k, cand, sel, None)
     }
 
     /// `filter::top_k_candidates` on a bfloat16 row (raw bits), widened in registers: the row
@@ -440,21 +439,12 @@ mod x86 {
         top_k_scan_with(y.len(), load, tail, every_lane(), k, cand, sel, est)
     }
 
-    /// Which lanes [`top_k_scan`] compares: `b64(j)` the 64 logits from `j` (a multiple of
-    /// 64), `b16(j)` the 16 from `j` (a multiple of 16), bit `l` for logit `j + l`.
-    #[derive(Clone, Copy)]
-    struct Bits<B64, B16> {
-        b64: B64,
-        b16: B16,
-    }
-
-    /// Every lane: constant masks, so the masked compares compile to plain ones.
+    /// Every lane: a constant mask, so the masked compares compile to plain ones. (A scan's
+    /// `lanes(j)` gives the lanes it compares among the 16 logits from `j`, bit `l` for logit
+    /// `j + l`.)
     #[inline(always)]
-    fn every_lane() -> Bits<impl Fn(usize) -> u64, impl Fn(usize) -> __mmask16> {
-        Bits {
-            b64: |_| u64::MAX,
-            b16: |_| 0xFFFF,
-        }
+    fn every_lane() -> impl Fn(usize) -> __mmask16 {
+        |_| 0xFFFF
     }
 
     /// [`top_k_scan`], compiled with the mass estimate only when one is asked for.
@@ -464,16 +454,16 @@ mod x86 {
         n: usize,
         load: impl Fn(usize) -> __m512,
         tail: impl Fn(usize) -> f32,
-        bits: Bits<impl Fn(usize) -> u64, impl Fn(usize) -> __mmask16>,
+        lanes: impl Fn(usize) -> __mmask16,
         k: usize,
         cand: &mut Vec<(f32, u32)>,
         sel: &mut Vec<f32>,
         est: Option<(f32, &mut MassEstimate)>,
     ) -> bool {
         match est {
-            None => top_k_scan::<false>(n, load, tail, bits, k, cand, sel, 0.0, None),
+            None => top_k_scan::<false>(n, load, tail, lanes, k, cand, sel, 0.0, None),
             Some((inv_t, e)) => {
-                top_k_scan::<true>(n, load, tail, bits, k, cand, sel, inv_t, Some(e))
+                top_k_scan::<true>(n, load, tail, lanes, k, cand, sel, inv_t, Some(e))
             }
         }
     }
@@ -607,7 +597,7 @@ mod x86 {
         n: usize,
         load: impl Fn(usize) -> __m512,
         tail: impl Fn(usize) -> f32,
-        bits: Bits<impl Fn(usize) -> u64, impl Fn(usize) -> __mmask16>,
+        lanes: impl Fn(usize) -> __mmask16,
         k: usize,
         cand: &mut Vec<(f32, u32)>,
         sel: &mut Vec<f32>,
@@ -629,12 +619,11 @@ mod x86 {
         // threshold is still low, hits are frequent and a branch per vector mispredicts.
         while j < quad {
             let v = [load(j), load(j + 16), load(j + 32), load(j + 48)];
-            let lanes = (bits.b64)(j);
             let mut any: __mmask16 = 0;
             let mut ms = [0 as __mmask16; 4];
             for q in 0..4 {
-                let on = (lanes >> (16 * q)) as __mmask16;
-                nan |= _mm512_mask_cmp_ps_mask::<_CMP_UNORD_Q>(on, v[q], v[q]);
+                let on = lanes(j + 16 * q);
+                nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v[q], v[q]);
                 ms[q] = _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(on, v[q], thr);
                 any |= ms[q];
                 if EST {
@@ -663,8 +652,8 @@ mod x86 {
         }
         while j < full {
             let v = load(j);
-            let on = (bits.b16)(j);
-            nan |= _mm512_mask_cmp_ps_mask::<_CMP_UNORD_Q>(on, v, v);
+            let on = lanes(j);
+            nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
             if EST {
                 st.add(v);
             }
@@ -681,7 +670,18 @@ mod x86 {
             j += 16;
         }
         let t = _mm512_cvtss_f32(thr);
-        let mut bad = nan != 0;
+        // The NaN test above reads every lane (fewer mask registers live in the loop); a NaN
+        // found is then looked for again among the compared lanes only (rare: a NaN row).
+        let mut bad = nan != 0 && {
+            let mut j = 0;
+            let mut seen = false;
+            while j < full && !seen {
+                let v = load(j);
+                seen = _mm512_mask_cmp_ps_mask::<_CMP_UNORD_Q>(lanes(j), v, v) != 0;
+                j += 16;
+            }
+            seen
+        };
         let (mut tail_max, mut tail_sum) = (f32::NEG_INFINITY, 0.0f64);
         for j in full..n {
             let v = tail(j);
