@@ -1038,7 +1038,7 @@ fn ordered<T: Elem, const FMA: bool>(
         }
         if stage == Stage::TypicalP && last {
             // When it keeps the maximum; otherwise the row is cut like `typical_p` cuts it.
-            match stages::typical_weights::<_, FMA>(z, live, p.typical_p, s) {
+            match stages::typical_weights::<_, FMA>(z, live, p.typical_p, false, s) {
                 Ok(kept) => return Ok(draw_typical(kept, z, s, probs, row.top_n, stream().0)),
                 Err(cut) => cut.apply(z, live),
             }
@@ -1112,14 +1112,23 @@ fn typical_last<T: Elem, const FMA: bool>(
     probs: Option<&mut [T::C]>,
     stream: &impl Fn() -> (f64, f64),
 ) -> Result<Option<Drawn>, SamplingError> {
-    let (m, nan) = max_nan(y);
+    // A long row's first read also takes its HEAD largest logits, which typical-p's
+    // sampled threshold starts from (`stages::typical_weights`).
+    let head = y.len() >= stages::TYPICAL_SAMPLED_MIN;
+    let (m, nan) = if head {
+        let nan = top_k_candidates(y, HEAD, &mut s.pairs, &mut s.sel);
+        let m = s.pairs.iter().fold(T::C::neg_infinity(), |a, q| a.max(q.0));
+        (m, nan)
+    } else {
+        max_nan(y)
+    };
     check_max(row.i, nan, m)?;
     if m == T::C::infinity() {
         return Ok(None);
     }
     let mut live = stages::Live::finite(m);
     live.scale_by(row.p.temperature);
-    match stages::typical_weights::<_, FMA>(y, &live, row.p.typical_p, s) {
+    match stages::typical_weights::<_, FMA>(y, &live, row.p.typical_p, head, s) {
         Ok(kept) => Ok(Some(draw_typical(kept, y, s, probs, row.top_n, stream().0))),
         Err(_) => Ok(None),
     }

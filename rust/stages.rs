@@ -655,7 +655,7 @@ pub(crate) fn typical_p<F: Real, const FMA: bool>(
     keep: usize,
     s: &mut Scratch<F>,
 ) {
-    let (c, tau, _) = typical_threshold::<F, FMA>(z, live, mass, s);
+    let (c, tau, _) = typical_threshold::<F, FMA>(z, live, mass, false, s);
     let tk = typical_key(live, c);
     let key = |v: F| tk.of(v);
     // The floor: the first `keep` by distance, ties by lower id (Hugging Face).
@@ -717,15 +717,17 @@ impl<F: Real> TypicalKept<F> {
 /// final weights are the ones typical-p computed and the kept set is drawn from by its key
 /// ([`TypicalKept`]; the block sums come from the read that found the threshold, so no pass
 /// cuts the row). `z` is not written: when the largest logit is cut (`Err`), the caller
-/// cuts the row ([`TypicalCut::apply`]) and the stages go on.
+/// cuts the row ([`TypicalCut::apply`]) and the stages go on. `head`: `s.pairs` holds the
+/// row's [`HEAD`] largest logits, from its first read (see [`key_threshold`]).
 #[inline(always)]
 pub(crate) fn typical_weights<F: Real, const FMA: bool>(
     z: &[F],
     live: &Live<F>,
     mass: f64,
+    head: bool,
     s: &mut Scratch<F>,
 ) -> Result<TypicalKept<F>, TypicalCut<F>> {
-    let (c, tau, read) = typical_threshold::<F, FMA>(z, live, mass, s);
+    let (c, tau, read) = typical_threshold::<F, FMA>(z, live, mass, head, s);
     let key = typical_key(live, c);
     if key.of(live.m) > tau {
         return Err(TypicalCut { key, tau });
@@ -776,6 +778,7 @@ fn typical_threshold<F: Real, const FMA: bool>(
     z: &[F],
     live: &Live<F>,
     mass: f64,
+    head: bool,
     s: &mut Scratch<F>,
 ) -> (F, F, bool) {
     let total = weights::<F, FMA>(z, live, s);
@@ -793,7 +796,8 @@ fn typical_threshold<F: Real, const FMA: bool>(
     // An entropy of at most ln(4 HEAD) is the spread of at most 4 HEAD equal tokens: a peaked
     // row. (A flat row of logits N(0, 2.86^2), as the benchmark's bulk at T 0.7: ln 2,100.)
     let peaked = h <= (4.0 * HEAD as f64).ln();
-    let (tau, read) = key_threshold(z, &key, kmax, &w, (mass * total, total), peaked, s);
+    let target = (mass * total, total);
+    let (tau, read) = key_threshold(z, &key, kmax, &w, target, (peaked, head), s);
     s.w = w;
     (c, tau, read)
 }
@@ -864,6 +868,8 @@ fn boundary_bucket(mass: &[f64], mass_below: &mut f64, target: f64) -> usize {
 
 /// [`sampled_key_threshold`] samples one chunk of 16 tokens in this many.
 const KEY_STRIDE: usize = 16;
+/// The shortest row [`key_threshold`] samples (64 sampled chunks of 16).
+pub(crate) const TYPICAL_SAMPLED_MIN: usize = 64 * 16 * KEY_STRIDE;
 /// [`sampled_key_threshold`] samples a row whose [`HEAD`] heaviest tokens hold at least this
 /// share of its mass ...
 const KEY_HEAD_SHARE: f64 = 0.5;
@@ -878,8 +884,10 @@ const KEY_MARGIN_MAX: f64 = 0.10;
 ///
 /// A long `peaked` row (its mass in few tokens, which a sample bounds well) first tries a
 /// bracket from a sample ([`sampled_key_threshold`]), which is exact when it holds;
-/// otherwise, and for other rows, [`exact_key_threshold`]. Second: whether `s.blocks` and
-/// `s.pairs` hold the last read ([`bracket_read`]) of the bracket `τ` came from.
+/// otherwise, and for other rows, [`exact_key_threshold`]. With `head`, `s.pairs` holds the
+/// row's [`HEAD`] largest logits (its first read took them), so the sample starts from them
+/// instead of scanning the weights. Second: whether `s.blocks` and `s.pairs` hold the last
+/// read ([`bracket_read`]) of the bracket `τ` came from.
 #[inline(always)]
 fn key_threshold<F: Real>(
     z: &[F],
@@ -887,14 +895,14 @@ fn key_threshold<F: Real>(
     kmax: F,
     w: &[F],
     (target, total): (f64, f64),
-    peaked: bool,
+    (peaked, head): (bool, bool),
     s: &mut Scratch<F>,
 ) -> (F, bool) {
     if kmax <= F::zero() {
         return (kmax, false); // every finite key is 0: all tie
     }
-    if peaked && z.len() >= 64 * 16 * KEY_STRIDE {
-        if let Some(tau) = sampled_key_threshold(z, key, kmax, w, (target, total), s) {
+    if peaked && z.len() >= TYPICAL_SAMPLED_MIN {
+        if let Some(tau) = sampled_key_threshold(z, key, kmax, w, (target, total), head, s) {
             return (tau, true);
         }
     }
@@ -915,11 +923,20 @@ fn sampled_key_threshold<F: Real>(
     kmax: F,
     w: &[F],
     (target, total): (f64, f64),
+    head: bool,
     s: &mut Scratch<F>,
 ) -> Option<F> {
     let scale = F::of((KEY_BUCKETS - 1) as f64) / kmax;
     let slot = |k: F| key_bucket(k, F::zero(), scale);
-    top_k_candidates(w, HEAD, &mut s.pairs, &mut s.sel);
+    if head {
+        // The first read's [`HEAD`] largest logits are the heaviest tokens (the weight is
+        // monotone in the logit): their weights, without a scan of `w`.
+        for q in s.pairs.iter_mut() {
+            q.0 = w[q.1 as usize];
+        }
+    } else {
+        top_k_candidates(w, HEAD, &mut s.pairs, &mut s.sel);
+    }
     // Every token outside the head weighs less than `head_min` (see `top_p_cut`).
     let head_min = s.pairs.iter().fold(F::infinity(), |a, q| a.min(q.0));
     let head: f64 = s.pairs.iter().map(|q| q.0.wide()).sum();
