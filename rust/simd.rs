@@ -671,7 +671,8 @@ mod x86 {
         }
         let t = _mm512_cvtss_f32(thr);
         // The NaN test above reads every lane (fewer mask registers live in the loop); a NaN
-        // found is then looked for again among the compared lanes only (rare: a NaN row).
+        // found is then looked for again among the compared lanes only: one more read, only
+        // for a row holding a NaN (an error, or a NaN the mask disallows).
         let mut bad = nan != 0 && {
             let mut j = 0;
             let mut seen = false;
