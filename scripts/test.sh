@@ -38,6 +38,8 @@ oldest="$TS_CACHE/transformers-oldest"
 stamp="$(sha256sum requirements-dev.lock requirements-oldest.lock | sha256sum | cut -c1-16)"
 if [[ "$(cat "$oldest/.stamp" 2>/dev/null)" != "$stamp" ]]; then
   rm -rf "$oldest"
+  # The cache folder exists only if the cargo target went there: not with CARGO_TARGET_DIR set.
+  mkdir -p "$TS_CACHE"
   grep -vxFf requirements-dev.lock requirements-oldest.lock | grep -v '^ *#' > "$TS_CACHE/oldest-overlay.txt"
   "$PY" -m pip install -q --no-deps --target "$oldest" -r "$TS_CACHE/oldest-overlay.txt"
   echo "$stamp" > "$oldest/.stamp"
