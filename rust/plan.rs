@@ -1114,8 +1114,8 @@ fn typical_last<T: Elem, const FMA: bool>(
 ) -> Result<Option<Drawn>, SamplingError> {
     // A long row's first read also takes its HEAD largest logits, which typical-p's
     // sampled threshold starts from (`stages::typical_weights`).
-    let head = y.len() >= stages::TYPICAL_SAMPLED_MIN;
-    let (m, nan) = if head {
+    let head_read = y.len() >= stages::TYPICAL_SAMPLED_MIN;
+    let (m, nan) = if head_read {
         let nan = top_k_candidates(y, HEAD, &mut s.pairs, &mut s.sel);
         let m = s.pairs.iter().fold(T::C::neg_infinity(), |a, q| a.max(q.0));
         (m, nan)
@@ -1128,7 +1128,7 @@ fn typical_last<T: Elem, const FMA: bool>(
     }
     let mut live = stages::Live::finite(m);
     live.scale_by(row.p.temperature);
-    match stages::typical_weights::<_, FMA>(y, &live, row.p.typical_p, head, s) {
+    match stages::typical_weights::<_, FMA>(y, &live, row.p.typical_p, head_read, s) {
         Ok(kept) => Ok(Some(draw_typical(kept, y, s, probs, row.top_n, stream().0))),
         Err(_) => Ok(None),
     }

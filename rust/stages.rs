@@ -717,17 +717,17 @@ impl<F: Real> TypicalKept<F> {
 /// final weights are the ones typical-p computed and the kept set is drawn from by its key
 /// ([`TypicalKept`]; the block sums come from the read that found the threshold, so no pass
 /// cuts the row). `z` is not written: when the largest logit is cut (`Err`), the caller
-/// cuts the row ([`TypicalCut::apply`]) and the stages go on. `head`: `s.pairs` holds the
+/// cuts the row ([`TypicalCut::apply`]) and the stages go on. `head_read`: `s.pairs` holds the
 /// row's [`HEAD`] largest logits, from its first read (see [`key_threshold`]).
 #[inline(always)]
 pub(crate) fn typical_weights<F: Real, const FMA: bool>(
     z: &[F],
     live: &Live<F>,
     mass: f64,
-    head: bool,
+    head_read: bool,
     s: &mut Scratch<F>,
 ) -> Result<TypicalKept<F>, TypicalCut<F>> {
-    let (c, tau, read) = typical_threshold::<F, FMA>(z, live, mass, head, s);
+    let (c, tau, read) = typical_threshold::<F, FMA>(z, live, mass, head_read, s);
     let key = typical_key(live, c);
     if key.of(live.m) > tau {
         return Err(TypicalCut { key, tau });
@@ -778,7 +778,7 @@ fn typical_threshold<F: Real, const FMA: bool>(
     z: &[F],
     live: &Live<F>,
     mass: f64,
-    head: bool,
+    head_read: bool,
     s: &mut Scratch<F>,
 ) -> (F, F, bool) {
     let total = weights::<F, FMA>(z, live, s);
@@ -797,7 +797,7 @@ fn typical_threshold<F: Real, const FMA: bool>(
     // row. (A flat row of logits N(0, 2.86^2), as the benchmark's bulk at T 0.7: ln 2,100.)
     let peaked = h <= (4.0 * HEAD as f64).ln();
     let target = (mass * total, total);
-    let (tau, read) = key_threshold(z, &key, kmax, &w, target, (peaked, head), s);
+    let (tau, read) = key_threshold(z, &key, kmax, &w, target, (peaked, head_read), s);
     s.w = w;
     (c, tau, read)
 }
@@ -884,7 +884,7 @@ const KEY_MARGIN_MAX: f64 = 0.10;
 ///
 /// A long `peaked` row (its mass in few tokens, which a sample bounds well) first tries a
 /// bracket from a sample ([`sampled_key_threshold`]), which is exact when it holds;
-/// otherwise, and for other rows, [`exact_key_threshold`]. With `head`, `s.pairs` holds the
+/// otherwise, and for other rows, [`exact_key_threshold`]. With `head_read`, `s.pairs` holds the
 /// row's [`HEAD`] largest logits (its first read took them), so the sample starts from them
 /// instead of scanning the weights. Second: whether `s.blocks` and `s.pairs` hold the last
 /// read ([`bracket_read`]) of the bracket `τ` came from.
@@ -895,14 +895,14 @@ fn key_threshold<F: Real>(
     kmax: F,
     w: &[F],
     (target, total): (f64, f64),
-    (peaked, head): (bool, bool),
+    (peaked, head_read): (bool, bool),
     s: &mut Scratch<F>,
 ) -> (F, bool) {
     if kmax <= F::zero() {
         return (kmax, false); // every finite key is 0: all tie
     }
     if peaked && z.len() >= TYPICAL_SAMPLED_MIN {
-        if let Some(tau) = sampled_key_threshold(z, key, kmax, w, (target, total), head, s) {
+        if let Some(tau) = sampled_key_threshold(z, key, kmax, w, (target, total), head_read, s) {
             return (tau, true);
         }
     }
@@ -923,12 +923,12 @@ fn sampled_key_threshold<F: Real>(
     kmax: F,
     w: &[F],
     (target, total): (f64, f64),
-    head: bool,
+    head_read: bool,
     s: &mut Scratch<F>,
 ) -> Option<F> {
     let scale = F::of((KEY_BUCKETS - 1) as f64) / kmax;
     let slot = |k: F| key_bucket(k, F::zero(), scale);
-    if head {
+    if head_read {
         // The first read's [`HEAD`] largest logits are the heaviest tokens (the weight is
         // monotone in the logit): their weights, without a scan of `w`.
         for q in s.pairs.iter_mut() {
