@@ -82,30 +82,33 @@ def test_one_graph_serves_every_prompt_length() -> None:
     assert dynamo_utils.counters["stats"]["unique_graphs"] == 1, dict(dynamo_utils.counters)
 
 
-def test_models_compiled_in_one_process_keep_their_own_graphs(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_models_compiled_in_one_process_keep_their_own_graphs() -> None:
     """Dynamo allows a few graphs per code object (8 by default; 1 here, so that two models
     show it). Each model compiles its own copy of the step function, so the second model is
     compiled too instead of silently running eager."""
     dynamo_config = pytest.importorskip("torch._dynamo.config")
     limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
-    monkeypatch.setattr(dynamo_config, limit, 1)  # each model needs one graph
     rows, steps = PROMPTS["one-row"], [[1], [2], [3]]
-    for seed in range(2):
-        model = random_model(tiny_llama_config(n_embd=32 + 8 * seed, n_layer=1), seed=seed)
-        eager = _decode(model, rows, steps)
-        dynamo_utils.counters.clear()
-        model.compile_decode()
-        torch.testing.assert_close(_decode(model, rows, steps), eager, atol=ATOL, rtol=0)
-        assert dynamo_utils.counters["stats"]["unique_graphs"] == 1, f"model {seed} ran eager"
+    # The config's own patch, as for the C++ compiler below: each model needs one graph.
+    with dynamo_config.patch({limit: 1}):
+        for seed in range(2):
+            model = random_model(tiny_llama_config(n_embd=32 + 8 * seed, n_layer=1), seed=seed)
+            eager = _decode(model, rows, steps)
+            dynamo_utils.counters.clear()
+            model.compile_decode()
+            torch.testing.assert_close(_decode(model, rows, steps), eager, atol=ATOL, rtol=0)
+            assert dynamo_utils.counters["stats"]["unique_graphs"] == 1, f"model {seed} ran eager"
 
 
-def test_no_cpp_compiler_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_cpp_compiler_is_one_clear_error() -> None:
     inductor_config = pytest.importorskip("torch._inductor.config")
-    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "/nonexistent/g++"))
     model = random_model(CONFIGS["llama-mha"])
-    with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler"):
+    # inductor's own patch: monkeypatch's undo of a torch config attribute deletes the
+    # setting, and later compiles in the process failed ("cpp.cxx does not exist").
+    with (
+        inductor_config.patch({"cpp.cxx": (None, "/nonexistent/g++")}),
+        pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler"),
+    ):
         model.compile_decode()
     fresh = random_model(CONFIGS["llama-mha"])  # never compiled
     assert torch.equal(_decode(model, [[5, 6]], [[1]]), _decode(fresh, [[5, 6]], [[1]]))
