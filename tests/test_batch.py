@@ -20,6 +20,7 @@ import pytest
 from model_helpers import default_model
 from tokensampler import batch
 from tokensampler.batch import id_key, plan_batches, read_tasks, record_seed
+from tokensampler.model.common import Linear
 
 MAX_NEW = 8
 # Ten good records with their own sampling fields, chat messages, a record without an id
@@ -257,7 +258,7 @@ def test_row_invariant_mode_of_both_architectures(arch: str) -> None:
     with pytest.raises(ValueError, match="row-invariant"):
         model.compile_decode()  # fused kernels sum in their own order
     model.set_row_invariant(False)
-    assert type(model.lm_head) is torch.nn.Linear  # the batched kernels are back
+    assert type(model.lm_head) is Linear  # the batched kernels are back
     model._compiled_step = object()  # as compile_decode leaves it (without compiling here)
     with pytest.raises(ValueError, match="compile_decode"):
         model.set_row_invariant(True)

@@ -12,7 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import DecoderLM, _embedding, decode_attention, matmul_attention, row_attention
+from .common import (
+    DecoderLM,
+    Linear,
+    _embedding,
+    decode_attention,
+    matmul_attention,
+    row_attention,
+)
 from .config import GPT2Config
 from .kv_cache import KVCache, attention_mask, cache_insert, positions
 
@@ -22,8 +29,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.n_embd = config.n_embd
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q | k | v
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd)  # q | k | v
+        self.c_proj = Linear(config.n_embd, config.n_embd)
 
     def forward(
         self,
@@ -69,8 +76,8 @@ def _attend(
 class MLP(nn.Module):
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, config.n_inner)
-        self.c_proj = nn.Linear(config.n_inner, config.n_embd)
+        self.c_fc = Linear(config.n_embd, config.n_inner)
+        self.c_proj = Linear(config.n_inner, config.n_embd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
@@ -122,7 +129,7 @@ class GPT2(DecoderLM):
                 "ln_f": nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon),
             }
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = wte.weight  # weight tying, as in every GPT-2
         if self.lm_head.weight.device.type != "meta":
             self.apply(self._init_weights)

@@ -17,7 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import DecoderLM, _embedding, decode_attention, matmul_attention, row_attention
+from .common import (
+    DecoderLM,
+    Linear,
+    _embedding,
+    decode_attention,
+    matmul_attention,
+    row_attention,
+)
 from .config import LlamaConfig
 from .kv_cache import KVCache, attention_mask, cache_insert, positions
 
@@ -85,8 +92,8 @@ class CausalSelfAttention(nn.Module):
         self.n_kv_head = config.n_kv_head
         self.head_dim = config.head_dim
         qkv = (config.n_head + 2 * config.n_kv_head) * config.head_dim
-        self.c_attn = nn.Linear(config.n_embd, qkv, bias=config.attention_bias)  # q | k | v
-        self.c_proj = nn.Linear(
+        self.c_attn = Linear(config.n_embd, qkv, bias=config.attention_bias)  # q | k | v
+        self.c_proj = Linear(
             config.n_head * config.head_dim, config.n_embd, bias=config.attention_bias
         )
 
@@ -152,8 +159,8 @@ class MLP(nn.Module):
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
         self.hidden = config.intermediate_size
-        self.c_fc = nn.Linear(config.n_embd, 2 * config.intermediate_size, bias=config.mlp_bias)
-        self.c_proj = nn.Linear(config.intermediate_size, config.n_embd, bias=config.mlp_bias)
+        self.c_fc = Linear(config.n_embd, 2 * config.intermediate_size, bias=config.mlp_bias)
+        self.c_proj = Linear(config.intermediate_size, config.n_embd, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.c_fc(x).split(self.hidden, dim=-1)  # gate | up
@@ -207,7 +214,7 @@ class Llama(DecoderLM):
                 "ln_f": RMSNorm(config.n_embd, config.rms_norm_eps),
             }
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = wte.weight
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
