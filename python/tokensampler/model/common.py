@@ -166,20 +166,12 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight
-        if (
-            not _ONEDNN
-            or w.dtype != torch.float32
-            or w.device.type != "cpu"
-            or (w.requires_grad and torch.is_grad_enabled())
-        ):
+        if not _own_kernels(w):
             return F.linear(x, w, self.bias)
         k = x.size(-1)
         m = x.numel() // k if k else 0
         if m > FEW_ROWS or m == 0:
-            out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(
-                x, w, self.bias, "none", [], ""
-            )
-            return out
+            return _onednn_linear(x, w, self.bias)
         flat = x.reshape(m, k)
         if m == 1:
             flat = torch.cat([flat, flat.new_zeros(1, k)])
@@ -189,11 +181,29 @@ class Linear(nn.Linear):
         return y.contiguous().view(*x.shape[:-1], y.size(-1))
 
 
+def _own_kernels(w: torch.Tensor) -> bool:
+    """Whether `Linear`'s (and `RowInvariantLinear`'s) own kernels serve weight w: float32 on
+    an x86 CPU with oneDNN, and no gradient to take (the oneDNN op has no backward)."""
+    return (
+        _ONEDNN
+        and w.dtype == torch.float32
+        and w.device.type == "cpu"
+        and not (w.requires_grad and torch.is_grad_enabled())
+    )
+
+
+def _onednn_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+    return out
+
+
 # Row-invariant mode (`DecoderLM.set_row_invariant`): every matmul gets a multiple of this many
-# rows. Measured with torch 2.15's MKL on an AVX-512 EPYC: a (M, K) @ (K, N) product gives a
-# row bit-identical results at every M >= 4 that is a multiple of 4, with 1 to 4 threads, and
+# rows. Measured on an AVX-512 EPYC with torch 2.15: MKL's product (`F.linear`) gives a row
+# bit-identical results at every M >= 4 that is a multiple of 4, with 1 to 4 threads, and
 # different results at M = 1 (a matrix-vector kernel), 2 and 3 (and, with 2 threads, at
-# M = 5-7 and 9-11).
+# M = 5-7 and 9-11). oneDNN's float32 linear, which this mode uses where `Linear` would
+# (`_own_kernels`), gave a row the bits of its padded 4-row product at every M from 6 to 69,
+# with 1 to 4 threads, on SmolLM2's shapes with and without bias.
 ROW_MULTIPLE = 4
 
 
@@ -210,7 +220,8 @@ class RowInvariantLinear(nn.Linear):
         extra = -m % ROW_MULTIPLE
         if extra:
             flat = torch.cat([flat, flat.new_zeros(extra, k)])
-        y = F.linear(flat.contiguous(), self.weight, self.bias)
+        product = _onednn_linear if _own_kernels(self.weight) else F.linear
+        y = product(flat.contiguous(), self.weight, self.bias)
         return y[:m].reshape(*x.shape[:-1], y.size(-1))
 
 
