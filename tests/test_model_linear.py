@@ -6,11 +6,14 @@ without bias, in 2-D and 3-D; other dtypes and autograd take `F.linear` itself.
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
+from tokensampler.model import common
 from tokensampler.model.common import FEW_ROWS, Linear
 
 ROWS = sorted({0, 1, 2, 3, FEW_ROWS, FEW_ROWS + 1, 9, 33, 150})
@@ -68,3 +71,27 @@ def test_autograd_goes_through_f_linear() -> None:
     layer(x).sum().backward()
     assert x.grad is not None and layer.weight.grad is not None
     torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(2, -1).detach())
+
+
+@pytest.mark.skipif(
+    not common._ONEDNN, reason="the own kernels need x86-64 and a torch built with oneDNN"
+)
+@pytest.mark.parametrize(("m", "kernel"), [(1, "aten::mm"), (FEW_ROWS, "aten::mm"),
+                                           (FEW_ROWS + 1, "mkldnn::_linear_pointwise")])  # fmt: skip
+def test_each_row_count_takes_its_kernel(m: int, kernel: str) -> None:
+    """The kernel choice itself (the products above would pass through `F.linear` too)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    layer = _layer(64, 300, False, seed=4)
+    x = torch.randn(m, 64)
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        layer(x)
+    names = {e.key for e in prof.key_averages()}
+    assert kernel in names and "aten::linear" not in names, names
+
+
+def test_x86_64_with_onednn_uses_the_own_kernels() -> None:
+    """On the machines this was measured on (x86-64, torch's oneDNN build) the own kernels
+    are on; elsewhere `Linear` is `F.linear`."""
+    if platform.machine().lower() in ("x86_64", "amd64") and torch.backends.mkldnn.is_available():
+        assert common._ONEDNN
