@@ -12,14 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import (
-    DecoderLM,
-    Linear,
-    _embedding,
-    decode_attention,
-    matmul_attention,
-    row_attention,
-)
+from .common import DecoderLM, Linear, _embedding, decode_attention, matmul_attention, row_attention
 from .config import GPT2Config
 from .kv_cache import KVCache, attention_mask, cache_insert, positions
 

@@ -17,14 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import (
-    DecoderLM,
-    Linear,
-    _embedding,
-    decode_attention,
-    matmul_attention,
-    row_attention,
-)
+from .common import DecoderLM, Linear, _embedding, decode_attention, matmul_attention, row_attention
 from .config import LlamaConfig
 from .kv_cache import KVCache, attention_mask, cache_insert, positions
 
