@@ -242,9 +242,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--num-speculative-tokens",
         type=int,
-        default=4,
+        default=8,
         metavar="K",
-        help="tokens drafted per step (default 4; fewer while drafts keep failing)",
+        help="tokens drafted per step (default 8; none while drafts keep failing)",
     )
     so = g.add_argument_group(
         "structured output (the text is constrained token by token; it ends when the "
