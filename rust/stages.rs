@@ -937,7 +937,8 @@ fn sampled_key_threshold<F: Real>(
     } else {
         top_k_candidates(w, HEAD, &mut s.pairs, &mut s.sel);
     }
-    // Every token outside the head weighs less than `head_min` (see `top_p_cut`).
+    // Every token outside the head weighs at most `head_min` (see `top_p_cut`; equal weights
+    // where logits tie or round alike).
     let head_min = s.pairs.iter().fold(F::infinity(), |a, q| a.min(q.0));
     let head: f64 = s.pairs.iter().map(|q| q.0.wide()).sum();
     if head < KEY_HEAD_SHARE * total {
