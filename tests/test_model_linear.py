@@ -7,6 +7,7 @@ without bias, in 2-D and 3-D; other dtypes and autograd take `F.linear` itself.
 from __future__ import annotations
 
 import platform
+import warnings
 
 import pytest
 
@@ -63,6 +64,17 @@ def test_half_precision_is_f_linear(dtype: torch.dtype) -> None:
     x = torch.randn(3, 64).to(dtype)
     with torch.inference_mode():
         assert torch.equal(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+def test_no_input_features_is_f_linear() -> None:
+    """in_features 0 (every output is its bias): oneDNN refuses an empty weight."""
+    with warnings.catch_warnings():  # torch: "Initializing zero-element tensors is a no-op"
+        warnings.simplefilter("ignore", UserWarning)
+        layer = _layer(0, 7, True, seed=5)
+    for m in (1, 3, FEW_ROWS + 2):
+        with torch.inference_mode():
+            got = layer(torch.randn(m, 0))
+        assert torch.equal(got, layer.bias.detach().expand(m, -1))
 
 
 def test_autograd_goes_through_f_linear() -> None:

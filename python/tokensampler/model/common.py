@@ -169,12 +169,10 @@ class Linear(nn.Linear):
         if not _own_kernels(w):
             return F.linear(x, w, self.bias)
         k = x.size(-1)
-        m = x.numel() // k if k else 0
-        if m > FEW_ROWS or m == 0:
+        m = x.numel() // k
+        if not 0 < m <= FEW_ROWS:
             return _onednn_linear(x, w, self.bias)
-        flat = x.reshape(m, k)
-        if m == 1:
-            flat = torch.cat([flat, flat.new_zeros(1, k)])
+        flat = _pad_rows(x.reshape(m, k), 1 if m == 1 else 0)  # one row: a 2-column product
         y = torch.mm(w, flat.t())[:, :m].t()  # (m, N), a transposed view
         if self.bias is not None:
             y = y + self.bias
@@ -186,10 +184,16 @@ def _own_kernels(w: torch.Tensor) -> bool:
     an x86 CPU with oneDNN, and no gradient to take (the oneDNN op has no backward)."""
     return (
         _ONEDNN
+        and w.numel() > 0  # oneDNN refuses an empty weight (in_features 0)
         and w.dtype == torch.float32
         and w.device.type == "cpu"
         and not (w.requires_grad and torch.is_grad_enabled())
     )
+
+
+def _pad_rows(flat: torch.Tensor, extra: int) -> torch.Tensor:
+    """flat (M, K) with `extra` rows of zeros below it."""
+    return torch.cat([flat, flat.new_zeros(extra, flat.size(1))]) if extra else flat
 
 
 def _onednn_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
@@ -214,12 +218,9 @@ class RowInvariantLinear(nn.Linear):
     parameters are the same objects."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = x.size(-1)
-        flat = x.reshape(-1, k)
+        flat = x.reshape(-1, x.size(-1))
         m = flat.size(0)
-        extra = -m % ROW_MULTIPLE
-        if extra:
-            flat = torch.cat([flat, flat.new_zeros(extra, k)])
+        flat = _pad_rows(flat, -m % ROW_MULTIPLE)
         product = _onednn_linear if _own_kernels(self.weight) else F.linear
         y = product(flat.contiguous(), self.weight, self.bias)
         return y[:m].reshape(*x.shape[:-1], y.size(-1))
