@@ -828,7 +828,10 @@ mod x86 {
                 } else {
                     _mm512_mask_cmp_ps_mask::<_CMP_LT_OQ>(from, x, b1)
                 };
-                add_wide(&mut under, below, _mm512_loadu_ps(w.as_ptr().add(j)));
+                // Most of a peaked row lies above the bracket: its weights are not read.
+                if below != 0 {
+                    add_wide(&mut under, below, _mm512_loadu_ps(w.as_ptr().add(j)));
+                }
                 if inside != 0 {
                     // SAFETY: k <= j, and the capacity is n + 16 pairs.
                     k += store_lanes(out.add(k), inside, key, j as u32);
