@@ -882,12 +882,13 @@ const KEY_MARGIN_MAX: f64 = 0.10;
 /// weight (the largest finite key if none does; `kmax` is it), with `key(z_j)` token `j`'s
 /// key (`total`: the weight of every live token). Tokens with an infinite key do not count.
 ///
-/// A long `peaked` row (its mass in few tokens, which a sample bounds well) first tries a
-/// bracket from a sample ([`sampled_key_threshold`]), which is exact when it holds;
-/// otherwise, and for other rows, [`exact_key_threshold`]. With `head_read`, `s.pairs` holds the
-/// row's [`HEAD`] largest logits (its first read took them), so the sample starts from them
-/// instead of scanning the weights. Second: whether `s.blocks` and `s.pairs` hold the last
-/// read ([`bracket_read`]) of the bracket `τ` came from.
+/// A long `peaked` row (its mass in few tokens, which a sample bounds well) first tries its
+/// [`HEAD`] largest logits alone ([`head_key_threshold`]), then a bracket from a sample
+/// ([`sampled_key_threshold`]), each exact when it holds; otherwise, and for other rows,
+/// [`exact_key_threshold`]. With `head_read`, `s.pairs` holds the row's [`HEAD`] largest
+/// logits (its first read took them); else they are found here, in one read of `z`. Second:
+/// whether `s.blocks` and `s.pairs` hold the last read ([`bracket_read`]) of the bracket `τ`
+/// came from (for the head: nothing below it in `s.blocks`, the head's keys in `s.pairs`).
 #[inline(always)]
 fn key_threshold<F: Real>(
     z: &[F],
@@ -909,6 +910,41 @@ fn key_threshold<F: Real>(
     (exact_key_threshold(z, key, kmax, w, target, s), true)
 }
 
+/// [`key_threshold`] from the head alone: `s.pairs` holds the [`HEAD`] largest logits' ids
+/// and weights (and their ties), every other token's logit is at most the head's least, `l`.
+/// When `c >= l`, every other token's key is at least `key(l)` (`c - v` rounds monotonically
+/// in `v`); so when the head's tokens in key order reach `target` at a key `τ < key(l)`, `τ` is
+/// the threshold and no read of the row is needed. On a peaked row the kept set is usually a
+/// handful of head tokens. Leaves what a bracket read would (see [`key_threshold`]): the
+/// head's `(key, id)` in `s.pairs` and nothing below a bracket in `s.blocks`.
+#[inline(always)]
+fn head_key_threshold<F: Real>(
+    z: &[F],
+    key: &TypicalKey<F>,
+    target: f64,
+    s: &mut Scratch<F>,
+) -> Option<F> {
+    let least = s
+        .pairs
+        .iter()
+        .fold(F::infinity(), |a, q| a.min(z[q.1 as usize]));
+    if key.c < least {
+        return None;
+    }
+    s.keyed.clear();
+    s.keyed
+        .extend(s.pairs.iter().map(|q| (key.of(z[q.1 as usize]), q.0)));
+    let tau = sorted_threshold(&mut s.keyed, 0.0, target)?;
+    if tau >= key.of(least) {
+        return None;
+    }
+    for q in s.pairs.iter_mut() {
+        q.0 = key.of(z[q.1 as usize]);
+    }
+    s.blocks.fill(0.0);
+    Some(tau)
+}
+
 /// [`key_threshold`] from a bracket that a sample places: the [`HEAD`] heaviest tokens
 /// exactly, and of the others every [`KEY_STRIDE`]-th chunk of 16, in a histogram of the keys
 /// (the same buckets as [`exact_key_threshold`]'s); the bracket is the buckets where the
@@ -928,14 +964,16 @@ fn sampled_key_threshold<F: Real>(
 ) -> Option<F> {
     let scale = F::of((KEY_BUCKETS - 1) as f64) / kmax;
     let slot = |k: F| key_bucket(k, F::zero(), scale);
-    if head_read {
-        // The first read's [`HEAD`] largest logits are the heaviest tokens (the weight is
-        // monotone in the logit): their weights, without a scan of `w`.
-        for q in s.pairs.iter_mut() {
-            q.0 = w[q.1 as usize];
-        }
-    } else {
-        top_k_candidates(w, HEAD, &mut s.pairs, &mut s.sel);
+    // The [`HEAD`] largest logits (from the first read, with `head_read`) are the heaviest
+    // tokens (the weight is monotone in the logit): their weights.
+    if !head_read {
+        top_k_candidates(z, HEAD, &mut s.pairs, &mut s.sel);
+    }
+    for q in s.pairs.iter_mut() {
+        q.0 = w[q.1 as usize];
+    }
+    if let Some(tau) = head_key_threshold(z, key, target, s) {
+        return Some(tau);
     }
     // Every token outside the head weighs at most `head_min` (see `top_p_cut`; equal weights
     // where logits tie or round alike).
@@ -1106,6 +1144,14 @@ fn list_threshold<F: Real>(buf: &mut Vec<(F, F)>, mut mass_below: f64, target: f
         let chosen = boundary_bucket(&mass, &mut mass_below, target);
         buf.retain(|c| key_bucket(c.0, lo, scale) == chosen);
     }
+    sorted_threshold(buf, mass_below, target).or_else(|| buf.last().map(|c| c.0))
+}
+
+/// The smallest key `τ` of `buf` (keys and weights; sorted here by key) such that
+/// `mass_below` plus the weight of its tokens with `key <= τ` reaches `target`; `None` when
+/// the whole list does not.
+#[inline(always)]
+fn sorted_threshold<F: Real>(buf: &mut [(F, F)], mut mass_below: f64, target: f64) -> Option<F> {
     buf.sort_unstable_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
     for &(k, wj) in buf.iter() {
         mass_below += wj.wide();
@@ -1113,7 +1159,7 @@ fn list_threshold<F: Real>(buf: &mut Vec<(F, F)>, mut mass_below: f64, target: f
             return Some(k);
         }
     }
-    buf.last().map(|c| c.0)
+    None
 }
 
 /// XTC ("exclude top choices", llama.cpp `xtc`): when the row's `coin` falls below
@@ -1396,6 +1442,33 @@ mod tests {
                 z[j] += strength * (0.5 + rnd());
             }
             let mass = [0.2, 0.5, 0.9, 0.99][case / 2 % 4];
+            let got = run(|z, l, s| typical_p::<_, false>(z, l, mass, 1, s), &z);
+            assert_eq!(kept(got), typical_by_sort(&z, mass), "case {case}");
+        }
+    }
+
+    /// Rows whose kept set may or may not lie in the [`HEAD`] largest logits
+    /// (`head_key_threshold`): a plateau of jittered tokens around the head's edge (fewer,
+    /// as many and more than [`HEAD`]), a few dominant tokens above it and a low bulk. Where
+    /// the kept set reaches past the head's least logit, the tokens just under it (outside
+    /// the head) have keys between the head's, and must be counted: the head alone would
+    /// give another set. Equal to a full sort.
+    #[test]
+    fn typical_head_rows_equal_a_sort() {
+        let mut rnd = crate::test_util::uniforms(21);
+        for case in 0..72 {
+            let n = 20_000;
+            let mut z: Vec<f64> = (0..n).map(|_| -5.0 + rnd()).collect();
+            let plateau = [40, 63, 64, 65, 80, 120][case % 6];
+            let (dominant, lift) = [(0, 0.0), (1, 1.5), (3, 3.0)][case / 6 % 3];
+            let jitter = [0.3, 1.0][case / 18 % 2];
+            for j in 0..plateau {
+                z[j * 97 + 5] = 10.0 + jitter * (rnd() - 0.5);
+            }
+            for j in 0..dominant {
+                z[j * 1_013 + 50] = 10.0 + lift + rnd();
+            }
+            let mass = [0.3, 0.9][case / 36 % 2];
             let got = run(|z, l, s| typical_p::<_, false>(z, l, mass, 1, s), &z);
             assert_eq!(kept(got), typical_by_sort(&z, mass), "case {case}");
         }
