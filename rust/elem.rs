@@ -5,7 +5,7 @@ use crate::filter::{
     mass_above_and_collect_portable, masses_above_portable, top_k_portable, KeyBracket, TypicalKey,
 };
 use crate::simd::{simd_level, Simd};
-use crate::softmax::{exp_weights_by, MassEstimate};
+use crate::softmax::{exp_weights_by, exp_weights_entropy_portable, MassEstimate};
 use half::slice::HalfFloatSliceExt;
 use num_traits::Float;
 
@@ -76,6 +76,18 @@ pub trait Real: Float + Default + Send + Sync + std::fmt::Debug + 'static + Elem
         blocks: &mut Vec<f64>,
     ) -> f64 {
         exp_weights_by::<Self, Self, FMA>(y, |v| v, m, inv_t, floor, w, blocks)
+    }
+    /// [`crate::softmax::exp_weights_entropy`].
+    #[inline(always)]
+    fn exp_weights_entropy<const FMA: bool>(
+        y: &[Self],
+        m: Self,
+        inv_t: Self,
+        floor: Self,
+        w: &mut Vec<Self>,
+        blocks: &mut Vec<f64>,
+    ) -> (f64, f64, Self) {
+        exp_weights_entropy_portable::<Self, FMA>(y, m, inv_t, floor, w, blocks)
     }
     /// [`crate::filter::masses_above`].
     #[inline(always)]
@@ -210,6 +222,23 @@ impl Real for f32 {
             return unsafe { crate::simd::exp_weights_f32(y, m, inv_t, floor, w, blocks) };
         }
         exp_weights_by::<f32, f32, FMA>(y, |v| v, m, inv_t, floor, w, blocks)
+    }
+    #[inline(always)]
+    fn exp_weights_entropy<const FMA: bool>(
+        y: &[f32],
+        m: f32,
+        inv_t: f32,
+        floor: f32,
+        w: &mut Vec<f32>,
+        blocks: &mut Vec<f64>,
+    ) -> (f64, f64, f32) {
+        // The kernel is the FMA variant: only for code compiled with FMA.
+        #[cfg(target_arch = "x86_64")]
+        if FMA && avx512() {
+            // SAFETY: the CPU has AVX-512 (avx512()).
+            return unsafe { crate::simd::exp_weights_entropy_f32(y, m, inv_t, floor, w, blocks) };
+        }
+        exp_weights_entropy_portable::<f32, FMA>(y, m, inv_t, floor, w, blocks)
     }
     #[inline(always)]
     fn masses_above(w: &[f32], th: &[f32; 4]) -> [f64; 4] {
@@ -652,6 +681,34 @@ mod tests {
                 );
                 assert_eq!(e0.0.to_bits(), e1.0.to_bits(), "n {n}");
                 assert_eq!(e0.1.to_bits(), e1.1.to_bits(), "n {n}");
+                // The exp pass with the entropy's products and the smallest live logit.
+                for inv_t in [1.0f32, 1.0 / 0.7] {
+                    let (mut w0, mut w1, mut b0, mut b1) = (vec![], vec![], vec![], vec![]);
+                    let x0 = crate::softmax::exp_weights_entropy_portable::<f32, true>(
+                        &z, 6.0, inv_t, lo, &mut w0, &mut b0,
+                    );
+                    let x1 = f32::exp_weights_entropy::<true>(&z, 6.0, inv_t, lo, &mut w1, &mut b1);
+                    assert_eq!(x0.0.to_bits(), x1.0.to_bits(), "n {n}");
+                    eprintln!("DBG n {n} {} {}", x0.1, x1.1);
+                    assert_eq!(x0.1.to_bits(), x1.1.to_bits(), "n {n}");
+                    assert_eq!(x0.2.to_bits(), x1.2.to_bits(), "n {n}");
+                    assert_eq!(w0, w1, "n {n}");
+                    assert_eq!(b0, b1, "n {n}");
+                    // The same weights and block sums as the exp pass alone.
+                    let (mut w2, mut b2) = (vec![], vec![]);
+                    let t2 = f32::exp_weights::<true>(&z, 6.0, inv_t, lo, &mut w2, &mut b2);
+                    assert_eq!(
+                        (x1.0.to_bits(), &w1, &b1),
+                        (t2.to_bits(), &w2, &b2),
+                        "n {n}"
+                    );
+                    // The smallest live logit is the entropy pass's, and the products' sum
+                    // its sum (scaled) to f32 accuracy.
+                    let (sum, least) = entropy_sum_portable(&z, &w1, 6.0, lo);
+                    assert_eq!(x1.2.to_bits(), least.to_bits(), "n {n}");
+                    let want = inv_t as f64 * sum;
+                    assert!((x1.1 - want).abs() <= 1e-5 * want.abs().max(1e-30), "n {n}");
+                }
                 let kmax = 7.0;
                 let scale = 511.0 / kmax;
                 for (b0, b1, open) in [

@@ -95,7 +95,27 @@ mod x86 {
     ) -> f64 {
         let p = y.as_ptr();
         let load = |j: usize| _mm512_loadu_ps(p.add(j));
-        exp_weights_scan(y.len(), load, |j| y[j], m, inv_t, floor, w, blocks)
+        exp_weights_scan::<false>(y.len(), load, |j| y[j], m, inv_t, floor, w, blocks).0
+    }
+
+    /// AVX-512 twin of `softmax::exp_weights_entropy_portable` (FMA variant) for an `f32`
+    /// row: [`exp_weights_f32`] with the products `w x` in 32 `f32` lanes per block and the
+    /// smallest live logit, the same results bit for bit.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn exp_weights_entropy_f32(
+        y: &[f32],
+        m: f32,
+        inv_t: f32,
+        floor: f32,
+        w: &mut Vec<f32>,
+        blocks: &mut Vec<f64>,
+    ) -> (f64, f64, f32) {
+        let p = y.as_ptr();
+        let load = |j: usize| _mm512_loadu_ps(p.add(j));
+        exp_weights_scan::<true>(y.len(), load, |j| y[j], m, inv_t, floor, w, blocks)
     }
 
     /// [`exp_weights_f32`] on a bfloat16 row given as raw bits, widened as it is read.
@@ -113,7 +133,7 @@ mod x86 {
     ) -> f64 {
         let load = |j: usize| load_bf16(y, j);
         let tail = |j: usize| f32::from_bits((y[j] as u32) << 16);
-        exp_weights_scan(y.len(), load, tail, m, inv_t, floor, w, blocks)
+        exp_weights_scan::<false>(y.len(), load, tail, m, inv_t, floor, w, blocks).0
     }
 
     /// The loop behind both: `load(j)` gives the 16 logits from `j`, `tail(j)` one logit.
@@ -121,7 +141,7 @@ mod x86 {
     /// intrinsics inline.)
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f")]
-    unsafe fn exp_weights_scan(
+    unsafe fn exp_weights_scan<const ENTROPY: bool>(
         n: usize,
         load: impl Fn(usize) -> __m512,
         tail: impl Fn(usize) -> f32,
@@ -130,7 +150,7 @@ mod x86 {
         floor: f32,
         w: &mut Vec<f32>,
         blocks: &mut Vec<f64>,
-    ) -> f64 {
+    ) -> (f64, f64, f32) {
         w.clear();
         w.reserve(n);
         blocks.clear();
@@ -166,44 +186,74 @@ mod x86 {
                 v,
                 vfloor,
             );
-            _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(q, k))
+            // With the clamped exponent: a weight of 0 gives a product of 0, and a positive
+            // weight's exponent is at least -87 (the portable loop's `max(x, MIN)` there).
+            (_mm512_maskz_mov_ps(keep, _mm512_scalef_ps(q, k)), xc)
         };
-        let mut total = 0.0;
+        // Live: at least the floor and finite (`v > -inf` is implied by a finite floor).
+        let live_floor = if floor > f32::NEG_INFINITY {
+            floor
+        } else {
+            f32::MIN
+        };
+        let vlive = _mm512_set1_ps(live_floor);
+        let mut vlow = _mm512_set1_ps(f32::INFINITY);
+        let mut low = f32::INFINITY;
+        let (mut total, mut xsum) = (0.0, 0.0);
         let mut start = 0;
         while start < n {
             let end = (start + BLOCK).min(n);
             // sum_wide's 32 lanes: lane l sums elements l, l + 32, ... of the block.
             let mut acc = [_mm512_setzero_pd(); 4];
+            let mut xl = [_mm512_setzero_ps(); 2];
             let mut j = start;
             while j + 32 <= end {
-                let e = [weights(load(j)), weights(load(j + 16))];
-                for (h, &eh) in e.iter().enumerate() {
+                let v = [load(j), load(j + 16)];
+                let e = [weights(v[0]), weights(v[1])];
+                for (h, &(eh, xh)) in e.iter().enumerate() {
                     _mm512_storeu_ps(out.add(j + 16 * h), eh);
                     let [a, b] = widen(eh);
                     acc[2 * h] = _mm512_add_pd(acc[2 * h], a);
                     acc[2 * h + 1] = _mm512_add_pd(acc[2 * h + 1], b);
+                    if ENTROPY {
+                        xl[h] = _mm512_fmadd_ps(eh, xh, xl[h]);
+                        let live = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v[h], vlive);
+                        vlow = _mm512_mask_min_ps(vlow, live, vlow, v[h]);
+                    }
                 }
                 j += 32;
+            }
+            let mut lanes = [0.0f32; 32];
+            if ENTROPY {
+                _mm512_storeu_ps(lanes.as_mut_ptr(), xl[0]);
+                _mm512_storeu_ps(lanes.as_mut_ptr().add(16), xl[1]);
             }
             let mut tail_sum = 0.0f64;
             for k in j..end {
                 let v = tail(k);
-                let e = if v >= floor {
-                    exp_f32_fma((v - m) * inv_t)
-                } else {
-                    0.0
-                };
+                let x = (v - m) * inv_t;
+                let e = if v >= floor { exp_f32_fma(x) } else { 0.0 };
                 out.add(k).write(e);
                 tail_sum += e as f64;
+                if ENTROPY {
+                    let l = &mut lanes[(k - start) % 32];
+                    *l = e.mul_add(x.max(f32::MIN), *l);
+                    if v >= live_floor {
+                        low = low.min(v);
+                    }
+                }
             }
             let s = lane_sum(&acc) + tail_sum;
             blocks.push(s);
             total += s;
+            if ENTROPY {
+                xsum += lanes.iter().map(|&v| v as f64).sum::<f64>();
+            }
             start = end;
         }
         // SAFETY: every element of 0..n was written above.
         w.set_len(n);
-        total
+        (total, xsum, low.min(_mm512_reduce_min_ps(vlow)))
     }
 
     // The pair stores below write `(f32, u32)` tuples as two adjacent 4-byte words.
@@ -1031,7 +1081,7 @@ mod x86 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::{
-    entropy_sum, exp_weights_bf16, exp_weights_f32, gather_allowed_f32, keep_keys_within,
-    key_bracket, mass_above_and_collect, masses_above, top_k_candidates, top_k_candidates_bf16,
-    top_k_candidates_masked,
+    entropy_sum, exp_weights_bf16, exp_weights_entropy_f32, exp_weights_f32, gather_allowed_f32,
+    keep_keys_within, key_bracket, mass_above_and_collect, masses_above, top_k_candidates,
+    top_k_candidates_bf16, top_k_candidates_masked,
 };

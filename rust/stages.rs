@@ -19,7 +19,7 @@ use crate::filter::{
 };
 use crate::params::RowParams;
 use crate::scratch::Scratch;
-use crate::softmax::{exp_weight, exp_weights, BLOCK};
+use crate::softmax::{exp_weight, exp_weights, exp_weights_entropy, BLOCK};
 /// The most probable tokens mirostat 1 fits its Zipf exponent to (llama.cpp's `m`).
 const MIROSTAT_M: usize = 100;
 
@@ -781,8 +781,10 @@ fn typical_threshold<F: Real, const FMA: bool>(
     head_read: bool,
     s: &mut Scratch<F>,
 ) -> (F, F, bool) {
-    let total = weights::<F, FMA>(z, live, s);
-    let (h, z_min) = entropy_and_floor(z, &s.w, live, total);
+    let (total, xsum, z_min) =
+        exp_weights_entropy::<F, FMA>(z, live.m, live.scale, live.lo, &mut s.w, &mut s.blocks);
+    // log p_j = x_j - ln(total), x_j = (z_j - m) * scale.
+    let h = total.ln() - xsum / total;
     let c = F::of(live.m.wide() + (total.ln() - h) / live.scale.wide());
     let key = typical_key(live, c);
     // `c - v` rounds monotonically in `v`: the largest finite key is at an end of the range.
