@@ -724,51 +724,6 @@ pub(crate) fn key_bracket_portable<F: Real>(
     total
 }
 
-/// The entropy's sum `sum w_j (z_j - m)` over the tokens of positive weight (16 `f64`
-/// lanes, then the tail), and the smallest live logit (`z_j >= lo`, finite; `+inf` when
-/// none), in one read.
-#[inline(always)]
-pub(crate) fn entropy_sum<F: Real>(z: &[F], w: &[F], m: F, lo: F) -> (f64, F) {
-    F::entropy_sum(z, w, m, lo)
-}
-
-/// The portable loop of [`entropy_sum`] (`Real::entropy_sum`'s default and fallback).
-#[inline(always)]
-pub(crate) fn entropy_sum_portable<F: Real>(z: &[F], w: &[F], m: F, lo: F) -> (f64, F) {
-    // 16 independent f64 lanes: they vectorise (one chain of adds would not).
-    let mut acc = [0.0f64; 16];
-    let mut low = [F::infinity(); 16];
-    let mut zc = z.chunks_exact(16);
-    let mut wc = w.chunks_exact(16);
-    let term = |zj: F, wj: F| {
-        if wj > F::zero() {
-            (wj * (zj - m)).wide()
-        } else {
-            0.0
-        }
-    };
-    let low_of = |zj: F| {
-        if zj >= lo && zj > F::neg_infinity() {
-            zj
-        } else {
-            F::infinity()
-        }
-    };
-    for (zb, wb) in (&mut zc).zip(&mut wc) {
-        for l in 0..16 {
-            acc[l] += term(zb[l], wb[l]);
-            low[l] = low[l].min(low_of(zb[l]));
-        }
-    }
-    let mut rest = 0.0;
-    for (&zj, &wj) in zc.remainder().iter().zip(wc.remainder()) {
-        rest += term(zj, wj);
-        low[0] = low[0].min(low_of(zj));
-    }
-    let low = low.iter().fold(F::infinity(), |a, &b| a.min(b));
-    (acc.iter().sum::<f64>() + rest, low)
-}
-
 /// Zeroes the weights `w` of the tokens whose key (of `z`) is above `tau`, and sums
 /// what is left per [`BLOCK`] into `blocks` (as `sum_wide` sums, bit for bit what the exp
 /// pass would give the kept tokens); returns the total.

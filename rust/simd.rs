@@ -913,50 +913,6 @@ mod x86 {
         total
     }
 
-    /// AVX-512 twin of `filter::entropy_sum_portable` for `f32`.
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512 F.
-    #[target_feature(enable = "avx512f")]
-    pub(crate) unsafe fn entropy_sum(z: &[f32], w: &[f32], m: f32, lo: f32) -> (f64, f32) {
-        let n = z.len().min(w.len());
-        let (vm, vlo, ninf) = (
-            _mm512_set1_ps(m),
-            _mm512_set1_ps(lo),
-            _mm512_set1_ps(f32::NEG_INFINITY),
-        );
-        let inf = _mm512_set1_ps(f32::INFINITY);
-        let zero = _mm512_setzero_ps();
-        let mut acc = [_mm512_setzero_pd(); 2];
-        let mut low = inf;
-        let full = n / 16 * 16;
-        let mut j = 0;
-        while j < full {
-            let v = _mm512_loadu_ps(z.as_ptr().add(j));
-            let wv = _mm512_loadu_ps(w.as_ptr().add(j));
-            let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(wv, zero);
-            add_wide(&mut acc, pos, _mm512_mul_ps(wv, _mm512_sub_ps(v, vm)));
-            let live = _mm512_mask_cmp_ps_mask::<_CMP_GT_OQ>(
-                _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, vlo),
-                v,
-                ninf,
-            );
-            low = _mm512_mask_min_ps(low, live, low, v);
-            j += 16;
-        }
-        let mut rest = 0.0;
-        let mut least = _mm512_reduce_min_ps(low);
-        for (&zj, &wj) in z[full..n].iter().zip(&w[full..n]) {
-            if wj > 0.0 {
-                rest += (wj * (zj - m)) as f64;
-            }
-            if zj >= lo && zj > f32::NEG_INFINITY {
-                least = least.min(zj);
-            }
-        }
-        (lane_sum(&acc) + rest, least)
-    }
-
     /// AVX-512 twin of `filter::keep_keys_within_portable` for `f32`: the block sums as
     /// `sum_wide` takes them (32 lanes), as the exp pass does.
     ///
@@ -1081,7 +1037,7 @@ mod x86 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::{
-    entropy_sum, exp_weights_bf16, exp_weights_entropy_f32, exp_weights_f32, gather_allowed_f32,
+    exp_weights_bf16, exp_weights_entropy_f32, exp_weights_f32, gather_allowed_f32,
     keep_keys_within, key_bracket, mass_above_and_collect, masses_above, top_k_candidates,
     top_k_candidates_bf16, top_k_candidates_masked,
 };

@@ -14,8 +14,8 @@
 use crate::elem::Real;
 use crate::error::SamplingError;
 use crate::filter::{
-    by_prob, entropy_sum, keep_keys_within, key_bracket, sorted_nucleus, top_k_candidates,
-    top_p_cut, zero_weights_where, Cut, KeyBracket, TypicalKey, HEAD,
+    by_prob, keep_keys_within, key_bracket, sorted_nucleus, top_k_candidates, top_p_cut,
+    zero_weights_where, Cut, KeyBracket, TypicalKey, HEAD,
 };
 use crate::params::RowParams;
 use crate::scratch::Scratch;
@@ -303,18 +303,19 @@ pub(crate) fn weights<F: Real, const FMA: bool>(
     exp_weights::<F, FMA>(z, live.m, live.scale, live.lo, &mut s.w, &mut s.blocks)
 }
 
-/// The entropy `-sum p log p` of the live tokens, from their weights `w` (of total `total`).
+/// [`weights`], with the entropy `-sum p log p` of the live tokens and the smallest live
+/// logit (infinite when none is live), from the same pass ([`exp_weights_entropy`]).
 #[inline(always)]
-fn entropy<F: Real>(z: &[F], w: &[F], live: &Live<F>, total: f64) -> f64 {
-    entropy_and_floor(z, w, live, total).0
-}
-
-/// [`entropy`], and the smallest live logit (infinite when none is live), in the same read.
-#[inline(always)]
-fn entropy_and_floor<F: Real>(z: &[F], w: &[F], live: &Live<F>, total: f64) -> (f64, F) {
-    let (sum, low) = entropy_sum(z, w, live.m, live.lo);
-    // log p_j = (z_j - m) * scale - ln(total).
-    (total.ln() - live.scale.wide() * sum / total, low)
+fn weights_entropy<F: Real, const FMA: bool>(
+    z: &[F],
+    live: &Live<F>,
+    s: &mut Scratch<F>,
+) -> (f64, f64, F) {
+    let (m, scale, lo) = (live.m, live.scale, live.lo);
+    let (total, xsum, low) =
+        exp_weights_entropy::<F, FMA>(z, m, scale, lo, &mut s.w, &mut s.blocks);
+    // log p_j = x_j - ln(total), x_j = (z_j - m) * scale.
+    (total, total.ln() - xsum / total, low)
 }
 
 /// The logit of the `keep`-th most probable live token (the floor a stage may not raise the
@@ -385,8 +386,7 @@ pub(crate) fn temperature<F: Real, const FMA: bool>(
         if n <= 1 {
             return;
         }
-        let total = weights::<F, FMA>(z, live, s);
-        let h = entropy(z, &s.w, live, total);
+        let (_, h, _) = weights_entropy::<F, FMA>(z, live, s);
         let lo = (t - p.dynatemp_range).max(0.0);
         let hi = t + p.dynatemp_range;
         t = lo + (hi - lo) * (h / (n as f64).ln()).max(0.0).powf(p.dynatemp_exponent);
@@ -528,10 +528,12 @@ fn cutoff_weight<F: Real, const FMA: bool>(
     c: Cutoff,
     s: &mut Scratch<F>,
 ) -> (f64, F) {
-    let total = weights::<F, FMA>(z, live, s);
-    let threshold = match c {
-        Cutoff::Epsilon(e) => e,
-        Cutoff::Eta(e) => e.min(e.sqrt() * (-entropy(z, &s.w, live, total)).exp()),
+    let (total, threshold) = match c {
+        Cutoff::Epsilon(e) => (weights::<F, FMA>(z, live, s), e),
+        Cutoff::Eta(e) => {
+            let (total, h, _) = weights_entropy::<F, FMA>(z, live, s);
+            (total, e.min(e.sqrt() * (-h).exp()))
+        }
     };
     // p_j >= t  <=>  w_j >= t * total: compared on the weights as computed; a logit worked
     // out from the threshold would amplify rounding by the temperature.
@@ -781,10 +783,7 @@ fn typical_threshold<F: Real, const FMA: bool>(
     head_read: bool,
     s: &mut Scratch<F>,
 ) -> (F, F, bool) {
-    let (total, xsum, z_min) =
-        exp_weights_entropy::<F, FMA>(z, live.m, live.scale, live.lo, &mut s.w, &mut s.blocks);
-    // log p_j = x_j - ln(total), x_j = (z_j - m) * scale.
-    let h = total.ln() - xsum / total;
+    let (total, h, z_min) = weights_entropy::<F, FMA>(z, live, s);
     let c = F::of(live.m.wide() + (total.ln() - h) / live.scale.wide());
     let key = typical_key(live, c);
     // `c - v` rounds monotonically in `v`: the largest finite key is at an end of the range.
