@@ -5,7 +5,7 @@ use crate::filter::{
     masses_above_portable, top_k_portable, KeyBracket, TypicalKey,
 };
 use crate::simd::{simd_level, Simd};
-use crate::softmax::{exp_weights_by, exp_weights_entropy_portable, MassEstimate};
+use crate::softmax::{exp_weights_by, MassEstimate};
 use half::slice::HalfFloatSliceExt;
 use num_traits::Float;
 
@@ -65,21 +65,11 @@ pub trait Real: Float + Default + Send + Sync + std::fmt::Debug + 'static + Elem
         crate::bitmask::ban_disallowed(&mut masked, words);
         Self::top_k_scan(&masked, k, cand, sel, None).0
     }
-    /// [`crate::softmax::exp_weights`]: the weights of `y` under `floor` and their block sums.
+    /// [`crate::softmax::exp_weights`]: the weights of `y` under `floor` and their block sums;
+    /// with `ENTROPY`, also the entropy's sum and the smallest live logit
+    /// (`stages::weights_entropy`).
     #[inline(always)]
-    fn exp_weights<const FMA: bool>(
-        y: &[Self],
-        m: Self,
-        inv_t: Self,
-        floor: Self,
-        w: &mut Vec<Self>,
-        blocks: &mut Vec<f64>,
-    ) -> f64 {
-        exp_weights_by::<Self, Self, FMA>(y, |v| v, m, inv_t, floor, w, blocks)
-    }
-    /// [`crate::softmax::exp_weights_entropy`].
-    #[inline(always)]
-    fn exp_weights_entropy<const FMA: bool>(
+    fn exp_weights<const FMA: bool, const ENTROPY: bool>(
         y: &[Self],
         m: Self,
         inv_t: Self,
@@ -87,7 +77,7 @@ pub trait Real: Float + Default + Send + Sync + std::fmt::Debug + 'static + Elem
         w: &mut Vec<Self>,
         blocks: &mut Vec<f64>,
     ) -> (f64, f64, Self) {
-        exp_weights_entropy_portable::<Self, FMA>(y, m, inv_t, floor, w, blocks)
+        exp_weights_by::<Self, Self, FMA, ENTROPY>(y, |v| v, m, inv_t, floor, w, blocks)
     }
     /// [`crate::filter::masses_above`].
     #[inline(always)]
@@ -202,24 +192,7 @@ impl Real for f32 {
         top_k_portable(&masked, |v| v, k, cand, sel)
     }
     #[inline(always)]
-    fn exp_weights<const FMA: bool>(
-        y: &[f32],
-        m: f32,
-        inv_t: f32,
-        floor: f32,
-        w: &mut Vec<f32>,
-        blocks: &mut Vec<f64>,
-    ) -> f64 {
-        // The kernel is the FMA variant: only for code compiled with FMA.
-        #[cfg(target_arch = "x86_64")]
-        if FMA && avx512() {
-            // SAFETY: the CPU has AVX-512 (avx512()).
-            return unsafe { crate::simd::exp_weights_f32(y, m, inv_t, floor, w, blocks) };
-        }
-        exp_weights_by::<f32, f32, FMA>(y, |v| v, m, inv_t, floor, w, blocks)
-    }
-    #[inline(always)]
-    fn exp_weights_entropy<const FMA: bool>(
+    fn exp_weights<const FMA: bool, const ENTROPY: bool>(
         y: &[f32],
         m: f32,
         inv_t: f32,
@@ -231,9 +204,11 @@ impl Real for f32 {
         #[cfg(target_arch = "x86_64")]
         if FMA && avx512() {
             // SAFETY: the CPU has AVX-512 (avx512()).
-            return unsafe { crate::simd::exp_weights_entropy_f32(y, m, inv_t, floor, w, blocks) };
+            return unsafe {
+                crate::simd::exp_weights_f32::<ENTROPY>(y, m, inv_t, floor, w, blocks)
+            };
         }
-        exp_weights_entropy_portable::<f32, FMA>(y, m, inv_t, floor, w, blocks)
+        exp_weights_by::<f32, f32, FMA, ENTROPY>(y, |v| v, m, inv_t, floor, w, blocks)
     }
     #[inline(always)]
     fn masses_above(w: &[f32], th: &[f32; 4]) -> [f64; 4] {
@@ -440,7 +415,7 @@ pub trait Elem: Copy + Send + Sync + 'static {
         w: &mut Vec<Self::C>,
         blocks: &mut Vec<f64>,
     ) -> f64 {
-        exp_weights_by::<Self, Self::C, FMA>(x, Self::load, m, inv_t, floor, w, blocks)
+        exp_weights_by::<Self, Self::C, FMA, false>(x, Self::load, m, inv_t, floor, w, blocks).0
     }
 }
 
@@ -560,7 +535,7 @@ impl Elem for half::bf16 {
             let raw = x.reinterpret_cast();
             return unsafe { crate::simd::exp_weights_bf16(raw, m, inv_t, floor, w, blocks) };
         }
-        exp_weights_by::<_, f32, FMA>(x, Self::load, m, inv_t, floor, w, blocks)
+        exp_weights_by::<_, f32, FMA, false>(x, Self::load, m, inv_t, floor, w, blocks).0
     }
 }
 
@@ -664,10 +639,16 @@ mod tests {
                 // The exp pass with the entropy's products and the smallest live logit.
                 for inv_t in [1.0f32, 1.0 / 0.7] {
                     let (mut w0, mut w1, mut b0, mut b1) = (vec![], vec![], vec![], vec![]);
-                    let x0 = crate::softmax::exp_weights_entropy_portable::<f32, true>(
-                        &z, 6.0, inv_t, lo, &mut w0, &mut b0,
+                    let x0 = exp_weights_by::<f32, f32, true, true>(
+                        &z,
+                        |v| v,
+                        6.0,
+                        inv_t,
+                        lo,
+                        &mut w0,
+                        &mut b0,
                     );
-                    let x1 = f32::exp_weights_entropy::<true>(&z, 6.0, inv_t, lo, &mut w1, &mut b1);
+                    let x1 = f32::exp_weights::<true, true>(&z, 6.0, inv_t, lo, &mut w1, &mut b1);
                     assert_eq!(x0.0.to_bits(), x1.0.to_bits(), "n {n}");
                     assert_eq!(x0.1.to_bits(), x1.1.to_bits(), "n {n}");
                     assert_eq!(x0.2.to_bits(), x1.2.to_bits(), "n {n}");
@@ -675,7 +656,8 @@ mod tests {
                     assert_eq!(b0, b1, "n {n}");
                     // The same weights and block sums as the exp pass alone.
                     let (mut w2, mut b2) = (vec![], vec![]);
-                    let t2 = f32::exp_weights::<true>(&z, 6.0, inv_t, lo, &mut w2, &mut b2);
+                    let t2 =
+                        f32::exp_weights::<true, false>(&z, 6.0, inv_t, lo, &mut w2, &mut b2).0;
                     assert_eq!(
                         (x1.0.to_bits(), &w1, &b1),
                         (t2.to_bits(), &w2, &b2),

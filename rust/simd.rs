@@ -80,32 +80,14 @@ mod x86 {
 
     /// AVX-512 twin of `softmax::exp_weights_by` (FMA variant) for an `f32` row: the same
     /// operations as `exp_f32_fma` lane by lane, so the same weights bit for bit, and the
-    /// same block sums (the 32 lanes of `sum_wide`, fused into the loop).
+    /// same block sums (the 32 lanes of `sum_wide`, fused into the loop); with `ENTROPY`, the
+    /// products `w x` in the same 32 `f32` lanes per block and the smallest live logit, in
+    /// the same pass.
     ///
     /// # Safety
     /// The CPU must support AVX-512 F.
     #[target_feature(enable = "avx512f")]
-    pub(crate) unsafe fn exp_weights_f32(
-        y: &[f32],
-        m: f32,
-        inv_t: f32,
-        floor: f32,
-        w: &mut Vec<f32>,
-        blocks: &mut Vec<f64>,
-    ) -> f64 {
-        let p = y.as_ptr();
-        let load = |j: usize| _mm512_loadu_ps(p.add(j));
-        exp_weights_scan::<false>(y.len(), load, |j| y[j], m, inv_t, floor, w, blocks).0
-    }
-
-    /// AVX-512 twin of `softmax::exp_weights_entropy_portable` (FMA variant) for an `f32`
-    /// row: [`exp_weights_f32`] with the products `w x` in 32 `f32` lanes per block and the
-    /// smallest live logit, the same results bit for bit.
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512 F.
-    #[target_feature(enable = "avx512f")]
-    pub(crate) unsafe fn exp_weights_entropy_f32(
+    pub(crate) unsafe fn exp_weights_f32<const ENTROPY: bool>(
         y: &[f32],
         m: f32,
         inv_t: f32,
@@ -115,7 +97,7 @@ mod x86 {
     ) -> (f64, f64, f32) {
         let p = y.as_ptr();
         let load = |j: usize| _mm512_loadu_ps(p.add(j));
-        exp_weights_scan::<true>(y.len(), load, |j| y[j], m, inv_t, floor, w, blocks)
+        exp_weights_scan::<ENTROPY>(y.len(), load, |j| y[j], m, inv_t, floor, w, blocks)
     }
 
     /// [`exp_weights_f32`] on a bfloat16 row given as raw bits, widened as it is read.
@@ -1037,7 +1019,7 @@ mod x86 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::{
-    exp_weights_bf16, exp_weights_entropy_f32, exp_weights_f32, gather_allowed_f32,
-    keep_keys_within, key_bracket, mass_above_and_collect, masses_above, top_k_candidates,
-    top_k_candidates_bf16, top_k_candidates_masked,
+    exp_weights_bf16, exp_weights_f32, gather_allowed_f32, keep_keys_within, key_bracket,
+    mass_above_and_collect, masses_above, top_k_candidates, top_k_candidates_bf16,
+    top_k_candidates_masked,
 };

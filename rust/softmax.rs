@@ -135,67 +135,7 @@ pub fn exp_weights<F: Real, const FMA: bool>(
     w: &mut Vec<F>,
     blocks: &mut Vec<f64>,
 ) -> f64 {
-    F::exp_weights::<FMA>(y, m, inv_t, floor, w, blocks)
-}
-
-/// [`exp_weights`] (the same weights and block sums, bit for bit) that also returns, from
-/// the same pass, `sum_j w_j x_j` with `x_j = (y_j - m) inv_t` the weight's exponent
-/// (typical-p's entropy is `ln(total) - that / total`), and the smallest live logit (at least
-/// `floor` and finite; infinite when none is). Each block's products are summed in `F`, in 32
-/// lanes (lane `l`: the block's tokens `l`, `l + 32`, ...), and its lanes in `f64` at the
-/// block's end: widening every product to `f64` made the pass cost more than the separate
-/// read it replaces. (A lane sums 32 products of one sign, so in `f32` its relative error
-/// is at most ~2e-6, typically ~3e-7, where Hugging Face's float32 entropy is a float32 sum
-/// over the whole row.) The AVX-512 kernel (FMA variant, f32 rows) gives the same results.
-#[inline(always)]
-pub fn exp_weights_entropy<F: Real, const FMA: bool>(
-    y: &[F],
-    m: F,
-    inv_t: F,
-    floor: F,
-    w: &mut Vec<F>,
-    blocks: &mut Vec<f64>,
-) -> (f64, f64, F) {
-    F::exp_weights_entropy::<FMA>(y, m, inv_t, floor, w, blocks)
-}
-
-/// The portable loop of [`exp_weights_entropy`].
-#[inline(always)]
-pub fn exp_weights_entropy_portable<F: Real, const FMA: bool>(
-    y: &[F],
-    m: F,
-    inv_t: F,
-    floor: F,
-    w: &mut Vec<F>,
-    blocks: &mut Vec<f64>,
-) -> (f64, f64, F) {
-    w.resize(y.len(), F::zero());
-    blocks.clear();
-    let (mut total, mut xsum, mut low) = (0.0, 0.0, F::infinity());
-    for (yb, wb) in y.chunks(BLOCK).zip(w.chunks_mut(BLOCK)) {
-        let mut lanes = [F::zero(); 32];
-        for (i, (o, &v)) in wb.iter_mut().zip(yb).enumerate() {
-            let x = (v - m) * inv_t;
-            let e = if v >= floor {
-                exp_nonpos::<F, FMA>(x)
-            } else {
-                F::zero()
-            };
-            *o = e;
-            // A weight of 0 gives a product of 0 (an infinite `x` would give NaN).
-            let xc = x.max(F::min_value());
-            let l = &mut lanes[i % 32];
-            *l = if FMA { e.mul_add(xc, *l) } else { e * xc + *l };
-            if v >= floor && v > F::neg_infinity() {
-                low = low.min(v);
-            }
-        }
-        let s = sum_wide(wb);
-        blocks.push(s);
-        total += s;
-        xsum += lanes.iter().map(|v| v.wide()).sum::<f64>();
-    }
-    (total, xsum, low)
+    F::exp_weights::<FMA, false>(y, m, inv_t, floor, w, blocks).0
 }
 
 /// [`exp_weights`] on a row as stored (`T::load` widens each element inside the loop, so a
@@ -213,9 +153,12 @@ pub fn exp_weights_elem<T: Elem, const FMA: bool>(
 }
 
 /// [`exp_weights`] on a row stored as `Y` (e.g. bfloat16), widened by `load` inside the same
-/// loop, so a half-precision row needs no separate conversion pass.
+/// loop, so a half-precision row needs no separate conversion pass; with `ENTROPY`, also the
+/// entropy's sum and the smallest live logit of `stages::weights_entropy` (else 0 and
+/// infinity), from a second loop over each L1-resident block. `Real::exp_weights`' default
+/// and fallback.
 #[inline(always)]
-pub fn exp_weights_by<Y: Copy, F: Real, const FMA: bool>(
+pub fn exp_weights_by<Y: Copy, F: Real, const FMA: bool, const ENTROPY: bool>(
     y: &[Y],
     load: impl Fn(Y) -> F + Copy,
     m: F,
@@ -223,10 +166,10 @@ pub fn exp_weights_by<Y: Copy, F: Real, const FMA: bool>(
     floor: F,
     w: &mut Vec<F>,
     blocks: &mut Vec<f64>,
-) -> f64 {
+) -> (f64, f64, F) {
     w.resize(y.len(), F::zero());
     blocks.clear();
-    let mut total = 0.0;
+    let (mut total, mut xsum, mut low) = (0.0, 0.0, F::infinity());
     for (yb, wb) in y.chunks(BLOCK).zip(w.chunks_mut(BLOCK)) {
         for (o, &v) in wb.iter_mut().zip(yb) {
             let v = load(v);
@@ -236,8 +179,22 @@ pub fn exp_weights_by<Y: Copy, F: Real, const FMA: bool>(
         let s = sum_wide(wb);
         blocks.push(s);
         total += s;
+        if ENTROPY {
+            let mut lanes = [F::zero(); 32];
+            for (i, (&e, &v)) in wb.iter().zip(yb).enumerate() {
+                let v = load(v);
+                // A weight of 0 gives a product of 0 (an infinite exponent would give NaN).
+                let x = ((v - m) * inv_t).max(F::min_value());
+                let l = &mut lanes[i % 32];
+                *l = if FMA { e.mul_add(x, *l) } else { e * x + *l };
+                if v >= floor && v > F::neg_infinity() {
+                    low = low.min(v);
+                }
+            }
+            xsum += lanes.iter().map(|v| v.wide()).sum::<f64>();
+        }
     }
-    total
+    (total, xsum, low)
 }
 
 /// The weight [`exp_weights_by`] gives a token of logit `v` (the same operations, bit for
@@ -483,8 +440,16 @@ mod tests {
                 .fold(f32::NEG_INFINITY, f32::max);
             for (inv_t, floor) in [(1.0f32, f32::NEG_INFINITY), (1.7, -3.0), (0.05, 2.0)] {
                 let (mut w0, mut b0, mut w1, mut b1) = (vec![], vec![], vec![], vec![]);
-                let t0 =
-                    exp_weights_by::<f32, f32, true>(&y, |v| v, m, inv_t, floor, &mut w0, &mut b0);
+                let t0 = exp_weights_by::<f32, f32, true, false>(
+                    &y,
+                    |v| v,
+                    m,
+                    inv_t,
+                    floor,
+                    &mut w0,
+                    &mut b0,
+                )
+                .0;
                 let t1 = exp_weights::<f32, true>(&y, m, inv_t, floor, &mut w1, &mut b1);
                 let bits = |w: &[f32]| w.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
                 assert_eq!(
@@ -498,8 +463,10 @@ mod tests {
                     "f32 n {n} inv_t {inv_t} floor {floor}"
                 );
                 let load = |v: half::bf16| v.to_f32();
-                let t0 =
-                    exp_weights_by::<_, f32, true>(&bf, load, mb, inv_t, floor, &mut w0, &mut b0);
+                let t0 = exp_weights_by::<_, f32, true, false>(
+                    &bf, load, mb, inv_t, floor, &mut w0, &mut b0,
+                )
+                .0;
                 let t1 =
                     exp_weights_elem::<half::bf16, true>(&bf, mb, inv_t, floor, &mut w1, &mut b1);
                 assert_eq!(
