@@ -910,7 +910,17 @@ fn key_threshold<F: Real>(
         return (kmax, false); // every finite key is 0: all tie
     }
     if peaked && z.len() >= TYPICAL_SAMPLED_MIN {
-        if let Some(tau) = sampled_key_threshold(z, key, kmax, w, (target, total), head_read, s) {
+        // The [`HEAD`] largest logits (from the first read, with `head_read`) are the
+        // heaviest tokens (the weight is monotone in the logit): their weights.
+        if !head_read {
+            top_k_candidates(z, HEAD, &mut s.pairs, &mut s.sel);
+        }
+        for q in s.pairs.iter_mut() {
+            q.0 = w[q.1 as usize];
+        }
+        let tau = head_key_threshold(z, key, target, s)
+            .or_else(|| sampled_key_threshold(z, key, kmax, w, (target, total), s));
+        if let Some(tau) = tau {
             return (tau, true);
         }
     }
@@ -953,7 +963,7 @@ fn head_key_threshold<F: Real>(
 }
 
 /// [`key_threshold`] from a bracket that a sample places: the [`HEAD`] heaviest tokens
-/// exactly, and of the others every [`KEY_STRIDE`]-th chunk of 16, in a histogram of the keys
+/// (`s.pairs`: ids and weights) exactly, and of the others every [`KEY_STRIDE`]-th chunk of 16, in a histogram of the keys
 /// (the same buckets as [`exact_key_threshold`]'s); the bracket is the buckets where the
 /// estimated mass comes within four standard deviations of the sample (and 0.1%) of
 /// `target`. One exact read then takes the mass below the bracket and lists the tokens in
@@ -966,22 +976,10 @@ fn sampled_key_threshold<F: Real>(
     kmax: F,
     w: &[F],
     (target, total): (f64, f64),
-    head_read: bool,
     s: &mut Scratch<F>,
 ) -> Option<F> {
     let scale = F::of((KEY_BUCKETS - 1) as f64) / kmax;
     let slot = |k: F| key_bucket(k, F::zero(), scale);
-    // The [`HEAD`] largest logits (from the first read, with `head_read`) are the heaviest
-    // tokens (the weight is monotone in the logit): their weights.
-    if !head_read {
-        top_k_candidates(z, HEAD, &mut s.pairs, &mut s.sel);
-    }
-    for q in s.pairs.iter_mut() {
-        q.0 = w[q.1 as usize];
-    }
-    if let Some(tau) = head_key_threshold(z, key, target, s) {
-        return Some(tau);
-    }
     // Every token outside the head weighs at most `head_min` (see `top_p_cut`; equal weights
     // where logits tie or round alike).
     let head_min = s.pairs.iter().fold(F::infinity(), |a, q| a.min(q.0));
