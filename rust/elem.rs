@@ -5,7 +5,7 @@ use crate::filter::{
     masses_above_portable, top_k_portable, KeyBracket, TypicalKey,
 };
 use crate::simd::{simd_level, Simd};
-use crate::softmax::{exp_weights_by, MassEstimate};
+use crate::softmax::{exp_weights_by, shifted_sums, MassEstimate, ShiftedSums};
 use half::slice::HalfFloatSliceExt;
 use num_traits::Float;
 
@@ -78,6 +78,23 @@ pub trait Real: Float + Default + Send + Sync + std::fmt::Debug + 'static + Elem
         blocks: &mut Vec<f64>,
     ) -> (f64, f64, Self) {
         exp_weights_by::<Self, Self, FMA, ENTROPY>(y, |v| v, m, inv_t, floor, w, blocks)
+    }
+    /// Typical-p's first read of `y`: [`crate::filter::top_k_candidates`] (`k` of them, into
+    /// `cand`) and the row's [`ShiftedSums`] under `floor` for the inverse temperature
+    /// `inv_t`; returns whether the row holds a NaN. A kernel does both in one read.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn typical_scan<const FMA: bool>(
+        y: &[Self],
+        inv_t: Self,
+        floor: Self,
+        k: usize,
+        cand: &mut Vec<(Self, u32)>,
+        sel: &mut Vec<Self>,
+        sums: &mut ShiftedSums<Self>,
+    ) -> bool {
+        shifted_sums::<Self, FMA>(y, inv_t, floor, sums);
+        top_k_portable(y, |v| v, k, cand, sel)
     }
     /// [`crate::filter::masses_above`].
     #[inline(always)]
@@ -209,6 +226,26 @@ impl Real for f32 {
             };
         }
         exp_weights_by::<f32, f32, FMA, ENTROPY>(y, |v| v, m, inv_t, floor, w, blocks)
+    }
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn typical_scan<const FMA: bool>(
+        y: &[f32],
+        inv_t: f32,
+        floor: f32,
+        k: usize,
+        cand: &mut Vec<(f32, u32)>,
+        sel: &mut Vec<f32>,
+        sums: &mut ShiftedSums<f32>,
+    ) -> bool {
+        // The kernel's exp is the FMA variant: only for code compiled with FMA.
+        #[cfg(target_arch = "x86_64")]
+        if FMA && avx512() {
+            // SAFETY: the CPU has AVX-512 (avx512()).
+            return unsafe { crate::simd::typical_scan_f32(y, inv_t, floor, k, cand, sel, sums) };
+        }
+        shifted_sums::<f32, FMA>(y, inv_t, floor, sums);
+        top_k_portable(y, |v| v, k, cand, sel)
     }
     #[inline(always)]
     fn masses_above(w: &[f32], th: &[f32; 4]) -> [f64; 4] {
@@ -617,6 +654,92 @@ mod tests {
                 "n {n}: {r0:?} {r1:?}"
             );
             assert_eq!(k0.len(), k1.len());
+        }
+    }
+
+    /// Typical-p's first read (`Real::typical_scan`: the AVX-512 kernel where the CPU has
+    /// it) gives the portable loops' results bit for bit (the NaN flag, every block's
+    /// maximum and sums, the row's maximum and minimum, the candidates as a set), and its
+    /// total and entropy equal a float64 computation from the definition.
+    #[test]
+    fn typical_scan_equals_the_portable_loops() {
+        let mut rnd = crate::test_util::uniforms(0x51_ed5c_a77e_0b1du64);
+        let sizes = [
+            1usize, 15, 16, 17, 63, 64, 65, 1000, 1024, 1040, 2065, 4097, 40_000,
+        ];
+        for (case, n) in sizes.into_iter().enumerate() {
+            for shape in 0..4 {
+                let z: Vec<f32> = (0..n)
+                    .map(|j| match (shape, (rnd() * 20.0) as u32) {
+                        (_, 0) => f32::NEG_INFINITY,
+                        (_, 1) => 1.5, // plateaus
+                        (1, 2) if case % 3 == 0 => f32::NAN,
+                        // Rising: the running maximum moves in every block.
+                        (2, _) => j as f32 * 0.01 + 4.0 * rnd() as f32,
+                        // A wide range: far logits' weights underflow to 0.
+                        (3, _) => 400.0 * (rnd() as f32 - 0.5),
+                        _ => 12.0 * (rnd() as f32 - 0.5),
+                    })
+                    .collect();
+                for (lo, inv_t) in [
+                    (f32::NEG_INFINITY, 1.0f32),
+                    (f32::NEG_INFINITY, 1.0 / 0.7),
+                    (-2.0, 0.25),
+                    (1.5, 3.0),
+                ] {
+                    let (mut c0, mut s0, mut q0) = (vec![], vec![], ShiftedSums::default());
+                    let (mut c1, mut s1, mut q1) = (vec![], vec![], ShiftedSums::default());
+                    shifted_sums::<f32, true>(&z, inv_t, lo, &mut q0);
+                    let nan0 = top_k_portable(&z, |v| v, 64, &mut c0, &mut s0);
+                    let nan1 =
+                        f32::typical_scan::<true>(&z, inv_t, lo, 64, &mut c1, &mut s1, &mut q1);
+                    let at = format!("n {n} shape {shape} floor {lo} inv_t {inv_t}");
+                    assert_eq!(nan0, nan1, "{at}");
+                    let bits = |q: &ShiftedSums<f32>| {
+                        let b = q
+                            .blocks
+                            .iter()
+                            .map(|&(r, s, x)| (r.to_bits(), s.to_bits(), x.to_bits()));
+                        (b.collect::<Vec<_>>(), q.max.to_bits(), q.min.to_bits())
+                    };
+                    assert_eq!(bits(&q0), bits(&q1), "{at}");
+                    let sorted = |mut c: Vec<(f32, u32)>| {
+                        c.sort_by_key(|q| q.1);
+                        c.iter().map(|q| (q.0.to_bits(), q.1)).collect::<Vec<_>>()
+                    };
+                    assert_eq!(sorted(c0), sorted(c1), "{at}");
+                    // The definition in float64: live tokens, weights against the maximum.
+                    let live: Vec<f64> = z
+                        .iter()
+                        .filter(|&&v| v >= lo && v > f32::NEG_INFINITY)
+                        .map(|&v| v as f64)
+                        .collect();
+                    let m = live.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v));
+                    assert_eq!(q1.max as f64, m, "{at}");
+                    assert_eq!(
+                        q1.min as f64,
+                        live.iter().fold(f64::INFINITY, |a, &v| a.min(v))
+                    );
+                    if live.is_empty() {
+                        continue;
+                    }
+                    let x: Vec<f64> = live.iter().map(|&v| (v - m) * inv_t as f64).collect();
+                    let total: f64 = x.iter().map(|&x| x.exp()).sum();
+                    let h = -x
+                        .iter()
+                        .map(|&x| x.exp() / total * (x - total.ln()))
+                        .sum::<f64>();
+                    let (t1, h1, _) = q1.entropy(inv_t);
+                    assert!(
+                        (t1 - total).abs() <= 2e-6 * total,
+                        "{at}: total {t1} vs {total}"
+                    );
+                    assert!(
+                        (h1 - h).abs() <= 2e-6 * h.abs().max(1.0),
+                        "{at}: H {h1} vs {h}"
+                    );
+                }
+            }
         }
     }
 

@@ -1112,23 +1112,24 @@ fn typical_last<T: Elem, const FMA: bool>(
     probs: Option<&mut [T::C]>,
     stream: &impl Fn() -> (f64, f64),
 ) -> Result<Option<Drawn>, SamplingError> {
-    // A long row's first read also takes its HEAD largest logits, which typical-p's
-    // sampled threshold starts from (`stages::typical_weights`).
-    let head_read = y.len() >= stages::TYPICAL_SAMPLED_MIN;
-    let (m, nan) = if head_read {
-        let nan = top_k_candidates(y, HEAD, &mut s.pairs, &mut s.sel);
-        let m = s.pairs.iter().fold(T::C::neg_infinity(), |a, q| a.max(q.0));
-        (m, nan)
-    } else {
-        max_nan(y)
-    };
+    // The first read also takes the row's HEAD largest logits and the sums of typical-p's
+    // mass and entropy (`stages::typical_weights`), which need the inverse temperature before
+    // the maximum: one too small for the row's type is left to the ordered plan.
+    let t = row.p.temperature;
+    let inv_t = T::C::one() / T::C::of(t);
+    if t <= 0.0 || !inv_t.is_finite() {
+        return Ok(None);
+    }
+    let (pairs, sel, sums) = (&mut s.pairs, &mut s.sel, &mut s.sums);
+    let nan = T::C::typical_scan::<FMA>(y, inv_t, T::C::neg_infinity(), HEAD, pairs, sel, sums);
+    let m = s.pairs.iter().fold(T::C::neg_infinity(), |a, q| a.max(q.0));
     check_max(row.i, nan, m)?;
     if m == T::C::infinity() {
         return Ok(None);
     }
     let mut live = stages::Live::finite(m);
-    live.scale_by(row.p.temperature);
-    match stages::typical_weights::<_, FMA>(y, &live, row.p.typical_p, head_read, s) {
+    live.scale_by(t);
+    match stages::typical_weights::<_, FMA>(y, &live, row.p.typical_p, true, s) {
         Ok(kept) => Ok(Some(draw_typical(kept, y, s, probs, row.top_n, stream().0))),
         Err(_) => Ok(None),
     }

@@ -1,7 +1,7 @@
 //! Per-thread scratch buffers, so a row costs no allocation.
 
 use crate::elem::Real;
-use crate::softmax::MassEstimate;
+use crate::softmax::{MassEstimate, ShiftedSums};
 
 /// Reusable buffers of one thread. They live in a thread-local for the thread's lifetime, so
 /// a call costs no allocation and, more to the point, no page faults: fresh 512 KB buffers
@@ -26,6 +26,8 @@ pub(crate) struct Scratch<F> {
     pub(crate) keys: Vec<u64>,
     /// The row's mass estimated in its first read (top-p rows).
     pub(crate) est: MassEstimate,
+    /// Typical-p's mass and entropy sums of the row, from its first read.
+    pub(crate) sums: ShiftedSums<F>,
     /// A bfloat16 row widened after its first scan (the dense path); the raw row of the
     /// raw log-probabilities.
     pub(crate) wide: Vec<F>,

@@ -63,7 +63,7 @@ mod x86 {
     use crate::elem::{exp_f32_fma, EXP_POLY, LN2_HI, LN2_LO, LOG2E, ROUND};
     use crate::filter::{KeyBracket, TypicalKey};
     use crate::softmax::{
-        approx_exp, MassEstimate, BLOCK, EST_BIAS, EST_MAX_EXP2, EST_POLY, EST_SCALE,
+        approx_exp, MassEstimate, ShiftedSums, BLOCK, EST_BIAS, EST_MAX_EXP2, EST_POLY, EST_SCALE,
     };
     use std::arch::x86_64::*;
 
@@ -479,7 +479,7 @@ mod x86 {
         |_| 0xFFFF
     }
 
-    /// [`top_k_scan`], compiled with the mass estimate only when one is asked for.
+    /// [`top_k_scan`], with the mass estimate only when one is asked for.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn top_k_scan_with(
@@ -493,9 +493,10 @@ mod x86 {
         est: Option<(f32, &mut MassEstimate)>,
     ) -> bool {
         match est {
-            None => top_k_scan::<false>(n, load, tail, lanes, k, cand, sel, 0.0, None),
+            None => top_k_scan(n, load, tail, lanes, k, cand, sel, &mut NoSink),
             Some((inv_t, e)) => {
-                top_k_scan::<true>(n, load, tail, lanes, k, cand, sel, inv_t, Some(e))
+                let mut st = EstState::new(n, &load, inv_t, e);
+                top_k_scan(n, load, tail, lanes, k, cand, sel, &mut st)
             }
         }
     }
@@ -541,13 +542,47 @@ mod x86 {
         }
         widen_sum(acc)
             + (j..end)
-                .map(|k| approx_exp(tail(k), r, c2) as f64)
+                .map(|i| approx_exp(tail(i), r, c2) as f64)
                 .sum::<f64>()
     }
 
+    /// What a first scan ([`top_k_scan`]) works out besides its candidates, block by block:
+    /// it sees every 16 values (`add`) and every value of the scalar tail (`add_one`), and
+    /// `flush(end)` closes the block ending at `end` (every [`BLOCK`], and the row's last),
+    /// whose values it may read again (from L1) through `load` and `tail`.
+    trait ScanSink {
+        unsafe fn add(&mut self, v: __m512);
+        unsafe fn add_one(&mut self, v: f32);
+        unsafe fn flush(
+            &mut self,
+            end: usize,
+            load: &impl Fn(usize) -> __m512,
+            tail: &impl Fn(usize) -> f32,
+        );
+    }
+
+    /// A scan for the candidates alone.
+    struct NoSink;
+
+    impl ScanSink for NoSink {
+        #[inline(always)]
+        unsafe fn add(&mut self, _: __m512) {}
+        #[inline(always)]
+        unsafe fn add_one(&mut self, _: f32) {}
+        #[inline(always)]
+        unsafe fn flush(
+            &mut self,
+            _: usize,
+            _: &impl Fn(usize) -> __m512,
+            _: &impl Fn(usize) -> f32,
+        ) {
+        }
+    }
+
     /// The running state of a first scan's `MassEstimate`: the current block's reference
-    /// (the largest value of the blocks before), start, running maximum and sum.
-    struct EstState {
+    /// (the largest value of the blocks before), start, running maximum and sum (and its
+    /// scalar tail's).
+    struct EstState<'a> {
         r: f32,
         inv_t: f32,
         c2: f32,
@@ -556,16 +591,21 @@ mod x86 {
         block_start: usize,
         vmax: __m512,
         acc: __m512,
+        tail_max: f32,
+        tail_sum: f64,
+        est: &'a mut MassEstimate,
     }
 
-    impl EstState {
+    impl<'a> EstState<'a> {
         #[inline(always)]
-        unsafe fn new<const EST: bool>(
+        unsafe fn new(
             n: usize,
             load: &impl Fn(usize) -> __m512,
             inv_t: f32,
+            est: &'a mut MassEstimate,
         ) -> Self {
-            let r = if EST && n >= 16 {
+            est.blocks.clear();
+            let r = if n >= 16 {
                 _mm512_reduce_max_ps(load(0))
             } else {
                 f32::NEG_INFINITY
@@ -580,52 +620,227 @@ mod x86 {
                 block_start: 0,
                 vmax: _mm512_set1_ps(f32::NEG_INFINITY),
                 acc: _mm512_setzero_ps(),
+                tail_max: f32::NEG_INFINITY,
+                tail_sum: 0.0,
+                est,
             }
         }
+    }
 
+    impl ScanSink for EstState<'_> {
         #[inline(always)]
         unsafe fn add(&mut self, v: __m512) {
             self.vmax = _mm512_max_ps(self.vmax, v);
             self.acc = _mm512_add_ps(self.acc, approx16(v, self.vr, self.vc2));
         }
 
-        /// Closes the block ending at `end` (`tail_*`: its scalar tail): redone against its
-        /// own maximum when the terms may have left f32's range (or the reference was -inf);
-        /// then the next block's reference.
+        #[inline(always)]
+        unsafe fn add_one(&mut self, v: f32) {
+            self.tail_max = self.tail_max.max(v);
+            self.tail_sum += approx_exp(v, self.r, self.c2) as f64;
+        }
+
+        /// Redone against the block's own maximum when the terms may have left f32's range
+        /// (or the reference was -inf); then the next block's reference.
         #[inline(always)]
         unsafe fn flush(
             &mut self,
             end: usize,
             load: &impl Fn(usize) -> __m512,
             tail: &impl Fn(usize) -> f32,
-            tail_max: f32,
-            tail_sum: f64,
-            est: &mut MassEstimate,
         ) {
-            let bmax = _mm512_reduce_max_ps(self.vmax).max(tail_max);
+            if self.block_start >= end {
+                return;
+            }
+            let bmax = _mm512_reduce_max_ps(self.vmax).max(self.tail_max);
             let fits = (bmax - self.r) * self.inv_t * std::f32::consts::LOG2_E <= EST_MAX_EXP2;
             let s = if fits {
-                widen_sum(self.acc) + tail_sum
+                widen_sum(self.acc) + self.tail_sum
             } else {
                 self.r = bmax;
                 approx_block(load, tail, self.block_start, end, self.r, self.c2)
             };
-            est.blocks.push((self.r, s));
+            self.est.blocks.push((self.r, s));
             self.r = self.r.max(bmax);
             self.vr = _mm512_set1_ps(self.r);
             self.block_start = end;
             self.vmax = _mm512_set1_ps(f32::NEG_INFINITY);
             self.acc = _mm512_setzero_ps();
+            (self.tail_max, self.tail_sum) = (f32::NEG_INFINITY, 0.0);
         }
     }
 
-    /// The scan behind both: `load(j)` gives the 16 values from `j`, `tail(j)` one value.
-    /// With `EST`, it also fills the `MassEstimate` of the row for `inv_t` (see there): per
-    /// block, the estimate's sum against the largest value of the blocks before (redone
-    /// against the block's own maximum when that is far above), in the same read.
+    /// The running state of typical-p's first scan ([`typical_scan_f32`]): the live
+    /// maximum and minimum so far, and at each block's end the block's sums against the
+    /// running maximum, from L1 (`softmax::ShiftedSums`; lane by lane its operations).
+    struct SumsState<'a> {
+        p: *const f32,
+        n: usize,
+        inv_t: f32,
+        live_floor: f32,
+        block_start: usize,
+        vmax: __m512,
+        vmin: __m512,
+        r: f32,
+        low: f32,
+        out: &'a mut ShiftedSums<f32>,
+    }
+
+    impl SumsState<'_> {
+        /// Whether a value is live: at least the floor and finite (a floor of `-inf` is
+        /// `f32::MIN`, which `-inf` and NaN are not at least).
+        #[inline(always)]
+        unsafe fn live(&self, v: __m512) -> __mmask16 {
+            _mm512_cmp_ps_mask::<_CMP_GE_OQ>(v, _mm512_set1_ps(self.live_floor))
+        }
+    }
+
+    impl ScanSink for SumsState<'_> {
+        #[inline(always)]
+        unsafe fn add(&mut self, v: __m512) {
+            let live = self.live(v);
+            self.vmax = _mm512_mask_max_ps(self.vmax, live, self.vmax, v);
+            self.vmin = _mm512_mask_min_ps(self.vmin, live, self.vmin, v);
+        }
+
+        #[inline(always)]
+        unsafe fn add_one(&mut self, v: f32) {
+            if v >= self.live_floor {
+                self.r = self.r.max(v);
+                self.low = self.low.min(v);
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn flush(
+            &mut self,
+            end: usize,
+            load: &impl Fn(usize) -> __m512,
+            tail: &impl Fn(usize) -> f32,
+        ) {
+            let start = self.block_start;
+            if start >= end {
+                return;
+            }
+            self.block_start = end;
+            self.r = self.r.max(_mm512_reduce_max_ps(self.vmax));
+            self.low = self.low.min(_mm512_reduce_min_ps(self.vmin));
+            self.vmax = _mm512_set1_ps(f32::NEG_INFINITY);
+            self.vmin = _mm512_set1_ps(f32::INFINITY);
+            let (r, inv_t) = (self.r, self.inv_t);
+            if r == f32::NEG_INFINITY {
+                self.out.blocks.push((r, 0.0, 0.0));
+                return;
+            }
+            let (vm, vt) = (_mm512_set1_ps(r), _mm512_set1_ps(inv_t));
+            let (lo, log2e, round) = (
+                _mm512_set1_ps(-87.0),
+                _mm512_set1_ps(LOG2E),
+                _mm512_set1_ps(ROUND),
+            );
+            let (ln2_hi, ln2_lo) = (_mm512_set1_ps(LN2_HI), _mm512_set1_ps(LN2_LO));
+            let c = EXP_POLY.map(|v| _mm512_set1_ps(v));
+            let one = _mm512_set1_ps(1.0);
+            let mut acc = [_mm512_setzero_ps(); 2];
+            let mut xl = [_mm512_setzero_ps(); 2];
+            let mut j = start;
+            while j + 32 <= end {
+                // The block after next is read from memory while this one is worked on.
+                let ahead = j + 2 * BLOCK;
+                if ahead + 32 <= self.n {
+                    _mm_prefetch::<_MM_HINT_T0>(self.p.add(ahead).cast::<i8>());
+                    _mm_prefetch::<_MM_HINT_T0>(self.p.add(ahead + 16).cast::<i8>());
+                }
+                for h in 0..2 {
+                    let v = load(j + 16 * h);
+                    // exp_f32_fma's steps (as `exp_weights_scan`), 0 where not live or
+                    // below its range.
+                    let z = _mm512_mul_ps(_mm512_sub_ps(v, vm), vt);
+                    let xc = _mm512_max_ps(z, lo);
+                    let t = _mm512_fmadd_ps(xc, log2e, round);
+                    let kf = _mm512_sub_ps(t, round);
+                    let rr = _mm512_fnmadd_ps(kf, ln2_lo, _mm512_fnmadd_ps(kf, ln2_hi, xc));
+                    let mut q = c[0];
+                    for &ci in &c[1..] {
+                        q = _mm512_fmadd_ps(q, rr, ci);
+                    }
+                    q = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(q, rr), rr, rr), one);
+                    let keep = _mm512_mask_cmp_ps_mask::<_CMP_NLT_UQ>(self.live(v), z, lo);
+                    let e = _mm512_maskz_scalef_ps(keep, q, kf);
+                    acc[h] = _mm512_add_ps(acc[h], e);
+                    // A weight of 0 gives a product of 0 (`xc` is finite).
+                    xl[h] = _mm512_fmadd_ps(e, xc, xl[h]);
+                }
+                j += 32;
+            }
+            let (mut sl, mut xs) = ([0.0f32; 32], [0.0f32; 32]);
+            for h in 0..2 {
+                _mm512_storeu_ps(sl.as_mut_ptr().add(16 * h), acc[h]);
+                _mm512_storeu_ps(xs.as_mut_ptr().add(16 * h), xl[h]);
+            }
+            for i in j..end {
+                let v = tail(i);
+                if v >= self.live_floor {
+                    let x = (v - r) * inv_t;
+                    let e = exp_f32_fma(x);
+                    let l = (i - start) % 32;
+                    sl[l] += e;
+                    xs[l] = e.mul_add(x.max(f32::MIN), xs[l]);
+                }
+            }
+            let wide = |a: [f32; 32]| a.iter().fold(0.0f64, |acc, &v| acc + v as f64);
+            self.out.blocks.push((r, wide(sl), wide(xs)));
+        }
+    }
+
+    /// `Real::typical_scan` of an `f32` row: its [`HEAD`]-style top-`k` candidates (as
+    /// [`top_k_candidates`]) and its `softmax::ShiftedSums` under `floor` for the inverse
+    /// temperature `inv_t`, in one read: each block's sums are taken right after its
+    /// candidates, while it is in L1, and the block after next is fetched meanwhile. Returns
+    /// whether the row holds a NaN.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn typical_scan_f32(
+        y: &[f32],
+        inv_t: f32,
+        floor: f32,
+        k: usize,
+        cand: &mut Vec<(f32, u32)>,
+        sel: &mut Vec<f32>,
+        sums: &mut ShiftedSums<f32>,
+    ) -> bool {
+        let (p, n) = (y.as_ptr(), y.len());
+        let load = |j: usize| _mm512_loadu_ps(p.add(j));
+        sums.blocks.clear();
+        let mut st = SumsState {
+            p,
+            n,
+            inv_t,
+            live_floor: if floor > f32::NEG_INFINITY {
+                floor
+            } else {
+                f32::MIN
+            },
+            block_start: 0,
+            vmax: _mm512_set1_ps(f32::NEG_INFINITY),
+            vmin: _mm512_set1_ps(f32::INFINITY),
+            r: f32::NEG_INFINITY,
+            low: f32::INFINITY,
+            out: sums,
+        };
+        let nan = top_k_scan(n, load, |j| y[j], every_lane(), k, cand, sel, &mut st);
+        (st.out.max, st.out.min) = (st.r, st.low);
+        nan
+    }
+
+    /// The scan behind the others: `load(j)` gives the 16 values from `j`, `tail(j)` one
+    /// value; `sink` sees every value and each block's end, in the same read (the
+    /// `MassEstimate` of a top-p row, the sums of a typical-p row).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn top_k_scan<const EST: bool>(
+    unsafe fn top_k_scan(
         n: usize,
         load: impl Fn(usize) -> __m512,
         tail: impl Fn(usize) -> f32,
@@ -633,8 +848,7 @@ mod x86 {
         k: usize,
         cand: &mut Vec<(f32, u32)>,
         sel: &mut Vec<f32>,
-        inv_t: f32,
-        mut est: Option<&mut MassEstimate>,
+        sink: &mut impl ScanSink,
     ) -> bool {
         cand.clear();
         let mut cap = (4 * k).max(256);
@@ -643,10 +857,6 @@ mod x86 {
         let full = n / 16 * 16;
         let quad = n / 64 * 64;
         let mut j = 0;
-        let mut st = EstState::new::<EST>(n, &load, inv_t);
-        if let Some(e) = est.as_deref_mut() {
-            e.blocks.clear();
-        }
         // Four vectors per step and one branch for all of them: early in the row, when the
         // threshold is still low, hits are frequent and a branch per vector mispredicts.
         while j < quad {
@@ -658,9 +868,7 @@ mod x86 {
                 nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v[q], v[q]);
                 ms[q] = _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(on, v[q], thr);
                 any |= ms[q];
-                if EST {
-                    st.add(v[q]);
-                }
+                sink.add(v[q]);
             }
             if any != 0 {
                 for q in 0..4 {
@@ -676,19 +884,15 @@ mod x86 {
                 }
             }
             j += 64;
-            if EST && j % BLOCK == 0 {
-                if let Some(e) = est.as_deref_mut() {
-                    st.flush(j, &load, &tail, f32::NEG_INFINITY, 0.0, e);
-                }
+            if j % BLOCK == 0 {
+                sink.flush(j, &load, &tail);
             }
         }
         while j < full {
             let v = load(j);
             let on = lanes(j);
             nan |= _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
-            if EST {
-                st.add(v);
-            }
+            sink.add(v);
             let m = _mm512_mask_cmp_ps_mask::<_CMP_GE_OQ>(on, v, thr);
             if m != 0 {
                 push_lanes(cand, m, v, j as u32);
@@ -715,23 +919,15 @@ mod x86 {
             }
             seen
         };
-        let (mut tail_max, mut tail_sum) = (f32::NEG_INFINITY, 0.0f64);
         for j in full..n {
             let v = tail(j);
             bad |= v.is_nan();
             if v >= t {
                 cand.push((v, j as u32));
             }
-            if EST {
-                tail_max = tail_max.max(v);
-                tail_sum += approx_exp(v, st.r, st.c2) as f64;
-            }
+            sink.add_one(v);
         }
-        if EST && st.block_start < n {
-            if let Some(e) = est {
-                st.flush(n, &load, &tail, tail_max, tail_sum, e);
-            }
-        }
+        sink.flush(n, &load, &tail);
         if cand.len() > k {
             compact(cand, k, sel);
         }
@@ -1021,5 +1217,5 @@ mod x86 {
 pub(crate) use x86::{
     exp_weights_bf16, exp_weights_f32, gather_allowed_f32, keep_keys_within, key_bracket,
     mass_above_and_collect, masses_above, top_k_candidates, top_k_candidates_bf16,
-    top_k_candidates_masked,
+    top_k_candidates_masked, typical_scan_f32,
 };

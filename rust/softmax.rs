@@ -240,6 +240,93 @@ pub struct MassEstimate {
     pub(crate) blocks: Vec<(f32, f64)>,
 }
 
+/// Typical-p's mass and entropy sums of a row, taken in its first read (before its maximum
+/// is known): per [`BLOCK`] `b`, `(r_b, S_b, X_b)` with `r_b` the largest live logit of the
+/// blocks up to `b` (this one included), `S_b` the sum of the block's weights against it,
+/// `w_j = exp(x_j)` with `x_j = (z_j - r_b) t` ([`exp_weight`]'s operations), and `X_b` the
+/// sum of `w_j x_j`. Each sum runs in 32 lanes of the compute type (token `i` of a block in
+/// lane `i % 32`, the products by fused multiply-add), and the lanes are added in `f64` in
+/// lane order, so the AVX-512 kernel (`simd::typical_scan_f32`) gives the same bits.
+/// [`ShiftedSums::entropy`] rescales them to the row's maximum `m`: `total = sum_b S_b
+/// e^(d_b)` with `d_b = (r_b - m) t`, and `sum_j w_j (z_j - m) t = sum_b e^(d_b) (X_b + d_b
+/// S_b)`. A lane adds 32 terms, so in `f32` a sum's relative error is at most ~2e-6,
+/// typically ~1e-7, as the entropy's (see `stages::weights_entropy`). Meaningful for a
+/// finite maximum (a row with a `+inf` logit goes another way).
+#[derive(Default)]
+pub struct ShiftedSums<F> {
+    pub(crate) blocks: Vec<(F, f64, f64)>,
+    /// The largest and the smallest live logit (`-inf` and `+inf` when none is live).
+    pub(crate) max: F,
+    pub(crate) min: F,
+}
+
+impl<F: Real> ShiftedSums<F> {
+    /// The total weight against the row's maximum (`exp((z - max) t)` summed), the entropy
+    /// `-sum p log p` and the smallest live logit, for the inverse temperature `t` the sums
+    /// were taken with.
+    #[inline(always)]
+    pub(crate) fn entropy(&self, t: F) -> (f64, f64, F) {
+        let (m, t) = (self.max.wide(), t.wide());
+        let (mut total, mut xsum) = (0.0f64, 0.0f64);
+        for &(r, s, x) in &self.blocks {
+            if s > 0.0 {
+                let d = (r.wide() - m) * t;
+                let e = d.exp();
+                total += e * s;
+                xsum += e * (x + d * s);
+            }
+        }
+        (total, total.ln() - xsum / total, self.min)
+    }
+}
+
+/// The portable [`ShiftedSums`] of `y` under `floor` (a token is live when `z >= floor` and
+/// finite; the maximum and minimum count every live token) for the inverse temperature
+/// `inv_t`: `Real::typical_scan`'s default and fallback.
+#[inline(always)]
+pub fn shifted_sums<F: Real, const FMA: bool>(
+    y: &[F],
+    inv_t: F,
+    floor: F,
+    out: &mut ShiftedSums<F>,
+) {
+    out.blocks.clear();
+    let live = |v: F| v >= floor && v > F::neg_infinity();
+    let (mut r, mut low) = (F::neg_infinity(), F::infinity());
+    for yb in y.chunks(BLOCK) {
+        let (bmax, bmin) = yb
+            .iter()
+            .filter(|&&v| live(v))
+            .fold((r, low), |(a, b), &v| (a.max(v), b.min(v)));
+        r = bmax;
+        low = bmin;
+        if r == F::neg_infinity() {
+            out.blocks.push((r, 0.0, 0.0));
+            continue;
+        }
+        let (mut sl, mut xl) = ([F::zero(); 32], [F::zero(); 32]);
+        for (i, &v) in yb.iter().enumerate() {
+            if !live(v) {
+                continue;
+            }
+            let e = exp_weight::<F, FMA>(v, r, inv_t);
+            // A weight of 0 gives a product of 0 (a far logit's exponent is finite).
+            let x = ((v - r) * inv_t).max(F::min_value());
+            let l = i % 32;
+            sl[l] = sl[l] + e;
+            xl[l] = if FMA {
+                e.mul_add(x, xl[l])
+            } else {
+                e * x + xl[l]
+            };
+        }
+        let wide = |a: [F; 32]| a.iter().fold(0.0f64, |acc, v| acc + v.wide());
+        out.blocks.push((r, wide(sl), wide(xl)));
+    }
+    out.max = r;
+    out.min = low;
+}
+
 /// Weights 1 for tokens equal to `target`, 0 elsewhere: the distribution when the maximum is
 /// `+inf` (the `+inf` tokens share the mass) or the temperature is too small to represent.
 #[inline(always)]

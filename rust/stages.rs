@@ -663,7 +663,7 @@ pub(crate) fn typical_p<F: Real, const FMA: bool>(
     keep: usize,
     s: &mut Scratch<F>,
 ) {
-    let (c, tau, _) = typical_threshold::<F, FMA>(z, live, mass, false, s);
+    let Threshold { c, tau, .. } = typical_threshold::<F, FMA>(z, live, mass, false, s);
     let tk = typical_key(live, c);
     let key = |v: F| tk.of(v);
     // The floor: the first `keep` by distance, ties by lower id (Hugging Face).
@@ -696,8 +696,8 @@ pub(crate) fn typical_p<F: Real, const FMA: bool>(
 }
 
 /// Typical-p's kept set as the row's last stage ([`typical_weights`]): the tokens whose key
-/// is at most `tau`, of weights `s.w` (the cut ones not zeroed) and total `total`, with
-/// `s.blocks` their sums per block.
+/// is at most `tau`, of weights `s.w` (the cut ones not zeroed, or stale: see
+/// [`typical_threshold`]) and total `total`, with `s.blocks` their sums per block.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TypicalKept<F> {
     key: TypicalKey<F>,
@@ -725,18 +725,19 @@ impl<F: Real> TypicalKept<F> {
 /// final weights are the ones typical-p computed and the kept set is drawn from by its key
 /// ([`TypicalKept`]; the block sums come from the read that found the threshold, so no pass
 /// cuts the row). `z` is not written: when the largest logit is cut (`Err`), the caller
-/// cuts the row ([`TypicalCut::apply`]) and the stages go on. `head_read`: `s.pairs` holds the
-/// row's [`HEAD`] largest logits, from its first read (see [`key_threshold`]).
+/// cuts the row ([`TypicalCut::apply`]) and the stages go on. `scanned`: the row's first read
+/// took its sums and head ([`typical_threshold`]).
 #[inline(always)]
 pub(crate) fn typical_weights<F: Real, const FMA: bool>(
     z: &[F],
     live: &Live<F>,
     mass: f64,
-    head_read: bool,
+    scanned: bool,
     s: &mut Scratch<F>,
 ) -> Result<TypicalKept<F>, TypicalCut<F>> {
-    let (c, tau, read) = typical_threshold::<F, FMA>(z, live, mass, head_read, s);
-    let key = typical_key(live, c);
+    let th = typical_threshold::<F, FMA>(z, live, mass, scanned, s);
+    let (tau, read) = (th.tau, th.read);
+    let key = typical_key(live, th.c);
     if key.of(live.m) > tau {
         return Err(TypicalCut { key, tau });
     }
@@ -774,22 +775,41 @@ impl<F: Real> TypicalCut<F> {
     }
 }
 
-/// Typical-p's centre `c` and threshold `τ`: token `j` is kept when `|c - z_j| <= τ`
-/// ([`typical_key`]); `s.w` holds the weights of the live tokens. Third: whether the blocks
-/// and pairs hold the read that placed `τ` ([`key_threshold`]).
+/// Typical-p's centre and threshold ([`typical_threshold`]).
+struct Threshold<F> {
+    /// Token `j` is kept when `|c - z_j| <= tau` ([`typical_key`]).
+    c: F,
+    tau: F,
+    /// Whether the blocks and pairs hold the read that placed `tau` ([`key_threshold`]).
+    read: bool,
+}
+
+/// Typical-p's centre `c` and threshold `τ` ([`Threshold`]).
 ///
 /// `-log p_j - H = ((m - z_j) * scale + ln(total)) - H`, so the key of token `j` is
 /// `|c - z_j|` (times `scale`): every pass works it out from the logit as it reads it, and
-/// no key row is written.
+/// no key row is written. The total and the entropy come from the row's [`ShiftedSums`]
+/// and `s.pairs` holds its [`HEAD`] largest logits: with `scanned`, from its first read
+/// (`Real::typical_scan`); else they are taken here, in one read. A long peaked row then
+/// tries its head alone ([`head_key_threshold`]): when that decides, no exp pass runs, and
+/// `s.w` holds the head's weights at their ids and stale values elsewhere, which nothing
+/// reads (every kept token is in the head, and `s.w` is read at kept tokens only).
+/// Otherwise the exp pass writes `s.w` and [`key_threshold`] decides.
+///
+/// [`ShiftedSums`]: crate::softmax::ShiftedSums
 #[inline(always)]
 fn typical_threshold<F: Real, const FMA: bool>(
     z: &[F],
     live: &Live<F>,
     mass: f64,
-    head_read: bool,
+    scanned: bool,
     s: &mut Scratch<F>,
-) -> (F, F, bool) {
-    let (total, h, z_min) = weights_entropy::<F, FMA>(z, live, s);
+) -> Threshold<F> {
+    if !scanned {
+        let (pairs, sel) = (&mut s.pairs, &mut s.sel);
+        F::typical_scan::<FMA>(z, live.scale, live.lo, HEAD, pairs, sel, &mut s.sums);
+    }
+    let (total, h, z_min) = s.sums.entropy(live.scale);
     let c = F::of(live.m.wide() + (total.ln() - h) / live.scale.wide());
     let key = typical_key(live, c);
     // `c - v` rounds monotonically in `v`: the largest finite key is at an end of the range.
@@ -798,15 +818,36 @@ fn typical_threshold<F: Real, const FMA: bool>(
     } else {
         F::zero()
     };
-    // The weights leave the scratch while the threshold borrows the rest (a move, no copy).
-    let w = std::mem::take(&mut s.w);
     // An entropy of at most ln(4 HEAD) is the spread of at most 4 HEAD equal tokens: a peaked
     // row. (A flat row of logits N(0, 2.86^2), as the benchmark's bulk at T 0.7: ln 2,100.)
-    let peaked = h <= (4.0 * HEAD as f64).ln();
+    let peaked = h <= (4.0 * HEAD as f64).ln() && z.len() >= TYPICAL_SAMPLED_MIN;
     let target = (mass * total, total);
-    let (tau, read) = key_threshold(z, &key, kmax, &w, target, (peaked, head_read), s);
+    if peaked && kmax > F::zero() {
+        // The head's weights (the exp pass's, bit for bit), in the pairs and at their ids.
+        s.w.resize(z.len(), F::zero());
+        if cfg!(test) {
+            // Poisons the stale weights, so that a test fails if anything reads them.
+            s.w.fill(F::nan());
+        }
+        for q in s.pairs.iter_mut() {
+            let v = z[q.1 as usize];
+            q.0 = if live.has(v) {
+                exp_weight::<F, FMA>(v, live.m, live.scale)
+            } else {
+                F::zero()
+            };
+            s.w[q.1 as usize] = q.0;
+        }
+        if let Some(tau) = head_key_threshold(z, &key, target.0, s) {
+            return Threshold { c, tau, read: true };
+        }
+    }
+    weights::<F, FMA>(z, live, s);
+    // The weights leave the scratch while the threshold borrows the rest (a move, no copy).
+    let w = std::mem::take(&mut s.w);
+    let (tau, read) = key_threshold(z, &key, kmax, &w, target, peaked, s);
     s.w = w;
-    (c, tau, read)
+    Threshold { c, tau, read }
 }
 
 /// Typical-p's key of a logit: its distance from `c`, infinite for a token not live.
@@ -889,13 +930,11 @@ const KEY_MARGIN_MAX: f64 = 0.10;
 /// weight (the largest finite key if none does; `kmax` is it), with `key(z_j)` token `j`'s
 /// key (`total`: the weight of every live token). Tokens with an infinite key do not count.
 ///
-/// A long `peaked` row (its mass in few tokens, which a sample bounds well) first tries its
-/// [`HEAD`] largest logits alone ([`head_key_threshold`]), then a bracket from a sample
-/// ([`sampled_key_threshold`]), each exact when it holds; otherwise, and for other rows,
-/// [`exact_key_threshold`]. With `head_read`, `s.pairs` holds the row's [`HEAD`] largest
-/// logits (its first read took them); else they are found here, in one read of `z`. Second:
-/// whether `s.blocks` and `s.pairs` hold the last read ([`bracket_read`]) of the bracket `τ`
-/// came from (for the head: nothing below it in `s.blocks`, the head's keys in `s.pairs`).
+/// A long `peaked` row (its mass in few tokens, which a sample bounds well; `s.pairs`: its
+/// [`HEAD`] heaviest tokens and their weights) tries a bracket from a sample
+/// ([`sampled_key_threshold`]), exact when it holds; otherwise, and for other rows,
+/// [`exact_key_threshold`]. Second: whether `s.blocks` and `s.pairs` hold the last read
+/// ([`bracket_read`]) of the bracket `τ` came from.
 #[inline(always)]
 fn key_threshold<F: Real>(
     z: &[F],
@@ -903,24 +942,14 @@ fn key_threshold<F: Real>(
     kmax: F,
     w: &[F],
     (target, total): (f64, f64),
-    (peaked, head_read): (bool, bool),
+    peaked: bool,
     s: &mut Scratch<F>,
 ) -> (F, bool) {
     if kmax <= F::zero() {
         return (kmax, false); // every finite key is 0: all tie
     }
-    if peaked && z.len() >= TYPICAL_SAMPLED_MIN {
-        // The [`HEAD`] largest logits (from the first read, with `head_read`) are the
-        // heaviest tokens (the weight is monotone in the logit): their weights.
-        if !head_read {
-            top_k_candidates(z, HEAD, &mut s.pairs, &mut s.sel);
-        }
-        for q in s.pairs.iter_mut() {
-            q.0 = w[q.1 as usize];
-        }
-        let tau = head_key_threshold(z, key, target, s)
-            .or_else(|| sampled_key_threshold(z, key, kmax, w, (target, total), s));
-        if let Some(tau) = tau {
+    if peaked {
+        if let Some(tau) = sampled_key_threshold(z, key, kmax, w, (target, total), s) {
             return (tau, true);
         }
     }
@@ -958,7 +987,8 @@ fn head_key_threshold<F: Real>(
     for q in s.pairs.iter_mut() {
         q.0 = key.of(z[q.1 as usize]);
     }
-    s.blocks.fill(0.0);
+    s.blocks.clear();
+    s.blocks.resize(z.len().div_ceil(BLOCK), 0.0);
     Some(tau)
 }
 
