@@ -84,7 +84,15 @@ pub(crate) fn compact<F: Real>(cand: &mut Vec<(F, u32)>, k: usize, sel: &mut Vec
     sel.extend(cand.iter().map(|c| c.0));
     let (_, kth, _) = sel.select_nth_unstable_by(k - 1, desc);
     let t = *kth;
-    cand.retain(|c| c.0 >= t);
+    // Branch-free: a scan drops about three candidates in four, in no predictable order
+    // (`retain`'s branch mispredicted on about half of them: most of a compaction's time).
+    let mut kept = 0;
+    for i in 0..cand.len() {
+        let c = cand[i];
+        cand[kept] = c;
+        kept += (c.0 >= t) as usize;
+    }
+    cand.truncate(kept);
     t
 }
 

@@ -670,9 +670,9 @@ mod x86 {
         }
     }
 
-    /// The running state of typical-p's first scan ([`typical_scan_f32`]): the live
-    /// maximum and minimum so far, and at each block's end the block's sums against the
-    /// running maximum, from L1 (`softmax::ShiftedSums`; lane by lane its operations).
+    /// The running state of typical-p's first scan ([`typical_scan_f32`]): the maximum so
+    /// far, and at each block's end the block's sums against it and its smallest live
+    /// logit, from L1 (`softmax::ShiftedSums`; lane by lane its operations).
     struct SumsState<'a> {
         p: *const f32,
         n: usize,
@@ -680,7 +680,6 @@ mod x86 {
         live_floor: f32,
         block_start: usize,
         vmax: __m512,
-        vmin: __m512,
         r: f32,
         low: f32,
         out: &'a mut ShiftedSums<f32>,
@@ -698,17 +697,13 @@ mod x86 {
     impl ScanSink for SumsState<'_> {
         #[inline(always)]
         unsafe fn add(&mut self, v: __m512) {
-            let live = self.live(v);
-            self.vmax = _mm512_mask_max_ps(self.vmax, live, self.vmax, v);
-            self.vmin = _mm512_mask_min_ps(self.vmin, live, self.vmin, v);
+            // `max` returns its second operand when the first is NaN.
+            self.vmax = _mm512_max_ps(v, self.vmax);
         }
 
         #[inline(always)]
         unsafe fn add_one(&mut self, v: f32) {
-            if v >= self.live_floor {
-                self.r = self.r.max(v);
-                self.low = self.low.min(v);
-            }
+            self.r = self.r.max(v);
         }
 
         #[inline(always)]
@@ -724,9 +719,7 @@ mod x86 {
             }
             self.block_start = end;
             self.r = self.r.max(_mm512_reduce_max_ps(self.vmax));
-            self.low = self.low.min(_mm512_reduce_min_ps(self.vmin));
             self.vmax = _mm512_set1_ps(f32::NEG_INFINITY);
-            self.vmin = _mm512_set1_ps(f32::INFINITY);
             let (r, inv_t) = (self.r, self.inv_t);
             if r == f32::NEG_INFINITY {
                 self.out.blocks.push((r, 0.0, 0.0));
@@ -743,6 +736,7 @@ mod x86 {
             let one = _mm512_set1_ps(1.0);
             let mut acc = [_mm512_setzero_ps(); 2];
             let mut xl = [_mm512_setzero_ps(); 2];
+            let mut vlow = _mm512_set1_ps(f32::INFINITY);
             let mut j = start;
             while j + 32 <= end {
                 // The block after next is read from memory while this one is worked on.
@@ -765,7 +759,9 @@ mod x86 {
                         q = _mm512_fmadd_ps(q, rr, ci);
                     }
                     q = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(q, rr), rr, rr), one);
-                    let keep = _mm512_mask_cmp_ps_mask::<_CMP_NLT_UQ>(self.live(v), z, lo);
+                    let live = self.live(v);
+                    vlow = _mm512_mask_min_ps(vlow, live, vlow, v);
+                    let keep = _mm512_mask_cmp_ps_mask::<_CMP_NLT_UQ>(live, z, lo);
                     let e = _mm512_maskz_scalef_ps(keep, q, kf);
                     acc[h] = _mm512_add_ps(acc[h], e);
                     // A weight of 0 gives a product of 0 (`xc` is finite).
@@ -781,6 +777,7 @@ mod x86 {
             for i in j..end {
                 let v = tail(i);
                 if v >= self.live_floor {
+                    self.low = self.low.min(v);
                     let x = (v - r) * inv_t;
                     let e = exp_f32_fma(x);
                     let l = (i - start) % 32;
@@ -788,6 +785,7 @@ mod x86 {
                     xs[l] = e.mul_add(x.max(f32::MIN), xs[l]);
                 }
             }
+            self.low = self.low.min(_mm512_reduce_min_ps(vlow));
             let wide = |a: [f32; 32]| a.iter().fold(0.0f64, |acc, &v| acc + v as f64);
             self.out.blocks.push((r, wide(sl), wide(xs)));
         }
@@ -825,7 +823,6 @@ mod x86 {
             },
             block_start: 0,
             vmax: _mm512_set1_ps(f32::NEG_INFINITY),
-            vmin: _mm512_set1_ps(f32::INFINITY),
             r: f32::NEG_INFINITY,
             low: f32::INFINITY,
             out: sums,

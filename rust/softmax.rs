@@ -241,8 +241,8 @@ pub struct MassEstimate {
 }
 
 /// Typical-p's mass and entropy sums of a row, taken in its first read (before its maximum
-/// is known): per [`BLOCK`] `b`, `(r_b, S_b, X_b)` with `r_b` the largest live logit of the
-/// blocks up to `b` (this one included), `S_b` the sum of the block's weights against it,
+/// is known): per [`BLOCK`] `b`, `(r_b, S_b, X_b)` with `r_b` the largest logit of the
+/// blocks up to `b` (this one included), `S_b` the sum of the block's live weights against it,
 /// `w_j = exp(x_j)` with `x_j = (z_j - r_b) t` ([`exp_weight`]'s operations), and `X_b` the
 /// sum of `w_j x_j`. Each sum runs in 32 lanes of the compute type (token `i` of a block in
 /// lane `i % 32`, the products by fused multiply-add), and the lanes are added in `f64` in
@@ -255,7 +255,8 @@ pub struct MassEstimate {
 #[derive(Default)]
 pub struct ShiftedSums<F> {
     pub(crate) blocks: Vec<(F, f64, f64)>,
-    /// The largest and the smallest live logit (`-inf` and `+inf` when none is live).
+    /// The largest logit (NaN aside: the largest live one when any is live, as a floor is
+    /// at most that) and the smallest live one (`+inf` when none is).
     pub(crate) max: F,
     pub(crate) min: F,
 }
@@ -281,8 +282,8 @@ impl<F: Real> ShiftedSums<F> {
 }
 
 /// The portable [`ShiftedSums`] of `y` under `floor` (a token is live when `z >= floor` and
-/// finite; the maximum and minimum count every live token) for the inverse temperature
-/// `inv_t`: `Real::typical_scan`'s default and fallback.
+/// `z > -inf`) for the inverse temperature `inv_t`: `Real::typical_scan`'s default and
+/// fallback.
 #[inline(always)]
 pub fn shifted_sums<F: Real, const FMA: bool>(
     y: &[F],
@@ -294,12 +295,7 @@ pub fn shifted_sums<F: Real, const FMA: bool>(
     let live = |v: F| v >= floor && v > F::neg_infinity();
     let (mut r, mut low) = (F::neg_infinity(), F::infinity());
     for yb in y.chunks(BLOCK) {
-        let (bmax, bmin) = yb
-            .iter()
-            .filter(|&&v| live(v))
-            .fold((r, low), |(a, b), &v| (a.max(v), b.min(v)));
-        r = bmax;
-        low = bmin;
+        r = yb.iter().fold(r, |a, &v| a.max(v));
         if r == F::neg_infinity() {
             out.blocks.push((r, 0.0, 0.0));
             continue;
@@ -309,6 +305,7 @@ pub fn shifted_sums<F: Real, const FMA: bool>(
             if !live(v) {
                 continue;
             }
+            low = low.min(v);
             let e = exp_weight::<F, FMA>(v, r, inv_t);
             // A weight of 0 gives a product of 0 (a far logit's exponent is finite).
             let x = ((v - r) * inv_t).max(F::min_value());
