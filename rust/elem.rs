@@ -21,6 +21,17 @@ pub trait Real: Float + Default + Send + Sync + std::fmt::Debug + 'static + Elem
     /// [`Real::exp_nonpos`] with fused multiply-adds: only for code compiled with the `fma`
     /// target feature (elsewhere `mul_add` is a libm call per element).
     fn exp_nonpos_fma(self) -> Self;
+    /// `exp(self)` for `self <= 0`, for sums only (typical-p's `softmax::ShiftedSums`):
+    /// `f32` takes [`exp_sum_f32`] (~4e-7, three operations fewer than the weights'
+    /// exp), `f64` its weights' exp.
+    #[inline(always)]
+    fn exp_sum<const FMA: bool>(self) -> Self {
+        if FMA {
+            self.exp_nonpos_fma()
+        } else {
+            self.exp_nonpos()
+        }
+    }
     /// The bit pattern, which orders non-negative values like the values themselves (sorting
     /// integers is several times faster than sorting floats by a comparator).
     fn key(self) -> u64;
@@ -158,6 +169,10 @@ impl Real for f32 {
     #[inline(always)]
     fn exp_nonpos_fma(self) -> f32 {
         exp_f32_fma(self)
+    }
+    #[inline(always)]
+    fn exp_sum<const FMA: bool>(self) -> f32 {
+        exp_sum_f32::<FMA>(self)
     }
     #[inline(always)]
     fn key(self) -> u64 {
@@ -336,6 +351,10 @@ pub(crate) const LN2_HI: f32 = 0.693_359_4;
 pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
 // 1.5 * 2^23: adding and subtracting it rounds to the nearest integer.
 pub(crate) const ROUND: f32 = 12_582_912.0;
+/// [`exp_sum_f32`]'s polynomial: `e^r ~ 1 + r + r^2 (c[3] + r (c[2] + r (c[1] + r c[0])))` on
+/// `|r| <= ln(2) / 2`, fitted by least squares of the relative error on Chebyshev nodes
+/// (at most 1.7e-7 in `f32`).
+pub(crate) const SUM_POLY: [f32; 4] = [8.333_84e-3, 4.189_858e-2, 0.166_668_86, 0.499_991_42];
 /// Coefficients of the `e^r` polynomial, highest first (Cephes `expf`).
 pub(crate) const EXP_POLY: [f32; 6] = [
     1.987_569_2e-4,
@@ -387,6 +406,36 @@ pub fn exp_f32_fma(x: f32) -> f32 {
         p = p.mul_add(r, c);
     }
     p = (p * r).mul_add(r, r) + 1.0;
+    let scale = f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23);
+    if x < -87.0 {
+        0.0
+    } else {
+        p * scale
+    }
+}
+
+/// `exp(x)` for `x <= 0` (0 below -87, as [`exp_f32`]) to ~4e-7 relative, for sums that
+/// need not equal the weights' exp (typical-p's `softmax::ShiftedSums`): a degree-5
+/// polynomial ([`SUM_POLY`]) and (with FMA) one `ln 2` in the range reduction, three
+/// operations fewer per 16 values than [`exp_f32_fma`]. `FMA`: fused multiply-adds, as the AVX-512 kernel
+/// (`simd::typical_scan_f32`) does lane by lane.
+#[inline(always)]
+pub fn exp_sum_f32<const FMA: bool>(x: f32) -> f32 {
+    let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
+    let xc = x.max(-87.0);
+    let t = fma(xc, LOG2E, ROUND);
+    let n = t - ROUND;
+    // With FMA the product is exact in `fma`; without, `n ln 2` must be split (as `exp_f32`).
+    let r = if FMA {
+        (-n).mul_add(std::f32::consts::LN_2, xc)
+    } else {
+        xc - n * LN2_HI - n * LN2_LO
+    };
+    let mut p = SUM_POLY[0];
+    for &c in &SUM_POLY[1..] {
+        p = fma(p, r, c);
+    }
+    p = fma(p * r, r, r) + 1.0;
     let scale = f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23);
     if x < -87.0 {
         0.0
@@ -583,8 +632,13 @@ mod tests {
     #[test]
     fn exp_f32_is_accurate_on_the_whole_range() {
         type Exp = fn(f32) -> f32;
-        let variants: [(&str, Exp); 2] = [("plain", exp_f32), ("fma", exp_f32_fma)];
-        for (name, exp) in variants {
+        let variants: [(&str, Exp, f64); 4] = [
+            ("plain", exp_f32, 2.4e-7),
+            ("fma", exp_f32_fma, 2.4e-7),
+            ("sum", exp_sum_f32::<false>, 5e-7),
+            ("sum fma", exp_sum_f32::<true>, 5e-7),
+        ];
+        for (name, exp, bound) in variants {
             assert_eq!(exp(0.0), 1.0);
             assert_eq!(exp(f32::NEG_INFINITY), 0.0);
             assert_eq!(exp(-100.0), 0.0);
@@ -597,7 +651,7 @@ mod tests {
                 x += 0.001_37;
             }
             // 2 ulp of f32 is 2.4e-7 relative.
-            assert!(worst < 2.4e-7, "{name}: worst relative error {worst}");
+            assert!(worst < bound, "{name}: worst relative error {worst}");
         }
     }
 

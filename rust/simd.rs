@@ -60,7 +60,7 @@ pub(crate) fn popcount(words: &[u32]) -> usize {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::compact;
-    use crate::elem::{exp_f32_fma, EXP_POLY, LN2_HI, LN2_LO, LOG2E, ROUND};
+    use crate::elem::{exp_f32_fma, exp_sum_f32, EXP_POLY, LN2_HI, LN2_LO, LOG2E, ROUND, SUM_POLY};
     use crate::filter::{KeyBracket, TypicalKey};
     use crate::softmax::{
         approx_exp, MassEstimate, ShiftedSums, BLOCK, EST_BIAS, EST_MAX_EXP2, EST_POLY, EST_SCALE,
@@ -731,8 +731,8 @@ mod x86 {
                 _mm512_set1_ps(LOG2E),
                 _mm512_set1_ps(ROUND),
             );
-            let (ln2_hi, ln2_lo) = (_mm512_set1_ps(LN2_HI), _mm512_set1_ps(LN2_LO));
-            let c = EXP_POLY.map(|v| _mm512_set1_ps(v));
+            let ln2 = _mm512_set1_ps(std::f32::consts::LN_2);
+            let c = SUM_POLY.map(|v| _mm512_set1_ps(v));
             let one = _mm512_set1_ps(1.0);
             let mut acc = [_mm512_setzero_ps(); 2];
             let mut xl = [_mm512_setzero_ps(); 2];
@@ -747,13 +747,12 @@ mod x86 {
                 }
                 for h in 0..2 {
                     let v = load(j + 16 * h);
-                    // exp_f32_fma's steps (as `exp_weights_scan`), 0 where not live or
-                    // below its range.
+                    // exp_sum_f32's steps, 0 where not live or below its range.
                     let z = _mm512_mul_ps(_mm512_sub_ps(v, vm), vt);
                     let xc = _mm512_max_ps(z, lo);
                     let t = _mm512_fmadd_ps(xc, log2e, round);
                     let kf = _mm512_sub_ps(t, round);
-                    let rr = _mm512_fnmadd_ps(kf, ln2_lo, _mm512_fnmadd_ps(kf, ln2_hi, xc));
+                    let rr = _mm512_fnmadd_ps(kf, ln2, xc);
                     let mut q = c[0];
                     for &ci in &c[1..] {
                         q = _mm512_fmadd_ps(q, rr, ci);
@@ -779,7 +778,7 @@ mod x86 {
                 if v >= self.live_floor {
                     self.low = self.low.min(v);
                     let x = (v - r) * inv_t;
-                    let e = exp_f32_fma(x);
+                    let e = exp_sum_f32::<true>(x);
                     let l = (i - start) % 32;
                     sl[l] += e;
                     xs[l] = e.mul_add(x.max(f32::MIN), xs[l]);

@@ -243,7 +243,8 @@ pub struct MassEstimate {
 /// Typical-p's mass and entropy sums of a row, taken in its first read (before its maximum
 /// is known): per [`BLOCK`] `b`, `(r_b, S_b, X_b)` with `r_b` the largest logit of the
 /// blocks up to `b` (this one included), `S_b` the sum of the block's live weights against it,
-/// `w_j = exp(x_j)` with `x_j = (z_j - r_b) t` ([`exp_weight`]'s operations), and `X_b` the
+/// `w_j = exp(x_j)` with `x_j = (z_j - r_b) t` (`Real::exp_sum`: for `f32` a cheaper exp
+/// than the weights', to ~4e-7), and `X_b` the
 /// sum of `w_j x_j`. Each sum runs in 32 lanes of the compute type (token `i` of a block in
 /// lane `i % 32`, the products by fused multiply-add), and the lanes are added in `f64` in
 /// lane order, so the AVX-512 kernel (`simd::typical_scan_f32`) gives the same bits.
@@ -306,7 +307,7 @@ pub fn shifted_sums<F: Real, const FMA: bool>(
                 continue;
             }
             low = low.min(v);
-            let e = exp_weight::<F, FMA>(v, r, inv_t);
+            let e = ((v - r) * inv_t).exp_sum::<FMA>();
             // A weight of 0 gives a product of 0 (a far logit's exponent is finite).
             let x = ((v - r) * inv_t).max(F::min_value());
             let l = i % 32;
