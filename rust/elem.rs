@@ -26,11 +26,7 @@ pub trait Real: Float + Default + Send + Sync + std::fmt::Debug + 'static + Elem
     /// exp), `f64` its weights' exp.
     #[inline(always)]
     fn exp_sum<const FMA: bool>(self) -> Self {
-        if FMA {
-            self.exp_nonpos_fma()
-        } else {
-            self.exp_nonpos()
-        }
+        crate::softmax::exp_nonpos::<Self, FMA>(self)
     }
     /// The bit pattern, which orders non-negative values like the values themselves (sorting
     /// integers is several times faster than sorting floats by a comparator).
@@ -382,8 +378,15 @@ pub fn exp_f32(x: f32) -> f32 {
         p = p * r + c;
     }
     p = p * r * r + r + 1.0;
-    // The low mantissa bits of `t` hold n: build 2^n from them with integer ops only (a
-    // float-to-int cast saturates in Rust and keeps the loop from vectorising).
+    times_two_to_n(p, t, x)
+}
+
+/// The last step of [`exp_f32`], [`exp_f32_fma`] and [`exp_sum_f32`]: `p 2^n`, with `n` in
+/// the low mantissa bits of `t = x log2(e) + ROUND`, and 0 below -87.
+#[inline(always)]
+fn times_two_to_n(p: f32, t: f32, x: f32) -> f32 {
+    // Build 2^n from `t`'s bits with integer ops only (a float-to-int cast saturates in Rust
+    // and keeps the loop from vectorising).
     let scale = f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23);
     if x < -87.0 {
         0.0
@@ -406,19 +409,14 @@ pub fn exp_f32_fma(x: f32) -> f32 {
         p = p.mul_add(r, c);
     }
     p = (p * r).mul_add(r, r) + 1.0;
-    let scale = f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23);
-    if x < -87.0 {
-        0.0
-    } else {
-        p * scale
-    }
+    times_two_to_n(p, t, x)
 }
 
 /// `exp(x)` for `x <= 0` (0 below -87, as [`exp_f32`]) to ~4e-7 relative, for sums that
 /// need not equal the weights' exp (typical-p's `softmax::ShiftedSums`): a degree-5
 /// polynomial ([`SUM_POLY`]) and (with FMA) one `ln 2` in the range reduction, three
-/// operations fewer per 16 values than [`exp_f32_fma`]. `FMA`: fused multiply-adds, as the AVX-512 kernel
-/// (`simd::typical_scan_f32`) does lane by lane.
+/// operations fewer per 16 values than [`exp_f32_fma`]. `FMA`: fused multiply-adds, as the
+/// AVX-512 kernel (`simd::typical_scan_f32`) does lane by lane.
 #[inline(always)]
 pub fn exp_sum_f32<const FMA: bool>(x: f32) -> f32 {
     let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
@@ -436,12 +434,7 @@ pub fn exp_sum_f32<const FMA: bool>(x: f32) -> f32 {
         p = fma(p, r, c);
     }
     p = fma(p * r, r, r) + 1.0;
-    let scale = f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23);
-    if x < -87.0 {
-        0.0
-    } else {
-        p * scale
-    }
+    times_two_to_n(p, t, x)
 }
 
 /// A logit element as stored by the caller.

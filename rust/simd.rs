@@ -63,7 +63,8 @@ mod x86 {
     use crate::elem::{exp_f32_fma, exp_sum_f32, EXP_POLY, LN2_HI, LN2_LO, LOG2E, ROUND, SUM_POLY};
     use crate::filter::{KeyBracket, TypicalKey};
     use crate::softmax::{
-        approx_exp, MassEstimate, ShiftedSums, BLOCK, EST_BIAS, EST_MAX_EXP2, EST_POLY, EST_SCALE,
+        approx_exp, sum_wide, MassEstimate, ShiftedSums, BLOCK, EST_BIAS, EST_MAX_EXP2, EST_POLY,
+        EST_SCALE,
     };
     use std::arch::x86_64::*;
 
@@ -229,7 +230,7 @@ mod x86 {
             blocks.push(s);
             total += s;
             if ENTROPY {
-                xsum += lanes.iter().map(|&v| v as f64).sum::<f64>();
+                xsum += sum_wide(&lanes);
             }
             start = end;
         }
@@ -785,8 +786,7 @@ mod x86 {
                 }
             }
             self.low = self.low.min(_mm512_reduce_min_ps(vlow));
-            let wide = |a: [f32; 32]| a.iter().fold(0.0f64, |acc, &v| acc + v as f64);
-            self.out.blocks.push((r, wide(sl), wide(xs)));
+            self.out.blocks.push((r, sum_wide(&sl), sum_wide(&xs)));
         }
     }
 

@@ -96,7 +96,7 @@ pub fn first_index_of_by<Y: Copy, F: Real>(y: &[Y], load: impl Fn(Y) -> F, m: F)
 
 /// `e^z` for `z <= 0`, with the FMA variant where the caller was compiled with FMA.
 #[inline(always)]
-fn exp_nonpos<F: Real, const FMA: bool>(z: F) -> F {
+pub(crate) fn exp_nonpos<F: Real, const FMA: bool>(z: F) -> F {
     if FMA {
         z.exp_nonpos_fma()
     } else {
@@ -191,7 +191,7 @@ pub fn exp_weights_by<Y: Copy, F: Real, const FMA: bool, const ENTROPY: bool>(
                     low = low.min(v);
                 }
             }
-            xsum += lanes.iter().map(|v| v.wide()).sum::<f64>();
+            xsum += sum_wide(&lanes);
         }
     }
     (total, xsum, low)
@@ -244,10 +244,10 @@ pub struct MassEstimate {
 /// is known): per [`BLOCK`] `b`, `(r_b, S_b, X_b)` with `r_b` the largest logit of the
 /// blocks up to `b` (this one included), `S_b` the sum of the block's live weights against it,
 /// `w_j = exp(x_j)` with `x_j = (z_j - r_b) t` (`Real::exp_sum`: for `f32` a cheaper exp
-/// than the weights', to ~4e-7), and `X_b` the
-/// sum of `w_j x_j`. Each sum runs in 32 lanes of the compute type (token `i` of a block in
-/// lane `i % 32`, the products by fused multiply-add), and the lanes are added in `f64` in
-/// lane order, so the AVX-512 kernel (`simd::typical_scan_f32`) gives the same bits.
+/// than the weights', to ~4e-7), and `X_b` the sum of `w_j x_j`. Each sum runs in 32 lanes
+/// of the compute type (token `i` of a block in lane `i % 32`, the products by fused
+/// multiply-add), and the lanes are added in `f64` in lane order ([`sum_wide`]), so the
+/// AVX-512 kernel (`simd::typical_scan_f32`) gives the same bits.
 /// [`ShiftedSums::entropy`] rescales them to the row's maximum `m`: `total = sum_b S_b
 /// e^(d_b)` with `d_b = (r_b - m) t`, and `sum_j w_j (z_j - m) t = sum_b e^(d_b) (X_b + d_b
 /// S_b)`. A lane adds 32 terms, so in `f32` a sum's relative error is at most ~2e-6,
@@ -307,9 +307,10 @@ pub fn shifted_sums<F: Real, const FMA: bool>(
                 continue;
             }
             low = low.min(v);
-            let e = ((v - r) * inv_t).exp_sum::<FMA>();
+            let x = (v - r) * inv_t;
+            let e = x.exp_sum::<FMA>();
             // A weight of 0 gives a product of 0 (a far logit's exponent is finite).
-            let x = ((v - r) * inv_t).max(F::min_value());
+            let x = x.max(F::min_value());
             let l = i % 32;
             sl[l] = sl[l] + e;
             xl[l] = if FMA {
@@ -318,8 +319,7 @@ pub fn shifted_sums<F: Real, const FMA: bool>(
                 e * x + xl[l]
             };
         }
-        let wide = |a: [F; 32]| a.iter().fold(0.0f64, |acc, v| acc + v.wide());
-        out.blocks.push((r, wide(sl), wide(xl)));
+        out.blocks.push((r, sum_wide(&sl), sum_wide(&xl)));
     }
     out.max = r;
     out.min = low;

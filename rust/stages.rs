@@ -917,7 +917,7 @@ fn boundary_bucket(mass: &[f64], mass_below: &mut f64, target: f64) -> usize {
 /// [`sampled_key_threshold`] samples one chunk of 16 tokens in this many.
 const KEY_STRIDE: usize = 16;
 /// The shortest row [`key_threshold`] samples (64 sampled chunks of 16).
-pub(crate) const TYPICAL_SAMPLED_MIN: usize = 64 * 16 * KEY_STRIDE;
+const TYPICAL_SAMPLED_MIN: usize = 64 * 16 * KEY_STRIDE;
 /// [`sampled_key_threshold`] samples a row whose [`HEAD`] heaviest tokens hold at least this
 /// share of its mass ...
 const KEY_HEAD_SHARE: f64 = 0.5;
